@@ -1,0 +1,25 @@
+//! flotilla's protocol crate: pure types and logic, no I/O.
+//!
+//! Everything that both ends of a conversation must agree on lives here, so the gateway, the node
+//! and the simulator share one definition of it.
+//!
+//! # Layout
+//! - [`digest`]: `sha256:…` digests, the streaming [`digest::Hasher`], and the CIDv1 form used as
+//!   the swarm's key.
+//! - [`reference`]: repository names, tags, references and the one parser for `/v2/` paths.
+//! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
+//!   blobs and child manifests a manifest refers to.
+//!
+//! # Example
+//! ```
+//! use flotilla_protocol::digest::Digest;
+//! let d = Digest::sha256_of(b"hello");
+//! assert_eq!(Digest::from_cid(&d.to_cid()).unwrap(), d);
+//! ```
+
+pub mod digest;
+pub mod manifest;
+pub mod reference;
+
+pub use digest::{Algorithm, Digest, DigestError, Hasher};
+pub use reference::{Reference, ReferenceError, RepoName, Tag};
