@@ -254,6 +254,11 @@ impl Hasher {
         }
     }
 
+    /// The algorithm this hasher computes.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
     /// Adds bytes.
     pub fn update(&mut self, data: &[u8]) {
         self.ctx.update(data);

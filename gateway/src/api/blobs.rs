@@ -1,0 +1,244 @@
+//! `HEAD`, `GET` and `DELETE /v2/<name>/blobs/<digest>`.
+//!
+//! Downloads are streamed from the blob file: a task reads 1 MiB chunks on tokio's blocking pool
+//! (one `spawn_blocking` per chunk, so an idle slow client holds no thread) into a bounded channel
+//! of [`QUEUE`] chunks that feeds the response body. At most `QUEUE + 2` chunks of one download are
+//! in memory (queued, being read, being written); the whole blob never is. `HEAD` only stats.
+//!
+//! `Range` is honoured for one range (`a-b`, `a-`, `-n`) with 206; several ranges get the whole blob
+//! with 200; unsatisfiable or malformed ranges get 416 with `Content-Range: bytes */<size>`
+//! (see [`super::headers::parse_range`]).
+
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use flotilla_protocol::{Digest, RepoName};
+use tokio::sync::mpsc;
+
+use super::headers::{self, DOCKER_CONTENT_DIGEST, RangeAnswer};
+use super::{ApiResult, AppState};
+use crate::error::{ApiError, ErrorCode};
+
+/// Bytes read from disk per chunk. Large chunks keep per-chunk overhead (a blocking-pool hop, a
+/// channel send, a body frame) negligible against the copy itself.
+const CHUNK: usize = 1 << 20;
+/// Chunks buffered between the disk reader and the socket writer.
+const QUEUE: usize = 2;
+
+/// `HEAD`: size and digest headers from the index, without touching the file.
+pub(super) async fn head(st: &AppState, repo: &RepoName, d: &Digest, req: &HeaderMap) -> ApiResult {
+    let size = st.registry.blob_stat(repo, d).await?;
+    if headers::if_none_match(req, d) {
+        return Ok(not_modified(d));
+    }
+    Ok(blob_headers(StatusCode::OK, d, size, Body::empty()))
+}
+
+/// `GET`: the blob, whole or one range, streamed.
+pub(super) async fn get(st: &AppState, repo: &RepoName, d: &Digest, req: &HeaderMap) -> ApiResult {
+    let (file, size) = st.registry.blob_open(repo, d).await?;
+    if headers::if_none_match(req, d) {
+        return Ok(not_modified(d));
+    }
+    let answer = match req.get(header::RANGE) {
+        Some(r) if headers::if_range_allows(req, d) => match r.to_str() {
+            Ok(r) => headers::parse_range(r, size),
+            Err(_) => RangeAnswer::Unsatisfiable,
+        },
+        _ => RangeAnswer::Full,
+    };
+    match answer {
+        RangeAnswer::Full => Ok(blob_headers(
+            StatusCode::OK,
+            d,
+            size,
+            file_body(file, 0, size),
+        )),
+        RangeAnswer::Partial { start, end } => {
+            let len = end - start + 1;
+            let mut res = blob_headers(
+                StatusCode::PARTIAL_CONTENT,
+                d,
+                len,
+                file_body(file, start, len),
+            );
+            res.headers_mut().insert(
+                header::CONTENT_RANGE,
+                headers::value(&format!("bytes {start}-{end}/{size}")),
+            );
+            Ok(res)
+        }
+        RangeAnswer::Unsatisfiable => Err(ApiError::new(ErrorCode::RangeInvalid)
+            .with_message("requested range not satisfiable")
+            .with_header(
+                header::CONTENT_RANGE,
+                headers::value(&format!("bytes */{size}")),
+            )),
+    }
+}
+
+/// `DELETE`: unlinks the blob from the repository; 202.
+pub(super) async fn delete(st: &AppState, repo: &RepoName, d: &Digest) -> ApiResult {
+    st.registry.blob_delete(repo, d).await?;
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::ACCEPTED;
+    res.headers_mut()
+        .insert(DOCKER_CONTENT_DIGEST, headers::value(d.as_str()));
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(res)
+}
+
+/// The headers of a blob answer; `len` is the length of this response's body (or would-be body).
+fn blob_headers(status: StatusCode, d: &Digest, len: u64, body: Body) -> Response {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(DOCKER_CONTENT_DIGEST, headers::value(d.as_str()));
+    h.insert(header::ETAG, headers::etag(d));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // Content named by its digest never changes.
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=31536000"),
+    );
+    res
+}
+
+/// `304 Not Modified` for a matching `If-None-Match`.
+fn not_modified(d: &Digest) -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::NOT_MODIFIED;
+    res.headers_mut().insert(header::ETAG, headers::etag(d));
+    res.headers_mut()
+        .insert(DOCKER_CONTENT_DIGEST, headers::value(d.as_str()));
+    res
+}
+
+/// A body streaming `len` bytes of `file` from `start` (see the module docs).
+///
+/// The caller sets `Content-Length`; if the file turns out shorter, the stream ends with an error
+/// so the connection is cut rather than the response silently truncated.
+pub(super) fn file_body(file: File, start: u64, len: u64) -> Body {
+    if len == 0 {
+        return Body::empty();
+    }
+    let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
+    tokio::spawn(read_file(file, start, len, tx));
+    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+}
+
+/// The producer side of [`file_body`]: stops at the end, on a read error (sent on), or when the
+/// receiver is gone (the client went away).
+async fn read_file(mut file: File, start: u64, len: u64, tx: mpsc::Sender<io::Result<Bytes>>) {
+    let mut remaining = len;
+    let mut seek_to = Some(start).filter(|&s| s > 0);
+    while remaining > 0 {
+        // Reserve queue space first, so a chunk is only read when it can be sent at once.
+        let Ok(permit) = tx.reserve().await else {
+            return;
+        };
+        let want = remaining.min(CHUNK as u64);
+        let seek = seek_to.take();
+        let joined = tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&mut file, seek, want);
+            (file, chunk)
+        })
+        .await;
+        let chunk = match joined {
+            Ok((f, chunk)) => {
+                file = f;
+                chunk
+            }
+            Err(e) => {
+                permit.send(Err(io::Error::other(e)));
+                return;
+            }
+        };
+        match chunk {
+            Ok(bytes) => {
+                remaining -= bytes.len() as u64;
+                permit.send(Ok(bytes));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading a blob file failed mid-response");
+                permit.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Reads up to `want` bytes (after seeking to `seek`, if given). A file that ends early is an error.
+fn read_chunk(file: &mut File, seek: Option<u64>, want: u64) -> io::Result<Bytes> {
+    if let Some(pos) = seek {
+        file.seek(SeekFrom::Start(pos))?;
+    }
+    // `read_to_end` into reserved capacity fills the buffer without zeroing it first.
+    let mut buf = Vec::with_capacity(want as usize);
+    (&mut *file).take(want).read_to_end(&mut buf)?;
+    if buf.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "blob file is shorter than its recorded size",
+        ));
+    }
+    Ok(Bytes::from(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use std::io::Write;
+
+    async fn collect(body: Body) -> Result<Vec<u8>, axum::Error> {
+        let mut out = Vec::new();
+        let mut s = body.into_data_stream();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    fn temp_file(data: &[u8]) -> File {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(data).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f
+    }
+
+    #[tokio::test]
+    async fn streams_whole_and_partial_across_chunk_boundaries() {
+        let data: Vec<u8> = (0..(CHUNK * 2 + 12345)).map(|i| (i % 251) as u8).collect();
+        let all = collect(file_body(temp_file(&data), 0, data.len() as u64))
+            .await
+            .unwrap();
+        assert_eq!(all, data);
+        let (start, len) = (CHUNK as u64 - 3, CHUNK as u64 + 10);
+        let part = collect(file_body(temp_file(&data), start, len))
+            .await
+            .unwrap();
+        assert_eq!(part, &data[start as usize..(start + len) as usize]);
+        assert!(
+            collect(file_body(temp_file(&data), 0, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn short_file_is_an_error_not_a_truncation() {
+        let data = vec![7u8; 100];
+        assert!(collect(file_body(temp_file(&data), 0, 200)).await.is_err());
+    }
+}

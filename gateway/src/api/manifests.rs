@@ -1,0 +1,132 @@
+//! `HEAD`, `GET`, `PUT` and `DELETE /v2/<name>/manifests/<tag-or-digest>`.
+//!
+//! - `GET`/`HEAD`: the stored bytes with `Content-Type` = the stored media type,
+//!   `Docker-Content-Digest`, `Content-Length` and `ETag`. The registry never converts manifests;
+//!   an `Accept` list that names only other manifest types is answered `404 MANIFEST_UNKNOWN`
+//!   (see [`super::headers::manifest_acceptable`]). `If-None-Match` on the digest gives 304.
+//! - `PUT`: the body is read up to `max_manifest_bytes` (a larger `Content-Length` is refused before
+//!   reading; a body that grows past the limit is cut off after limit + 1 bytes) and refused with
+//!   `413 SIZE_INVALID`; accepted manifests get 201 with `Location: /v2/<name>/manifests/<digest>`,
+//!   `Docker-Content-Digest`, and `OCI-Subject` when the manifest has a `subject`.
+//! - `DELETE`: 202; by digest it removes the manifest and its tags, by tag only the tag.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::{Bytes, BytesMut};
+use flotilla_protocol::{Reference, RepoName};
+use futures::StreamExt;
+
+use super::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT};
+use super::{ApiResult, AppState};
+use crate::error::{ApiError, ErrorCode, manifest_too_large};
+
+/// `GET`/`HEAD` (the dispatcher drops the body for `HEAD`).
+pub(super) async fn get(
+    st: &AppState,
+    repo: &RepoName,
+    r: &Reference,
+    req: &HeaderMap,
+) -> ApiResult {
+    let m = st.registry.manifest_get(repo, r).await?;
+    if !headers::manifest_acceptable(req, &m.media_type) {
+        return Err(ApiError::new(ErrorCode::ManifestUnknown)
+            .with_message("the manifest's media type is not in the request's Accept list")
+            .with_detail(serde_json::json!({ "mediaType": m.media_type })));
+    }
+    let mut res = if headers::if_none_match(req, &m.digest) {
+        let mut res = Response::new(Body::empty());
+        *res.status_mut() = StatusCode::NOT_MODIFIED;
+        res
+    } else {
+        let mut res = Response::new(Body::from(m.bytes));
+        res.headers_mut()
+            .insert(header::CONTENT_TYPE, headers::value(&m.media_type));
+        res
+    };
+    let h = res.headers_mut();
+    h.insert(DOCKER_CONTENT_DIGEST, headers::value(m.digest.as_str()));
+    h.insert(header::ETAG, headers::etag(&m.digest));
+    Ok(res)
+}
+
+/// `PUT`: validates and stores the manifest (and its tag, if the reference is one).
+pub(super) async fn put(st: &AppState, repo: &RepoName, r: &Reference, req: Request) -> ApiResult {
+    let limit = st.max_manifest_bytes;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(manifest_too_large(limit));
+    }
+    let body = read_limited(req.into_body(), limit).await?;
+    let put = st
+        .registry
+        .manifest_put(repo, r, content_type.as_deref(), body)
+        .await?;
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::CREATED;
+    let h = res.headers_mut();
+    h.insert(
+        header::LOCATION,
+        headers::manifest_location(repo, &put.digest),
+    );
+    h.insert(DOCKER_CONTENT_DIGEST, headers::value(put.digest.as_str()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    if let Some(subject) = &put.subject {
+        h.insert(OCI_SUBJECT, headers::value(subject.as_str()));
+    }
+    Ok(res)
+}
+
+/// `DELETE`: 202.
+pub(super) async fn delete(st: &AppState, repo: &RepoName, r: &Reference) -> ApiResult {
+    st.registry.manifest_delete(repo, r).await?;
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::ACCEPTED;
+    res.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Ok(res)
+}
+
+/// Reads a request body of at most `limit` bytes; stops reading as soon as it is over.
+async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut stream = body.into_data_stream();
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            tracing::debug!(error = %e, "manifest body read failed");
+            ApiError::new(ErrorCode::ManifestInvalid).with_message("request body could not be read")
+        })?;
+        if buf.len() + chunk.len() > limit {
+            return Err(manifest_too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn read_limited_edges() {
+        let ok = read_limited(Body::from(vec![1u8; 10]), 10).await.unwrap();
+        assert_eq!(ok.len(), 10);
+        let over = read_limited(Body::from(vec![1u8; 11]), 10)
+            .await
+            .unwrap_err();
+        assert_eq!(over.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(over.code(), ErrorCode::SizeInvalid);
+        assert!(read_limited(Body::empty(), 0).await.unwrap().is_empty());
+    }
+}

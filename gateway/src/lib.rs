@@ -1,0 +1,122 @@
+//! flotilla's gateway: a complete OCI Distribution v1.1 registry on embedded storage (blob files
+//! plus a sled database), served over HTTP with axum.
+//!
+//! # Layout
+//! - [`config`]: the one configuration struct ([`Config`]); its `Default` is a working local setup.
+//! - [`api`]: the HTTP API. One handler routes every `/v2/…` path; handlers in `api/` extract the
+//!   request, call [`registry::Registry`], and build the response.
+//! - [`error`]: the table of OCI error codes, the error response, and [`GatewayError`].
+//! - [`registry`]: the storage service the API calls (blobs, uploads, manifests, tags, referrers).
+//! - [`storage`]: how that service keeps its data on disk.
+//!
+//! Dependency direction: `api` → `registry` → `storage`; `config` and `error` are leaves.
+//!
+//! # Example
+//! Serve a registry on an ephemeral port until a shutdown signal:
+//! ```no_run
+//! # async fn demo() -> Result<(), flotilla_gateway::GatewayError> {
+//! let config = flotilla_gateway::Config {
+//!     listen: "127.0.0.1:0".parse().unwrap(),
+//!     ..Default::default()
+//! };
+//! flotilla_gateway::run(config, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod registry;
+pub mod storage;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::serve::ListenerExt as _;
+use tokio::net::TcpListener;
+
+pub use api::router;
+pub use config::Config;
+pub use error::{ApiError, ErrorCode, GatewayError};
+use registry::Registry;
+
+/// Opens the storage in `config.data_dir`, binds `config.listen`, and serves until `shutdown`
+/// resolves; then drains in-flight requests (see [`serve`]).
+///
+/// # Errors
+/// [`GatewayError::Storage`] if the data directory cannot be opened, [`GatewayError::Bind`] if the
+/// address cannot be bound, [`GatewayError::Serve`] if serving fails.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    let registry = Registry::open(config.storage()).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    serve(listener, registry, config, shutdown).await
+}
+
+/// Serves the API on an already bound listener until `shutdown` resolves.
+///
+/// After the signal no new connections are accepted and in-flight requests are given
+/// `config.shutdown_grace_secs` to finish; whatever still runs then is dropped. `config.listen`
+/// is ignored (the listener decides the address).
+///
+/// # Errors
+/// [`GatewayError::Serve`] if accepting connections fails for good.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Registry,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), GatewayError> {
+    match listener.local_addr() {
+        Ok(addr) => {
+            tracing::info!(%addr, data_dir = %config.data_dir.display(), "gateway listening")
+        }
+        Err(e) => tracing::warn!(error = %e, "gateway listening on an unknown address"),
+    }
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let app = router(registry, &config);
+    // Small responses (manifests, upload answers) should not wait for Nagle.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    };
+    let server = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::pin!(server);
+    tokio::select! {
+        biased;
+        done = &mut server => return done.map_err(GatewayError::Serve),
+        _ = signalled_rx => {}
+    }
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    match tokio::time::timeout(grace, server).await {
+        Ok(done) => {
+            tracing::info!("gateway stopped");
+            done.map_err(GatewayError::Serve)
+        }
+        Err(_) => {
+            tracing::warn!("requests still in flight after the grace period; stopping anyway");
+            Ok(())
+        }
+    }
+}

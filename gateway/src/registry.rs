@@ -1,0 +1,695 @@
+//! The registry service: what the HTTP API asks of storage, in the API's own terms.
+//!
+//! [`Registry`] joins the blob files ([`crate::storage::blobs`]), the upload sessions
+//! ([`crate::storage::uploads`]) and the metadata store ([`crate::storage::meta`]) and enforces the
+//! rules of the distribution spec that do not depend on HTTP: a blob is visible in a repository only
+//! when linked to it, a manifest is accepted only when everything it references is present, an
+//! upload continues only from where it stands. Blocking work (disk, fsync, database flushes) runs on
+//! the blocking pool so request tasks never stall the async threads.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use flotilla_protocol::manifest::{Descriptor, ManifestError, parse_manifest};
+use flotilla_protocol::{Algorithm, Digest, Hasher, Reference, RepoName};
+
+use crate::storage::blobs::{self, BlobFiles};
+use crate::storage::meta::{ManifestRecord, MetaStore, SledMeta, UploadRecord};
+use crate::storage::uploads::UploadFiles;
+
+/// A request body as the registry consumes it.
+pub type BodyStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
+
+/// The storage engine's configuration.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    /// Directory holding blobs, uploads and the database.
+    pub data_dir: PathBuf,
+    /// Largest manifest accepted, in bytes.
+    pub max_manifest_bytes: usize,
+    /// How long an upload session may stay idle before it and its data are removed.
+    pub upload_ttl: Duration,
+}
+
+/// Why a registry operation failed. Each variant except the internal ones maps to one OCI error
+/// code in [`crate::error`].
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The blob is not linked in this repository.
+    #[error("blob unknown to registry")]
+    BlobUnknown,
+    /// No such upload session in this repository.
+    #[error("blob upload unknown to registry")]
+    BlobUploadUnknown,
+    /// The upload cannot continue as asked.
+    #[error("blob upload invalid: {0}")]
+    BlobUploadInvalid(String),
+    /// The content does not have the digest the client named.
+    #[error("provided digest {expected} does not match uploaded content ({actual})")]
+    DigestInvalid {
+        /// What the client said.
+        expected: Digest,
+        /// What the bytes hash to.
+        actual: Digest,
+    },
+    /// A chunk that does not start where the upload stands.
+    #[error("chunk out of order: the upload stands at byte {offset}")]
+    RangeInvalid {
+        /// Bytes received so far.
+        offset: u64,
+    },
+    /// A size that does not fit.
+    #[error("size invalid: {0}")]
+    SizeInvalid(String),
+    /// No such manifest (or tag) in this repository.
+    #[error("manifest unknown")]
+    ManifestUnknown,
+    /// The manifest does not parse or validate.
+    #[error("manifest invalid: {0}")]
+    ManifestInvalid(String),
+    /// The manifest references a blob or manifest this repository does not hold.
+    #[error("manifest references {0}, which this repository does not hold")]
+    ManifestBlobUnknown(Digest),
+    /// The manifest exceeds the configured limit.
+    #[error("manifest larger than {limit} bytes")]
+    ManifestTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// No such repository.
+    #[error("repository name not known to registry")]
+    NameUnknown,
+    /// Invalid tag.
+    #[error("manifest tag did not match URI")]
+    TagInvalid,
+    /// Something this registry does not do.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The client's request body broke off.
+    #[error("reading the request body failed: {0}")]
+    BodyRead(std::io::Error),
+    /// A disk failure.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// A database failure.
+    #[error("database error: {0}")]
+    Db(#[from] sled::Error),
+    /// Stored data that cannot be what this code wrote.
+    #[error("corrupt storage: {0}")]
+    Corrupt(String),
+}
+
+/// Where an upload session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadInfo {
+    /// The session id (a UUID).
+    pub id: String,
+    /// Bytes received so far.
+    pub offset: u64,
+}
+
+/// A manifest as stored.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its media type.
+    pub media_type: String,
+    /// Its exact bytes.
+    pub bytes: Bytes,
+}
+
+/// The outcome of a manifest PUT.
+#[derive(Debug, Clone)]
+pub struct ManifestPut {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// Its subject, for the `OCI-Subject` header.
+    pub subject: Option<Digest>,
+}
+
+/// The registry service (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    cfg: StorageConfig,
+    blobs: BlobFiles,
+    uploads: UploadFiles,
+    meta: Box<dyn MetaStore>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Runs blocking storage work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, RegistryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegistryError::Corrupt(format!("storage task failed: {e}")))?
+}
+
+impl Registry {
+    /// Opens the storage in `cfg.data_dir`, cleans what a crash left behind, and starts the task
+    /// that removes idle upload sessions.
+    ///
+    /// # Errors
+    /// [`RegistryError::Io`] or [`RegistryError::Db`] if the directory or database cannot be opened.
+    pub async fn open(cfg: StorageConfig) -> Result<Registry, RegistryError> {
+        let dir = cfg.data_dir.clone();
+        let (blobs, uploads, meta) = blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let blobs = BlobFiles::open(&dir)?;
+            let uploads = UploadFiles::open(&dir)?;
+            let meta = SledMeta::open(&dir.join("meta"))?;
+            Ok((blobs, uploads, meta))
+        })
+        .await?;
+        let reg = Registry {
+            inner: Arc::new(Inner {
+                cfg,
+                blobs,
+                uploads,
+                meta: Box::new(meta),
+            }),
+        };
+        let r = reg.clone();
+        blocking(move || r.inner.reconcile_uploads()).await?;
+        reg.inner.reap_idle_uploads().await?;
+        spawn_reaper(Arc::downgrade(&reg.inner), reg.inner.cfg.upload_ttl);
+        Ok(reg)
+    }
+
+    // ---- blobs ----
+
+    /// Size of blob `d` in `repo`.
+    pub async fn blob_stat(&self, repo: &RepoName, d: &Digest) -> Result<u64, RegistryError> {
+        self.inner
+            .meta
+            .blob_link(repo, d)?
+            .ok_or(RegistryError::BlobUnknown)
+    }
+
+    /// Opens blob `d` of `repo` for reading; returns the file and its size.
+    pub async fn blob_open(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+    ) -> Result<(std::fs::File, u64), RegistryError> {
+        self.blob_stat(repo, d).await?;
+        let inner = self.inner.clone();
+        let d2 = d.clone();
+        match blocking(move || inner.blobs.open_file(&d2)).await? {
+            Some(f) => Ok(f),
+            None => {
+                tracing::error!(digest = %d, "blob linked but its file is missing");
+                Err(RegistryError::BlobUnknown)
+            }
+        }
+    }
+
+    /// Unlinks blob `d` from `repo` (the file stays; see the storage docs).
+    pub async fn blob_delete(&self, repo: &RepoName, d: &Digest) -> Result<(), RegistryError> {
+        let (inner, repo, d) = (self.inner.clone(), repo.clone(), d.clone());
+        if blocking(move || inner.meta.unlink_blob(&repo, &d)).await? {
+            Ok(())
+        } else {
+            Err(RegistryError::BlobUnknown)
+        }
+    }
+
+    /// Mounts blob `d` into `repo` from `from`, or (with no `from`) from wherever it is stored.
+    /// `Ok(None)` means it cannot be mounted and the client should upload it.
+    pub async fn blob_mount(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        from: Option<&RepoName>,
+    ) -> Result<Option<u64>, RegistryError> {
+        let (inner, repo, d, from) = (self.inner.clone(), repo.clone(), d.clone(), from.cloned());
+        blocking(move || {
+            if let Some(size) = inner.meta.blob_link(&repo, &d)? {
+                return Ok(Some(size));
+            }
+            let size = match &from {
+                Some(from) => inner.meta.blob_link(from, &d)?,
+                None => inner.blobs.size(&d)?,
+            };
+            if let Some(size) = size {
+                inner.meta.link_blob(&repo, &d, size)?;
+            }
+            Ok(size)
+        })
+        .await
+    }
+
+    /// A monolithic upload: `body` is the whole blob, which must hash to `d`.
+    pub async fn blob_put(
+        &self,
+        repo: &RepoName,
+        d: &Digest,
+        body: BodyStream,
+    ) -> Result<u64, RegistryError> {
+        let tmp = self.inner.blobs.temp_path();
+        let file = std::fs::File::create_new(&tmp)?;
+        let result = self.ingest(tmp.clone(), file, repo, d, body).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    async fn ingest(
+        &self,
+        tmp: PathBuf,
+        file: std::fs::File,
+        repo: &RepoName,
+        d: &Digest,
+        body: BodyStream,
+    ) -> Result<u64, RegistryError> {
+        let done = blobs::append_stream(file, Hasher::new(d.algorithm()), body).await?;
+        if let Some(e) = done.body_error {
+            return Err(RegistryError::BodyRead(e));
+        }
+        let actual = done.hasher.finish();
+        if &actual != d {
+            return Err(RegistryError::DigestInvalid {
+                expected: d.clone(),
+                actual,
+            });
+        }
+        let (inner, repo, d) = (self.inner.clone(), repo.clone(), d.clone());
+        let file = done.file;
+        blocking(move || {
+            file.sync_all()?;
+            let size = inner.blobs.install(&tmp, &d)?;
+            inner.meta.link_blob(&repo, &d, size)?;
+            Ok(size)
+        })
+        .await
+    }
+
+    // ---- uploads ----
+
+    /// Starts an upload session in `repo`.
+    pub async fn upload_start(&self, repo: &RepoName) -> Result<UploadInfo, RegistryError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let (inner, repo, id2) = (self.inner.clone(), repo.clone(), id.clone());
+        blocking(move || {
+            inner.uploads.create(&id2)?;
+            let now = now_ms();
+            inner.meta.put_upload(
+                &id2,
+                &UploadRecord {
+                    repo: repo.as_str().to_owned(),
+                    created_ms: now,
+                    touched_ms: now,
+                },
+            )
+        })
+        .await?;
+        Ok(UploadInfo { id, offset: 0 })
+    }
+
+    /// The session `id` of `repo`, touched; its data file must exist.
+    fn session(&self, repo: &RepoName, id: &str) -> Result<(UploadRecord, u64), RegistryError> {
+        // Only our own UUIDs name files: anything else (`../x`) never reaches the filesystem.
+        if uuid::Uuid::parse_str(id).is_err() {
+            return Err(RegistryError::BlobUploadUnknown);
+        }
+        let rec = self
+            .inner
+            .meta
+            .upload(id)?
+            .filter(|r| r.repo == repo.as_str())
+            .ok_or(RegistryError::BlobUploadUnknown)?;
+        let len = self
+            .inner
+            .uploads
+            .len(id)?
+            .ok_or(RegistryError::BlobUploadUnknown)?;
+        Ok((rec, len))
+    }
+
+    fn touch(&self, id: &str, mut rec: UploadRecord) -> Result<(), RegistryError> {
+        rec.touched_ms = now_ms();
+        self.inner.meta.put_upload(id, &rec)
+    }
+
+    /// Where upload `id` stands.
+    pub async fn upload_status(
+        &self,
+        repo: &RepoName,
+        id: &str,
+    ) -> Result<UploadInfo, RegistryError> {
+        let (_, offset) = self.session(repo, id)?;
+        Ok(UploadInfo {
+            id: id.to_owned(),
+            offset,
+        })
+    }
+
+    /// Appends `body` to upload `id`; `start`, when the client sent a Content-Range, must be where
+    /// the upload stands.
+    pub async fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: BodyStream,
+    ) -> Result<UploadInfo, RegistryError> {
+        let state = self.inner.uploads.state(id);
+        let mut st = state.lock().await;
+        let (rec, len) = self.session(repo, id)?;
+        if let Some(s) = start
+            && s != len
+        {
+            return Err(RegistryError::RangeInvalid { offset: len });
+        }
+        let hasher = self
+            .hasher_at(id, st.hashed.take(), len, Algorithm::Sha256)
+            .await?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.inner.uploads.path(id))?;
+        let done = blobs::append_stream(file, hasher, body).await?;
+        let offset = len + done.len;
+        let file = done.file;
+        blocking(move || Ok(file.sync_data()?)).await?;
+        st.hashed = Some((done.hasher, offset));
+        self.touch(id, rec)?;
+        match done.body_error {
+            Some(e) => Err(RegistryError::BodyRead(e)),
+            None => Ok(UploadInfo {
+                id: id.to_owned(),
+                offset,
+            }),
+        }
+    }
+
+    /// A hasher over the first `len` bytes of upload `id`: the kept one if it is current and of the
+    /// right algorithm, else rebuilt from the file.
+    async fn hasher_at(
+        &self,
+        id: &str,
+        kept: Option<(Hasher, u64)>,
+        len: u64,
+        algorithm: Algorithm,
+    ) -> Result<Hasher, RegistryError> {
+        if let Some((h, n)) = kept
+            && n == len
+            && h.algorithm() == algorithm
+        {
+            return Ok(h);
+        }
+        let path = self.inner.uploads.path(id);
+        let (h, n) = blocking(move || blobs::hash_file(&path, algorithm)).await?;
+        if n != len {
+            return Err(RegistryError::BlobUploadInvalid(
+                "upload data changed while hashing".into(),
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Ends upload `id`: appends the optional last chunk, checks the digest, stores and links the
+    /// blob, and removes the session. On a digest mismatch the session stays, so the client may
+    /// retry or cancel.
+    pub async fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        d: &Digest,
+        start: Option<u64>,
+        body: Option<BodyStream>,
+    ) -> Result<u64, RegistryError> {
+        if let Some(body) = body {
+            self.upload_append(repo, id, start, body).await?;
+        }
+        let state = self.inner.uploads.state(id);
+        let mut st = state.lock().await;
+        let (_, len) = self.session(repo, id)?;
+        let hasher = self
+            .hasher_at(id, st.hashed.take(), len, d.algorithm())
+            .await?;
+        let actual = hasher.clone().finish();
+        if &actual != d {
+            st.hashed = Some((hasher, len));
+            return Err(RegistryError::DigestInvalid {
+                expected: d.clone(),
+                actual,
+            });
+        }
+        let (inner, repo, d, id) = (self.inner.clone(), repo.clone(), d.clone(), id.to_owned());
+        let size = blocking(move || {
+            let path = inner.uploads.path(&id);
+            std::fs::File::open(&path)?.sync_all()?;
+            let size = inner.blobs.install(&path, &d)?;
+            inner.meta.finish_upload(&id, &repo, &d, size)?;
+            inner.uploads.forget(&id);
+            Ok(size)
+        })
+        .await?;
+        Ok(size)
+    }
+
+    /// Abandons upload `id` and deletes its data.
+    pub async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+        let state = self.inner.uploads.state(id);
+        let _st = state.lock().await;
+        self.session(repo, id)?;
+        let (inner, id) = (self.inner.clone(), id.to_owned());
+        blocking(move || {
+            inner.meta.remove_upload(&id)?;
+            inner.uploads.remove(&id)
+        })
+        .await
+    }
+
+    // ---- manifests ----
+
+    /// Validates and stores a manifest pushed as `reference` (see [`MetaStore::put_manifest`]).
+    pub async fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        body: Bytes,
+    ) -> Result<ManifestPut, RegistryError> {
+        let limit = self.inner.cfg.max_manifest_bytes;
+        if body.len() > limit {
+            return Err(RegistryError::ManifestTooLarge { limit });
+        }
+        let parsed = parse_manifest(content_type, &body)
+            .map_err(|e: ManifestError| RegistryError::ManifestInvalid(e.to_string()))?;
+        let (digest, tag) = match reference {
+            Reference::Digest(d) => {
+                let actual = Digest::compute(d.algorithm(), &body);
+                if &actual != d {
+                    return Err(RegistryError::DigestInvalid {
+                        expected: d.clone(),
+                        actual,
+                    });
+                }
+                (actual, None)
+            }
+            Reference::Tag(t) => (parsed.digest.clone(), Some(t.clone())),
+        };
+        let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
+        let mut referrer: Option<Descriptor> = subject
+            .as_ref()
+            .map(|_| parsed.referrer_descriptor(body.len() as u64));
+        if let Some(r) = referrer.as_mut() {
+            r.digest = digest.clone();
+        }
+        let required_blobs: Vec<Digest> = parsed.blobs.iter().map(|b| b.digest.clone()).collect();
+        let required_manifests: Vec<Digest> =
+            parsed.manifests.iter().map(|m| m.digest.clone()).collect();
+        let (inner, repo, d2, s2) = (
+            self.inner.clone(),
+            repo.clone(),
+            digest.clone(),
+            subject.clone(),
+        );
+        blocking(move || {
+            inner.meta.put_manifest(&ManifestRecord {
+                repo: &repo,
+                digest: &d2,
+                media_type: &parsed.media_type,
+                bytes: &body,
+                tag: tag.as_ref(),
+                referrer: s2.as_ref().zip(referrer.as_ref()),
+                required_blobs: &required_blobs,
+                required_manifests: &required_manifests,
+            })
+        })
+        .await?;
+        Ok(ManifestPut { digest, subject })
+    }
+
+    /// The digest `reference` names in `repo`, if the manifest is there.
+    fn resolve(&self, repo: &RepoName, reference: &Reference) -> Result<Digest, RegistryError> {
+        let d = match reference {
+            Reference::Tag(t) => self
+                .inner
+                .meta
+                .tag(repo, t)?
+                .ok_or(RegistryError::ManifestUnknown)?,
+            Reference::Digest(d) => d.clone(),
+        };
+        if self.inner.meta.has_manifest(repo, &d)? {
+            Ok(d)
+        } else {
+            Err(RegistryError::ManifestUnknown)
+        }
+    }
+
+    /// The manifest `reference` names in `repo`.
+    pub async fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, RegistryError> {
+        let digest = self.resolve(repo, reference)?;
+        let (media_type, bytes) = self.inner.meta.manifest(&digest)?.ok_or_else(|| {
+            RegistryError::Corrupt(format!("manifest {digest} linked but not stored"))
+        })?;
+        Ok(StoredManifest {
+            digest,
+            media_type,
+            bytes,
+        })
+    }
+
+    /// By digest: removes the manifest from `repo` with its tags and referrers entry. By tag:
+    /// removes the tag only.
+    pub async fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), RegistryError> {
+        let (inner, repo, reference) = (self.inner.clone(), repo.clone(), reference.clone());
+        let removed = blocking(move || match &reference {
+            Reference::Digest(d) => inner.meta.delete_manifest(&repo, d),
+            Reference::Tag(t) => inner.meta.delete_tag(&repo, t),
+        })
+        .await?;
+        if removed {
+            Ok(())
+        } else {
+            Err(RegistryError::ManifestUnknown)
+        }
+    }
+
+    // ---- listings ----
+
+    /// Up to `n` tags of `repo` after `last`, sorted.
+    pub async fn tags_list(
+        &self,
+        repo: &RepoName,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, RegistryError> {
+        self.inner
+            .meta
+            .tags(repo, last, n.unwrap_or(usize::MAX))?
+            .ok_or(RegistryError::NameUnknown)
+    }
+
+    /// Up to `n` repository names after `last`, sorted.
+    pub async fn catalog(
+        &self,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<Vec<String>, RegistryError> {
+        self.inner.meta.repos(last, n.unwrap_or(usize::MAX))
+    }
+
+    /// Referrers of `subject` in `repo`, optionally only those of one artifact type.
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, RegistryError> {
+        let mut all = self.inner.meta.referrers(repo, subject)?;
+        if let Some(t) = artifact_type {
+            all.retain(|d| d.artifact_type.as_deref() == Some(t));
+        }
+        Ok(all)
+    }
+}
+
+impl Inner {
+    /// After a crash: sessions without data are dropped, data without a session is deleted.
+    fn reconcile_uploads(&self) -> Result<(), RegistryError> {
+        let sessions = self.meta.uploads()?;
+        for (id, _) in &sessions {
+            if self.uploads.len(id)?.is_none() {
+                self.meta.remove_upload(id)?;
+            }
+        }
+        for file in self.uploads.files()? {
+            if !sessions.iter().any(|(id, _)| *id == file) {
+                self.uploads.remove(&file)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes sessions idle for longer than the TTL. A session in use right now is skipped.
+    async fn reap_idle_uploads(&self) -> Result<(), RegistryError> {
+        let ttl = self.cfg.upload_ttl.as_millis() as u64;
+        let now = now_ms();
+        for (id, rec) in self.meta.uploads()? {
+            if rec.touched_ms.saturating_add(ttl) > now {
+                continue;
+            }
+            let state = self.uploads.state(&id);
+            let Ok(_guard) = state.try_lock() else {
+                continue;
+            };
+            // Re-read under the lock: a request may have touched it meanwhile.
+            match self.meta.upload(&id)? {
+                Some(r) if r.touched_ms.saturating_add(ttl) <= now => {
+                    tracing::info!(upload = %id, repo = %r.repo, "removing idle upload session");
+                    self.meta.remove_upload(&id)?;
+                    self.uploads.remove(&id)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reaps idle sessions every quarter TTL (between 1 s and 60 s) until the registry is dropped.
+fn spawn_reaper(inner: Weak<Inner>, ttl: Duration) {
+    let period = (ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(inner) = inner.upgrade() else { return };
+            if let Err(e) = inner.reap_idle_uploads().await {
+                tracing::warn!(error = %e, "reaping idle uploads failed");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+#[path = "registry/tests.rs"]
+mod tests;

@@ -1,0 +1,451 @@
+//! The metadata store: repositories, blob links, manifests, tags, referrers and upload sessions.
+//!
+//! [`MetaStore`] is the small interface the registry needs, so that another backend can replace
+//! sled later; [`SledMeta`] implements it (the trees are drawn in the parent module's docs). Every
+//! write that a client is told about is flushed to disk before the call returns.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+use flotilla_protocol::manifest::Descriptor;
+use flotilla_protocol::{Digest, RepoName, Tag};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::registry::RegistryError;
+
+/// An upload session as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadRecord {
+    /// The repository the upload belongs to.
+    pub repo: String,
+    /// When it started (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it last received bytes or was asked about (ms since the Unix epoch).
+    pub touched_ms: u64,
+}
+
+/// Everything a manifest PUT writes, checked and stored at once.
+#[derive(Debug)]
+pub struct ManifestRecord<'a> {
+    /// Repository.
+    pub repo: &'a RepoName,
+    /// Digest of `bytes` (in the algorithm the client named).
+    pub digest: &'a Digest,
+    /// Effective media type.
+    pub media_type: &'a str,
+    /// The exact bytes pushed.
+    pub bytes: &'a [u8],
+    /// Tag to point at it, if pushed by tag.
+    pub tag: Option<&'a Tag>,
+    /// Its subject and the descriptor to list under the subject's referrers.
+    pub referrer: Option<(&'a Digest, &'a Descriptor)>,
+    /// Blobs that must be linked in the repository.
+    pub required_blobs: &'a [Digest],
+    /// Manifests that must be present in the repository.
+    pub required_manifests: &'a [Digest],
+}
+
+/// The registry's metadata operations.
+pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Size of blob `d` if it is linked into `repo`.
+    fn blob_link(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>, RegistryError>;
+    /// Links blob `d` (already durable on disk) into `repo`.
+    fn link_blob(&self, repo: &RepoName, d: &Digest, size: u64) -> Result<(), RegistryError>;
+    /// Unlinks blob `d` from `repo`; false if it was not linked.
+    fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError>;
+    /// Checks the references and stores a manifest, its tag and its referrers entry atomically.
+    fn put_manifest(&self, m: &ManifestRecord<'_>) -> Result<(), RegistryError>;
+    /// Whether manifest `d` is present in `repo`.
+    fn has_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError>;
+    /// Media type and bytes of manifest `d` (in any repository).
+    fn manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>, RegistryError>;
+    /// The digest a tag points at.
+    fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, RegistryError>;
+    /// Removes manifest `d` from `repo` with every tag pointing at it and its referrers entry.
+    fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError>;
+    /// Removes one tag.
+    fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, RegistryError>;
+    /// Up to `n` tags of `repo` after `last`, sorted; `None` if the repository does not exist.
+    fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Option<Vec<String>>, RegistryError>;
+    /// Up to `n` repository names after `last`, sorted.
+    fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>, RegistryError>;
+    /// Descriptors of the manifests in `repo` whose subject is `subject`.
+    fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, RegistryError>;
+    /// Creates or updates an upload session.
+    fn put_upload(&self, id: &str, rec: &UploadRecord) -> Result<(), RegistryError>;
+    /// An upload session.
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, RegistryError>;
+    /// Removes an upload session.
+    fn remove_upload(&self, id: &str) -> Result<(), RegistryError>;
+    /// Every upload session.
+    fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, RegistryError>;
+    /// Ends upload `id` by linking its (durable) blob into `repo`, atomically.
+    fn finish_upload(
+        &self,
+        id: &str,
+        repo: &RepoName,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError>;
+}
+
+/// [`MetaStore`] on an embedded sled database.
+#[derive(Debug, Clone)]
+pub struct SledMeta {
+    db: sled::Db,
+    repos: sled::Tree,
+    blob_links: sled::Tree,
+    manifests: sled::Tree,
+    repo_manifests: sled::Tree,
+    tags: sled::Tree,
+    referrers: sled::Tree,
+    uploads: sled::Tree,
+}
+
+fn key2(a: &str, b: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(a.len() + 1 + b.len());
+    k.extend_from_slice(a.as_bytes());
+    k.push(0);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+fn prefix(a: &str) -> Vec<u8> {
+    key2(a, "")
+}
+
+fn text(v: &[u8]) -> Result<String, RegistryError> {
+    String::from_utf8(v.to_vec())
+        .map_err(|_| RegistryError::Corrupt("non-UTF-8 key in metadata".into()))
+}
+
+fn digest(v: &[u8]) -> Result<Digest, RegistryError> {
+    text(v)?
+        .parse()
+        .map_err(|_| RegistryError::Corrupt("invalid digest in metadata".into()))
+}
+
+fn encode_manifest(media_type: &str, bytes: &[u8]) -> Vec<u8> {
+    let mt = media_type.as_bytes();
+    let len = u16::try_from(mt.len()).unwrap_or(u16::MAX);
+    let mut v = Vec::with_capacity(2 + mt.len() + bytes.len());
+    v.extend_from_slice(&len.to_be_bytes());
+    v.extend_from_slice(&mt[..usize::from(len)]);
+    v.extend_from_slice(bytes);
+    v
+}
+
+fn decode_manifest(v: sled::IVec) -> Result<(String, Bytes), RegistryError> {
+    let bad = || RegistryError::Corrupt("truncated manifest record".into());
+    let len = usize::from(u16::from_be_bytes(
+        v.get(..2).ok_or_else(bad)?.try_into().map_err(|_| bad())?,
+    ));
+    let mt = text(v.get(2..2 + len).ok_or_else(bad)?)?;
+    Ok((mt, Bytes::copy_from_slice(&v[2 + len..])))
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<RegistryError>>;
+
+fn tx_err(e: TransactionError<RegistryError>) -> RegistryError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => RegistryError::Db(e),
+    }
+}
+
+fn abort<T>(e: RegistryError) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+impl SledMeta {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &std::path::Path) -> Result<Self, RegistryError> {
+        let db = sled::Config::new().path(path).open()?;
+        Ok(SledMeta {
+            repos: db.open_tree("repos")?,
+            blob_links: db.open_tree("blob_links")?,
+            manifests: db.open_tree("manifests")?,
+            repo_manifests: db.open_tree("repo_manifests")?,
+            tags: db.open_tree("tags")?,
+            referrers: db.open_tree("referrers")?,
+            uploads: db.open_tree("uploads")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), RegistryError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Keys after `start` under `pre`, at most `n`, with the prefix stripped.
+    fn page(
+        tree: &sled::Tree,
+        pre: &[u8],
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<String>, RegistryError> {
+        let start = match last {
+            Some(l) => {
+                let mut k = pre.to_vec();
+                k.extend_from_slice(l.as_bytes());
+                Bound::Excluded(k)
+            }
+            None => Bound::Included(pre.to_vec()),
+        };
+        let mut out = Vec::new();
+        for item in tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            if out.len() >= n {
+                break;
+            }
+            let (k, _) = item?;
+            if !k.starts_with(pre) {
+                break;
+            }
+            out.push(text(&k[pre.len()..])?);
+        }
+        Ok(out)
+    }
+}
+
+impl MetaStore for SledMeta {
+    fn blob_link(&self, repo: &RepoName, d: &Digest) -> Result<Option<u64>, RegistryError> {
+        match self.blob_links.get(key2(repo.as_str(), d.as_str()))? {
+            Some(v) => {
+                let b: [u8; 8] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| RegistryError::Corrupt("bad blob link size".into()))?;
+                Ok(Some(u64::from_be_bytes(b)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn link_blob(&self, repo: &RepoName, d: &Digest, size: u64) -> Result<(), RegistryError> {
+        (&self.repos, &self.blob_links)
+            .transaction(|(repos, links)| {
+                repos.insert(repo.as_str().as_bytes(), &[][..])?;
+                links.insert(key2(repo.as_str(), d.as_str()), &size.to_be_bytes()[..])?;
+                Ok::<_, ConflictableTransactionError<RegistryError>>(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
+    }
+
+    fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+        let had = self
+            .blob_links
+            .remove(key2(repo.as_str(), d.as_str()))?
+            .is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
+    fn put_manifest(&self, m: &ManifestRecord<'_>) -> Result<(), RegistryError> {
+        let repo = m.repo.as_str();
+        let record = encode_manifest(m.media_type, m.bytes);
+        let referrer = match m.referrer {
+            Some((subject, desc)) => Some((
+                subject,
+                serde_json::to_vec(desc).map_err(|e| RegistryError::Corrupt(e.to_string()))?,
+            )),
+            None => None,
+        };
+        (
+            &self.repos,
+            &self.blob_links,
+            &self.manifests,
+            &self.repo_manifests,
+            &self.tags,
+            &self.referrers,
+        )
+            .transaction(
+                |(repos, links, manifests, repo_manifests, tags, referrers)| {
+                    // Checked inside the transaction so a concurrent unlink cannot slip between.
+                    for b in m.required_blobs {
+                        if links.get(key2(repo, b.as_str()))?.is_none() {
+                            return abort(RegistryError::ManifestBlobUnknown(b.clone()));
+                        }
+                    }
+                    for c in m.required_manifests {
+                        if repo_manifests.get(key2(repo, c.as_str()))?.is_none() {
+                            return abort(RegistryError::ManifestBlobUnknown(c.clone()));
+                        }
+                    }
+                    repos.insert(repo.as_bytes(), &[][..])?;
+                    manifests.insert(m.digest.as_str().as_bytes(), record.as_slice())?;
+                    let subject = m.referrer.map(|(s, _)| s.as_str()).unwrap_or("");
+                    repo_manifests.insert(key2(repo, m.digest.as_str()), subject.as_bytes())?;
+                    if let Some(t) = m.tag {
+                        tags.insert(key2(repo, t.as_str()), m.digest.as_str().as_bytes())?;
+                    }
+                    if let Some((s, desc)) = &referrer {
+                        let k = key2(&key2_str(repo, s.as_str()), m.digest.as_str());
+                        referrers.insert(k, desc.as_slice())?;
+                    }
+                    Ok(())
+                },
+            )
+            .map_err(tx_err)?;
+        self.flush()
+    }
+
+    fn has_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+        Ok(self
+            .repo_manifests
+            .contains_key(key2(repo.as_str(), d.as_str()))?)
+    }
+
+    fn manifest(&self, d: &Digest) -> Result<Option<(String, Bytes)>, RegistryError> {
+        self.manifests
+            .get(d.as_str().as_bytes())?
+            .map(decode_manifest)
+            .transpose()
+    }
+
+    fn tag(&self, repo: &RepoName, tag: &Tag) -> Result<Option<Digest>, RegistryError> {
+        self.tags
+            .get(key2(repo.as_str(), tag.as_str()))?
+            .map(|v| digest(&v))
+            .transpose()
+    }
+
+    fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
+        let repo_s = repo.as_str();
+        // Tags pointing at it, found before the transaction (a scan cannot run inside one);
+        // the transaction re-checks each so a tag moved meanwhile is left alone.
+        let mut pointing = Vec::new();
+        for item in self.tags.scan_prefix(prefix(repo_s)) {
+            let (k, v) = item?;
+            if v.as_ref() == d.as_str().as_bytes() {
+                pointing.push(k);
+            }
+        }
+        let removed = (&self.repo_manifests, &self.tags, &self.referrers)
+            .transaction(|(repo_manifests, tags, referrers)| {
+                let Some(subject) = repo_manifests.remove(key2(repo_s, d.as_str()))? else {
+                    return Ok(false);
+                };
+                for k in &pointing {
+                    if tags
+                        .get(k)?
+                        .is_some_and(|v| v.as_ref() == d.as_str().as_bytes())
+                    {
+                        tags.remove(k.clone())?;
+                    }
+                }
+                if !subject.is_empty() {
+                    let subject = String::from_utf8_lossy(&subject).into_owned();
+                    referrers.remove(key2(&key2_str(repo_s, &subject), d.as_str()))?;
+                }
+                Ok::<_, ConflictableTransactionError<RegistryError>>(true)
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(removed)
+    }
+
+    fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, RegistryError> {
+        let had = self
+            .tags
+            .remove(key2(repo.as_str(), tag.as_str()))?
+            .is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
+    fn tags(
+        &self,
+        repo: &RepoName,
+        last: Option<&str>,
+        n: usize,
+    ) -> Result<Option<Vec<String>>, RegistryError> {
+        if !self.repos.contains_key(repo.as_str().as_bytes())? {
+            return Ok(None);
+        }
+        Self::page(&self.tags, &prefix(repo.as_str()), last, n).map(Some)
+    }
+
+    fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>, RegistryError> {
+        Self::page(&self.repos, b"", last, n)
+    }
+
+    fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+    ) -> Result<Vec<Descriptor>, RegistryError> {
+        let pre = prefix(&key2_str(repo.as_str(), subject.as_str()));
+        let mut out = Vec::new();
+        for item in self.referrers.scan_prefix(pre) {
+            let (_, v) = item?;
+            out.push(
+                serde_json::from_slice(&v).map_err(|e| RegistryError::Corrupt(e.to_string()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn put_upload(&self, id: &str, rec: &UploadRecord) -> Result<(), RegistryError> {
+        let v = serde_json::to_vec(rec).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        self.uploads.insert(id.as_bytes(), v)?;
+        self.flush()
+    }
+
+    fn upload(&self, id: &str) -> Result<Option<UploadRecord>, RegistryError> {
+        self.uploads
+            .get(id.as_bytes())?
+            .map(|v| serde_json::from_slice(&v).map_err(|e| RegistryError::Corrupt(e.to_string())))
+            .transpose()
+    }
+
+    fn remove_upload(&self, id: &str) -> Result<(), RegistryError> {
+        self.uploads.remove(id.as_bytes())?;
+        self.flush()
+    }
+
+    fn uploads(&self) -> Result<Vec<(String, UploadRecord)>, RegistryError> {
+        let mut out = Vec::new();
+        for item in self.uploads.iter() {
+            let (k, v) = item?;
+            let rec =
+                serde_json::from_slice(&v).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            out.push((text(&k)?, rec));
+        }
+        Ok(out)
+    }
+
+    fn finish_upload(
+        &self,
+        id: &str,
+        repo: &RepoName,
+        d: &Digest,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        (&self.uploads, &self.repos, &self.blob_links)
+            .transaction(|(uploads, repos, links)| {
+                uploads.remove(id.as_bytes())?;
+                repos.insert(repo.as_str().as_bytes(), &[][..])?;
+                links.insert(key2(repo.as_str(), d.as_str()), &size.to_be_bytes()[..])?;
+                Ok::<_, ConflictableTransactionError<RegistryError>>(())
+            })
+            .map_err(tx_err)?;
+        self.flush()
+    }
+}
+
+fn key2_str(a: &str, b: &str) -> String {
+    format!("{a}\0{b}")
+}

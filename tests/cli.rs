@@ -1,0 +1,105 @@
+//! The command line: defaults, TOML config file, environment overrides, graceful shutdown and the
+//! per-request log line.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{Gateway, flotilla_bin, free_port, http_status};
+
+fn wait_status(addr: std::net::SocketAddr, want: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if http_status(addr, "GET", "/v2/") == Some(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn config_file_then_env_then_flag() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file_port = free_port();
+    let env_port = free_port();
+    let cfg = tmp.path().join("gateway.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata_dir = \"{}\"\nmax_manifest_bytes = 1024\n",
+            tmp.path().join("from-file").display()
+        ),
+    )
+    .unwrap();
+
+    // The file alone decides the address and the data directory.
+    let mut child = Command::new(flotilla_bin())
+        .args(["gateway", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{file_port}").parse().unwrap();
+    let up = wait_status(addr, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "gateway did not listen on the config file's address");
+    assert!(
+        tmp.path().join("from-file").is_dir(),
+        "data_dir from the file not used"
+    );
+
+    // The environment beats the file.
+    let mut child = Command::new(flotilla_bin())
+        .args(["gateway", "--config"])
+        .arg(&cfg)
+        .env("FLOTILLA_LISTEN", format!("127.0.0.1:{env_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{env_port}").parse().unwrap();
+    let up = wait_status(addr, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "FLOTILLA_LISTEN did not override the config file");
+}
+
+#[test]
+fn bad_config_file_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "listen = 5\nno_such_key = true\n").unwrap();
+    let out = Command::new(flotilla_bin())
+        .args(["gateway", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.toml"),
+        "error does not name the file: {err}"
+    );
+}
+
+#[test]
+fn sigterm_drains_and_exits_cleanly_and_requests_are_logged() {
+    let mut g = Gateway::start();
+    assert_eq!(http_status(g.addr, "GET", "/v2/"), Some(200));
+    assert_eq!(http_status(g.addr, "GET", "/v2/no/such/thing"), Some(404));
+    assert!(g.stop(), "gateway did not exit successfully on SIGTERM");
+    let log = g.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("/v2/no/such/thing"))
+        .unwrap_or_else(|| panic!("no request line in log:\n{log}"));
+    for want in ["GET", "404"] {
+        assert!(line.contains(want), "request log line lacks {want}: {line}");
+    }
+    assert!(
+        line.contains("ms") || line.contains("µs") || line.contains("duration"),
+        "request log line lacks a duration: {line}"
+    );
+}
