@@ -49,6 +49,12 @@ struct GatewayArgs {
     /// Seconds an idle upload session lives before it and its data are removed [default: 3600].
     #[arg(long, env = "FLOTILLA_UPLOAD_TTL_SECS")]
     upload_ttl_secs: Option<u64>,
+    /// Most entries in one page of tags or catalog when the client sends no `n` [default: 10000].
+    #[arg(long, env = "FLOTILLA_MAX_LIST_ENTRIES")]
+    max_list_entries: Option<usize>,
+    /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
+    #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_SECS")]
+    shutdown_grace_secs: Option<u64>,
 }
 
 impl GatewayArgs {
@@ -73,6 +79,12 @@ impl GatewayArgs {
         }
         if let Some(v) = self.upload_ttl_secs {
             cfg.upload_ttl_secs = v;
+        }
+        if let Some(v) = self.max_list_entries {
+            cfg.max_list_entries = v;
+        }
+        if let Some(v) = self.shutdown_grace_secs {
+            cfg.shutdown_grace_secs = v;
         }
         Ok(cfg)
     }
