@@ -5,5 +5,7 @@
 
 /// The command line: config file, environment, flags, SIGTERM, request logs.
 mod cli;
+/// The OCI Distribution v1.1 HTTP API, endpoint by endpoint, against the real gateway binary.
+mod http_api;
 /// Harness shared by every module: start, stop, kill and restart a gateway process; require tools.
 mod support;

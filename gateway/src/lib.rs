@@ -100,23 +100,31 @@ pub async fn serve(
         .with_graceful_shutdown(signal)
         .into_future();
     tokio::pin!(server);
-    tokio::select! {
+    let finished = tokio::select! {
         biased;
-        done = &mut server => return done.map_err(GatewayError::Serve),
-        _ = signalled_rx => {}
-    }
-    tracing::info!(
-        grace_secs = grace.as_secs(),
-        "shutting down: no new connections, draining in-flight requests"
-    );
-    match tokio::time::timeout(grace, server).await {
-        Ok(done) => {
-            tracing::info!("gateway stopped");
-            done.map_err(GatewayError::Serve)
+        done = &mut server => Some(done),
+        _ = signalled_rx => None,
+    };
+    let done = match finished {
+        // With no connections open, the server stops within the poll that saw the signal.
+        Some(done) => done,
+        None => {
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections, draining in-flight requests"
+            );
+            match tokio::time::timeout(grace, server).await {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::warn!(
+                        "requests still in flight after the grace period; stopping anyway"
+                    );
+                    Ok(())
+                }
+            }
         }
-        Err(_) => {
-            tracing::warn!("requests still in flight after the grace period; stopping anyway");
-            Ok(())
-        }
-    }
+    };
+    done.map_err(GatewayError::Serve)?;
+    tracing::info!("gateway stopped");
+    Ok(())
 }

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
@@ -29,8 +29,20 @@ pub(crate) async fn layer(req: Request, next: Next) -> Response {
     res.headers_mut()
         .insert(DOCKER_API_VERSION, HeaderValue::from_static("registry/2.0"));
     let status = res.status();
+    // What a complete body has: its exact size, else the declared length (streamed blobs; hyper
+    // stops polling once that many bytes are out). A HEAD answer declares a length it never sends.
+    let declared = res
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let head = method == Method::HEAD;
     res.map(|body| {
-        let expected = body.size_hint().exact();
+        let expected = if head {
+            Some(0)
+        } else {
+            body.size_hint().exact().or(declared)
+        };
         Body::new(LoggedBody {
             inner: body,
             line: LogLine {

@@ -65,6 +65,8 @@ pub(super) async fn put(st: &AppState, repo: &RepoName, r: &Reference, req: Requ
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        // Read what the client is sending anyway, so it sees the 413 instead of a reset.
+        drain(req.into_body().into_data_stream()).await;
         return Err(manifest_too_large(limit));
     }
     let body = read_limited(req.into_body(), limit).await?;
@@ -107,11 +109,33 @@ async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             ApiError::new(ErrorCode::ManifestInvalid).with_message("request body could not be read")
         })?;
         if buf.len() + chunk.len() > limit {
+            drain(stream).await;
             return Err(manifest_too_large(limit));
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// Most bytes of a refused body read and discarded before answering.
+const DRAIN_CAP: u64 = 64 << 20;
+/// Longest time spent discarding a refused body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Discards the rest of a refused request body (bounded in bytes and time). A client that is still
+/// sending when the server answers and closes gets a broken pipe and never reads the answer
+/// (RFC 9112 §9.6); past the bounds the connection is closed anyway.
+async fn drain(mut stream: axum::body::BodyDataStream) {
+    let discard = async {
+        let mut n = 0u64;
+        while let Some(Ok(chunk)) = stream.next().await {
+            n += chunk.len() as u64;
+            if n > DRAIN_CAP {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 #[cfg(test)]

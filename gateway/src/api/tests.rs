@@ -1,6 +1,12 @@
 //! In-process tests of the API: the router on a real `Registry` in a temporary directory, driven
 //! with `tower::ServiceExt::oneshot`. They pin the status codes and headers this layer decides;
 //! exhaustive black-box tests against the binary live in the workspace's `tests/`.
+//!
+//! This file holds the harness and the routing and blob-read tests; `tests/uploads.rs` covers
+//! upload sessions and mounts, `tests/manifests.rs` manifests, listings and referrers.
+
+mod manifests;
+mod uploads;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -9,41 +15,41 @@ use flotilla_protocol::Digest;
 use flotilla_protocol::manifest::media_type;
 use tower::ServiceExt;
 
-use super::headers::{DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
+use super::headers::{DOCKER_API_VERSION, DOCKER_CONTENT_DIGEST};
 use crate::config::Config;
 use crate::registry::Registry;
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+pub(super) struct Reply {
+    pub(super) status: StatusCode,
+    pub(super) headers: HeaderMap,
+    pub(super) body: Bytes,
 }
 
 impl Reply {
-    fn header(&self, name: impl header::AsHeaderName) -> &str {
+    pub(super) fn header(&self, name: impl header::AsHeaderName) -> &str {
         self.headers
             .get(name)
             .map(|v| v.to_str().unwrap())
             .unwrap_or("")
     }
 
-    fn error_code(&self) -> String {
+    pub(super) fn error_code(&self) -> String {
         let v: serde_json::Value = serde_json::from_slice(&self.body).unwrap();
         v["errors"][0]["code"].as_str().unwrap().to_owned()
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
 
-struct Api {
+pub(super) struct Api {
     app: Router,
     _dir: tempfile::TempDir,
 }
 
 impl Api {
-    async fn new() -> Api {
+    pub(super) async fn new() -> Api {
         let dir = tempfile::tempdir().unwrap();
         let config = Config {
             data_dir: dir.path().join("data"),
@@ -58,7 +64,7 @@ impl Api {
         }
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         uri: &str,
@@ -95,12 +101,12 @@ impl Api {
         }
     }
 
-    async fn get(&self, uri: &str) -> Reply {
+    pub(super) async fn get(&self, uri: &str) -> Reply {
         self.call(Method::GET, uri, &[], Vec::new()).await
     }
 
     /// Monolithic push; returns the digest.
-    async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
+    pub(super) async fn push_blob(&self, repo: &str, data: &[u8]) -> Digest {
         let d = Digest::sha256_of(data);
         let r = self
             .call(
@@ -115,7 +121,7 @@ impl Api {
     }
 
     /// Pushes a config + one layer and an OCI manifest (optionally with a subject) under `reference`.
-    async fn push_image(
+    pub(super) async fn push_image(
         &self,
         repo: &str,
         reference: &str,
@@ -312,416 +318,4 @@ async fn blob_reads_and_ranges() {
         api.call(Method::HEAD, &uri, &[], Vec::new()).await.status,
         StatusCode::NOT_FOUND
     );
-}
-
-#[tokio::test]
-async fn chunked_upload_session() {
-    let api = Api::new().await;
-    let r = api
-        .call(Method::POST, "/v2/a/blobs/uploads/", &[], Vec::new())
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    let loc = r.header(header::LOCATION).to_owned();
-    let id = r.header(DOCKER_UPLOAD_UUID).to_owned();
-    assert_eq!(loc, format!("/v2/a/blobs/uploads/{id}"));
-    assert_eq!(r.header(header::RANGE), "0-0");
-    assert_eq!(r.header(header::CONTENT_LENGTH), "0");
-
-    let r = api
-        .call(
-            Method::PATCH,
-            &loc,
-            &[("content-range", "0-4")],
-            b"hello".to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(r.header(header::RANGE), "0-4");
-    assert_eq!(r.header(header::LOCATION), loc);
-
-    // Out of order: 416 with the state to resume from.
-    let r = api
-        .call(
-            Method::PATCH,
-            &loc,
-            &[("content-range", "3-7")],
-            b"xxxxx".to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(r.error_code(), "BLOB_UPLOAD_INVALID");
-    assert_eq!(r.header(header::RANGE), "0-4");
-    assert_eq!(r.header(header::LOCATION), loc);
-    // Backwards and malformed ranges, and a length that disagrees with the range.
-    let r = api
-        .call(
-            Method::PATCH,
-            &loc,
-            &[("content-range", "9-5")],
-            b"x".to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
-    let r = api
-        .call(
-            Method::PATCH,
-            &loc,
-            &[("content-range", "five-six")],
-            b"x".to_vec(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "BLOB_UPLOAD_INVALID")
-    );
-    let r = api
-        .call(
-            Method::PATCH,
-            &loc,
-            &[("content-range", "5-9")],
-            b"xx".to_vec(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "SIZE_INVALID")
-    );
-
-    let r = api.get(&loc).await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(r.header(header::RANGE), "0-4");
-    assert_eq!(r.header(header::LOCATION), loc);
-
-    // A streamed chunk (no Content-Range).
-    let r = api.call(Method::PATCH, &loc, &[], b" world".to_vec()).await;
-    assert_eq!(r.header(header::RANGE), "0-10");
-
-    let r = api.call(Method::PUT, &loc, &[], Vec::new()).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
-    let r = api
-        .call(
-            Method::PUT,
-            &format!("{loc}?digest=sha256:nope"),
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
-
-    let d = Digest::sha256_of(b"hello world!");
-    let r = api
-        .call(
-            Method::PUT,
-            &format!("{loc}?digest={d}"),
-            &[("content-range", "11-11")],
-            b"!".to_vec(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert_eq!(r.header(header::LOCATION), format!("/v2/a/blobs/{d}"));
-    assert_eq!(r.header(DOCKER_CONTENT_DIGEST), d.as_str());
-    assert_eq!(
-        &api.get(&format!("/v2/a/blobs/{d}")).await.body[..],
-        b"hello world!"
-    );
-
-    // The session is gone.
-    let r = api.get(&loc).await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN")
-    );
-
-    // Ids that cannot be sessions never reach storage.
-    for bad in ["..", "a.b", "%2e%2e"] {
-        let r = api.get(&format!("/v2/a/blobs/uploads/{bad}")).await;
-        assert_eq!(
-            (r.status, r.error_code().as_str()),
-            (StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN"),
-            "{bad}"
-        );
-    }
-
-    // Cancel.
-    let r = api
-        .call(Method::POST, "/v2/a/blobs/uploads", &[], Vec::new())
-        .await;
-    let loc = r.header(header::LOCATION).to_owned();
-    assert_eq!(
-        api.call(Method::DELETE, &loc, &[], Vec::new()).await.status,
-        StatusCode::NO_CONTENT
-    );
-    assert_eq!(
-        api.call(Method::DELETE, &loc, &[], Vec::new()).await.status,
-        StatusCode::NOT_FOUND
-    );
-}
-
-#[tokio::test]
-async fn monolithic_and_mount() {
-    let api = Api::new().await;
-    let d = api.push_blob("src/repo", b"shared layer").await;
-    // Wrong digest for the body.
-    let wrong = Digest::sha256_of(b"other");
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/v2/a/blobs/uploads/?digest={wrong}"),
-            &[],
-            b"shared layer".to_vec(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "DIGEST_INVALID")
-    );
-
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/repo"),
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(r.header(header::LOCATION), format!("/v2/dst/blobs/{d}"));
-    assert_eq!(r.header(DOCKER_CONTENT_DIGEST), d.as_str());
-    assert_eq!(
-        &api.get(&format!("/v2/dst/blobs/{d}")).await.body[..],
-        b"shared layer"
-    );
-
-    // Not mountable: an upload starts instead.
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={wrong}&from=src/repo"),
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert!(
-        r.header(header::LOCATION)
-            .starts_with("/v2/dst/blobs/uploads/")
-    );
-
-    let r = api
-        .call(
-            Method::POST,
-            "/v2/dst/blobs/uploads/?mount=sha256:zz&from=src/repo",
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(r.error_code(), "DIGEST_INVALID");
-    let r = api
-        .call(
-            Method::POST,
-            &format!("/v2/dst/blobs/uploads/?mount={d}&from=Bad"),
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(r.error_code(), "NAME_INVALID");
-}
-
-#[tokio::test]
-async fn manifests_negotiation_and_limits() {
-    let api = Api::new().await;
-    let (d, body) = api.push_image("app", "v1", None).await;
-
-    let r = api.get("/v2/app/manifests/v1").await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(&r.body[..], &body[..]);
-    assert_eq!(r.header(header::CONTENT_TYPE), media_type::OCI_MANIFEST);
-    assert_eq!(r.header(DOCKER_CONTENT_DIGEST), d.as_str());
-    assert_eq!(r.header(header::ETAG), format!("\"{d}\""));
-
-    let r = api
-        .call(
-            Method::HEAD,
-            &format!("/v2/app/manifests/{d}"),
-            &[],
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert!(r.body.is_empty());
-    assert_eq!(r.header(header::CONTENT_LENGTH), body.len().to_string());
-    assert_eq!(r.header(header::CONTENT_TYPE), media_type::OCI_MANIFEST);
-
-    let docker_only = [("accept", media_type::DOCKER_MANIFEST)];
-    let r = api
-        .call(
-            Method::GET,
-            "/v2/app/manifests/v1",
-            &docker_only,
-            Vec::new(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
-    let both = [
-        ("accept", media_type::DOCKER_MANIFEST),
-        ("accept", media_type::OCI_MANIFEST),
-    ];
-    assert_eq!(
-        api.call(Method::GET, "/v2/app/manifests/v1", &both, Vec::new())
-            .await
-            .status,
-        StatusCode::OK
-    );
-
-    let r = api.get("/v2/app/manifests/v2").await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN")
-    );
-
-    // Over the limit, by declared length and by actual bytes.
-    let big = vec![b' '; 5000];
-    let r = api
-        .call(Method::PUT, "/v2/app/manifests/big", &[], big)
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::PAYLOAD_TOO_LARGE, "SIZE_INVALID")
-    );
-
-    let r = api
-        .call(
-            Method::PUT,
-            "/v2/app/manifests/bad",
-            &[("content-type", media_type::OCI_MANIFEST)],
-            b"{nope".to_vec(),
-        )
-        .await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::BAD_REQUEST, "MANIFEST_INVALID")
-    );
-
-    let r = api
-        .call(Method::DELETE, "/v2/app/manifests/v1", &[], Vec::new())
-        .await;
-    assert_eq!(r.status, StatusCode::ACCEPTED);
-    assert_eq!(
-        api.get("/v2/app/manifests/v1").await.status,
-        StatusCode::NOT_FOUND
-    );
-    assert_eq!(
-        api.get(&format!("/v2/app/manifests/{d}")).await.status,
-        StatusCode::OK
-    );
-    assert_eq!(
-        api.call(
-            Method::DELETE,
-            &format!("/v2/app/manifests/{d}"),
-            &[],
-            Vec::new()
-        )
-        .await
-        .status,
-        StatusCode::ACCEPTED
-    );
-    assert_eq!(
-        api.get(&format!("/v2/app/manifests/{d}")).await.status,
-        StatusCode::NOT_FOUND
-    );
-}
-
-#[tokio::test]
-async fn referrers_tags_and_catalog() {
-    let api = Api::new().await;
-    let (subject, body) = api.push_image("app", "v1", None).await;
-    let (sig, _) = api
-        .push_image("app", "sig", Some((&subject, body.len() as u64)))
-        .await;
-
-    let r = api.get(&format!("/v2/app/referrers/{subject}")).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.header(header::CONTENT_TYPE), media_type::OCI_INDEX);
-    let v = r.json();
-    assert_eq!(v["schemaVersion"], 2);
-    assert_eq!(v["mediaType"], media_type::OCI_INDEX);
-    assert_eq!(v["manifests"][0]["digest"], sig.as_str());
-    assert_eq!(
-        v["manifests"][0]["artifactType"],
-        "application/vnd.example.config+json"
-    );
-
-    let r = api
-        .get(&format!(
-            "/v2/app/referrers/{subject}?artifactType=application/vnd.none"
-        ))
-        .await;
-    assert_eq!(r.header("oci-filters-applied"), "artifactType");
-    assert_eq!(r.json()["manifests"], serde_json::json!([]));
-    let r = api.get(&format!("/v2/nowhere/referrers/{subject}")).await;
-    assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(r.json()["manifests"], serde_json::json!([]));
-
-    // The subject push answered OCI-Subject.
-    let (_, body2) = api.push_image("app", "v2", None).await;
-    let d2 = Digest::sha256_of(&body2);
-    let m = serde_json::json!({
-        "schemaVersion": 2, "mediaType": media_type::OCI_INDEX, "manifests": [],
-        "subject": {"mediaType": media_type::OCI_MANIFEST, "digest": d2, "size": body2.len()},
-    });
-    let r = api
-        .call(
-            Method::PUT,
-            "/v2/app/manifests/idx",
-            &[("content-type", media_type::OCI_INDEX)],
-            serde_json::to_vec(&m).unwrap(),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
-    assert_eq!(r.header("oci-subject"), d2.as_str());
-
-    let r = api.get("/v2/app/tags/list").await;
-    assert_eq!(
-        r.json(),
-        serde_json::json!({"name": "app", "tags": ["idx", "sig", "v1", "v2"]})
-    );
-    assert_eq!(r.header(header::LINK), "");
-    let r = api.get("/v2/app/tags/list?n=2").await;
-    assert_eq!(r.json()["tags"], serde_json::json!(["idx", "sig"]));
-    assert_eq!(
-        r.header(header::LINK),
-        "</v2/app/tags/list?n=2&last=sig>; rel=\"next\""
-    );
-    let r = api.get("/v2/app/tags/list?n=2&last=sig").await;
-    assert_eq!(r.json()["tags"], serde_json::json!(["v1", "v2"]));
-    assert_eq!(r.header(header::LINK), "");
-    let r = api.get("/v2/app/tags/list?n=0").await;
-    assert_eq!(r.json()["tags"], serde_json::json!([]));
-    assert_eq!(r.header(header::LINK), "");
-    let r = api.get("/v2/app/tags/list?n=-1").await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    let r = api.get("/v2/never/pushed/tags/list").await;
-    assert_eq!(
-        (r.status, r.error_code().as_str()),
-        (StatusCode::NOT_FOUND, "NAME_UNKNOWN")
-    );
-
-    api.push_blob("b/one", b"1").await;
-    let r = api.get("/v2/_catalog?n=1").await;
-    assert_eq!(r.json(), serde_json::json!({"repositories": ["app"]}));
-    assert_eq!(
-        r.header(header::LINK),
-        "</v2/_catalog?n=1&last=app>; rel=\"next\""
-    );
-    let r = api.get("/v2/_catalog?last=app").await;
-    assert_eq!(r.json(), serde_json::json!({"repositories": ["b/one"]}));
 }
