@@ -9,6 +9,10 @@
 //! - [`reference`]: repository names, tags, references and the one parser for `/v2/` paths.
 //! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
 //!   blobs and child manifests a manifest refers to.
+//! - [`piece`]: piece tables (BLAKE3 per piece, built while a blob streams), their signed wire form,
+//!   the default piece size, and the bit fields peers exchange.
+//! - [`scheduler`]: the sans-IO download scheduler for one blob, driven by the node and the
+//!   simulator alike.
 //!
 //! # Example
 //! ```
@@ -19,7 +23,9 @@
 
 pub mod digest;
 pub mod manifest;
+pub mod piece;
 pub mod reference;
+pub mod scheduler;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use reference::{Reference, ReferenceError, RepoName, Tag};

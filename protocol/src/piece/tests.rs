@@ -1,0 +1,210 @@
+//! Piece table, signing and size-policy tests, plus the hash speed measurement (`bench_piece_hash`).
+
+use libp2p_identity::Keypair;
+use proptest::prelude::*;
+
+use super::*;
+use crate::digest::Hasher;
+
+fn blob(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+fn table_of(data: &[u8], piece_size: u32, chunk: usize) -> PieceTable {
+    let mut b = PieceTableBuilder::new(piece_size).unwrap();
+    for c in data.chunks(chunk.max(1)) {
+        b.update(c);
+    }
+    b.finish(Digest::sha256_of(data)).unwrap()
+}
+
+fn key(seed: u8) -> Keypair {
+    Keypair::ed25519_from_bytes([seed; 32]).unwrap()
+}
+
+#[test]
+fn builder_cuts_pieces_and_last_is_shorter() {
+    let data = blob(2500);
+    let t = table_of(&data, 1000, 333);
+    assert_eq!(t.piece_count(), 3);
+    assert_eq!(t.size, 2500);
+    assert_eq!(t.piece_range(2), Some(2000..2500));
+    assert_eq!(t.piece_len(2), Some(500));
+    assert_eq!(t.piece_len(3), None);
+    assert_eq!(t.piece_at(1999), Some(1));
+    assert_eq!(t.piece_at(2500), None);
+    assert_eq!(t.pieces_for(999..1001), 0..2);
+    assert_eq!(t.pieces_for(2400..9000), 2..3);
+    assert_eq!(t.pieces_for(5..5), 0..0);
+    for i in 0..3 {
+        let r = t.piece_range(i).unwrap();
+        t.verify_piece(i, &data[r.start as usize..r.end as usize])
+            .unwrap();
+    }
+    assert_eq!(
+        t.verify_piece(2, &data[..500]),
+        Err(PieceError::HashMismatch { index: 2 })
+    );
+    assert!(matches!(
+        t.verify_piece(0, &data[..10]),
+        Err(PieceError::WrongLength { .. })
+    ));
+    assert!(matches!(
+        t.verify_piece(7, &[]),
+        Err(PieceError::IndexOutOfRange { .. })
+    ));
+    // Chunking must not change the table.
+    assert_eq!(table_of(&data, 1000, 1), t);
+    assert_eq!(table_of(&data, 1000, 5000), t);
+}
+
+#[test]
+fn empty_blob_has_no_pieces_and_exact_multiple_has_no_empty_tail() {
+    let t = table_of(&[], 1000, 10);
+    assert_eq!(t.piece_count(), 0);
+    assert_eq!(PieceTable::decode(&t.encode()).unwrap(), t);
+    assert_eq!(table_of(&blob(3000), 1000, 7).piece_count(), 3);
+    assert!(PieceTableBuilder::new(0).is_err());
+    assert!(PieceTableBuilder::new(MAX_PIECE_SIZE + 1).is_err());
+}
+
+#[test]
+fn default_piece_size_policy() {
+    const MIB: u64 = 1 << 20;
+    assert_eq!(piece_size_for(0), 4 << 20);
+    assert_eq!(piece_size_for(100 * MIB), 4 << 20);
+    assert_eq!(piece_size_for(8192 * MIB), 4 << 20);
+    assert_eq!(piece_size_for(8192 * MIB + 1), 8 << 20);
+    assert_eq!(piece_size_for(100_000 * MIB), 64 << 20);
+    assert_eq!(piece_size_for(u64::MAX), MAX_PIECE_SIZE);
+}
+
+#[test]
+fn table_round_trips_and_rejects_malformed() {
+    let t = table_of(&blob(2500), 1000, 100);
+    let wire = t.encode();
+    assert_eq!(wire.len(), 2 + 32 + 16 + 3 * 32);
+    assert_eq!(PieceTable::decode(&wire).unwrap(), t);
+    for cut in 0..wire.len() {
+        assert!(PieceTable::decode(&wire[..cut]).is_err(), "prefix {cut}");
+    }
+    let mut long = wire.clone();
+    long.push(0);
+    assert!(PieceTable::decode(&long).is_err());
+    let mut v2 = wire.clone();
+    v2[0] = 2;
+    assert_eq!(
+        PieceTable::decode(&v2),
+        Err(PieceError::UnsupportedVersion(2))
+    );
+    // Size that disagrees with the count.
+    let mut bad = wire.clone();
+    bad[2 + 32 + 6] = 0xff;
+    assert!(PieceTable::decode(&bad).is_err());
+    // A huge declared count with no bytes behind it fails without allocating.
+    let mut huge = wire[..2 + 32].to_vec();
+    huge.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge.extend_from_slice(&1u32.to_be_bytes());
+    huge.extend_from_slice(&u32::MAX.to_be_bytes());
+    assert!(PieceTable::decode(&huge).is_err());
+}
+
+#[test]
+fn signed_table_verifies_and_detects_tampering() {
+    let t = table_of(&blob(5000), 1024, 100);
+    let gw = key(1);
+    let signed = SignedPieceTable::sign(t.clone(), &gw).unwrap();
+    let gw_id = gw.public().to_peer_id();
+    assert_eq!(signed.signer_peer_id(), Some(gw_id));
+    assert_eq!(signed.verify(Some(&gw_id)).unwrap(), &t);
+    assert_eq!(signed.verify(None).unwrap(), &t);
+    let other = key(2).public().to_peer_id();
+    assert_eq!(
+        signed.verify(Some(&other)),
+        Err(PieceError::UnexpectedSigner)
+    );
+
+    let wire = signed.encode().unwrap();
+    let back = SignedPieceTable::decode(&wire).unwrap();
+    assert_eq!(back, signed);
+    back.verify(Some(&gw_id)).unwrap();
+    for cut in 0..wire.len() {
+        assert!(
+            SignedPieceTable::decode(&wire[..cut]).is_err(),
+            "prefix {cut}"
+        );
+    }
+
+    let mut tampered = signed.clone();
+    tampered.table.piece_hashes[1][0] ^= 1;
+    assert!(matches!(
+        tampered.verify(None),
+        Err(PieceError::BadSignature(_))
+    ));
+    // A table re-signed by someone else is valid, but not from the gateway.
+    let forged = SignedPieceTable::sign(tampered.table, &key(3)).unwrap();
+    assert!(forged.verify(None).is_ok());
+    assert_eq!(
+        forged.verify(Some(&gw_id)),
+        Err(PieceError::UnexpectedSigner)
+    );
+    let mut garbage_key = signed;
+    garbage_key.signer = vec![1, 2, 3];
+    assert!(garbage_key.verify(None).is_err());
+}
+
+proptest! {
+    #[test]
+    fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = PieceTable::decode(&bytes);
+        let _ = SignedPieceTable::decode(&bytes);
+        let _ = Bitfield::decode(&bytes);
+    }
+
+    #[test]
+    fn table_round_trip(len in 0usize..5000, piece_size in 1u32..2000, chunk in 1usize..700) {
+        let data = blob(len);
+        let t = table_of(&data, piece_size, chunk);
+        prop_assert_eq!(u64::from(t.piece_count()), (len as u64).div_ceil(u64::from(piece_size)));
+        prop_assert_eq!(PieceTable::decode(&t.encode()).unwrap(), t);
+    }
+
+    #[test]
+    fn bitfield_round_trip(len in 0u32..300, ones in proptest::collection::vec(any::<u32>(), 0..50)) {
+        let mut b = Bitfield::new(len);
+        for i in ones {
+            if len > 0 { b.set(i % len); }
+        }
+        let d = Bitfield::decode(&b.encode()).unwrap();
+        prop_assert_eq!(d.count(), b.iter_ones().count() as u32);
+        prop_assert_eq!(d, b);
+    }
+}
+
+/// Single-threaded piece-hash throughput over 256 MiB:
+/// `cargo test -p flotilla-protocol --release -- --ignored bench --nocapture`.
+#[test]
+#[ignore = "measurement; run in release"]
+fn bench_piece_hash() {
+    let data = blob(256 << 20);
+    let gb_s = |t: std::time::Duration| (data.len() as f64) / t.as_secs_f64() / 1e9;
+    for round in 0..3 {
+        let start = std::time::Instant::now();
+        let mut b = PieceTableBuilder::new(4 << 20).unwrap();
+        b.update(&data);
+        let t = b.finish(Digest::sha256_of(b"x")).unwrap();
+        let blake = start.elapsed();
+        assert_eq!(t.piece_count(), 64);
+
+        let start = std::time::Instant::now();
+        let mut h = Hasher::new(crate::Algorithm::Sha256);
+        h.update(&data);
+        let _ = h.finish();
+        let sha = start.elapsed();
+        println!(
+            "round {round}: BLAKE3 piece table {:.2} GB/s, SHA-256 (aws-lc-rs) {:.2} GB/s",
+            gb_s(blake),
+            gb_s(sha)
+        );
+    }
+}
