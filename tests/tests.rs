@@ -5,6 +5,8 @@
 
 /// The command line: config file, environment, flags, SIGTERM, request logs.
 mod cli;
+/// kill -9 during concurrent pushes: nothing acknowledged lost, nothing reported corrupt.
+mod crash;
 /// The Docker engine: push, rmi, pull and inspect an imported image through the gateway.
 mod docker;
 /// The OCI Distribution v1.1 HTTP API, endpoint by endpoint, against the real gateway binary.
