@@ -52,7 +52,7 @@ async fn pusher(base: String, task: u64, round: u64, ledger: Arc<Mutex<Ledger>>)
         let mut ok = true;
         for (n, blob) in [&config, &layer].into_iter().enumerate() {
             let d = digest_of(blob);
-            let chunked = (seed + n as u64) % 2 == 0;
+            let chunked = (seed + n as u64).is_multiple_of(2);
             let pushed = if chunked {
                 push_chunked(&c, &base, &repo, blob, &d, &ledger).await
             } else {
