@@ -369,6 +369,8 @@ impl Registry {
         start: Option<u64>,
         body: BodyStream,
     ) -> Result<UploadInfo, RegistryError> {
+        // Checked before the state exists, so unknown ids never leave an entry behind.
+        self.session(repo, id)?;
         let state = self.inner.uploads.state(id);
         let mut st = state.lock().await;
         let (rec, len) = self.session(repo, id)?;
@@ -437,6 +439,8 @@ impl Registry {
         if let Some(body) = body {
             self.upload_append(repo, id, start, body).await?;
         }
+        // Checked before the state exists, so unknown ids never leave an entry behind.
+        self.session(repo, id)?;
         let state = self.inner.uploads.state(id);
         let mut st = state.lock().await;
         let (_, len) = self.session(repo, id)?;
@@ -466,6 +470,8 @@ impl Registry {
 
     /// Abandons upload `id` and deletes its data.
     pub async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
+        // Checked before the state exists, so unknown ids never leave an entry behind.
+        self.session(repo, id)?;
         let state = self.inner.uploads.state(id);
         let _st = state.lock().await;
         self.session(repo, id)?;
@@ -652,7 +658,10 @@ impl Inner {
     async fn reap_idle_uploads(&self) -> Result<(), RegistryError> {
         let ttl = self.cfg.upload_ttl.as_millis() as u64;
         let now = now_ms();
-        for (id, rec) in self.meta.uploads()? {
+        let sessions = self.meta.uploads()?;
+        self.uploads
+            .prune(&sessions.iter().map(|(id, _)| id.clone()).collect());
+        for (id, rec) in sessions {
             if rec.touched_ms.saturating_add(ttl) > now {
                 continue;
             }

@@ -70,6 +70,12 @@ impl UploadFiles {
         states.remove(id);
     }
 
+    /// Drops the states of sessions that no longer exist and that no request holds.
+    pub fn prune(&self, live: &std::collections::HashSet<String>) {
+        let mut states = self.states.lock().unwrap_or_else(|p| p.into_inner());
+        states.retain(|id, st| live.contains(id) || Arc::strong_count(st) > 1);
+    }
+
     /// Deletes session `id`'s file and state.
     pub fn remove(&self, id: &str) -> Result<(), RegistryError> {
         self.forget(id);
