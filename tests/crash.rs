@@ -12,23 +12,10 @@ use reqwest::{Client, StatusCode};
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::Gateway;
+use crate::support::{Gateway, noise};
 
 fn digest_of(b: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
 }
 
 /// What the gateway acknowledged, and uploads it had started when it died.

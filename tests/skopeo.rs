@@ -7,24 +7,15 @@ use std::path::Path;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{Gateway, require_tool, run};
+use crate::support::{Gateway, noise, require_tool, run};
 
 fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
 /// Writes `n` deterministic pseudo-random bytes.
-fn noise(path: &Path, n: usize, seed: u64) {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(n);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    std::fs::write(path, v).unwrap();
+fn write_noise(path: &Path, n: usize, seed: u64) {
+    std::fs::write(path, noise(n, seed)).unwrap();
 }
 
 /// An OCI layout at `layout` with image `tag`: two layers (a text file, then a few MiB of noise).
@@ -33,7 +24,7 @@ fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64) {
     std::fs::create_dir_all(work.join("a")).unwrap();
     std::fs::create_dir_all(work.join("b")).unwrap();
     std::fs::write(work.join("a/hello.txt"), format!("hello from {tag}\n")).unwrap();
-    noise(&work.join("b/noise.bin"), 3 << 20, seed);
+    write_noise(&work.join("b/noise.bin"), 3 << 20, seed);
     let img = format!("{}:{tag}", layout.display());
     if !layout.join("index.json").exists() {
         run(

@@ -189,6 +189,13 @@ impl SledMeta {
         Ok(())
     }
 
+    /// Removes one key and flushes; whether it was there.
+    fn remove_durably(&self, tree: &sled::Tree, key: Vec<u8>) -> Result<bool, RegistryError> {
+        let had = tree.remove(key)?.is_some();
+        self.flush()?;
+        Ok(had)
+    }
+
     /// Keys after `start` under `pre`, at most `n`, with the prefix stripped.
     fn page(
         tree: &sled::Tree,
@@ -245,12 +252,7 @@ impl MetaStore for SledMeta {
     }
 
     fn unlink_blob(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
-        let had = self
-            .blob_links
-            .remove(key2(repo.as_str(), d.as_str()))?
-            .is_some();
-        self.flush()?;
-        Ok(had)
+        self.remove_durably(&self.blob_links, key2(repo.as_str(), d.as_str()))
     }
 
     fn put_manifest(&self, m: &ManifestRecord<'_>) -> Result<(), RegistryError> {
@@ -358,12 +360,7 @@ impl MetaStore for SledMeta {
     }
 
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, RegistryError> {
-        let had = self
-            .tags
-            .remove(key2(repo.as_str(), tag.as_str()))?
-            .is_some();
-        self.flush()?;
-        Ok(had)
+        self.remove_durably(&self.tags, key2(repo.as_str(), tag.as_str()))
     }
 
     fn tags(
