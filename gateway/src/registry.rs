@@ -11,13 +11,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::oneshot;
+
 use bytes::Bytes;
 use flotilla_protocol::manifest::{Descriptor, ManifestError, parse_manifest};
 use flotilla_protocol::{Algorithm, Digest, Hasher, Reference, RepoName};
+use futures::StreamExt;
 
 use crate::storage::blobs::{self, BlobFiles};
 use crate::storage::meta::{ManifestRecord, MetaStore, SledMeta, UploadRecord};
-use crate::storage::uploads::UploadFiles;
+use crate::storage::uploads::{UploadFiles, UploadState};
 
 /// A request body as the registry consumes it.
 pub type BodyStream = futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -151,6 +154,48 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs the future `work` builds as a task of its own, so that it runs to completion even if the
+/// caller's future is dropped (the client went away, a timeout fired). Work holding an upload
+/// session's lock runs this way: otherwise the lock would be released while the hashing and
+/// writing threads of a dropped append still run, and the next request on the session would see
+/// its file grow under it.
+///
+/// `work` gets a signal that fires when the caller is dropped; [`abort_on`] turns it into the end
+/// of the request body, so an abandoned request stops at once (keeping what it wrote, consistently
+/// hashed) instead of holding the session while its body stalls.
+async fn detached<T, F>(work: impl FnOnce(oneshot::Receiver<()>) -> F) -> Result<T, RegistryError>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, RegistryError>> + Send + 'static,
+{
+    let (dropped_tx, dropped_rx) = oneshot::channel();
+    let result = tokio::spawn(work(dropped_rx)).await;
+    drop(dropped_tx);
+    result.map_err(|e| RegistryError::Corrupt(format!("storage task failed: {e}")))?
+}
+
+/// `body`, cut short by an error once `dropped` fires (see [`detached`]).
+fn abort_on(body: BodyStream, dropped: oneshot::Receiver<()>) -> BodyStream {
+    futures::stream::unfold(Some((body, dropped)), |state| async move {
+        let (mut body, mut dropped) = state?;
+        tokio::select! {
+            biased;
+            _ = &mut dropped => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    "request abandoned",
+                )),
+                None,
+            )),
+            item = body.next() => {
+                let item = item?;
+                Some((item, Some((body, dropped))))
+            }
+        }
+    })
+    .boxed()
+}
+
 /// Runs blocking storage work on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
@@ -170,9 +215,11 @@ impl Registry {
         let dir = cfg.data_dir.clone();
         let (blobs, uploads, meta) = blocking(move || {
             std::fs::create_dir_all(&dir)?;
+            // The database first: its lock file makes a second gateway on the same directory fail
+            // here, before it could empty `tmp/` under the first one's pushes.
+            let meta = SledMeta::open(&dir.join("meta"))?;
             let blobs = BlobFiles::open(&dir)?;
             let uploads = UploadFiles::open(&dir)?;
-            let meta = SledMeta::open(&dir.join("meta"))?;
             Ok((blobs, uploads, meta))
         })
         .await?;
@@ -185,8 +232,11 @@ impl Registry {
             }),
         };
         let r = reg.clone();
-        blocking(move || r.inner.reconcile_uploads()).await?;
-        reg.inner.reap_idle_uploads().await?;
+        blocking(move || {
+            r.inner.reconcile_uploads()?;
+            r.inner.reap_idle_uploads()
+        })
+        .await?;
         spawn_reaper(Arc::downgrade(&reg.inner), reg.inner.cfg.upload_ttl);
         Ok(reg)
     }
@@ -261,13 +311,22 @@ impl Registry {
         d: &Digest,
         body: BodyStream,
     ) -> Result<u64, RegistryError> {
-        let tmp = self.inner.blobs.temp_path();
-        let file = std::fs::File::create_new(&tmp)?;
-        let result = self.ingest(tmp.clone(), file, repo, d, body).await;
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let (this, repo, d) = (self.clone(), repo.clone(), d.clone());
+        // Detached, so the temp file is removed even if the client goes away mid-body.
+        detached(|dropped| async move {
+            let body = abort_on(body, dropped);
+            let tmp = this.inner.blobs.temp_path();
+            let file = std::fs::File::create_new(&tmp)?;
+            let result = this.ingest(tmp.clone(), file, &repo, &d, body).await;
+            if result.is_err()
+                && let Err(e) = std::fs::remove_file(&tmp)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %tmp.display(), error = %e, "cannot remove temp file");
+            }
+            result
+        })
+        .await
     }
 
     async fn ingest(
@@ -344,7 +403,7 @@ impl Registry {
 
     fn touch(&self, id: &str, mut rec: UploadRecord) -> Result<(), RegistryError> {
         rec.touched_ms = now_ms();
-        self.inner.meta.put_upload(id, &rec)
+        self.inner.meta.touch_upload(id, &rec)
     }
 
     /// Where upload `id` stands.
@@ -371,8 +430,25 @@ impl Registry {
     ) -> Result<UploadInfo, RegistryError> {
         // Checked before the state exists, so unknown ids never leave an entry behind.
         self.session(repo, id)?;
-        let state = self.inner.uploads.state(id);
-        let mut st = state.lock().await;
+        let (this, repo, id) = (self.clone(), repo.clone(), id.to_owned());
+        detached(|dropped| async move {
+            let body = abort_on(body, dropped);
+            let state = this.inner.uploads.state(&id);
+            let mut st = state.lock().await;
+            this.append_locked(&repo, &id, start, body, &mut st).await
+        })
+        .await
+    }
+
+    /// The body of [`Registry::upload_append`], run with the session's lock held.
+    async fn append_locked(
+        &self,
+        repo: &RepoName,
+        id: &str,
+        start: Option<u64>,
+        body: BodyStream,
+        st: &mut UploadState,
+    ) -> Result<UploadInfo, RegistryError> {
         let (rec, len) = self.session(repo, id)?;
         if let Some(s) = start
             && s != len
@@ -385,6 +461,8 @@ impl Registry {
         let file = std::fs::OpenOptions::new()
             .append(true)
             .open(self.inner.uploads.path(id))?;
+        // On a disk error `st.hashed` stays empty: the file may hold bytes the hasher never saw
+        // (or the reverse), so the next request rebuilds it from the file.
         let done = blobs::append_stream(file, hasher, body).await?;
         // No fsync per chunk: the offset is the file's length, a crash can only lose a suffix
         // the client will resend, and content is re-verified (rehash) after a restart and
@@ -438,49 +516,59 @@ impl Registry {
         start: Option<u64>,
         body: Option<BodyStream>,
     ) -> Result<u64, RegistryError> {
-        if let Some(body) = body {
-            self.upload_append(repo, id, start, body).await?;
-        }
         // Checked before the state exists, so unknown ids never leave an entry behind.
         self.session(repo, id)?;
-        let state = self.inner.uploads.state(id);
-        let mut st = state.lock().await;
-        let (_, len) = self.session(repo, id)?;
-        let hasher = self
-            .hasher_at(id, st.hashed.take(), len, d.algorithm())
-            .await?;
-        let actual = hasher.clone().finish();
-        if &actual != d {
-            st.hashed = Some((hasher, len));
-            return Err(RegistryError::DigestInvalid {
-                expected: d.clone(),
-                actual,
-            });
-        }
-        let (inner, repo, d, id) = (self.inner.clone(), repo.clone(), d.clone(), id.to_owned());
-        let size = blocking(move || {
-            let path = inner.uploads.path(&id);
-            std::fs::File::open(&path)?.sync_all()?;
-            let size = inner.blobs.install(&path, &d)?;
-            inner.meta.finish_upload(&id, &repo, &d, size)?;
-            inner.uploads.forget(&id);
-            Ok(size)
+        let (this, repo, id, d) = (self.clone(), repo.clone(), id.to_owned(), d.clone());
+        // One lock hold for the last chunk and the install: no other request can slip between.
+        detached(|dropped| async move {
+            let state = this.inner.uploads.state(&id);
+            let mut st = state.lock().await;
+            if let Some(body) = body {
+                let body = abort_on(body, dropped);
+                this.append_locked(&repo, &id, start, body, &mut st).await?;
+            }
+            let (_, len) = this.session(&repo, &id)?;
+            let hasher = this
+                .hasher_at(&id, st.hashed.take(), len, d.algorithm())
+                .await?;
+            let actual = hasher.clone().finish();
+            if actual != d {
+                st.hashed = Some((hasher, len));
+                return Err(RegistryError::DigestInvalid {
+                    expected: d,
+                    actual,
+                });
+            }
+            let inner = this.inner.clone();
+            blocking(move || {
+                let path = inner.uploads.path(&id);
+                std::fs::File::open(&path)?.sync_all()?;
+                let size = inner.blobs.install(&path, &d)?;
+                // A crash right here leaves a session without data: dropped at the next start.
+                inner.meta.finish_upload(&id, &repo, &d, size)?;
+                inner.uploads.forget(&id);
+                Ok(size)
+            })
+            .await
         })
-        .await?;
-        Ok(size)
+        .await
     }
 
     /// Abandons upload `id` and deletes its data.
     pub async fn upload_cancel(&self, repo: &RepoName, id: &str) -> Result<(), RegistryError> {
         // Checked before the state exists, so unknown ids never leave an entry behind.
         self.session(repo, id)?;
-        let state = self.inner.uploads.state(id);
-        let _st = state.lock().await;
-        self.session(repo, id)?;
-        let (inner, id) = (self.inner.clone(), id.to_owned());
-        blocking(move || {
-            inner.meta.remove_upload(&id)?;
-            inner.uploads.remove(&id)
+        let (this, repo, id) = (self.clone(), repo.clone(), id.to_owned());
+        detached(|_| async move {
+            let state = this.inner.uploads.state(&id);
+            let _st = state.lock().await;
+            this.session(&repo, &id)?;
+            let inner = this.inner.clone();
+            blocking(move || {
+                inner.meta.remove_upload(&id)?;
+                inner.uploads.remove(&id)
+            })
+            .await
         })
         .await
     }
@@ -503,7 +591,12 @@ impl Registry {
             .map_err(|e: ManifestError| RegistryError::ManifestInvalid(e.to_string()))?;
         let (digest, tag) = match reference {
             Reference::Digest(d) => {
-                let actual = Digest::compute(d.algorithm(), &body);
+                // parse_manifest has hashed the bytes with sha256 already.
+                let actual = if d.algorithm() == parsed.digest.algorithm() {
+                    parsed.digest.clone()
+                } else {
+                    Digest::compute(d.algorithm(), &body)
+                };
                 if &actual != d {
                     return Err(RegistryError::DigestInvalid {
                         expected: d.clone(),
@@ -657,7 +750,7 @@ impl Inner {
     }
 
     /// Removes sessions idle for longer than the TTL. A session in use right now is skipped.
-    async fn reap_idle_uploads(&self) -> Result<(), RegistryError> {
+    fn reap_idle_uploads(&self) -> Result<(), RegistryError> {
         let ttl = self.cfg.upload_ttl.as_millis() as u64;
         let now = now_ms();
         let sessions = self.meta.uploads()?;
@@ -694,8 +787,11 @@ fn spawn_reaper(inner: Weak<Inner>, ttl: Duration) {
         loop {
             tick.tick().await;
             let Some(inner) = inner.upgrade() else { return };
-            if let Err(e) = inner.reap_idle_uploads().await {
-                tracing::warn!(error = %e, "reaping idle uploads failed");
+            let reaped = tokio::task::spawn_blocking(move || inner.reap_idle_uploads()).await;
+            match reaped {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "reaping idle uploads failed"),
+                Err(e) => tracing::warn!(error = %e, "the upload reaper failed"),
             }
         }
     });

@@ -26,6 +26,38 @@ pub struct UploadRecord {
     pub touched_ms: u64,
 }
 
+/// What `repo_manifests` holds for one manifest in one repository: its subject (to find its
+/// referrers entry) and the tags pointing at it (so a delete by digest removes exactly those, inside
+/// its transaction, without a scan that a concurrent tag could slip past).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct RepoManifest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    /// Written by the first storage version (value = subject digest or ""), which kept no tag list:
+    /// deleting such a manifest falls back to scanning the repository's tags.
+    #[serde(skip)]
+    legacy: bool,
+}
+
+impl RepoManifest {
+    fn decode(v: &[u8]) -> Result<Self, RegistryError> {
+        if v.first() == Some(&b'{') {
+            return serde_json::from_slice(v).map_err(|e| RegistryError::Corrupt(e.to_string()));
+        }
+        Ok(RepoManifest {
+            subject: (!v.is_empty()).then(|| String::from_utf8_lossy(v).into_owned()),
+            tags: Vec::new(),
+            legacy: true,
+        })
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, RegistryError> {
+        serde_json::to_vec(self).map_err(|e| RegistryError::Corrupt(e.to_string()))
+    }
+}
+
 /// Everything a manifest PUT writes, checked and stored at once.
 #[derive(Debug)]
 pub struct ManifestRecord<'a> {
@@ -74,7 +106,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
         last: Option<&str>,
         n: usize,
     ) -> Result<Option<Vec<String>>, RegistryError>;
-    /// Up to `n` repository names after `last`, sorted.
+    /// Up to `n` names after `last`, sorted, of repositories holding at least one blob link or
+    /// manifest.
     fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>, RegistryError>;
     /// Descriptors of the manifests in `repo` whose subject is `subject`.
     fn referrers(
@@ -82,8 +115,11 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
         repo: &RepoName,
         subject: &Digest,
     ) -> Result<Vec<Descriptor>, RegistryError>;
-    /// Creates or updates an upload session.
+    /// Creates or updates an upload session, durably.
     fn put_upload(&self, id: &str, rec: &UploadRecord) -> Result<(), RegistryError>;
+    /// Updates an upload session's record without waiting for the disk: used for the touched
+    /// time, whose loss in a crash only makes the session look idle a little earlier.
+    fn touch_upload(&self, id: &str, rec: &UploadRecord) -> Result<(), RegistryError>;
     /// An upload session.
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>, RegistryError>;
     /// Removes an upload session.
@@ -196,12 +232,15 @@ impl SledMeta {
         Ok(had)
     }
 
-    /// Keys after `start` under `pre`, at most `n`, with the prefix stripped.
+    /// Keys after `last` under `pre` that `keep` accepts, at most `n`, with the prefix stripped. A
+    /// range scan from `last`: a page costs what it returns (plus what `keep` skips), never the
+    /// whole tree.
     fn page(
         tree: &sled::Tree,
         pre: &[u8],
         last: Option<&str>,
         n: usize,
+        mut keep: impl FnMut(&str) -> Result<bool, RegistryError>,
     ) -> Result<Vec<String>, RegistryError> {
         let start = match last {
             Some(l) => {
@@ -212,17 +251,57 @@ impl SledMeta {
             None => Bound::Included(pre.to_vec()),
         };
         let mut out = Vec::new();
+        if n == 0 {
+            return Ok(out);
+        }
         for item in tree.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
-            if out.len() >= n {
-                break;
-            }
             let (k, _) = item?;
             if !k.starts_with(pre) {
                 break;
             }
-            out.push(text(&k[pre.len()..])?);
+            let name = text(&k[pre.len()..])?;
+            if keep(&name)? {
+                out.push(name);
+                if out.len() >= n {
+                    break;
+                }
+            }
         }
         Ok(out)
+    }
+
+    /// Whether `tree` holds any key under `<name>\0`.
+    fn any_under(tree: &sled::Tree, name: &str) -> Result<bool, RegistryError> {
+        Ok(tree.scan_prefix(prefix(name)).next().transpose()?.is_some())
+    }
+}
+
+/// Removes `tag` from the tag list of manifest `d` in `repo` (inside a transaction).
+fn untag(
+    repo_manifests: &sled::transaction::TransactionalTree,
+    repo: &str,
+    d: &[u8],
+    tag: &str,
+) -> TxResult<()> {
+    let key = key2(repo, &String::from_utf8_lossy(d));
+    let Some(v) = repo_manifests.get(&key)? else {
+        return Ok(());
+    };
+    let mut rec = match RepoManifest::decode(&v) {
+        Ok(r) => r,
+        Err(e) => return abort(e),
+    };
+    if rec.legacy {
+        // A legacy record keeps no tag list: nothing to update.
+        return Ok(());
+    }
+    rec.tags.retain(|t| t != tag);
+    match rec.encode() {
+        Ok(v) => {
+            repo_manifests.insert(key, v)?;
+            Ok(())
+        }
+        Err(e) => abort(e),
     }
 }
 
@@ -257,6 +336,7 @@ impl MetaStore for SledMeta {
 
     fn put_manifest(&self, m: &ManifestRecord<'_>) -> Result<(), RegistryError> {
         let repo = m.repo.as_str();
+        let digest = m.digest.as_str();
         let record = encode_manifest(m.media_type, m.bytes);
         let referrer = match m.referrer {
             Some((subject, desc)) => Some((
@@ -287,14 +367,36 @@ impl MetaStore for SledMeta {
                         }
                     }
                     repos.insert(repo.as_bytes(), &[][..])?;
-                    manifests.insert(m.digest.as_str().as_bytes(), record.as_slice())?;
-                    let subject = m.referrer.map(|(s, _)| s.as_str()).unwrap_or("");
-                    repo_manifests.insert(key2(repo, m.digest.as_str()), subject.as_bytes())?;
+                    manifests.insert(digest.as_bytes(), record.as_slice())?;
+                    let key = key2(repo, digest);
+                    // A re-push keeps the tags already pointing at the manifest.
+                    let mut rec = match repo_manifests.get(&key)? {
+                        Some(v) => match RepoManifest::decode(&v) {
+                            Ok(r) => r,
+                            Err(e) => return abort(e),
+                        },
+                        None => RepoManifest::default(),
+                    };
+                    rec.subject = m.referrer.map(|(s, _)| s.as_str().to_owned());
                     if let Some(t) = m.tag {
-                        tags.insert(key2(repo, t.as_str()), m.digest.as_str().as_bytes())?;
+                        let previous = tags.insert(key2(repo, t.as_str()), digest.as_bytes())?;
+                        if let Some(old) = previous
+                            && old.as_ref() != digest.as_bytes()
+                        {
+                            // The tag moves: the manifest it leaves no longer lists it.
+                            untag(repo_manifests, repo, &old, t.as_str())?;
+                        }
+                        if !rec.tags.iter().any(|x| x == t.as_str()) {
+                            rec.tags.push(t.as_str().to_owned());
+                        }
                     }
+                    let value = match rec.encode() {
+                        Ok(v) => v,
+                        Err(e) => return abort(e),
+                    };
+                    repo_manifests.insert(key, value)?;
                     if let Some((s, desc)) = &referrer {
-                        let k = key2(&key2_str(repo, s.as_str()), m.digest.as_str());
+                        let k = key2(&key2_str(repo, s.as_str()), digest);
                         referrers.insert(k, desc.as_slice())?;
                     }
                     Ok(())
@@ -326,33 +428,42 @@ impl MetaStore for SledMeta {
 
     fn delete_manifest(&self, repo: &RepoName, d: &Digest) -> Result<bool, RegistryError> {
         let repo_s = repo.as_str();
-        // Tags pointing at it, found before the transaction (a scan cannot run inside one);
-        // the transaction re-checks each so a tag moved meanwhile is left alone.
-        let mut pointing = Vec::new();
-        for item in self.tags.scan_prefix(prefix(repo_s)) {
-            let (k, v) = item?;
-            if v.as_ref() == d.as_str().as_bytes() {
-                pointing.push(k);
+        let key = key2(repo_s, d.as_str());
+        // Only a record of the first storage version lacks the tag list; its tags are found by a
+        // scan before the transaction, which re-checks each one.
+        let mut legacy_tags = Vec::new();
+        if let Some(v) = self.repo_manifests.get(&key)?
+            && RepoManifest::decode(&v)?.legacy
+        {
+            for item in self.tags.scan_prefix(prefix(repo_s)) {
+                let (k, v) = item?;
+                if v.as_ref() == d.as_str().as_bytes() {
+                    legacy_tags.push(k.to_vec());
+                }
             }
         }
         let removed = (&self.repo_manifests, &self.tags, &self.referrers)
             .transaction(|(repo_manifests, tags, referrers)| {
-                let Some(subject) = repo_manifests.remove(key2(repo_s, d.as_str()))? else {
+                let Some(v) = repo_manifests.remove(key.clone())? else {
                     return Ok(false);
                 };
-                for k in &pointing {
+                let rec = match RepoManifest::decode(&v) {
+                    Ok(r) => r,
+                    Err(e) => return abort(e),
+                };
+                let listed = rec.tags.iter().map(|t| key2(repo_s, t));
+                for k in listed.chain(legacy_tags.iter().cloned()) {
                     if tags
-                        .get(k)?
+                        .get(&k)?
                         .is_some_and(|v| v.as_ref() == d.as_str().as_bytes())
                     {
-                        tags.remove(k.clone())?;
+                        tags.remove(k)?;
                     }
                 }
-                if !subject.is_empty() {
-                    let subject = String::from_utf8_lossy(&subject).into_owned();
-                    referrers.remove(key2(&key2_str(repo_s, &subject), d.as_str()))?;
+                if let Some(subject) = &rec.subject {
+                    referrers.remove(key2(&key2_str(repo_s, subject), d.as_str()))?;
                 }
-                Ok::<_, ConflictableTransactionError<RegistryError>>(true)
+                Ok(true)
             })
             .map_err(tx_err)?;
         self.flush()?;
@@ -360,7 +471,18 @@ impl MetaStore for SledMeta {
     }
 
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, RegistryError> {
-        self.remove_durably(&self.tags, key2(repo.as_str(), tag.as_str()))
+        let repo_s = repo.as_str();
+        let removed = (&self.repo_manifests, &self.tags)
+            .transaction(|(repo_manifests, tags)| {
+                let Some(d) = tags.remove(key2(repo_s, tag.as_str()))? else {
+                    return Ok(false);
+                };
+                untag(repo_manifests, repo_s, &d, tag.as_str())?;
+                Ok(true)
+            })
+            .map_err(tx_err)?;
+        self.flush()?;
+        Ok(removed)
     }
 
     fn tags(
@@ -372,11 +494,16 @@ impl MetaStore for SledMeta {
         if !self.repos.contains_key(repo.as_str().as_bytes())? {
             return Ok(None);
         }
-        Self::page(&self.tags, &prefix(repo.as_str()), last, n).map(Some)
+        Self::page(&self.tags, &prefix(repo.as_str()), last, n, |_| Ok(true)).map(Some)
     }
 
     fn repos(&self, last: Option<&str>, n: usize) -> Result<Vec<String>, RegistryError> {
-        Self::page(&self.repos, b"", last, n)
+        // `repos` remembers every repository that ever existed (so `tags/list` can tell "empty"
+        // from "unknown"); the catalog shows only those still holding something.
+        Self::page(&self.repos, b"", last, n, |name| {
+            Ok(Self::any_under(&self.repo_manifests, name)?
+                || Self::any_under(&self.blob_links, name)?)
+        })
     }
 
     fn referrers(
@@ -399,6 +526,12 @@ impl MetaStore for SledMeta {
         let v = serde_json::to_vec(rec).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
         self.uploads.insert(id.as_bytes(), v)?;
         self.flush()
+    }
+
+    fn touch_upload(&self, id: &str, rec: &UploadRecord) -> Result<(), RegistryError> {
+        let v = serde_json::to_vec(rec).map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+        self.uploads.insert(id.as_bytes(), v)?;
+        Ok(())
     }
 
     fn upload(&self, id: &str) -> Result<Option<UploadRecord>, RegistryError> {
@@ -445,4 +578,78 @@ impl MetaStore for SledMeta {
 
 fn key2_str(a: &str, b: &str) -> String {
     format!("{a}\0{b}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record<'a>(
+        repo: &'a RepoName,
+        d: &'a Digest,
+        bytes: &'a [u8],
+        tag: Option<&'a Tag>,
+        referrer: Option<(&'a Digest, &'a Descriptor)>,
+    ) -> ManifestRecord<'a> {
+        ManifestRecord {
+            repo,
+            digest: d,
+            media_type: "application/vnd.oci.image.manifest.v1+json",
+            bytes,
+            tag,
+            referrer,
+            required_blobs: &[],
+            required_manifests: &[],
+        }
+    }
+
+    #[test]
+    fn records_track_tags_and_legacy_records_still_delete_cleanly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let meta = SledMeta::open(&tmp.path().join("meta")).unwrap();
+        let repo: RepoName = "a/b".parse().unwrap();
+        let (t1, t2): (Tag, Tag) = ("one".parse().unwrap(), "two".parse().unwrap());
+        let subject = Digest::sha256_of(b"subject");
+        let bytes = b"{}";
+        let d = Digest::sha256_of(bytes);
+        let desc: Descriptor = serde_json::from_value(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": d, "size": 2, "artifactType": "x/y"
+        }))
+        .unwrap();
+        meta.put_manifest(&record(
+            &repo,
+            &d,
+            bytes,
+            Some(&t1),
+            Some((&subject, &desc)),
+        ))
+        .unwrap();
+        meta.put_manifest(&record(
+            &repo,
+            &d,
+            bytes,
+            Some(&t2),
+            Some((&subject, &desc)),
+        ))
+        .unwrap();
+        let key = key2(repo.as_str(), d.as_str());
+        let rec = RepoManifest::decode(&meta.repo_manifests.get(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(rec.tags, ["one", "two"]);
+        assert_eq!(rec.subject.as_deref(), Some(subject.as_str()));
+        assert!(meta.delete_tag(&repo, &t1).unwrap());
+        let rec = RepoManifest::decode(&meta.repo_manifests.get(&key).unwrap().unwrap()).unwrap();
+        assert_eq!(rec.tags, ["two"]);
+
+        // The first storage version stored just the subject digest.
+        meta.repo_manifests
+            .insert(&key, subject.as_str().as_bytes())
+            .unwrap();
+        assert_eq!(meta.referrers(&repo, &subject).unwrap().len(), 1);
+        assert!(meta.delete_manifest(&repo, &d).unwrap());
+        assert!(meta.tag(&repo, &t2).unwrap().is_none());
+        assert!(meta.referrers(&repo, &subject).unwrap().is_empty());
+        assert!(!meta.has_manifest(&repo, &d).unwrap());
+        assert!(!meta.delete_manifest(&repo, &d).unwrap());
+    }
 }
