@@ -5,15 +5,11 @@
 
 /// The command line: config file, environment, flags, SIGTERM, request logs.
 mod cli;
+/// Real clients: skopeo+umoci, docker, oras and python-dxf push and pull through the gateway.
+mod clients;
 /// kill -9 during concurrent pushes: nothing acknowledged lost, nothing reported corrupt.
 mod crash;
-/// The Docker engine: push, rmi, pull and inspect an imported image through the gateway.
-mod docker;
 /// The OCI Distribution v1.1 HTTP API, endpoint by endpoint, against the real gateway binary.
 mod http_api;
-/// oras and python-dxf: artifacts with a subject, referrers, blob push/pull.
-mod oras;
-/// skopeo + umoci: OCI, Docker v2s2 and two-platform index images copied in and back, identical.
-mod skopeo;
 /// Harness shared by every module: start, stop, kill and restart a gateway process; require tools.
 mod support;
