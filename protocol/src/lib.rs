@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`digest`]: `sha256:…` digests, the streaming [`digest::Hasher`], and the CIDv1 form used as
 //!   the swarm's key.
-//! - [`reference`]: repository names, tags, references and the one parser for `/v2/` paths.
+//! - [`reference`](mod@reference): repository names, tags, references and the one parser for `/v2/` paths.
 //! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
 //!   blobs and child manifests a manifest refers to.
 //! - [`piece`]: piece tables (BLAKE3 per piece, built while a blob streams), their signed wire form,

@@ -69,6 +69,9 @@ pub enum PieceError {
         expected: u32,
         got: usize,
     },
+    /// Two bit fields over different piece counts.
+    #[error("bit field covers {got} pieces, expected {expected}")]
+    LengthMismatch { expected: u32, got: u32 },
     /// A piece whose hash differs from the table's.
     #[error("piece {index} does not match its hash")]
     HashMismatch { index: u32 },
@@ -163,7 +166,8 @@ impl PieceTable {
     /// Checks one piece's bytes against the table.
     ///
     /// # Errors
-    /// [`PieceError::IndexOutOfRange`], [`PieceError::WrongLength`] or [`PieceError::HashMismatch`].
+    /// [`PieceError::IndexOutOfRange`], [`PieceError::WrongLength`] or
+    /// [`PieceError::HashMismatch`].
     pub fn verify_piece(&self, index: u32, data: &[u8]) -> Result<(), PieceError> {
         let count = self.piece_count();
         let expected = self

@@ -32,11 +32,17 @@ impl Bitfield {
 
     /// A bit field with every piece set (a seeder's).
     pub fn full(len: u32) -> Self {
-        let mut b = Bitfield::new(len);
-        for i in 0..len {
-            b.set(i);
+        let mut bytes = vec![0xff; byte_len(len)];
+        if let Some(last) = bytes.last_mut()
+            && !len.is_multiple_of(8)
+        {
+            *last = 0xff << (8 - len % 8);
         }
-        b
+        Bitfield {
+            len,
+            ones: len,
+            bytes,
+        }
     }
 
     /// Number of pieces the field covers.
@@ -57,7 +63,8 @@ impl Bitfield {
         self.bytes[(index / 8) as usize] & mask(index) != 0
     }
 
-    /// Sets piece `index`; returns whether it was newly set (`false` if already set or out of range).
+    /// Sets piece `index`; returns whether it was newly set (`false` if already set or out of
+    /// range).
     pub fn set(&mut self, index: u32) -> bool {
         if index >= self.len || self.get(index) {
             return false;
@@ -87,14 +94,93 @@ impl Bitfield {
         self.ones == self.len
     }
 
-    /// Set pieces, ascending.
+    /// Set pieces, ascending (skips empty bytes, so sparse fields are cheap to walk).
     pub fn iter_ones(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| self.get(i))
+        self.bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != 0)
+            .flat_map(|(i, &b)| {
+                let base = i as u32 * 8;
+                (0..8u32)
+                    .filter(move |k| b & (0x80 >> k) != 0)
+                    .map(move |k| base + k)
+            })
     }
 
-    /// Unset pieces, ascending.
+    /// Unset pieces ("missing"), ascending. Spare bits past `len` are always zero, hence the bound.
     pub fn iter_zeros(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.len).filter(|&i| !self.get(i))
+        let len = self.len;
+        self.bytes
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b != 0xff)
+            .flat_map(|(i, &b)| {
+                let base = i as u32 * 8;
+                (0..8u32)
+                    .filter(move |k| b & (0x80 >> k) == 0)
+                    .map(move |k| base + k)
+            })
+            .take_while(move |&i| i < len)
+    }
+
+    /// The first unset piece at or after `from`: where an in-order reader has to wait.
+    pub fn next_zero(&self, from: u32) -> Option<u32> {
+        (from..self.len).find(|&i| !self.get(i))
+    }
+
+    /// Sets every piece set in `other` (e.g. folding a peer's `have`s into a view of the swarm).
+    ///
+    /// # Errors
+    /// [`PieceError::LengthMismatch`] if the fields cover different piece counts.
+    pub fn union_with(&mut self, other: &Bitfield) -> Result<(), PieceError> {
+        self.combine(other, |a, b| a | b)
+    }
+
+    /// Keeps only the pieces also set in `other`.
+    ///
+    /// # Errors
+    /// [`PieceError::LengthMismatch`] if the fields cover different piece counts.
+    pub fn intersect_with(&mut self, other: &Bitfield) -> Result<(), PieceError> {
+        self.combine(other, |a, b| a & b)
+    }
+
+    /// Clears every piece set in `other`: `peer.difference_with(&mine)` leaves what a peer can
+    /// give us.
+    ///
+    /// # Errors
+    /// [`PieceError::LengthMismatch`] if the fields cover different piece counts.
+    pub fn difference_with(&mut self, other: &Bitfield) -> Result<(), PieceError> {
+        self.combine(other, |a, b| a & !b)
+    }
+
+    /// Number of pieces set in both fields (0 if their lengths differ).
+    pub fn count_common(&self, other: &Bitfield) -> u32 {
+        if self.len != other.len {
+            return 0;
+        }
+        self.bytes
+            .iter()
+            .zip(&other.bytes)
+            .map(|(a, b)| (a & b).count_ones())
+            .sum()
+    }
+
+    fn combine(&mut self, other: &Bitfield, op: impl Fn(u8, u8) -> u8) -> Result<(), PieceError> {
+        if self.len != other.len {
+            return Err(PieceError::LengthMismatch {
+                expected: self.len,
+                got: other.len,
+            });
+        }
+        let mut ones = 0;
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            // Spare bits are zero in both, and every op here keeps zero & zero at zero.
+            *a = op(*a, *b);
+            ones += a.count_ones();
+        }
+        self.ones = ones;
+        Ok(())
     }
 
     /// The wire form.
@@ -160,7 +246,47 @@ mod tests {
         assert!(b.clear(0) && !b.clear(0));
         assert_eq!(b.count(), 1);
         assert!(Bitfield::full(10).is_complete());
+        assert_eq!(Bitfield::full(10).iter_ones().count(), 10);
+        assert_eq!(Bitfield::full(10).encode(), vec![0, 0, 0, 10, 0xff, 0xc0]);
+        assert_eq!(b.next_zero(0), Some(0));
+        assert_eq!(Bitfield::full(3).next_zero(0), None);
         assert!(Bitfield::new(0).is_complete() && Bitfield::new(0).is_empty());
+    }
+
+    #[test]
+    fn set_algebra() {
+        let mut a = Bitfield::new(12);
+        let mut b = Bitfield::new(12);
+        for i in [0, 3, 5, 11] {
+            a.set(i);
+        }
+        for i in [3, 4, 11] {
+            b.set(i);
+        }
+        assert_eq!(a.count_common(&b), 2);
+        let mut u = a.clone();
+        u.union_with(&b).unwrap();
+        assert_eq!(u.iter_ones().collect::<Vec<_>>(), vec![0, 3, 4, 5, 11]);
+        assert_eq!(u.count(), 5);
+        let mut i = a.clone();
+        i.intersect_with(&b).unwrap();
+        assert_eq!(i.iter_ones().collect::<Vec<_>>(), vec![3, 11]);
+        let mut d = a.clone();
+        d.difference_with(&b).unwrap();
+        assert_eq!(d.iter_ones().collect::<Vec<_>>(), vec![0, 5]);
+        assert_eq!(d.count(), 2);
+        assert_eq!(
+            a.union_with(&Bitfield::new(13)),
+            Err(PieceError::LengthMismatch {
+                expected: 12,
+                got: 13
+            })
+        );
+        assert_eq!(a.count_common(&Bitfield::full(13)), 0);
+        assert_eq!(
+            a.iter_zeros().collect::<Vec<_>>(),
+            vec![1, 2, 4, 6, 7, 8, 9, 10]
+        );
     }
 
     #[test]

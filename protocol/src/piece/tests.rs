@@ -1,4 +1,5 @@
-//! Piece table, signing and size-policy tests, plus the hash speed measurement (`bench_piece_hash`).
+//! Piece table, signing and size-policy tests, plus the hash speed measurement
+//! (`bench_piece_hash`).
 
 use libp2p_identity::Keypair;
 use proptest::prelude::*;
@@ -170,14 +171,43 @@ proptest! {
     }
 
     #[test]
-    fn bitfield_round_trip(len in 0u32..300, ones in proptest::collection::vec(any::<u32>(), 0..50)) {
+    fn bitfield_round_trip(
+        len in 0u32..300,
+        ones in proptest::collection::vec(any::<u32>(), 0..50),
+    ) {
         let mut b = Bitfield::new(len);
         for i in ones {
             if len > 0 { b.set(i % len); }
         }
         let d = Bitfield::decode(&b.encode()).unwrap();
         prop_assert_eq!(d.count(), b.iter_ones().count() as u32);
-        prop_assert_eq!(d, b);
+        prop_assert_eq!(&d, &b);
+        let naive_ones: Vec<u32> = (0..len).filter(|&i| b.get(i)).collect();
+        let naive_zeros: Vec<u32> = (0..len).filter(|&i| !b.get(i)).collect();
+        prop_assert_eq!(b.iter_ones().collect::<Vec<_>>(), naive_ones);
+        prop_assert_eq!(b.iter_zeros().collect::<Vec<_>>(), naive_zeros);
+    }
+
+    #[test]
+    fn bitfield_algebra(len in 1u32..100, x in any::<u128>(), y in any::<u128>()) {
+        let field = |bits: u128| {
+            let mut b = Bitfield::new(len);
+            for i in 0..len { if bits >> i & 1 == 1 { b.set(i); } }
+            b
+        };
+        let (a, b) = (field(x), field(y));
+        let mask = if len >= 128 { u128::MAX } else { (1u128 << len) - 1 };
+        let mut u = a.clone();
+        u.union_with(&b).unwrap();
+        prop_assert_eq!(&u, &field((x | y) & mask));
+        let mut i = a.clone();
+        i.intersect_with(&b).unwrap();
+        prop_assert_eq!(&i, &field(x & y & mask));
+        prop_assert_eq!(a.count_common(&b), i.count());
+        let mut d = a.clone();
+        d.difference_with(&b).unwrap();
+        prop_assert_eq!(&d, &field(x & !y & mask));
+        prop_assert_eq!(Bitfield::decode(&d.encode()).unwrap(), d);
     }
 }
 

@@ -32,6 +32,7 @@ impl RarityIndex {
         }
     }
 
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.order.len()
     }
@@ -44,14 +45,21 @@ impl RarityIndex {
         self.avail[piece as usize]
     }
 
-    /// Pickable pieces, rarest first.
-    pub(super) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.order.iter().copied()
-    }
-
     /// Pickable pieces that no candidate peer holds.
     pub(super) fn unseen(&self) -> &[u32] {
         &self.order[..self.starts[1] as usize]
+    }
+
+    /// Pickable pieces that some candidate peer holds, rarest first.
+    pub(super) fn seen(&self) -> &[u32] {
+        &self.order[self.starts[1] as usize..]
+    }
+
+    /// Position (in the rarest-first order) just past the pieces of availability `a`.
+    pub(super) fn bucket_end(&self, a: u16) -> usize {
+        self.starts
+            .get(usize::from(a) + 1)
+            .map_or(self.order.len(), |&s| s as usize)
     }
 
     fn swap(&mut self, i: u32, j: u32) {
@@ -140,7 +148,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn check(ix: &RarityIndex) {
-        let av: Vec<u16> = ix.iter().map(|p| ix.availability(p)).collect();
+        let av: Vec<u16> = ix.order.iter().map(|&p| ix.availability(p)).collect();
+        assert_eq!(ix.unseen().len() + ix.seen().len(), ix.len());
+        assert!(ix.unseen().iter().all(|&p| ix.availability(p) == 0));
+        assert!(ix.seen().iter().all(|&p| ix.availability(p) > 0));
         assert!(av.windows(2).all(|w| w[0] <= w[1]), "{av:?}");
         for (i, &p) in ix.order.iter().enumerate() {
             assert_eq!(ix.pos[p as usize], i as u32);

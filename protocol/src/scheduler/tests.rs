@@ -1,6 +1,7 @@
 //! Scheduler rules one at a time, a 20-leecher virtual-time swarm, and proptest invariants.
 
 mod driver;
+mod scale;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -78,24 +79,44 @@ fn rarest_first() {
     }
 }
 
+/// One seed serving 100 pieces/s to one leecher: (pieces, round trip) → (completion, most in
+/// flight).
+fn pipe(pieces: u32, rtt: Duration) -> (Duration, usize) {
+    let mut swarm = Swarm::build(driver::Spec {
+        pieces,
+        leechers: vec![(1.0, 1000.0)],
+        seeds: vec![100.0],
+        origin_up: 1.0,
+        degree: None,
+        rtt,
+        cfg: cfg(),
+        swarm_hint: false,
+        origin_dedup: None,
+    });
+    swarm.run(1_000_000);
+    (
+        swarm.nodes[0].done_at.unwrap(),
+        swarm.nodes[0].max_in_flight,
+    )
+}
+
 #[test]
-fn window_fills_and_grows_to_cap() {
-    let mut s = Scheduler::new(0, Bitfield::new(40), cfg(), ms(0));
-    s.peer_added(1, full(40), ms(0));
-    let mut outstanding: Vec<u32> = requests(&drain(&mut s)).iter().map(|r| r.1).collect();
-    assert_eq!(outstanding.len(), 2, "initial window");
-    let mut max_seen = 0;
-    for step in 1..=30 {
-        let piece = outstanding.remove(0);
-        s.piece_received(Source::Peer(1), piece, ms(step * 10));
-        outstanding.extend(requests(&drain(&mut s)).iter().map(|r| r.1));
-        max_seen = max_seen.max(outstanding.len());
-        assert_eq!(outstanding.len(), s.in_flight());
-        if step == 1 {
-            assert_eq!(outstanding.len(), 3, "grew by one");
-        }
-    }
-    assert_eq!(max_seen, 8, "capped at max_window");
+fn window_keeps_a_long_pipe_full() {
+    // 400 pieces at 100/s is 4 s at best; a fixed window of 2 over a 100 ms round trip would
+    // move 2 pieces per 110 ms and take 22 s.
+    let (done, most) = pipe(400, ms(100));
+    println!("rtt 100 ms: done in {done:?}, at most {most} in flight");
+    assert!(done < Duration::from_secs(6), "{done:?}");
+    assert!((10..=16).contains(&most), "{most}");
+}
+
+#[test]
+fn window_does_not_queue_on_a_short_pipe() {
+    // No round trip: one piece being served and one waiting keep the seed busy.
+    let (done, most) = pipe(400, ms(0));
+    println!("rtt 0: done in {done:?}, at most {most} in flight");
+    assert!(done < Duration::from_millis(4100), "{done:?}");
+    assert!(most <= 3, "{most}");
 }
 
 #[test]
@@ -251,7 +272,11 @@ fn timeout_cancels_and_rerequests() {
     s.peer_added(1, full(1), ms(0));
     assert_eq!(drain(&mut s), vec![req(1, 0)]);
     let deadline = s.poll_timeout().unwrap();
-    assert_eq!(deadline, Duration::from_secs(4), "4 × initial piece time");
+    assert_eq!(
+        deadline,
+        Duration::from_secs(3),
+        "srtt + 4 × rttvar = 3 × initial latency"
+    );
     s.handle_timeout(deadline);
     assert_eq!(
         drain(&mut s),
@@ -289,13 +314,26 @@ fn peer_removal_requeues_in_flight_pieces() {
 
 #[test]
 fn read_position_comes_first() {
-    let mut s = Scheduler::new(0, Bitfield::new(30), cfg(), ms(0));
+    // Window 1, so each completion frees exactly one slot and the order is visible.
+    let c = Config {
+        initial_window: 1,
+        max_window: 1,
+        ..cfg()
+    };
+    let mut s = Scheduler::new(0, Bitfield::new(30), c, ms(0));
     s.set_read_position(10);
     s.peer_added(1, full(30), ms(0));
-    assert_eq!(drain(&mut s), vec![req(1, 10), req(1, 11)]);
+    assert_eq!(drain(&mut s), vec![req(1, 10)]);
     s.piece_received(Source::Peer(1), 10, ms(1));
     s.set_read_position(11);
-    assert_eq!(drain(&mut s), vec![req(1, 12), req(1, 13)]);
+    assert_eq!(drain(&mut s), vec![req(1, 11)]);
+    // The reader jumps (a Range request): the window follows it.
+    s.set_read_position(25);
+    s.piece_received(Source::Peer(1), 11, ms(2));
+    assert_eq!(drain(&mut s), vec![req(1, 25)]);
+    // Pieces the reader has passed (held) or that are in flight are skipped.
+    s.piece_received(Source::Peer(1), 25, ms(3));
+    assert_eq!(drain(&mut s), vec![req(1, 26)]);
 }
 
 #[test]
@@ -305,11 +343,155 @@ fn resume_with_everything_is_done() {
     assert_eq!(s.poll_timeout(), None);
 }
 
+#[test]
+fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
+    let c = Config {
+        origin_grace: ms(0),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(4), c, ms(0));
+    s.peer_added(1, Bitfield::new(4), ms(0));
+    let r = requests(&drain(&mut s));
+    let origin: Vec<u32> = r
+        .iter()
+        .filter(|r| r.0 == Source::Origin)
+        .map(|r| r.1)
+        .collect();
+    assert!(!origin.is_empty(), "{r:?}");
+    let x = origin[0];
+    s.peer_have(1, x, ms(10));
+    let next = drain(&mut s);
+    assert_eq!(
+        next[0],
+        Action::Cancel {
+            source: Source::Origin,
+            piece: x
+        }
+    );
+    assert!(next.contains(&req(1, x)), "{next:?}");
+}
+
+#[test]
+fn refusals_requeue_without_penalty() {
+    let c = Config {
+        origin_grace: ms(0),
+        origin_window: 1,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(3), c, ms(0));
+    let first = requests(&drain(&mut s));
+    assert_eq!(first.len(), 1);
+    let (_, x) = first[0];
+    // The origin sent `x` to someone moments ago: ask it for the others, not `x`, for a step.
+    s.request_refused(Source::Origin, x, ms(5));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    assert!(r[0].0 == Source::Origin && r[0].1 != x, "{r:?}");
+    s.piece_received(Source::Origin, r[0].1, ms(6));
+    let r = requests(&drain(&mut s));
+    assert!(r.iter().all(|r| r.1 != x), "{r:?}");
+    let held_until = ms(5) + Config::default().origin_step;
+    assert!(s.poll_timeout().is_some_and(|t| t <= held_until));
+    for r in &r {
+        s.piece_received(r.0, r.1, ms(7));
+    }
+    s.handle_timeout(held_until);
+    assert_eq!(requests(&drain(&mut s)), vec![(Source::Origin, x)]);
+
+    // A busy peer is paused briefly; its window is untouched.
+    let mut s = Scheduler::new(0u32, Bitfield::new(8), cfg(), ms(0));
+    s.peer_added(1, full(8), ms(0));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 2);
+    s.request_refused(r[0].0, r[0].1, ms(1));
+    s.request_refused(r[1].0, r[1].1, ms(1));
+    assert!(drain(&mut s).is_empty(), "paused");
+    let resume = ms(1) + Config::default().min_backoff;
+    assert_eq!(s.poll_timeout(), Some(resume));
+    s.handle_timeout(resume);
+    assert_eq!(requests(&drain(&mut s)).len(), 2, "same window as before");
+}
+
+#[test]
+fn swarm_size_limits_who_goes_to_the_origin() {
+    // With 100,000 nodes in the swarm and none of them visible, a node fetches a piece first
+    // only if fewer than `origin_fanout` unseen nodes are expected to outrank it: about
+    // 2 / 100,000 of the pieces; the allowance grows by one per step after that.
+    let pieces = 2000;
+    let c = Config {
+        origin_grace: ms(0),
+        origin_window: 1,
+        ..Config::default()
+    };
+    let step = c.origin_step;
+    let mut counts = Vec::new();
+    for node in 0..20u32 {
+        let mut s = Scheduler::new(node, Bitfield::new(pieces), c.clone(), ms(0));
+        s.set_swarm_size(100_000);
+        counts.push(requests(&drain(&mut s)).len());
+    }
+    assert!(counts.iter().sum::<usize>() <= 2, "{counts:?}");
+    // Small swarms (or no estimate): the node sees everyone and fetches its share at once.
+    let mut s = Scheduler::new(0u32, Bitfield::new(pieces), c.clone(), ms(0));
+    s.set_swarm_size(1);
+    assert_eq!(requests(&drain(&mut s)).len(), 1);
+    // The allowance grows with time: after enough steps every unseen piece is eligible.
+    let mut s = Scheduler::new(7u32, Bitfield::new(pieces), c, ms(0));
+    s.set_swarm_size(50);
+    let mut t = Duration::ZERO;
+    while requests(&drain(&mut s)).is_empty() {
+        let next = s.poll_timeout().expect("a step timer while pieces wait");
+        assert!(next > t && next <= t + step, "{next:?} after {t:?}");
+        t = next;
+        s.handle_timeout(t);
+    }
+    assert!(t <= step * 50, "{t:?}");
+}
+
+#[test]
+fn partial_views_with_a_deduplicating_origin_send_each_piece_about_once() {
+    // 100 nodes that each know ~16 others, told the swarm size, and an origin that refuses a
+    // piece it is sending or sent in the last 2 s.
+    let mut rng = peer::XorShift::new(11);
+    let leechers: Vec<(f64, f64)> = (0..100)
+        .map(|_| {
+            let up = 5.0 + (rng.next() % 100) as f64 / 10.0;
+            (up, 2.0 * up)
+        })
+        .collect();
+    let mut swarm = Swarm::build(driver::Spec {
+        pieces: 64,
+        leechers,
+        seeds: Vec::new(),
+        origin_up: 10.0,
+        degree: Some(16),
+        rtt: ms(5),
+        cfg: swarm_config(5),
+        swarm_hint: true,
+        origin_dedup: Some(Duration::from_secs(2)),
+    });
+    swarm.run(20_000_000);
+    let times = swarm.done_times();
+    assert_eq!(times.len(), 100, "everyone completes");
+    let origin = swarm.origin_served();
+    let bound = swarm.bound(64);
+    let last = times[99].as_secs_f64();
+    println!("origin served {origin}/64, last {last:.1} s, bound {bound:.1} s");
+    assert!(origin <= 64 * 9 / 8, "origin served {origin}");
+    // The origin alone needs 6.4 s; it must not sit idle while pieces wait for it.
+    assert!(
+        swarm.origin_last < Duration::from_secs(8),
+        "{:?}",
+        swarm.origin_last
+    );
+    assert!(last < 2.0 * bound, "{last} vs bound {bound}");
+}
+
 fn swarm_config(seed: u64) -> Config {
     Config {
         seed,
         origin_grace: ms(100),
-        initial_piece_time: ms(100),
+        initial_latency: ms(100),
         min_timeout: ms(200),
         ..Config::default()
     }
@@ -354,7 +536,7 @@ fn twenty_leechers_one_origin_origin_sends_each_piece_about_once() {
 #[test]
 fn same_seed_same_run() {
     let run = |seed| {
-        let mut swarm = Swarm::new(32, &random_fleet(9, 8), &[], 5.0, &swarm_config(seed));
+        let mut swarm = Swarm::new(32, &random_fleet(9, 8), &[8.0], 5.0, &swarm_config(seed));
         swarm.run(1_000_000);
         swarm.log
     };
@@ -372,6 +554,8 @@ enum Op {
     Invalid(usize),
     Advance(u64),
     Read(u32),
+    Refuse(usize),
+    Swarm(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -384,6 +568,8 @@ fn op() -> impl Strategy<Value = Op> {
         any::<usize>().prop_map(Op::Invalid),
         (0u64..5000).prop_map(Op::Advance),
         (0u32..12).prop_map(Op::Read),
+        any::<usize>().prop_map(Op::Refuse),
+        (0u64..100_000).prop_map(Op::Swarm),
     ]
 }
 
@@ -395,6 +581,7 @@ proptest! {
         let c = Config { seed, origin_grace: ms(1000), ..Config::default() };
         let max_window = c.max_window;
         let origin_window = c.origin_window;
+        let max_in_flight = c.max_in_flight;
         let mut s = Scheduler::new(100u32, Bitfield::new(N), c, ms(0));
         let mut now = ms(0);
         let mut held = Bitfield::new(N);
@@ -440,6 +627,11 @@ proptest! {
                     s.handle_timeout(now);
                 }
                 Op::Read(x) => s.set_read_position(x),
+                Op::Refuse(k) if !outstanding.is_empty() => {
+                    let (src, x) = outstanding.remove(k % outstanding.len());
+                    s.request_refused(src, x, now);
+                }
+                Op::Swarm(n) => s.set_swarm_size(n),
                 _ => {}
             }
             while let Some(a) = s.poll_action() {
@@ -461,6 +653,8 @@ proptest! {
                             }
                         }
                         outstanding.push((source, piece));
+                        let to_peers = outstanding.iter().filter(|r| r.0 != Source::Origin).count();
+                        prop_assert!(to_peers as u32 <= max_in_flight, "total cap overrun");
                     }
                     Action::Cancel { source, piece } => {
                         outstanding.retain(|r| *r != (source, piece));

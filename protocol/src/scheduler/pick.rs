@@ -1,0 +1,283 @@
+//! The scheduler's decisions: which peer gets the next free slot, which piece it is asked for,
+//! when the end game duplicates, when a piece may come from the origin, and when the next timer
+//! is due. The policies themselves are documented on the parent module.
+
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::ops::Range;
+use std::time::Duration;
+
+use super::Scheduler;
+use super::peer::{Latency, rank};
+
+/// Shortest "nothing new for a while" (see `origin_stall`).
+const STALL_FLOOR: Duration = Duration::from_secs(1);
+
+/// 2^64 as a float, to turn a rank into a fraction.
+const RANK_SPAN: f64 = 18_446_744_073_709_551_616.0;
+
+impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
+    /// Cap on peer requests in flight in total (Little's law; see the module docs).
+    pub(super) fn in_flight_cap(&self) -> u32 {
+        let (lo, hi) = (self.cfg.min_in_flight.max(1), self.cfg.max_in_flight.max(1));
+        let cap = match (self.latency.base, self.total.per_piece) {
+            (Some(latency), Some(per_piece)) => {
+                let per_piece = per_piece.max(Duration::from_micros(1)).as_nanos();
+                let pipe = (latency.as_nanos() * 3).div_ceil(per_piece * 2);
+                u32::try_from(pipe).unwrap_or(u32::MAX).saturating_add(2)
+            }
+            _ => self.cfg.initial_in_flight,
+        };
+        cap.clamp(lo, hi.max(lo))
+    }
+
+    fn fastest_service(&self) -> Option<Duration> {
+        self.peers.iter().filter_map(|p| p.source.service()).min()
+    }
+
+    /// Peer `i`'s window now: 1 if it is much slower than the fastest peer.
+    fn window_of(&self, i: usize, fastest: Option<Duration>) -> u32 {
+        let st = &self.peers[i].source;
+        match (fastest, st.service()) {
+            (Some(best), Some(mine)) if mine > best.saturating_mul(self.cfg.slow_factor) => 1,
+            _ => st.window,
+        }
+    }
+
+    /// Whether no candidate holds a piece that is missing and not requested yet.
+    pub(super) fn end_game(&self) -> bool {
+        self.rarity.seen().is_empty()
+    }
+
+    /// The next peer request: the cheapest ready peer that can be given a piece.
+    pub(super) fn next_peer_request(&mut self) -> Option<(usize, u32)> {
+        if self.peer_in_flight >= self.in_flight_cap() {
+            return None;
+        }
+        let now = self.now;
+        let fastest = self.fastest_service();
+        let end_game = self.end_game();
+        let fallback = self.latency;
+        let mut order = std::mem::take(&mut self.scratch);
+        order.clear();
+        for (i, p) in self.peers.iter().enumerate() {
+            if (p.pickable > 0 || end_game) && p.source.ready(now, self.window_of(i, fastest)) {
+                order.push((p.source.cost(fallback), i));
+            }
+        }
+        order.sort_unstable_by_key(|&(cost, i)| (cost, self.peers[i].key));
+        let roll = self.rng.next();
+        let mut found = None;
+        for &(_, i) in &order {
+            let pick = if self.peers[i].pickable > 0 {
+                self.pick_for_peer(i, roll)
+            } else {
+                None
+            };
+            if let Some(piece) = pick.or_else(|| end_game.then(|| self.end_game_pick(i)).flatten())
+            {
+                found = Some((i, piece));
+                break;
+            }
+        }
+        self.scratch = order;
+        found
+    }
+
+    fn read_window(&self) -> Range<u32> {
+        let n = self.have.len();
+        let r = self.read_pos.unwrap_or(n).min(n);
+        r..r.saturating_add(self.cfg.read_ahead).min(n)
+    }
+
+    /// The piece to ask peer `i` for: the read window first, then rarest first.
+    fn pick_for_peer(&self, i: usize, roll: u64) -> Option<u32> {
+        let p = &self.peers[i];
+        if let Some(x) = self
+            .read_window()
+            .find(|&x| self.rarity.contains(x) && p.can_serve(x))
+        {
+            return Some(x);
+        }
+        // Among the rarest pieces this peer can serve, start at a seeded random place: the
+        // index's order within a bucket follows the order `have`s arrived in (a seeder's bit
+        // field makes it ascending), and every node asking a seeder for pieces 0, 1, 2… in
+        // the same order would waste it.
+        let seen = self.rarity.seen();
+        let first = seen.iter().position(|&x| p.can_serve(x))?;
+        let offset = self.rarity.unseen().len();
+        let end = self
+            .rarity
+            .bucket_end(self.rarity.availability(seen[first]))
+            - offset;
+        let start = first + (roll % (end - first) as u64) as usize;
+        seen[start..end]
+            .iter()
+            .chain(&seen[first..start])
+            .copied()
+            .find(|&x| p.can_serve(x))
+    }
+
+    /// An in-flight piece to duplicate at peer `i`: the oldest request it could also serve.
+    fn end_game_pick(&self, i: usize) -> Option<u32> {
+        let p = &self.peers[i];
+        let limit = self.cfg.max_duplicates;
+        self.peers
+            .iter()
+            .flat_map(|q| q.source.requests.iter())
+            .chain(self.origin.requests.iter())
+            .filter(|r| {
+                self.sources[r.piece as usize] < limit
+                    && p.can_serve(r.piece)
+                    && !p.source.has_request(r.piece)
+            })
+            .min_by_key(|r| (r.sent, r.piece))
+            .map(|r| r.piece)
+    }
+
+    /// Candidate peers' count subtracted from the swarm size estimate: nodes we cannot see.
+    fn unseen_nodes(&self) -> u64 {
+        self.swarm_size
+            .map_or(0, |n| n.saturating_sub(1 + self.peers.len() as u64))
+    }
+
+    /// How long without anything new means the swarm is stuck: 8 × the usual gap between new
+    /// pieces, within 1 s ..= [`Config::origin_stall`].
+    ///
+    /// [`Config::origin_stall`]: super::Config::origin_stall
+    fn origin_stall(&self) -> Duration {
+        let Some(gap) = self.new_piece_gap else {
+            return self.cfg.origin_stall;
+        };
+        (gap * 8).clamp(STALL_FLOOR, self.cfg.origin_stall.max(STALL_FLOOR))
+    }
+
+    fn stalled_since(&self) -> Duration {
+        self.last_new_piece + self.origin_stall()
+    }
+
+    /// How often the origin allowance grows. Fixed on purpose: the origin's measured latency
+    /// is mostly queueing when it is the bottleneck, and scaling the step by it left the
+    /// origin idle with pieces nobody was allowed to fetch (measured: 81 s instead of 26 s).
+    pub(super) fn origin_step(&self) -> Duration {
+        self.cfg.origin_step.max(Duration::from_millis(1))
+    }
+
+    fn origin_open(&self) -> Duration {
+        self.start + self.cfg.origin_grace
+    }
+
+    /// How many unseen nodes may outrank us for a piece we still fetch: the fan-out, plus one
+    /// per step since the origin opened. Linear, not doubling: an unseen piece is usually just
+    /// queued at the origin for someone else, and a doubling allowance herds every node onto
+    /// the last pieces (measured: six copies of one piece within 0.7 s at 500 nodes).
+    fn origin_allowance(&self) -> f64 {
+        let since = self.now.saturating_sub(self.origin_open());
+        let steps = since.as_nanos() / self.origin_step().as_nanos();
+        self.cfg.origin_fanout + steps as f64
+    }
+
+    fn origin_held(&self, piece: u32) -> bool {
+        self.origin_hold
+            .iter()
+            .any(|&(p, until)| p == piece && until > self.now)
+    }
+
+    /// The next origin request, if the origin rule allows one.
+    pub(super) fn origin_pick(&mut self) -> Option<u32> {
+        let now = self.now;
+        if now < self.origin_open()
+            || self.origin.blocked_until > now
+            || self.origin.in_flight() >= self.cfg.origin_window
+            || self.rarity.unseen().is_empty()
+        {
+            return None;
+        }
+        let stalled = now >= self.stalled_since();
+        while self
+            .origin_hold
+            .front()
+            .is_some_and(|&(_, until)| until <= now)
+        {
+            self.origin_hold.pop_front();
+        }
+        let unseen_nodes = self.unseen_nodes() as f64;
+        let allowance = self.origin_allowance();
+        // Expected number of nodes ahead of us for `x` among those we cannot see, if we are
+        // ahead of every candidate (or stalled); `None` if a candidate outranks us.
+        let ahead = |x: u32| -> Option<(f64, u64)> {
+            if !self.rarity.contains(x) || self.rarity.availability(x) != 0 || self.origin_held(x) {
+                return None;
+            }
+            let mine = rank(self.local_hash, x);
+            if !stalled && self.peers.iter().any(|p| rank(p.hash, x) > mine) {
+                return None;
+            }
+            let ahead = (1.0 - mine as f64 / RANK_SPAN) * unseen_nodes;
+            (ahead < allowance || unseen_nodes == 0.0).then_some((ahead, mine))
+        };
+        if let Some(x) = self.read_window().find(|&x| ahead(x).is_some()) {
+            return Some(x);
+        }
+        // The piece we are most surely the first for: fewest collisions with other nodes.
+        self.rarity
+            .unseen()
+            .iter()
+            .filter_map(|&x| ahead(x).map(|(_, mine)| (mine, x)))
+            .max()
+            .map(|(_, x)| x)
+    }
+
+    /// When the next timed event is due: a request deadline, a blocked peer that has something
+    /// for us becoming ready, or a change in what the origin rule allows.
+    pub(super) fn next_timer(&self) -> Option<Duration> {
+        if self.done {
+            return None;
+        }
+        let now = self.now;
+        let mut t: Option<Duration> = None;
+        let mut consider = |d: Duration| {
+            t = Some(t.map_or(d, |t| t.min(d)));
+        };
+        for p in &self.peers {
+            for r in &p.source.requests {
+                consider(r.deadline);
+            }
+            if p.source.blocked_until > now && p.pickable > 0 {
+                consider(p.source.blocked_until);
+            }
+        }
+        for r in &self.origin.requests {
+            consider(r.deadline);
+        }
+        if !self.rarity.unseen().is_empty() {
+            let stall = self.stalled_since();
+            let held = self.origin_hold.iter().map(|&(_, until)| until);
+            for d in [self.origin_open(), self.origin.blocked_until, stall]
+                .into_iter()
+                .chain(held)
+            {
+                if d > now {
+                    consider(d);
+                }
+            }
+            let unseen_nodes = self.unseen_nodes() as f64;
+            let open = self.origin_open();
+            if now >= open && unseen_nodes > 0.0 && self.origin_allowance() < unseen_nodes {
+                let step = self.origin_step();
+                let k = (now - open).as_nanos() / step.as_nanos() + 1;
+                consider(open + step.saturating_mul(u32::try_from(k).unwrap_or(u32::MAX)));
+            }
+        }
+        t
+    }
+
+    /// What to assume about the origin before it has been measured.
+    pub(super) fn initial_latency(&self) -> Latency {
+        Latency {
+            srtt: Some(self.cfg.initial_latency),
+            rttvar: self.cfg.initial_latency / 2,
+            base: None,
+        }
+    }
+}
