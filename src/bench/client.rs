@@ -7,9 +7,11 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION};
 use reqwest::{Body, Client, Response, StatusCode};
 
@@ -88,63 +90,109 @@ async fn start_upload(client: &Client, base: &str, repo: &str) -> anyhow::Result
     location(base, &resp, "POST /blobs/uploads/")
 }
 
+/// One timed transfer.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// From the first request to the last response (push) or the last byte (GET).
+    pub total: Duration,
+    /// Push: time the server took to answer after the last body byte was handed to the socket,
+    /// summed over the requests (fsync, rename, metadata). GET: time to the first response byte.
+    pub wait: Duration,
+}
+
+/// A request body of bytes `start..start + len` of `blob` that records when its last piece was
+/// handed over (hyper stops polling a body once `Content-Length` bytes are out, so the end is
+/// recognised by the count, not by the end of the stream).
+fn timed_body(blob: &BlobSpec, start: u64, len: u64) -> (Body, Arc<OnceLock<Instant>>) {
+    let sent = Arc::new(OnceLock::new());
+    let mark = Arc::clone(&sent);
+    let mut left = len;
+    let stream = body_stream(blob.seed, start, len).inspect(move |piece| {
+        if let Ok(piece) = piece {
+            left = left.saturating_sub(piece.len() as u64);
+            if left == 0 {
+                let _ = mark.set(Instant::now());
+            }
+        }
+    });
+    (Body::wrap_stream(stream), sent)
+}
+
+/// The time from when `sent` was marked until now (zero if the body was never finished).
+fn since_sent(sent: &OnceLock<Instant>) -> Duration {
+    sent.get().map_or(Duration::ZERO, |t| t.elapsed())
+}
+
 /// Monolithic push: POST to open a session, then one PUT `?digest=` carrying the whole blob as
-/// a streamed body with a `Content-Length`. Returns the time from POST to the PUT's 201.
+/// a streamed body with a `Content-Length`. Times the POST to the PUT's 201.
 pub async fn push_monolithic(
     client: &Client,
     base: &str,
     repo: &str,
     blob: &BlobSpec,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Sample> {
     let start = Instant::now();
     let url = start_upload(client, base, repo).await?;
+    let (body, sent) = timed_body(blob, 0, blob.size);
     let resp = client
         .put(with_digest(&url, &blob.digest))
         .header(CONTENT_TYPE, OCTET_STREAM)
         .header(CONTENT_LENGTH, blob.size)
-        .body(Body::wrap_stream(body_stream(blob.seed, 0, blob.size)))
+        .body(body)
         .send()
         .await
         .context("PUT blob")?;
+    let wait = since_sent(&sent);
     expect(resp, StatusCode::CREATED, "PUT blob (monolithic)").await?;
-    Ok(start.elapsed())
+    Ok(Sample {
+        total: start.elapsed(),
+        wait,
+    })
 }
 
 /// Chunked push: POST, then one PATCH per `chunk` bytes with `Content-Range`, following each
-/// returned `Location`, then an empty PUT `?digest=`. Returns the time from POST to the 201.
+/// returned `Location`, then an empty PUT `?digest=`. Times the POST to the 201.
 pub async fn push_chunked(
     client: &Client,
     base: &str,
     repo: &str,
     blob: &BlobSpec,
     chunk: u64,
-) -> anyhow::Result<Duration> {
+) -> anyhow::Result<Sample> {
     let start = Instant::now();
     let mut url = start_upload(client, base, repo).await?;
     let mut offset = 0u64;
+    let mut wait = Duration::ZERO;
     while offset < blob.size {
         let len = chunk.min(blob.size - offset);
+        let (body, sent) = timed_body(blob, offset, len);
         let resp = client
             .patch(&url)
             .header(CONTENT_TYPE, OCTET_STREAM)
             .header(CONTENT_LENGTH, len)
             .header(CONTENT_RANGE, format!("{}-{}", offset, offset + len - 1))
-            .body(Body::wrap_stream(body_stream(blob.seed, offset, len)))
+            .body(body)
             .send()
             .await
             .context("PATCH chunk")?;
+        wait += since_sent(&sent);
         let resp = expect(resp, StatusCode::ACCEPTED, "PATCH chunk").await?;
         url = location(base, &resp, "PATCH chunk")?;
         offset += len;
     }
+    let put_start = Instant::now();
     let resp = client
         .put(with_digest(&url, &blob.digest))
         .header(CONTENT_LENGTH, 0)
         .send()
         .await
         .context("PUT (close chunked upload)")?;
+    wait += put_start.elapsed();
     expect(resp, StatusCode::CREATED, "PUT (close chunked upload)").await?;
-    Ok(start.elapsed())
+    Ok(Sample {
+        total: start.elapsed(),
+        wait,
+    })
 }
 
 /// GET a blob and count its body, over a bare HTTP/1.1 connection read with the same
@@ -152,8 +200,8 @@ pub async fn push_chunked(
 /// servers against an identical receiver (a full HTTP client costs as much CPU as the server
 /// here and would share the two cores with it). Fails unless the status is 200, exactly
 /// `Content-Length` = `blob.size` bytes arrive, and any `Docker-Content-Digest` names the blob.
-/// Blocking: call it from `spawn_blocking`. Returns the time from connect to the last byte.
-pub fn get_blob(base: &str, repo: &str, blob: &BlobSpec) -> anyhow::Result<Duration> {
+/// Blocking: call it from `spawn_blocking`. Times the connect to the last byte.
+pub fn get_blob(base: &str, repo: &str, blob: &BlobSpec) -> anyhow::Result<Sample> {
     let host = base
         .strip_prefix("http://")
         .with_context(|| format!("{base} is not an http:// URL"))?;
@@ -167,10 +215,12 @@ pub fn get_blob(base: &str, repo: &str, blob: &BlobSpec) -> anyhow::Result<Durat
     sock.write_all(request.as_bytes())?;
     let mut buf = vec![0u8; PIECE];
     let mut filled = 0;
+    let mut first_byte = None;
     let head_len = loop {
         let n = sock
             .read(&mut buf[filled..])
             .context("reading response head")?;
+        first_byte.get_or_insert_with(|| start.elapsed());
         if n == 0 {
             bail!("GET blob: connection closed before the response head");
         }
@@ -219,11 +269,14 @@ pub fn get_blob(base: &str, repo: &str, blob: &BlobSpec) -> anyhow::Result<Durat
         }
         got += n as u64;
     }
-    let elapsed = start.elapsed();
+    let total = start.elapsed();
     if got != length {
         bail!("GET blob returned {got} bytes, expected {length}");
     }
-    Ok(elapsed)
+    Ok(Sample {
+        total,
+        wait: first_byte.unwrap_or(total),
+    })
 }
 
 /// Pushes a small blob from memory (POST + PUT) and returns its digest.
