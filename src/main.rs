@@ -25,8 +25,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the gateway: an OCI Distribution registry on embedded storage.
+    /// Run a gateway and a node on this machine with embedded defaults: push to
+    /// localhost:5000, pull through the node at localhost:5001.
+    Up(UpArgs),
+    /// Run the gateway: an OCI Distribution registry on embedded storage that seeds the swarm.
     Gateway(GatewayArgs),
+    /// Run a fleet node: fetches layers from peers and serves a local read-only OCI endpoint.
+    Node(NodeArgs),
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -55,6 +60,94 @@ struct GatewayArgs {
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// TOML config file (fields as in `flotilla_node::NodeConfig`); flags and env override it.
+    #[arg(long, env = "FLOTILLA_NODE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the local read-only OCI endpoint [default: 127.0.0.1:5001].
+    #[arg(long, env = "FLOTILLA_NODE_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Directory for the identity, pieces and index [default: ./flotilla-node-data].
+    #[arg(long, env = "FLOTILLA_NODE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Base URL of the gateway [default: http://127.0.0.1:5000].
+    #[arg(long, env = "FLOTILLA_GATEWAY")]
+    gateway: Option<String>,
+    /// libp2p listen address (repeatable) [default: /ip4/0.0.0.0/udp/0/quic-v1 and /ip4/0.0.0.0/tcp/0].
+    #[arg(
+        long = "p2p-listen",
+        env = "FLOTILLA_NODE_P2P_LISTEN",
+        value_delimiter = ','
+    )]
+    p2p_listen: Vec<String>,
+    /// Extra bootstrap peer, a multiaddr ending in /p2p/<peer id> (repeatable).
+    #[arg(long, env = "FLOTILLA_NODE_BOOTSTRAP", value_delimiter = ',')]
+    bootstrap: Vec<String>,
+    /// Most bytes of blobs kept on disk [default: 21474836480].
+    #[arg(long, env = "FLOTILLA_NODE_CACHE_BYTES")]
+    cache_bytes: Option<u64>,
+    /// Blob digest never evicted (repeatable).
+    #[arg(long = "pin", env = "FLOTILLA_NODE_PIN", value_delimiter = ',')]
+    pinned: Vec<String>,
+    /// Requested UDP socket buffer size for QUIC [default: 4194304].
+    #[arg(long, env = "FLOTILLA_NODE_UDP_BUFFER_BYTES")]
+    udp_buffer_bytes: Option<usize>,
+}
+
+impl NodeArgs {
+    fn resolve(self) -> anyhow::Result<flotilla_node::NodeConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => flotilla_node::NodeConfig::default(),
+        };
+        if let Some(v) = self.listen {
+            cfg.listen = v;
+        }
+        if let Some(v) = self.data_dir {
+            cfg.data_dir = v;
+        }
+        if let Some(v) = self.gateway {
+            cfg.gateway = v;
+        }
+        if !self.p2p_listen.is_empty() {
+            cfg.p2p_listen = self.p2p_listen;
+        }
+        if !self.bootstrap.is_empty() {
+            cfg.bootstrap = self.bootstrap;
+        }
+        if let Some(v) = self.cache_bytes {
+            cfg.cache_bytes = v;
+        }
+        if !self.pinned.is_empty() {
+            cfg.pinned = self.pinned;
+        }
+        if let Some(v) = self.udp_buffer_bytes {
+            cfg.udp_buffer_bytes = v;
+        }
+        Ok(cfg)
+    }
+}
+
+#[derive(Debug, Args)]
+struct UpArgs {
+    /// Directory for everything: the gateway's data here, the node's in `<dir>/node`
+    /// [default: ./flotilla-data].
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Gateway address: push here [default: 127.0.0.1:5000].
+    #[arg(long, env = "FLOTILLA_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Node address: pull through the swarm here [default: 127.0.0.1:5001].
+    #[arg(long, env = "FLOTILLA_NODE_LISTEN")]
+    node_listen: Option<SocketAddr>,
 }
 
 impl GatewayArgs {
@@ -121,6 +214,56 @@ async fn shutdown_signal() {
     }
 }
 
+/// `flotilla up`: the gateway and a node in one process, the node bootstrapping from the
+/// gateway; one signal stops both.
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut gw = flotilla_gateway::Config::default();
+    if let Some(dir) = args.data_dir {
+        gw.data_dir = dir;
+    }
+    if let Some(listen) = args.listen {
+        gw.listen = listen;
+    }
+    let mut node = flotilla_node::NodeConfig {
+        data_dir: gw.data_dir.join("node"),
+        gateway: format!("http://{}", gw.listen),
+        ..Default::default()
+    };
+    if let Some(listen) = args.node_listen {
+        node.listen = listen;
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx2 = stop_rx.clone();
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut gateway = tokio::spawn(async move {
+        flotilla_gateway::run(gw, stopped(stop_rx.clone()))
+            .await
+            .context("gateway")
+    });
+    let mut node = tokio::spawn(async move {
+        flotilla_node::run(node, stopped(stop_rx2))
+            .await
+            .context("node")
+    });
+    let stop_tx_again = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    // Whichever stops first (an error, or the signal) stops the other.
+    let (first, other) = tokio::select! {
+        g = &mut gateway => (g.context("gateway task")?, node),
+        n = &mut node => (n.context("node task")?, gateway),
+    };
+    let _ = stop_tx_again.send(true);
+    let second = other.await.context("task")?;
+    first?;
+    second?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -132,6 +275,16 @@ fn main() -> anyhow::Result<()> {
             let cfg = args.resolve()?;
             rt.block_on(flotilla_gateway::run(cfg, shutdown_signal()))?;
             Ok(())
+        }
+        Command::Node(args) => {
+            init_tracing();
+            let cfg = args.resolve()?;
+            rt.block_on(flotilla_node::run(cfg, shutdown_signal()))?;
+            Ok(())
+        }
+        Command::Up(args) => {
+            init_tracing();
+            rt.block_on(up(args))
         }
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
     }

@@ -9,6 +9,8 @@ mod cli;
 mod clients;
 /// kill -9 during concurrent pushes: nothing acknowledged lost, nothing reported corrupt.
 mod crash;
+/// flotilla's `/flotilla/v1/` endpoints for nodes: identity, signed piece tables, blobs, counters.
+mod flotilla_api;
 /// The OCI Distribution v1.1 HTTP API, endpoint by endpoint, against the real gateway binary.
 mod http_api;
 /// Harness shared by every module: start, stop, kill and restart a gateway process; require tools.

@@ -1,4 +1,5 @@
-//! The OCI Distribution v1.1 HTTP API: routing, shared state, and the handlers (in `api/`).
+//! The OCI Distribution v1.1 HTTP API, plus flotilla's own `/flotilla/v1/…` endpoints for nodes:
+//! routing, shared state, and the handlers (in `api/`).
 //!
 //! Dependency direction: `api` → [`crate::registry::Registry`] → storage. Handlers are thin:
 //! extract what the request says, call one `Registry` method, build the response. Nothing here
@@ -9,7 +10,8 @@
 //! [`flotilla_protocol::reference::split_v2_path`] (names may hold any number of `/`) and then by
 //! method. Routing failures are OCI errors: a bad name is `400 NAME_INVALID`, a bad tag
 //! `400 TAG_INVALID`, a bad digest `400 DIGEST_INVALID`, an unknown shape `404 UNSUPPORTED`, a
-//! known shape with the wrong method `405 UNSUPPORTED` with `Allow`.
+//! known shape with the wrong method `405 UNSUPPORTED` with `Allow`. Paths under `/flotilla/v1/`
+//! go to `flotilla::handle` instead, with the same error conventions.
 //!
 //! # Layout
 //! - `headers`: header names, `Range`/`Content-Range` parsers, `Accept` negotiation, ETags.
@@ -18,10 +20,13 @@
 //!   endpoints `GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>`.
 //! - `manifests`: `HEAD`/`GET`/`PUT`/`DELETE /v2/<name>/manifests/<reference>`.
 //! - `listing`: tags list, catalog, referrers.
+//! - `flotilla`: `/flotilla/v1/info`, `pieces/<digest>`, `blobs/<digest>` and `stats`, what nodes
+//!   ask of the gateway besides the OCI API.
 //! - `access_log`: the per-request log line and the API-version header.
 
 mod access_log;
 mod blobs;
+mod flotilla;
 pub mod headers;
 mod listing;
 mod manifests;
@@ -69,9 +74,12 @@ pub(crate) type ApiResult = Result<Response, ApiError>;
 /// Routes one request (see the module docs).
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
-    let res = match route(req.uri()) {
-        Ok(route) => handle(st, route, req).await,
-        Err(e) => Err(e),
+    let res = match percent_decode(req.uri().path()) {
+        Some(path) if flotilla::owns(&path) => flotilla::handle(&st, &path, req).await,
+        _ => match route(req.uri()) {
+            Ok(route) => handle(st, route, req).await,
+            Err(e) => Err(e),
+        },
     };
     let res = res.unwrap_or_else(IntoResponse::into_response);
     if head { strip_body(res) } else { res }

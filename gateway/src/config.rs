@@ -42,6 +42,13 @@ pub struct Config {
     /// Seconds to keep serving in-flight requests after a shutdown signal (new connections are
     /// refused at once); requests still running after that are cut off. Absent: 30.
     pub shutdown_grace_secs: u64,
+    /// libp2p addresses the gateway's swarm listens on, to seed its blobs to nodes (QUIC, and
+    /// TCP for networks that drop UDP). Nodes learn them from `GET /flotilla/v1/info`. An empty
+    /// list runs no swarm (nodes then fetch from the gateway over HTTP only). Absent: every
+    /// interface, ephemeral ports.
+    pub p2p_listen: Vec<String>,
+    /// Requested UDP socket buffer size for QUIC, in bytes. Absent: 4 MiB.
+    pub udp_buffer_bytes: usize,
 }
 
 impl Default for Config {
@@ -53,6 +60,11 @@ impl Default for Config {
             upload_ttl_secs: 3600,
             max_list_entries: 10_000,
             shutdown_grace_secs: 30,
+            p2p_listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
+                "/ip4/0.0.0.0/tcp/0".to_owned(),
+            ],
+            udp_buffer_bytes: 4 << 20,
         }
     }
 }

@@ -413,6 +413,9 @@ pub enum GatewayError {
     /// Accepting or serving connections failed.
     #[error("serving HTTP failed: {0}")]
     Serve(#[source] std::io::Error),
+    /// The swarm (the gateway as a seed of the node swarm) could not start.
+    #[error("swarm: {0}")]
+    Swarm(String),
 }
 
 #[cfg(test)]

@@ -7,9 +7,12 @@
 //!   request, call [`registry::Registry`], and build the response.
 //! - [`error`]: the table of OCI error codes, the error response, and [`GatewayError`].
 //! - [`registry`]: the storage service the API calls (blobs, uploads, manifests, tags, referrers).
+//! - [`p2p`]: the gateway's swarm: serves pieces from its blob files and announces every blob.
+//! - [`seed`]: the gateway as a seed of the node swarm: identity, signed piece tables, blob files
+//!   as a piece source, egress counters ([`Seed`], from [`registry::Registry::seed`]).
 //! - [`storage`]: how that service keeps its data on disk.
 //!
-//! Dependency direction: `api` → `registry` → `storage`; `config` and `error` are leaves.
+//! Dependency direction: `api` → `registry` → `seed` → `storage`; `config` and `error` are leaves.
 //!
 //! # Example
 //! Serve a registry on an ephemeral port until a shutdown signal:
@@ -29,7 +32,9 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod p2p;
 pub mod registry;
+pub mod seed;
 pub mod storage;
 
 use std::future::Future;
@@ -42,6 +47,7 @@ pub use api::router;
 pub use config::Config;
 pub use error::{ApiError, ErrorCode, GatewayError};
 use registry::Registry;
+pub use seed::{GatewaySource, Seed, SeedStats};
 
 /// Opens the storage in `config.data_dir`, binds `config.listen`, and serves until `shutdown`
 /// resolves; then drains in-flight requests (see [`serve`]).
@@ -84,6 +90,7 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "gateway listening on an unknown address"),
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let p2p = p2p::P2p::start(registry.seed(), &config).await?;
     let app = router(registry, &config);
     // Small responses (manifests, upload answers) should not wait for Nagle.
     let listener = listener.tap_io(|tcp| {
@@ -124,6 +131,9 @@ pub async fn serve(
             }
         }
     };
+    if let Some(p2p) = p2p {
+        p2p.stop().await;
+    }
     done.map_err(GatewayError::Serve)?;
     tracing::info!("gateway stopped");
     Ok(())

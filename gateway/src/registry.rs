@@ -6,6 +6,9 @@
 //! when linked to it, a manifest is accepted only when everything it references is present, an
 //! upload continues only from where it stands. Blocking work (disk, fsync, database flushes) runs on
 //! the blocking pool so request tasks never stall the async threads.
+//!
+//! It also owns the gateway's [`Seed`] (identity, piece tables, blob files for the swarm) and tells
+//! it about every blob that lands, after the blob is durable and linked.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
@@ -18,6 +21,7 @@ use flotilla_protocol::manifest::{Descriptor, ManifestError, parse_manifest};
 use flotilla_protocol::{Algorithm, Digest, Hasher, Reference, RepoName};
 use futures::StreamExt;
 
+use crate::seed::Seed;
 use crate::storage::blobs::{self, BlobFiles};
 use crate::storage::meta::{ManifestRecord, MetaStore, SledMeta, UploadRecord};
 use crate::storage::uploads::{UploadFiles, UploadState};
@@ -102,6 +106,12 @@ pub enum RegistryError {
     /// Stored data that cannot be what this code wrote.
     #[error("corrupt storage: {0}")]
     Corrupt(String),
+    /// The gateway's identity (`identity.key`) cannot be read or created.
+    #[error(transparent)]
+    Identity(#[from] flotilla_node::identity::IdentityError),
+    /// A piece table could not be built or signed.
+    #[error("piece table: {0}")]
+    PieceTable(#[from] flotilla_protocol::piece::PieceError),
 }
 
 /// Where an upload session stands.
@@ -144,7 +154,8 @@ struct Inner {
     cfg: StorageConfig,
     blobs: BlobFiles,
     uploads: UploadFiles,
-    meta: Box<dyn MetaStore>,
+    meta: Arc<dyn MetaStore>,
+    seed: Seed,
 }
 
 fn now_ms() -> u64 {
@@ -206,29 +217,40 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Registry {
-    /// Opens the storage in `cfg.data_dir`, cleans what a crash left behind, and starts the task
-    /// that removes idle upload sessions.
+    /// Opens the storage in `cfg.data_dir`, cleans what a crash left behind, loads (or creates)
+    /// the gateway's identity, and starts the tasks that remove idle upload sessions and compute
+    /// piece tables.
     ///
     /// # Errors
-    /// [`RegistryError::Io`] or [`RegistryError::Db`] if the directory or database cannot be opened.
+    /// [`RegistryError::Io`] or [`RegistryError::Db`] if the directory or database cannot be opened,
+    /// [`RegistryError::Identity`] if `identity.key` cannot be read, decoded or created.
     pub async fn open(cfg: StorageConfig) -> Result<Registry, RegistryError> {
         let dir = cfg.data_dir.clone();
-        let (blobs, uploads, meta) = blocking(move || {
+        let (blobs, uploads, meta, keypair) = blocking(move || {
             std::fs::create_dir_all(&dir)?;
             // The database first: its lock file makes a second gateway on the same directory fail
             // here, before it could empty `tmp/` under the first one's pushes.
             let meta = SledMeta::open(&dir.join("meta"))?;
             let blobs = BlobFiles::open(&dir)?;
             let uploads = UploadFiles::open(&dir)?;
-            Ok((blobs, uploads, meta))
+            let keypair = flotilla_node::identity::load_or_create(&dir)?;
+            Ok((blobs, uploads, meta, keypair))
         })
         .await?;
+        let meta: Arc<dyn MetaStore> = Arc::new(meta);
+        let seed = Seed::start(
+            keypair,
+            blobs.clone(),
+            cfg.data_dir.join("blobs"),
+            meta.clone(),
+        );
         let reg = Registry {
             inner: Arc::new(Inner {
                 cfg,
                 blobs,
                 uploads,
-                meta: Box::new(meta),
+                meta,
+                seed,
             }),
         };
         let r = reg.clone();
@@ -239,6 +261,11 @@ impl Registry {
         .await?;
         spawn_reaper(Arc::downgrade(&reg.inner), reg.inner.cfg.upload_ttl);
         Ok(reg)
+    }
+
+    /// The gateway's seed service: identity, piece tables, and blob files for the swarm.
+    pub fn seed(&self) -> &Seed {
+        &self.inner.seed
     }
 
     // ---- blobs ----
@@ -348,15 +375,17 @@ impl Registry {
                 actual,
             });
         }
-        let (inner, repo, d) = (self.inner.clone(), repo.clone(), d.clone());
+        let (inner, repo, d2) = (self.inner.clone(), repo.clone(), d.clone());
         let file = done.file;
-        blocking(move || {
+        let size = blocking(move || {
             file.sync_all()?;
-            let size = inner.blobs.install(&tmp, &d)?;
-            inner.meta.link_blob(&repo, &d, size)?;
+            let size = inner.blobs.install(&tmp, &d2)?;
+            inner.meta.link_blob(&repo, &d2, size)?;
             Ok(size)
         })
-        .await
+        .await?;
+        self.inner.seed.blob_landed(d);
+        Ok(size)
     }
 
     // ---- uploads ----
@@ -539,17 +568,19 @@ impl Registry {
                     actual,
                 });
             }
-            let inner = this.inner.clone();
-            blocking(move || {
+            let (inner, d2) = (this.inner.clone(), d.clone());
+            let size = blocking(move || {
                 let path = inner.uploads.path(&id);
                 std::fs::File::open(&path)?.sync_all()?;
-                let size = inner.blobs.install(&path, &d)?;
+                let size = inner.blobs.install(&path, &d2)?;
                 // A crash right here leaves a session without data: dropped at the next start.
-                inner.meta.finish_upload(&id, &repo, &d, size)?;
+                inner.meta.finish_upload(&id, &repo, &d2, size)?;
                 inner.uploads.forget(&id);
                 Ok(size)
             })
-            .await
+            .await?;
+            this.inner.seed.blob_landed(&d);
+            Ok(size)
         })
         .await
     }

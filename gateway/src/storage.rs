@@ -9,6 +9,7 @@
 //! │   └── sha512/<first 2 hex>/<128 hex>
 //! ├── uploads/<uuid>                         data of an upload session so far (its length is the offset)
 //! ├── tmp/<uuid>                             monolithic pushes in flight; emptied at every start
+//! ├── identity.key                           libp2p ed25519 keypair (protobuf), mode 0600
 //! └── meta/                                  the sled database (trees below)
 //! ```
 //! A blob pushed to many repositories is one file; repositories see it through `blob_links`.
@@ -22,7 +23,8 @@
 //! ├── repo_manifests  <name> \0 <digest>              → JSON {subject?, tags}  manifest present in repository
 //! ├── tags            <name> \0 <tag>                 → digest                 tag → manifest
 //! ├── referrers       <name> \0 <subject> \0 <digest> → descriptor (JSON)      referrers index
-//! └── uploads         <uuid>                          → JSON {repo, created_ms, touched_ms}
+//! ├── uploads         <uuid>                          → JSON {repo, created_ms, touched_ms}
+//! └── piece_tables    <digest>                        → SignedPieceTable::encode
 //! ```
 //! - `manifests` is shared by all repositories (same digest, same bytes); a repository holds a
 //!   manifest only through `repo_manifests`.
@@ -34,6 +36,10 @@
 //! - `repos` remembers every repository that ever held something, so `tags/list` tells an emptied
 //!   repository (`[]`) from an unknown one (`NAME_UNKNOWN`); the catalog lists only the names that
 //!   still have a key under `blob_links` or `repo_manifests`.
+//! - `piece_tables` caches the signed piece table of a blob file (see [`crate::seed`]): written by
+//!   the background worker after a push and on first request, never flushed on its own (a table
+//!   lost in a crash is recomputed from the blob), ignored and recomputed if it no longer decodes
+//!   or was signed by another identity (`identity.key` replaced).
 //! - Tag lists and the catalog are range scans from `<name>\0<last>` (exclusive), stopping after
 //!   `n` keys.
 //!

@@ -1,5 +1,26 @@
-//! flotilla's fleet node.
+//! flotilla's fleet node: finds who holds a blob through a libp2p Kademlia DHT over QUIC, fetches
+//! pieces from many peers at once, verifies every piece, serves what it has while it downloads,
+//! and offers a local read-only OCI endpoint.
 //!
-//! Empty until the node issue lands: it will own the libp2p swarm (Kademlia over QUIC), the piece
-//! transfer protocol, the local piece store and the node's read-only OCI endpoint. The gateway
-//! depends on this crate so that it can seed its blobs into the swarm.
+//! # Layout
+//! - [`NodeConfig`], [`Node`], [`run`]: configuration and assembly of a running node.
+//! - [`identity`]: the libp2p keypair kept in the data directory.
+//! - [`ports`]: the traits between the parts (piece source and sink, network).
+//! - [`swarm`]: the one task that owns the libp2p `Swarm`, and its cloneable handle.
+//! - [`transfer`]: the piece-transfer protocol over libp2p streams (server and client side).
+//! - [`store`]: blobs and partial blobs on disk with piece bitmaps, LRU eviction and pins.
+//! - [`fetch`]: the download driver: runs the protocol scheduler for one blob over the network.
+//! - [`oci`]: the read-only OCI endpoint (manifests from the gateway, blobs from the swarm).
+
+pub mod config;
+pub mod fetch;
+pub mod identity;
+mod node;
+pub mod oci;
+pub mod ports;
+pub mod store;
+pub mod swarm;
+pub mod transfer;
+
+pub use config::NodeConfig;
+pub use node::{Node, NodeError, NodeOptions, NodeStats, WrapSource, run};

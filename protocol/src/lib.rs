@@ -13,6 +13,8 @@
 //!   the default piece size, and the bit fields peers exchange.
 //! - [`scheduler`]: the sans-IO download scheduler for one blob, driven by the node and the
 //!   simulator alike.
+//! - [`wire`]: the piece-transfer wire protocol (`/flotilla/pieces/1.0.0`): frames, their
+//!   byte layout and an incremental, strict decoder.
 //!
 //! # Example
 //! ```
@@ -26,6 +28,7 @@ pub mod manifest;
 pub mod piece;
 pub mod reference;
 pub mod scheduler;
+pub mod wire;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use reference::{Reference, ReferenceError, RepoName, Tag};

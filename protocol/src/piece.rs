@@ -100,6 +100,36 @@ pub fn piece_hash(data: &[u8]) -> [u8; 32] {
     *blake3::hash(data).as_bytes()
 }
 
+/// The hash of one piece fed in parts, for a receiver that writes a piece to disk as it arrives
+/// instead of holding it whole; equals [`piece_hash`] over the concatenated parts.
+///
+/// ```
+/// use flotilla_protocol::piece::{PieceHasher, piece_hash};
+/// let mut h = PieceHasher::new();
+/// h.update(b"hello ");
+/// h.update(b"world");
+/// assert_eq!(h.finalize(), piece_hash(b"hello world"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct PieceHasher(blake3::Hasher);
+
+impl PieceHasher {
+    /// A hasher over no bytes yet.
+    pub fn new() -> Self {
+        PieceHasher(blake3::Hasher::new())
+    }
+
+    /// Feeds the next bytes of the piece.
+    pub fn update(&mut self, data: &[u8]) {
+        self.0.update(data);
+    }
+
+    /// The hash of everything fed so far (the hasher stays usable).
+    pub fn finalize(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
 /// Number of pieces of `piece_size` bytes in a blob of `size` bytes, if it fits a `u32`.
 fn count_pieces(size: u64, piece_size: u32) -> Option<u32> {
     if piece_size == 0 {

@@ -1,4 +1,5 @@
-//! `HEAD`, `GET` and `DELETE /v2/<name>/blobs/<digest>`.
+//! `HEAD`, `GET` and `DELETE /v2/<name>/blobs/<digest>`, and the answers that
+//! `/flotilla/v1/blobs/<digest>` shares with them ([`head_answer`], [`send`]).
 //!
 //! Downloads are streamed from the blob file: a task reads 1 MiB chunks on tokio's blocking pool
 //! (one `spawn_blocking` per chunk, so an idle slow client holds no thread) into a bounded channel
@@ -8,9 +9,14 @@
 //! `Range` is honoured for one range (`a-b`, `a-`, `-n`) with 206; several ranges get the whole blob
 //! with 200; unsatisfiable or malformed ranges get 416 with `Content-Range: bytes */<size>`
 //! (see [`super::headers::parse_range`]).
+//!
+//! Every chunk a body yields is added to the seed's `http_blob_bytes` as it is handed to the
+//! connection, so an aborted download counts what it sent (plus at most the chunk in flight).
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
+use std::task::Poll;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -21,6 +27,7 @@ use tokio::sync::mpsc;
 use super::headers::{self, DOCKER_CONTENT_DIGEST, RangeAnswer};
 use super::{ApiResult, AppState};
 use crate::error::{ApiError, ErrorCode};
+use crate::seed::Counters;
 
 /// Bytes read from disk per chunk. Large chunks keep per-chunk overhead (a blocking-pool hop, a
 /// channel send, a body frame) negligible against the copy itself.
@@ -31,15 +38,25 @@ const QUEUE: usize = 2;
 /// `HEAD`: size and digest headers from the index, without touching the file.
 pub(super) async fn head(st: &AppState, repo: &RepoName, d: &Digest, req: &HeaderMap) -> ApiResult {
     let size = st.registry.blob_stat(repo, d).await?;
+    Ok(head_answer(d, size, req))
+}
+
+/// The `HEAD` answer for blob `d` of `size` bytes.
+pub(super) fn head_answer(d: &Digest, size: u64, req: &HeaderMap) -> Response {
     if headers::if_none_match(req, d) {
-        return Ok(not_modified(d));
+        return not_modified(d);
     }
-    Ok(blob_headers(StatusCode::OK, d, size, Body::empty()))
+    blob_headers(StatusCode::OK, d, size, Body::empty())
 }
 
 /// `GET`: the blob, whole or one range, streamed.
 pub(super) async fn get(st: &AppState, repo: &RepoName, d: &Digest, req: &HeaderMap) -> ApiResult {
     let (file, size) = st.registry.blob_open(repo, d).await?;
+    send(st, d, file, size, req)
+}
+
+/// The `GET` answer for blob `d` held in `file` of `size` bytes: whole or one range, streamed.
+pub(super) fn send(st: &AppState, d: &Digest, file: File, size: u64, req: &HeaderMap) -> ApiResult {
     if headers::if_none_match(req, d) {
         return Ok(not_modified(d));
     }
@@ -55,7 +72,7 @@ pub(super) async fn get(st: &AppState, repo: &RepoName, d: &Digest, req: &Header
             StatusCode::OK,
             d,
             size,
-            file_body(file, 0, size),
+            file_body(file, 0, size, st.registry.seed().counters()),
         )),
         RangeAnswer::Partial { start, end } => {
             let len = end - start + 1;
@@ -63,7 +80,7 @@ pub(super) async fn get(st: &AppState, repo: &RepoName, d: &Digest, req: &Header
                 StatusCode::PARTIAL_CONTENT,
                 d,
                 len,
-                file_body(file, start, len),
+                file_body(file, start, len, st.registry.seed().counters()),
             );
             res.headers_mut().insert(
                 header::CONTENT_RANGE,
@@ -123,17 +140,24 @@ fn not_modified(d: &Digest) -> Response {
     res
 }
 
-/// A body streaming `len` bytes of `file` from `start` (see the module docs).
+/// A body streaming `len` bytes of `file` from `start` (see the module docs), counting what it
+/// yields into `counters`.
 ///
 /// The caller sets `Content-Length`; if the file turns out shorter, the stream ends with an error
 /// so the connection is cut rather than the response silently truncated.
-pub(super) fn file_body(file: File, start: u64, len: u64) -> Body {
+pub(super) fn file_body(file: File, start: u64, len: u64, counters: Arc<Counters>) -> Body {
     if len == 0 {
         return Body::empty();
     }
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
     tokio::spawn(read_file(file, start, len, tx));
-    Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
+    Body::from_stream(futures::stream::poll_fn(move |cx| {
+        let next = rx.poll_recv(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &next {
+            counters.http_sent(chunk.len() as u64);
+        }
+        next
+    }))
 }
 
 /// The producer side of [`file_body`]: stops at the end, on a read error (sent on), or when the
@@ -209,6 +233,10 @@ mod tests {
         Ok(out)
     }
 
+    fn counters() -> Arc<Counters> {
+        Arc::new(Counters::default())
+    }
+
     fn temp_file(data: &[u8]) -> File {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(data).unwrap();
@@ -219,26 +247,42 @@ mod tests {
     #[tokio::test]
     async fn streams_whole_and_partial_across_chunk_boundaries() {
         let data: Vec<u8> = (0..(CHUNK * 2 + 12345)).map(|i| (i % 251) as u8).collect();
-        let all = collect(file_body(temp_file(&data), 0, data.len() as u64))
+        let c = counters();
+        let all = collect(file_body(temp_file(&data), 0, data.len() as u64, c.clone()))
             .await
             .unwrap();
         assert_eq!(all, data);
         let (start, len) = (CHUNK as u64 - 3, CHUNK as u64 + 10);
-        let part = collect(file_body(temp_file(&data), start, len))
+        let part = collect(file_body(temp_file(&data), start, len, c.clone()))
             .await
             .unwrap();
         assert_eq!(part, &data[start as usize..(start + len) as usize]);
         assert!(
-            collect(file_body(temp_file(&data), 0, 0))
+            collect(file_body(temp_file(&data), 0, 0, c.clone()))
                 .await
                 .unwrap()
                 .is_empty()
         );
+        assert_eq!(c.snapshot().http_blob_bytes, data.len() as u64 + len);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_body_counts_only_what_it_yielded() {
+        let data: Vec<u8> = vec![1u8; CHUNK * 5];
+        let c = counters();
+        let mut s = file_body(temp_file(&data), 0, data.len() as u64, c.clone()).into_data_stream();
+        let first = s.next().await.unwrap().unwrap();
+        drop(s);
+        assert_eq!(c.snapshot().http_blob_bytes, first.len() as u64);
     }
 
     #[tokio::test]
     async fn short_file_is_an_error_not_a_truncation() {
         let data = vec![7u8; 100];
-        assert!(collect(file_body(temp_file(&data), 0, 200)).await.is_err());
+        assert!(
+            collect(file_body(temp_file(&data), 0, 200, counters()))
+                .await
+                .is_err()
+        );
     }
 }

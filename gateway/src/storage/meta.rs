@@ -1,4 +1,5 @@
-//! The metadata store: repositories, blob links, manifests, tags, referrers and upload sessions.
+//! The metadata store: repositories, blob links, manifests, tags, referrers, upload sessions and
+//! the signed piece tables of blobs.
 //!
 //! [`MetaStore`] is the small interface the registry needs, so that another backend can replace
 //! sled later; [`SledMeta`] implements it (the trees are drawn in the parent module's docs). Every
@@ -134,6 +135,11 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
         d: &Digest,
         size: u64,
     ) -> Result<(), RegistryError>;
+    /// The stored signed piece table of blob `d` (`SignedPieceTable::encode`), if computed.
+    fn piece_table(&self, d: &Digest) -> Result<Option<Bytes>, RegistryError>;
+    /// Stores the signed piece table of blob `d`. Not flushed: a table lost in a crash is
+    /// computed again from the blob when it is next asked for.
+    fn put_piece_table(&self, d: &Digest, signed: &[u8]) -> Result<(), RegistryError>;
 }
 
 /// [`MetaStore`] on an embedded sled database.
@@ -147,6 +153,7 @@ pub struct SledMeta {
     tags: sled::Tree,
     referrers: sled::Tree,
     uploads: sled::Tree,
+    piece_tables: sled::Tree,
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -216,6 +223,7 @@ impl SledMeta {
             tags: db.open_tree("tags")?,
             referrers: db.open_tree("referrers")?,
             uploads: db.open_tree("uploads")?,
+            piece_tables: db.open_tree("piece_tables")?,
             db,
         })
     }
@@ -573,6 +581,18 @@ impl MetaStore for SledMeta {
             })
             .map_err(tx_err)?;
         self.flush()
+    }
+
+    fn piece_table(&self, d: &Digest) -> Result<Option<Bytes>, RegistryError> {
+        Ok(self
+            .piece_tables
+            .get(d.as_str().as_bytes())?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    fn put_piece_table(&self, d: &Digest, signed: &[u8]) -> Result<(), RegistryError> {
+        self.piece_tables.insert(d.as_str().as_bytes(), signed)?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,102 @@
+//! flotilla's own endpoints, for nodes (repository-free, under `/flotilla/v1/`):
+//!
+//! - `GET /flotilla/v1/info`: `{"peer_id": "<base58>", "addrs": ["<multiaddr>/p2p/<peer id>", …]}`,
+//!   the gateway's identity and its swarm listen addresses (empty while no swarm runs).
+//! - `GET /flotilla/v1/pieces/<digest>`: the blob's signed piece table
+//!   (`SignedPieceTable::encode`, `application/octet-stream`), computed on first request if
+//!   needed; `404 BLOB_UNKNOWN` if no blob file of that digest is held.
+//! - `GET`/`HEAD /flotilla/v1/blobs/<digest>`: the blob, as `GET /v2/<name>/blobs/<digest>`
+//!   answers it (`Range`, `If-None-Match`, `If-Range`), whatever repositories link it: the
+//!   origin fallback for pieces no peer serves.
+//! - `GET /flotilla/v1/stats`: the seed's counters (`http_blob_bytes`, `swarm_bytes`,
+//!   `tables_computed`) as JSON.
+//!
+//! Errors use the OCI error bodies of the rest of the API: a malformed digest is
+//! `400 DIGEST_INVALID`, an unknown path `404 UNSUPPORTED`, another method
+//! `405 UNSUPPORTED` with `Allow`. `HEAD` is accepted wherever `GET` is.
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::Response;
+use flotilla_protocol::{Digest, DigestError};
+
+use super::headers::{self, DOCKER_CONTENT_DIGEST};
+use super::{ApiResult, AppState, blobs, json_response, method_not_allowed, not_found};
+use crate::error::{ApiError, ErrorCode};
+
+/// The path prefix of these endpoints.
+const PREFIX: &str = "/flotilla/v1/";
+
+/// Whether `path` (percent-decoded) belongs to these endpoints rather than to `/v2/`.
+pub(super) fn owns(path: &str) -> bool {
+    path == "/flotilla" || path.starts_with("/flotilla/")
+}
+
+/// Routes one request under `/flotilla/` by path and method.
+pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult {
+    let rest = path.strip_prefix(PREFIX).ok_or_else(not_found)?;
+    let m = req.method().clone();
+    let get = m == Method::GET || m == Method::HEAD;
+    match rest.split_once('/') {
+        None if rest == "info" && get => Ok(info(st)),
+        None if rest == "stats" && get => {
+            Ok(json_response(StatusCode::OK, &st.registry.seed().stats()))
+        }
+        None if rest == "info" || rest == "stats" => Err(method_not_allowed("GET, HEAD")),
+        Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?).await,
+        Some(("pieces", _)) => Err(method_not_allowed("GET, HEAD")),
+        Some(("blobs", d)) => match m {
+            Method::HEAD => {
+                let d = parse_digest(d)?;
+                let size = st.registry.seed().blob_size(&d).await?;
+                Ok(blobs::head_answer(&d, size, req.headers()))
+            }
+            Method::GET => {
+                let d = parse_digest(d)?;
+                let (file, size) = st.registry.seed().blob_open(&d).await?;
+                blobs::send(st, &d, file, size, req.headers())
+            }
+            _ => Err(method_not_allowed("GET, HEAD")),
+        },
+        _ => Err(not_found()),
+    }
+}
+
+/// A digest from the path, as `400 DIGEST_INVALID` if malformed.
+fn parse_digest(text: &str) -> Result<Digest, ApiError> {
+    text.parse().map_err(|e: DigestError| {
+        ApiError::new(ErrorCode::DigestInvalid).with_detail(e.to_string())
+    })
+}
+
+/// `GET /flotilla/v1/info`.
+fn info(st: &AppState) -> Response {
+    let seed = st.registry.seed();
+    json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "peer_id": seed.peer_id().to_string(),
+            "addrs": seed.swarm_addrs(),
+        }),
+    )
+}
+
+/// `GET /flotilla/v1/pieces/<digest>`.
+async fn pieces(st: &AppState, d: &Digest) -> ApiResult {
+    let table = st
+        .registry
+        .seed()
+        .piece_table_bytes(d)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::BlobUnknown))?;
+    let mut res = Response::new(Body::from(table.clone()));
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(table.len()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(DOCKER_CONTENT_DIGEST, headers::value(d.as_str()));
+    Ok(res)
+}

@@ -1,0 +1,104 @@
+//! The gateway as a member of the node swarm: it runs the same swarm and transfer server as a
+//! node, serves pieces straight from its blob files, and announces every blob it holds — those
+//! on disk at start and each one as it lands — so nodes find it as a provider.
+//!
+//! Nodes treat the gateway's peer id as the scheduler's *origin* (see the node's fetch driver),
+//! so its pieces are asked for only when no other peer has them, whichever transport carries
+//! them.
+
+use std::str::FromStr as _;
+
+use flotilla_node::ports::Network as _;
+use flotilla_node::swarm::{self, SwarmConfig, SwarmHandle};
+use flotilla_node::transfer::{self, ServerLimits};
+use libp2p::Multiaddr;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::error::GatewayError;
+use crate::seed::Seed;
+
+/// The running swarm side of the gateway.
+pub struct P2p {
+    swarm: SwarmHandle,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl P2p {
+    /// Starts the swarm on `config.p2p_listen` with the gateway's identity, the transfer server
+    /// over its blob files, and the announcer. `Ok(None)` when `p2p_listen` is empty.
+    ///
+    /// # Errors
+    /// [`GatewayError::Swarm`] if an address is invalid or the swarm cannot start.
+    pub async fn start(seed: &Seed, config: &Config) -> Result<Option<P2p>, GatewayError> {
+        if config.p2p_listen.is_empty() {
+            return Ok(None);
+        }
+        let listen = config
+            .p2p_listen
+            .iter()
+            .map(|a| {
+                Multiaddr::from_str(a)
+                    .map_err(|e| GatewayError::Swarm(format!("p2p_listen {a:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut cfg = SwarmConfig::new(seed.keypair().clone());
+        cfg.listen = listen;
+        cfg.udp_buffer_bytes = config.udp_buffer_bytes;
+        let (swarm, incoming) = swarm::spawn(cfg)
+            .await
+            .map_err(|e| GatewayError::Swarm(e.to_string()))?;
+        let addrs: Vec<String> = swarm.listen_addrs().iter().map(|a| a.to_string()).collect();
+        tracing::info!(peer_id = %seed.peer_id(), ?addrs, "gateway swarm listening");
+        seed.set_swarm_addrs(addrs);
+        let mut tasks = vec![tokio::spawn(transfer::run_server(
+            incoming,
+            seed.source(),
+            ServerLimits::default(),
+        ))];
+        tasks.push(tokio::spawn(announce(seed.clone(), swarm.clone())));
+        Ok(Some(P2p { swarm, tasks }))
+    }
+
+    /// Stops the announcer, the transfer server and the swarm.
+    pub async fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+        let _ = self.swarm.shutdown().await;
+    }
+}
+
+/// Provides every blob held now, then each new one as it lands. New blobs are subscribed to
+/// before the listing, so none falls between the two; if notices were lost, the listing is read
+/// again.
+async fn announce(seed: Seed, swarm: SwarmHandle) {
+    let mut new_blobs = seed.subscribe_new_blobs();
+    let mut relist = true;
+    loop {
+        if relist {
+            relist = false;
+            match seed.held_digests().await {
+                Ok(all) => {
+                    tracing::info!(blobs = all.len(), "announcing held blobs to the swarm");
+                    for digest in all {
+                        if let Err(e) = swarm.provide(&digest).await {
+                            tracing::warn!(error = %e, %digest, "cannot announce a blob");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot list held blobs to announce"),
+            }
+        }
+        match new_blobs.recv().await {
+            Ok(digest) => {
+                if let Err(e) = swarm.provide(&digest).await {
+                    tracing::warn!(error = %e, %digest, "cannot announce a blob");
+                }
+            }
+            Err(RecvError::Lagged(_)) => relist = true,
+            Err(RecvError::Closed) => return,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! The node's configuration: one serde struct, read from TOML by the binary and overridden by
+//! flags and environment variables there. The defaults are a working single-host setup next to
+//! a gateway on `127.0.0.1:5000`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a node can be told at start-up.
+///
+/// ```
+/// let cfg: flotilla_node::NodeConfig = toml::from_str("gateway = \"http://10.0.0.1:5000\"").unwrap();
+/// assert_eq!(cfg.listen.port(), 5001);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Address of the node's read-only OCI endpoint, where docker and containerd on this host
+    /// pull. Absent: `127.0.0.1:5001` (loopback only; docker treats it as an insecure registry).
+    pub listen: SocketAddr,
+    /// Directory for the node's identity, pieces and index; created if missing. Absent:
+    /// `./flotilla-node-data`.
+    pub data_dir: PathBuf,
+    /// Base URL of the gateway, which holds tags and manifests and signs piece tables. Absent:
+    /// `http://127.0.0.1:5000`.
+    pub gateway: String,
+    /// libp2p addresses the swarm listens on (QUIC first, TCP as the fallback for networks that
+    /// drop UDP). Absent: every interface, ephemeral ports.
+    pub p2p_listen: Vec<String>,
+    /// Extra peers to bootstrap from (multiaddrs ending in `/p2p/<peer id>`); the gateway's own
+    /// addresses, read from its `/flotilla/v1/info`, are always used. Absent: none.
+    pub bootstrap: Vec<String>,
+    /// Most bytes of blobs kept on disk; least recently used blobs are evicted beyond it, pinned
+    /// ones never. Absent: 20 GiB.
+    pub cache_bytes: u64,
+    /// Blob digests never evicted (e.g. the layers of a base image every workload needs).
+    pub pinned: Vec<String>,
+    /// Requested UDP socket buffer size for QUIC, in bytes. Absent: 4 MiB. The kernel caps it at
+    /// `net.core.rmem_max` / `wmem_max` unless the process may override them.
+    pub udp_buffer_bytes: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM. Absent: 10.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            data_dir: PathBuf::from("./flotilla-node-data"),
+            gateway: "http://127.0.0.1:5000".to_owned(),
+            p2p_listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".to_owned(),
+                "/ip4/0.0.0.0/tcp/0".to_owned(),
+            ],
+            bootstrap: Vec::new(),
+            cache_bytes: 20 << 30,
+            pinned: Vec::new(),
+            udp_buffer_bytes: 4 << 20,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let cfg: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(cfg, NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<NodeConfig>("no_such_key = 1").is_err());
+    }
+}

@@ -1,0 +1,720 @@
+//! The driver of one download: the task that turns the scheduler's decisions into transfer
+//! sessions and origin requests, and everything that happens on the network and in the store
+//! back into scheduler events.
+//!
+//! One `select!` loop owns all the state, so nothing here locks. Slow work never blocks it:
+//! provider lookups, session opening and origin requests run as tasks in one [`JoinSet`]
+//! (bounded: one lookup, at most `max_peers_per_blob` openings, the scheduler's origin window),
+//! sessions report through one bounded channel, and dropping the driver aborts all of them.
+//!
+//! Attribution: the store sets a piece's bit before the receiver that delivered it hears the
+//! verdict, so a new bit is reported to the scheduler only once no request of ours for that
+//! piece is outstanding; the request's own outcome (which carries its source and feeds the
+//! latency and rate estimates) normally arrives first. Bits set by any other path (another
+//! process, a request already cancelled) are reported then.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_protocol::Digest;
+use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
+use flotilla_protocol::scheduler::{Action, Scheduler, Source};
+use libp2p::PeerId;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{AbortHandle, JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+
+use super::gateway::OriginOutcome;
+use super::table;
+use super::{Counters, FetchError, Inner, Outcome, Ready, State};
+use crate::ports::{NetworkError, SourceError, Verdict};
+use crate::transfer::{Opened, Session, SessionEvent, SessionEventKind, TransferError};
+
+/// Session events buffered between the sessions and the driver.
+const EVENT_QUEUE: usize = 256;
+/// Longest wait, after the last piece, for answers already arriving.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+/// Longest period of the housekeeping tick (provider refresh, swarm size, stall check).
+const MAX_TICK: Duration = Duration::from_secs(1);
+
+/// Everything a driver starts with.
+pub(super) struct Job {
+    pub(super) inner: Arc<Inner>,
+    pub(super) digest: Digest,
+    /// The table, if the store already holds part of the blob.
+    pub(super) table: Option<Arc<SignedPieceTable>>,
+    pub(super) state: watch::Sender<State>,
+    /// Closes when the last handle drops.
+    pub(super) read_pos: watch::Receiver<Option<u32>>,
+    pub(super) stats: Arc<Counters>,
+}
+
+/// Runs one download to its end and publishes how it ended; stops early (quietly) when every
+/// handle is gone, except while it collects the last answers after the last piece.
+pub(super) async fn run(job: Job) {
+    let Job {
+        inner,
+        digest,
+        table,
+        state,
+        read_pos,
+        stats,
+    } = job;
+    let result = drive(inner, digest.clone(), table, &state, read_pos, stats).await;
+    match result {
+        Ok(()) => {
+            info!(%digest, "download complete");
+            state.send_modify(|s| s.outcome = Outcome::Complete);
+        }
+        Err(FetchError::Stopped(_)) => debug!(%digest, "download abandoned: no handle left"),
+        Err(e) => {
+            warn!(%digest, error = %e, "download failed");
+            state.send_modify(|s| s.outcome = Outcome::Failed(e));
+        }
+    }
+}
+
+/// Resolves when the sender side (held by the handles) is gone.
+async fn handles_gone(mut rx: watch::Receiver<Option<u32>>) {
+    while rx.changed().await.is_ok() {}
+}
+
+async fn drive(
+    inner: Arc<Inner>,
+    digest: Digest,
+    table: Option<Arc<SignedPieceTable>>,
+    state: &watch::Sender<State>,
+    read_pos: watch::Receiver<Option<u32>>,
+    stats: Arc<Counters>,
+) -> Result<(), FetchError> {
+    let table = match table {
+        Some(t) => t,
+        None => tokio::select! {
+            t = table::obtain(&inner, &digest) => t?,
+            () = handles_gone(read_pos.clone()) => return Err(FetchError::Stopped(digest)),
+        },
+    };
+    let held = inner.sink.register(table.clone()).await?;
+    state.send_modify(|s| {
+        s.ready = Some(Ready {
+            table: table.clone(),
+            have: held.have.clone(),
+            _lease: inner.lease(&digest),
+        });
+    });
+    let local = inner.network.local_peer_id();
+    // Known by now whenever the table was verified against it; `None` only if it never was.
+    let gateway = inner.gateway_peer().await.ok();
+    let mut cfg = inner.cfg.scheduler.clone();
+    cfg.seed = seed(&local, &digest);
+    let start = Instant::now();
+    let have = held.have.borrow().clone();
+    let sched = Scheduler::new(local, have, cfg, Duration::ZERO);
+    let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let driver = Driver {
+        local,
+        gateway,
+        swarm_hint: 1,
+        digest,
+        table,
+        stats,
+        sched,
+        start,
+        store_have: held.have,
+        sessions: HashMap::new(),
+        connecting: HashMap::new(),
+        banned: HashSet::new(),
+        refused: HashSet::new(),
+        outstanding: HashSet::new(),
+        origin_tasks: HashMap::new(),
+        origin_seq: 0,
+        tasks: JoinSet::new(),
+        lookup_running: false,
+        last_lookup: None,
+        events_tx,
+        provided: false,
+        reconcile: true,
+        last_progress: start,
+        last_origin_ok: start,
+        last_origin_error: None,
+        held_count: 0,
+        inner,
+    };
+    driver.run(events_rx, read_pos).await
+}
+
+/// A seed for the scheduler's tie-breaks, different per node and blob (FNV-1a).
+fn seed(local: &PeerId, digest: &Digest) -> u64 {
+    local
+        .to_bytes()
+        .iter()
+        .chain(digest.as_str().as_bytes())
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+/// What a background task reports.
+enum Internal {
+    Providers(Result<Vec<PeerId>, NetworkError>),
+    Connected {
+        peer: PeerId,
+        result: Result<(Session, Opened), String>,
+    },
+    Origin {
+        piece: u32,
+        seq: u64,
+        outcome: OriginOutcome,
+    },
+}
+
+/// The state of one running download (see the module docs).
+struct Driver {
+    inner: Arc<Inner>,
+    local: PeerId,
+    digest: Digest,
+    table: Arc<SignedPieceTable>,
+    stats: Arc<Counters>,
+    sched: Scheduler<PeerId>,
+    start: Instant,
+    /// The store's bit field of this blob.
+    store_have: watch::Receiver<Bitfield>,
+    sessions: HashMap<PeerId, Session>,
+    /// Sessions being opened, with events that arrived before the session was handed over.
+    connecting: HashMap<PeerId, Vec<SessionEvent>>,
+    /// Never reopened for this blob: sent corrupted pieces.
+    banned: HashSet<PeerId>,
+    /// The gateway's peer id. The gateway is the scheduler's *origin*, reached over HTTP and
+    /// only for pieces no peer has; as a swarm peer it holds everything, so opening a session
+    /// to it would make every node take every piece from it.
+    gateway: Option<PeerId>,
+    /// Nodes known to take part in this blob's swarm (providers found, plus ourselves).
+    swarm_hint: usize,
+    /// Never reopened for this blob: the scheduler would not take them.
+    refused: HashSet<PeerId>,
+    /// Requests sent and not yet answered or cancelled.
+    outstanding: HashSet<(Source<PeerId>, u32)>,
+    /// Running origin requests by piece, with a sequence number so a late answer of an aborted
+    /// request is not taken for a newer one's.
+    origin_tasks: HashMap<u32, (u64, AbortHandle)>,
+    origin_seq: u64,
+    tasks: JoinSet<Internal>,
+    lookup_running: bool,
+    last_lookup: Option<Instant>,
+    events_tx: mpsc::Sender<SessionEvent>,
+    provided: bool,
+    /// The store's bits may hold pieces the scheduler has not heard of.
+    reconcile: bool,
+    last_progress: Instant,
+    /// Last time the origin delivered or refused (it is up).
+    last_origin_ok: Instant,
+    last_origin_error: Option<String>,
+    held_count: u32,
+}
+
+impl Driver {
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.start)
+    }
+
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SessionEvent>,
+        mut read_pos: watch::Receiver<Option<u32>>,
+    ) -> Result<(), FetchError> {
+        let period = self
+            .inner
+            .cfg
+            .provider_refresh
+            .clamp(Duration::from_millis(10), MAX_TICK);
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        if let Some(p) = *read_pos.borrow_and_update() {
+            self.sched.set_read_position(p);
+        }
+        // Set once every handle is gone but the blob is complete in the store.
+        let mut finish_by: Option<Instant> = None;
+        loop {
+            if self.reconcile {
+                self.reconcile_store();
+            }
+            while let Some(action) = self.sched.poll_action() {
+                if self.execute(action) {
+                    self.drain(&mut events).await;
+                    return Ok(());
+                }
+            }
+            let wake = self.sched.poll_timeout().map(|t| self.start + t);
+            tokio::select! {
+                Some(ev) = events.recv() => self.on_event(ev),
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.on_task(done);
+                }
+                changed = self.store_have.changed() => {
+                    if changed.is_err() {
+                        return Err(SourceError::NotHeld(format!(
+                            "{} was removed from the store during its download",
+                            self.digest
+                        ))
+                        .into());
+                    }
+                    self.reconcile = true;
+                }
+                changed = read_pos.changed(), if finish_by.is_none() => {
+                    if changed.is_err() {
+                        if !self.store_have.borrow().is_complete() {
+                            // Every handle is gone: nobody wants the rest.
+                            return Err(FetchError::Stopped(self.digest.clone()));
+                        }
+                        // The last readers left with the last piece, whose verdict is still on
+                        // its way: hear it (briefly) so it is counted.
+                        finish_by = Some(Instant::now() + DRAIN_LIMIT);
+                    } else if let Some(p) = *read_pos.borrow_and_update() {
+                        self.sched.set_read_position(p);
+                    }
+                }
+                () = sleep_until(finish_by) => return Ok(()),
+                () = sleep_until(wake) => {
+                    let now = self.now();
+                    self.sched.handle_timeout(now);
+                }
+                _ = tick.tick() => self.housekeeping()?,
+            }
+        }
+    }
+
+    /// After the last piece: waits (briefly) for the answers still arriving, so every piece is
+    /// counted where it came from.
+    async fn drain(&mut self, events: &mut mpsc::Receiver<SessionEvent>) {
+        let deadline = Instant::now() + DRAIN_LIMIT;
+        while !self.outstanding.is_empty() {
+            tokio::select! {
+                Some(ev) = events.recv() => self.on_event(ev),
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    self.on_task(done);
+                }
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+
+    /// Provider refresh, swarm size, and the stall check.
+    fn housekeeping(&mut self) -> Result<(), FetchError> {
+        // The swarm for this blob is its providers, not the whole routing table: a node pulling
+        // a blob nobody else wants would otherwise hold back from the origin as if thousands
+        // of others were about to fetch each piece.
+        let size = self.swarm_hint.max(self.sessions.len() + 1);
+        self.sched.set_swarm_size(size as u64);
+        let refresh_due = self
+            .last_lookup
+            .is_none_or(|t| t.elapsed() >= self.inner.cfg.provider_refresh);
+        if !self.lookup_running && refresh_due {
+            self.lookup_providers();
+        }
+        let limit = self.inner.cfg.stall_timeout;
+        let idle = self.last_progress.elapsed();
+        if idle >= limit
+            && self.last_origin_ok.elapsed() >= limit
+            // Connected peers that hold what we miss get twice as long (they may be slow).
+            && (idle >= limit * 2 || !self.peers_can_help())
+        {
+            return Err(FetchError::Stalled {
+                digest: self.digest.clone(),
+                secs: limit.as_secs(),
+                reason: self
+                    .last_origin_error
+                    .clone()
+                    .unwrap_or_else(|| "no origin request answered".to_owned()),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether a connected peer holds a piece we still miss.
+    fn peers_can_help(&self) -> bool {
+        let have = self.sched.have();
+        have.iter_zeros().any(|p| self.sched.availability(p) > 0)
+    }
+
+    fn lookup_providers(&mut self) {
+        self.lookup_running = true;
+        self.last_lookup = Some(Instant::now());
+        let limit = self.inner.cfg.max_peers_per_blob.saturating_mul(2).max(8);
+        let lookup = self.inner.network.find_providers(&self.digest, limit);
+        self.tasks
+            .spawn(async move { Internal::Providers(lookup.await) });
+    }
+
+    /// Opens sessions to new providers, up to the per-blob limit.
+    fn connect_to(&mut self, peers: Vec<PeerId>) {
+        for peer in peers {
+            if self.sessions.len() + self.connecting.len() >= self.inner.cfg.max_peers_per_blob {
+                break;
+            }
+            if peer == self.local
+                || Some(peer) == self.gateway
+                || self.sessions.contains_key(&peer)
+                || self.connecting.contains_key(&peer)
+                || self.banned.contains(&peer)
+                || self.refused.contains(&peer)
+            {
+                continue;
+            }
+            self.connecting.insert(peer, Vec::new());
+            let network = self.inner.network.clone();
+            let sink = self.inner.sink.clone();
+            let digest = self.digest.clone();
+            let events = self.events_tx.clone();
+            let limit = self.inner.cfg.connect_timeout;
+            self.tasks.spawn(async move {
+                let opened = tokio::time::timeout(limit, async {
+                    let stream = network.open_stream(peer).await.map_err(|e| e.to_string())?;
+                    Session::open(peer, stream, digest, sink, events)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await;
+                Internal::Connected {
+                    peer,
+                    result: opened.unwrap_or_else(|_| Err("timed out".to_owned())),
+                }
+            });
+        }
+    }
+
+    /// Carries out one scheduler action; `true` once the download is complete.
+    fn execute(&mut self, action: Action<PeerId>) -> bool {
+        match action {
+            Action::Request {
+                source: Source::Peer(peer),
+                piece,
+            } => self.request_peer(peer, piece),
+            Action::Request {
+                source: Source::Origin,
+                piece,
+            } => self.request_origin(piece),
+            Action::Cancel { source, piece } => {
+                // An answer that has begun to arrive still comes as an event: keep expecting
+                // it, so the piece is attributed (and counted) when it does.
+                let answer_coming = match source {
+                    Source::Peer(peer) => {
+                        self.sessions.get(&peer).is_some_and(|s| !s.cancel(piece))
+                    }
+                    Source::Origin => {
+                        if let Some((_, task)) = self.origin_tasks.remove(&piece) {
+                            task.abort();
+                        }
+                        false
+                    }
+                };
+                if !answer_coming {
+                    self.outstanding.remove(&(source, piece));
+                    self.reconcile = true;
+                }
+            }
+            Action::Ban { peer } => {
+                warn!(digest = %self.digest, %peer, "banning peer: it sent corrupted pieces");
+                self.sessions.remove(&peer);
+                self.banned.insert(peer);
+                self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
+                self.reconcile = true;
+            }
+            Action::Done => {
+                self.provide();
+                return true;
+            }
+        }
+        false
+    }
+
+    fn request_peer(&mut self, peer: PeerId, piece: u32) {
+        let now = self.now();
+        let source = Source::Peer(peer);
+        let Some(session) = self.sessions.get(&peer) else {
+            self.sched.request_failed(source, piece, now);
+            self.drop_peer(peer);
+            return;
+        };
+        match session.request(piece) {
+            Ok(()) => {
+                self.outstanding.insert((source, piece));
+            }
+            // The session's own limits, not the peer's fault: try again a bit later.
+            Err(TransferError::QueueFull | TransferError::AlreadyRequested(_)) => {
+                self.sched.request_refused(source, piece, now);
+            }
+            Err(e) => {
+                debug!(digest = %self.digest, %peer, piece, error = %e, "request not sent");
+                self.sched.request_failed(source, piece, now);
+                if session.is_closed() {
+                    self.drop_peer(peer);
+                }
+            }
+        }
+    }
+
+    fn request_origin(&mut self, piece: u32) {
+        let table = &self.table.table;
+        let Some(range) = table.piece_range(piece) else {
+            let now = self.now();
+            self.sched.request_failed(Source::Origin, piece, now);
+            return;
+        };
+        self.origin_seq += 1;
+        let seq = self.origin_seq;
+        let gateway = self.inner.gateway.clone();
+        let sink = self.inner.sink.clone();
+        let digest = self.digest.clone();
+        let size = table.size;
+        let task = self.tasks.spawn(async move {
+            let outcome = gateway
+                .fetch_piece(&*sink, &digest, piece, range, size)
+                .await;
+            Internal::Origin {
+                piece,
+                seq,
+                outcome,
+            }
+        });
+        if let Some((_, old)) = self.origin_tasks.insert(piece, (seq, task)) {
+            old.abort();
+        }
+        self.outstanding.insert((Source::Origin, piece));
+    }
+
+    /// Forgets a peer whose session is gone or unusable.
+    fn drop_peer(&mut self, peer: PeerId) {
+        self.sessions.remove(&peer);
+        self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
+        let now = self.now();
+        self.sched.peer_removed(peer, now);
+        self.reconcile = true;
+    }
+
+    fn on_event(&mut self, ev: SessionEvent) {
+        if let Some(early) = self.connecting.get_mut(&ev.peer) {
+            // Bounded: a session announces each piece at most once, then closes.
+            if early.len() <= self.table.table.piece_count() as usize + 8 {
+                early.push(ev);
+            }
+            return;
+        }
+        let peer = ev.peer;
+        if !self.sessions.contains_key(&peer) {
+            // A session we dropped (banned or refused): nothing more to learn from it.
+            return;
+        }
+        let now = self.now();
+        let source = Source::Peer(peer);
+        match ev.kind {
+            SessionEventKind::Have(piece) => self.sched.peer_have(peer, piece, now),
+            SessionEventKind::Received {
+                piece,
+                verdict,
+                bytes,
+            } => {
+                self.outstanding.remove(&(source, piece));
+                self.reconcile = true;
+                let bytes = u64::from(bytes);
+                match verdict {
+                    Verdict::Verified => {
+                        self.stats.peer(bytes);
+                        self.inner.totals.peer(bytes);
+                        self.sched.piece_received(source, piece, now);
+                    }
+                    Verdict::Duplicate => {
+                        self.stats.wasted(bytes);
+                        self.inner.totals.wasted(bytes);
+                        self.sched.piece_received(source, piece, now);
+                    }
+                    Verdict::Invalid => {
+                        warn!(digest = %self.digest, %peer, piece, "peer sent a corrupted piece");
+                        self.stats.wasted(bytes);
+                        self.inner.totals.wasted(bytes);
+                        self.sched.piece_invalid(peer, piece, now);
+                    }
+                }
+            }
+            SessionEventKind::Refused(piece) => {
+                self.outstanding.remove(&(source, piece));
+                self.reconcile = true;
+                self.sched.request_refused(source, piece, now);
+            }
+            SessionEventKind::Failed(piece) => {
+                self.outstanding.remove(&(source, piece));
+                self.reconcile = true;
+                self.sched.request_failed(source, piece, now);
+            }
+            SessionEventKind::Closed(reason) => {
+                debug!(digest = %self.digest, %peer, reason = ?reason, "session closed");
+                self.drop_peer(peer);
+            }
+        }
+    }
+
+    fn on_task(&mut self, done: Result<Internal, JoinError>) {
+        let report = match done {
+            Ok(report) => report,
+            Err(e) => {
+                // A cancelled origin request, or a panic (the scheduler's timeout then requeues
+                // whatever that task was doing).
+                if !e.is_cancelled() {
+                    warn!(digest = %self.digest, error = %e, "download task failed");
+                }
+                return;
+            }
+        };
+        match report {
+            Internal::Providers(found) => {
+                self.lookup_running = false;
+                match found {
+                    Ok(peers) => {
+                        let others = peers
+                            .iter()
+                            .filter(|p| Some(**p) != self.gateway && **p != self.local)
+                            .count();
+                        self.swarm_hint = self.swarm_hint.max(others + 1);
+                        self.connect_to(peers)
+                    }
+                    Err(e) => debug!(digest = %self.digest, error = %e, "provider lookup failed"),
+                }
+            }
+            Internal::Connected { peer, result } => self.on_connected(peer, result),
+            Internal::Origin {
+                piece,
+                seq,
+                outcome,
+            } => self.on_origin(piece, seq, outcome),
+        }
+    }
+
+    fn on_connected(&mut self, peer: PeerId, result: Result<(Session, Opened), String>) {
+        let early = self.connecting.remove(&peer).unwrap_or_default();
+        let (session, opened) = match result {
+            Ok(ok) => ok,
+            Err(e) => {
+                debug!(digest = %self.digest, %peer, error = %e, "cannot open a session");
+                return;
+            }
+        };
+        if self.banned.contains(&peer) || self.refused.contains(&peer) {
+            return;
+        }
+        let now = self.now();
+        if !self.sched.peer_added(peer, opened.have, now) {
+            debug!(digest = %self.digest, %peer, "scheduler refused the peer");
+            self.refused.insert(peer);
+            return;
+        }
+        debug!(digest = %self.digest, %peer, "session open");
+        self.sessions.insert(peer, session);
+        for ev in early {
+            self.on_event(ev);
+        }
+    }
+
+    fn on_origin(&mut self, piece: u32, seq: u64, outcome: OriginOutcome) {
+        let current = self
+            .origin_tasks
+            .get(&piece)
+            .is_some_and(|(s, _)| *s == seq);
+        if current {
+            self.origin_tasks.remove(&piece);
+            self.outstanding.remove(&(Source::Origin, piece));
+        }
+        self.reconcile = true;
+        let now = self.now();
+        match outcome {
+            OriginOutcome::Received { verdict, bytes } => match verdict {
+                Verdict::Verified => {
+                    self.last_origin_ok = Instant::now();
+                    self.stats.origin(bytes);
+                    self.inner.totals.origin(bytes);
+                    // Welcome even if it was cancelled meanwhile.
+                    self.sched.piece_received(Source::Origin, piece, now);
+                }
+                Verdict::Duplicate => {
+                    self.last_origin_ok = Instant::now();
+                    self.stats.wasted(bytes);
+                    self.inner.totals.wasted(bytes);
+                    if current {
+                        self.sched.piece_received(Source::Origin, piece, now);
+                    }
+                }
+                Verdict::Invalid => {
+                    warn!(digest = %self.digest, piece, "the gateway sent a piece that does not match its table");
+                    self.stats.wasted(bytes);
+                    self.inner.totals.wasted(bytes);
+                    self.last_origin_error = Some(format!("piece {piece} failed verification"));
+                    if current {
+                        self.sched.request_failed(Source::Origin, piece, now);
+                    }
+                }
+            },
+            OriginOutcome::Refused => {
+                self.last_origin_ok = Instant::now();
+                if current {
+                    self.sched.request_refused(Source::Origin, piece, now);
+                }
+            }
+            OriginOutcome::Failed { reason } => {
+                debug!(digest = %self.digest, piece, error = %reason, "origin request failed");
+                self.last_origin_error = Some(reason);
+                if current {
+                    self.sched.request_failed(Source::Origin, piece, now);
+                }
+            }
+        }
+    }
+
+    /// Reports pieces the store holds that the scheduler has not heard of, unless a request of
+    /// ours for them is still out (its answer will report them, with its source).
+    fn reconcile_store(&mut self) {
+        self.reconcile = false;
+        let store = self.store_have.borrow().clone();
+        let count = store.count();
+        if count > self.held_count {
+            self.held_count = count;
+            self.last_progress = Instant::now();
+        }
+        if count > 0 {
+            self.provide();
+        }
+        let mut new = store;
+        if new.difference_with(self.sched.have()).is_err() {
+            return;
+        }
+        let now = self.now();
+        for piece in new.iter_ones() {
+            let requested = self.outstanding.iter().any(|&(_, p)| p == piece);
+            if !requested {
+                self.sched.piece_received(Source::Origin, piece, now);
+            }
+        }
+    }
+
+    /// Announces the blob once (serving starts with the first piece held).
+    fn provide(&mut self) {
+        if self.provided {
+            return;
+        }
+        self.provided = true;
+        let announce = self.inner.network.provide(&self.digest);
+        let digest = self.digest.clone();
+        tokio::spawn(async move {
+            if let Err(e) = announce.await {
+                warn!(%digest, error = %e, "cannot announce the blob");
+            }
+        });
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,213 @@
+//! The gateway's node-facing HTTP endpoints, as the fetcher uses them: its identity
+//! (`/flotilla/v1/info`), signed piece tables (`/flotilla/v1/pieces/<digest>`) and single pieces
+//! of blobs (`/flotilla/v1/blobs/<digest>` with `Range`), the origin of last resort.
+//!
+//! A piece from the origin is streamed chunk by chunk into the store's [`PieceReceiver`], which
+//! verifies it; nothing holds the piece whole here.
+
+use std::ops::Range;
+use std::time::Duration;
+
+use flotilla_protocol::Digest;
+use libp2p::PeerId;
+use reqwest::{StatusCode, header};
+use serde::Deserialize;
+
+use super::FetchError;
+use crate::ports::{PieceSink, Verdict};
+
+/// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
+/// the limit leaves room for far larger blobs while bounding what a bad answer costs).
+const MAX_TABLE_BYTES: usize = 8 << 20;
+
+/// The `/flotilla/v1/info` answer (only the part used here).
+#[derive(Deserialize)]
+struct Info {
+    peer_id: String,
+}
+
+/// Why the gateway did not give what was asked.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GatewayError {
+    /// No HTTP answer (connection refused, timeout, reset).
+    #[error("gateway unreachable: {0}")]
+    Http(#[from] reqwest::Error),
+    /// An answer with an unexpected status.
+    #[error("gateway answered {0}")]
+    Status(StatusCode),
+    /// An answer that is not what the endpoint promises.
+    #[error("bad answer from the gateway: {0}")]
+    Malformed(String),
+}
+
+/// What became of one origin request.
+#[derive(Debug)]
+pub(crate) enum OriginOutcome {
+    /// The store judged the piece (`bytes` were received).
+    Received { verdict: Verdict, bytes: u64 },
+    /// 429 or 503: the gateway is busy or sent that piece to the swarm moments ago.
+    Refused,
+    /// Anything else (no answer, an error status, a truncated body, a store error).
+    Failed { reason: String },
+}
+
+/// A client for one gateway.
+#[derive(Clone)]
+pub(crate) struct GatewayClient {
+    base: String,
+    http: reqwest::Client,
+    timeout: Duration,
+}
+
+impl GatewayClient {
+    /// A client for the gateway at `url` (`http://host:port`, an optional trailing `/`).
+    pub(crate) fn new(url: &str, connect: Duration, timeout: Duration) -> Result<Self, FetchError> {
+        let bad = |reason: String| FetchError::BadGatewayUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(bad("not an http(s) URL".to_owned()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .build()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(GatewayClient {
+            base: url.trim_end_matches('/').to_owned(),
+            http,
+            timeout,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The gateway's peer id, from `/flotilla/v1/info`.
+    pub(crate) async fn info(&self) -> Result<PeerId, FetchError> {
+        let url = self.url("/flotilla/v1/info");
+        let failed = |reason: String| FetchError::GatewayIdentity {
+            url: url.clone(),
+            reason,
+        };
+        let res = self
+            .http
+            .get(&url)
+            .timeout(self.timeout)
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if !res.status().is_success() {
+            return Err(failed(format!("status {}", res.status())));
+        }
+        let body = read_limited(res, 64 << 10)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let info: Info = serde_json::from_slice(&body).map_err(|e| failed(e.to_string()))?;
+        info.peer_id
+            .parse::<PeerId>()
+            .map_err(|e| failed(e.to_string()))
+    }
+
+    /// The signed piece table bytes of `digest`, or `None` if the gateway does not know it.
+    pub(crate) async fn table(&self, digest: &Digest) -> Result<Option<Vec<u8>>, GatewayError> {
+        let res = self
+            .http
+            .get(self.url(&format!("/flotilla/v1/pieces/{digest}")))
+            .timeout(self.timeout)
+            .send()
+            .await?;
+        match res.status() {
+            StatusCode::OK => Ok(Some(read_limited(res, MAX_TABLE_BYTES).await?)),
+            StatusCode::NOT_FOUND => Ok(None),
+            s => Err(GatewayError::Status(s)),
+        }
+    }
+
+    /// Fetches bytes `range` (one piece) of `digest` and streams them into the store as piece
+    /// `index`.
+    pub(crate) async fn fetch_piece(
+        &self,
+        sink: &dyn PieceSink,
+        digest: &Digest,
+        index: u32,
+        range: Range<u64>,
+        blob_size: u64,
+    ) -> OriginOutcome {
+        let failed = |reason: String| OriginOutcome::Failed { reason };
+        let want = range.end - range.start;
+        let res = match self
+            .http
+            .get(self.url(&format!("/flotilla/v1/blobs/{digest}")))
+            .header(
+                header::RANGE,
+                format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),
+            )
+            .send()
+            .await
+        {
+            Ok(res) => res,
+            Err(e) => return failed(e.to_string()),
+        };
+        match res.status() {
+            StatusCode::PARTIAL_CONTENT => {}
+            // A server may ignore `Range`; the whole blob is then exactly this piece only if the
+            // blob is one piece.
+            StatusCode::OK if range.start == 0 && range.end == blob_size => {}
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                return OriginOutcome::Refused;
+            }
+            s => return failed(format!("gateway answered {s} for piece {index}")),
+        }
+        let mut receiver = match sink.receive(digest, index) {
+            Ok(r) => r,
+            Err(e) => return failed(format!("store refused piece {index}: {e}")),
+        };
+        let mut res = res;
+        let mut got = 0u64;
+        loop {
+            match res.chunk().await {
+                Ok(Some(chunk)) => {
+                    got += chunk.len() as u64;
+                    if got > want {
+                        return failed(format!("gateway sent more than piece {index}"));
+                    }
+                    if let Err(e) = receiver.write(chunk).await {
+                        return failed(format!("store: {e}"));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return failed(format!("reading piece {index}: {e}")),
+            }
+        }
+        if got != want {
+            return failed(format!(
+                "gateway sent {got} of the {want} bytes of piece {index}"
+            ));
+        }
+        match receiver.finish().await {
+            Ok(verdict) => OriginOutcome::Received {
+                verdict,
+                bytes: got,
+            },
+            Err(e) => failed(format!("store: {e}")),
+        }
+    }
+}
+
+/// The body of `res`, refused beyond `limit` bytes.
+async fn read_limited(mut res: reqwest::Response, limit: usize) -> Result<Vec<u8>, GatewayError> {
+    if res.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(GatewayError::Malformed(format!("body over {limit} bytes")));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = res.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Err(GatewayError::Malformed(format!("body over {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}

@@ -1,0 +1,327 @@
+//! The download driver against in-memory peers (real transfer servers and stores over pipes)
+//! and a fake gateway on loopback.
+
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+
+use super::testkit::{CorruptSource, FakeGateway, FakeNetwork, TestBlob, TestStore};
+use super::{FetchConfig, FetchError, Fetcher};
+use crate::ports::PieceSource;
+
+/// Everything one test needs: a gateway, a network of peers, the local store and the fetcher.
+pub(crate) struct Rig {
+    pub key: Keypair,
+    pub gw: FakeGateway,
+    pub net: Arc<FakeNetwork>,
+    pub local: TestStore,
+    pub fetcher: Fetcher,
+}
+
+pub(crate) fn config(gateway_url: String) -> FetchConfig {
+    let mut cfg = FetchConfig::new(gateway_url);
+    cfg.provider_refresh = Duration::from_millis(100);
+    cfg.stall_timeout = Duration::from_secs(5);
+    cfg.connect_timeout = Duration::from_secs(2);
+    cfg.http_timeout = Duration::from_secs(2);
+    cfg
+}
+
+impl Rig {
+    pub async fn new() -> Rig {
+        Rig::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut FetchConfig)) -> Rig {
+        super::testkit::init_log();
+        let key = Keypair::generate_ed25519();
+        let gw = FakeGateway::start(key.clone()).await;
+        let net = FakeNetwork::new();
+        let local = TestStore::new().await;
+        let mut cfg = config(gw.url());
+        tweak(&mut cfg);
+        let fetcher = Fetcher::new(cfg, net.clone(), local.store.clone(), local.store.clone())
+            .expect("fetcher");
+        let store = local.store.clone();
+        assert!(fetcher.set_leases(Arc::new(move |d| {
+            store.lease(d).map(|l| Box::new(l) as super::Lease)
+        })));
+        Rig {
+            key,
+            gw,
+            net,
+            local,
+            fetcher,
+        }
+    }
+
+    pub fn blob(&self, len: usize, piece_size: u32, seed: u64) -> TestBlob {
+        let b = TestBlob::new(len, piece_size, seed, &self.key);
+        self.gw.add(&b);
+        b
+    }
+
+    /// Adds a peer holding `pieces` of `blob` (its store is kept alive by the server).
+    pub async fn peer(&self, blob: &TestBlob, pieces: impl IntoIterator<Item = u32>) -> PeerId {
+        let store = TestStore::new().await;
+        store.seed(blob, pieces).await;
+        let id = self.net.add_peer(store.source());
+        // The temporary directory must outlive the test's use of the peer.
+        std::mem::forget(store);
+        id
+    }
+}
+
+/// The blob's bytes as the local store holds them.
+pub(crate) async fn read_back(source: &dyn PieceSource, blob: &TestBlob) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blob.data.len());
+    for i in 0..blob.pieces() {
+        let f = source.piece_file(&blob.digest, i).await.unwrap();
+        let mut buf = vec![0u8; f.len as usize];
+        f.file.read_exact_at(&mut buf, f.offset).unwrap();
+        out.extend_from_slice(&buf);
+    }
+    out
+}
+
+async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .expect("timed out")
+}
+
+#[tokio::test]
+async fn three_peers_give_the_right_bytes() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(40 * 16384 - 100, 16384, 1);
+    let n = blob.pieces();
+    rig.peer(&blob, 0..n / 2).await;
+    rig.peer(&blob, n / 3..n).await;
+    rig.peer(&blob, (0..n).filter(|i| i % 2 == 0)).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    assert_eq!(dl.piece_count(), n);
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
+    assert_eq!(stats.origin_bytes, 0);
+    assert_eq!(rig.gw.origin_bytes(), 0);
+    assert_eq!(rig.fetcher.totals().peer_pieces, u64::from(n));
+    assert!(rig.net.provided.lock().unwrap().contains(&blob.digest));
+    // The gateway's identity was learned from /flotilla/v1/info.
+    assert_eq!(rig.fetcher.gateway_peer().await.unwrap(), rig.gw.peer_id());
+}
+
+#[tokio::test]
+async fn a_peer_sending_corrupted_pieces_is_banned() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(32 * 16384, 16384, 2);
+    let n = blob.pieces();
+    let bad_store = TestStore::new().await;
+    bad_store.seed(&blob, 0..n).await;
+    let corrupt = CorruptSource::new(bad_store.store.clone(), &blob);
+    let bad = rig.net.add_peer(corrupt.clone());
+    let good = rig.peer(&blob, 0..n).await;
+    // The corrupt peer is reached first, so it surely gets requests.
+    rig.net
+        .delays
+        .lock()
+        .unwrap()
+        .insert(good, Duration::from_millis(300));
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert!(stats.wasted_bytes >= 2 * 16384, "{stats:?}");
+    assert_eq!(stats.peer_bytes, blob.data.len() as u64);
+    // Banned after its second bad piece: never asked again, never reopened.
+    let reads = corrupt.reads.load(Ordering::Relaxed);
+    assert!(
+        (2..=4).contains(&reads),
+        "{reads} pieces read from the corrupt peer"
+    );
+    assert_eq!(rig.net.opens_of(&bad), 1);
+    assert!(rig.net.lookups.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn pieces_no_peer_has_come_from_the_origin() {
+    // The peer outranks this node for about half of the pieces it lacks, so this node leaves
+    // those to it (it would fetch them from the origin in a real swarm) until the swarm looks
+    // stalled: keep that short.
+    let rig = Rig::with(|c| c.scheduler.origin_stall = Duration::from_secs(1)).await;
+    let blob = rig.blob(24 * 16384 + 7, 16384, 3);
+    let n = blob.pieces();
+    rig.peer(&blob, 0..n / 2).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(60, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let half: u64 = (0..n / 2)
+        .map(|i| u64::from(blob.signed.table.piece_len(i).unwrap()))
+        .sum();
+    let stats = dl.stats();
+    assert_eq!(stats.peer_bytes, half, "{stats:?}");
+    assert_eq!(
+        stats.origin_bytes,
+        blob.data.len() as u64 - half,
+        "{stats:?}"
+    );
+    assert_eq!(rig.gw.origin_bytes(), stats.origin_bytes);
+}
+
+#[tokio::test]
+async fn with_no_peer_everything_comes_from_the_origin() {
+    let rig = Rig::with(|c| c.scheduler.origin_grace = Duration::ZERO).await;
+    let blob = rig.blob(10 * 8192 + 1, 8192, 4);
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    dl.set_read_position(0);
+    for i in 0..blob.pieces() {
+        within(20, dl.wait_piece(i)).await.unwrap();
+    }
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(dl.stats().origin_bytes, blob.data.len() as u64);
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    assert!(matches!(
+        dl.wait_piece(blob.pieces()).await,
+        Err(FetchError::PieceOutOfRange { .. })
+    ));
+}
+
+#[tokio::test]
+async fn concurrent_openers_share_one_download() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(16 * 16384, 16384, 5);
+    let peer = rig.peer(&blob, 0..blob.pieces()).await;
+    let (a, b) = tokio::join!(
+        rig.fetcher.open(&blob.digest),
+        rig.fetcher.open(&blob.digest)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(rig.fetcher.active_downloads(), 1);
+    let (ra, rb) = within(20, async {
+        tokio::join!(a.wait_complete(), b.wait_complete())
+    })
+    .await;
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(rig.gw.state.table_requests.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.net.opens_of(&peer), 1);
+    assert_eq!(a.stats(), b.stats());
+    assert_eq!(a.stats().peer_bytes, blob.data.len() as u64);
+    drop((a, b));
+    assert_eq!(rig.fetcher.active_downloads(), 0);
+
+    // Complete in the store: a new handle starts no driver.
+    let lookups = rig.net.lookups.load(Ordering::Relaxed);
+    let c = rig.fetcher.open(&blob.digest).await.unwrap();
+    assert!(c.is_complete());
+    c.wait_complete().await.unwrap();
+    assert_eq!(rig.fetcher.active_downloads(), 0);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(rig.net.lookups.load(Ordering::Relaxed), lookups);
+    assert_eq!(rig.gw.state.table_requests.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_blob_is_not_found() {
+    let rig = Rig::new().await;
+    let known = rig.blob(1000, 512, 6);
+    rig.peer(&known, 0..known.pieces()).await;
+    let other = TestBlob::new(1000, 512, 7, &rig.key);
+    let err = within(10, rig.fetcher.open(&other.digest))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::NotFound(_)), "{err}");
+    assert!(matches!(
+        within(10, rig.fetcher.table(&other.digest)).await,
+        Err(FetchError::NotFound(_))
+    ));
+    // Known blob: its table, without a download.
+    let t = within(10, rig.fetcher.table(&known.digest)).await.unwrap();
+    assert_eq!(t.table.size, 1000);
+    assert_eq!(rig.fetcher.active_downloads(), 0);
+}
+
+#[tokio::test]
+async fn a_table_signed_by_someone_else_is_refused() {
+    let rig = Rig::with(|c| c.gateway_peer = Some(PeerId::random())).await;
+    let blob = rig.blob(1000, 512, 8);
+    let err = within(10, rig.fetcher.open(&blob.digest))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FetchError::BadTable { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn a_table_from_a_provider_when_the_gateway_is_down() {
+    let key = Keypair::generate_ed25519();
+    let net = FakeNetwork::new();
+    let local = TestStore::new().await;
+    let blob = TestBlob::new(5 * 4096, 4096, 9, &key);
+    let seed = TestStore::new().await;
+    seed.seed(&blob, 0..blob.pieces()).await;
+    net.add_peer(seed.source());
+    // Nothing listens there.
+    let mut cfg = config("http://127.0.0.1:9".to_owned());
+    cfg.gateway_peer = Some(key.public().to_peer_id());
+    let fetcher = Fetcher::new(cfg, net.clone(), local.store.clone(), local.store.clone()).unwrap();
+    let dl = within(20, fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(dl.stats().peer_bytes, blob.data.len() as u64);
+}
+
+#[tokio::test]
+async fn a_download_with_no_source_fails_for_every_waiter() {
+    let key = Keypair::generate_ed25519();
+    let net = FakeNetwork::new();
+    let local = TestStore::new().await;
+    let blob = TestBlob::new(6 * 4096, 4096, 10, &key);
+    // Part of the blob is held, so the table is known without the gateway.
+    local.seed(&blob, [0, 1]).await;
+    let mut cfg = config("http://127.0.0.1:9".to_owned());
+    cfg.gateway_peer = Some(key.public().to_peer_id());
+    cfg.stall_timeout = Duration::from_secs(1);
+    cfg.scheduler.origin_grace = Duration::ZERO;
+    let fetcher = Fetcher::new(cfg, net, local.store.clone(), local.store.clone()).unwrap();
+    let dl = within(10, fetcher.open(&blob.digest)).await.unwrap();
+    dl.wait_piece(1).await.unwrap();
+    let (a, b) = within(10, async {
+        tokio::join!(dl.wait_piece(2), dl.wait_complete())
+    })
+    .await;
+    assert!(matches!(a, Err(FetchError::Stalled { .. })), "{a:?}");
+    assert!(matches!(b, Err(FetchError::Stalled { .. })), "{b:?}");
+    // A failed download is not joined: a new open starts again (and fails the same way).
+    let again = within(10, fetcher.open(&blob.digest)).await.unwrap();
+    assert!(!again.is_complete());
+}
+
+#[tokio::test]
+async fn nothing_reachable_fails_the_table() {
+    let key = Keypair::generate_ed25519();
+    let net = FakeNetwork::new();
+    let local = TestStore::new().await;
+    let blob = TestBlob::new(4096, 4096, 11, &key);
+    let mut cfg = config("http://127.0.0.1:9".to_owned());
+    cfg.gateway_peer = Some(key.public().to_peer_id());
+    cfg.stall_timeout = Duration::from_secs(1);
+    let fetcher = Fetcher::new(cfg, net, local.store.clone(), local.store.clone()).unwrap();
+    let err = within(10, fetcher.open(&blob.digest)).await.unwrap_err();
+    assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
+}

@@ -1,0 +1,476 @@
+//! One node assembled from its parts: identity, store, swarm, transfer server, fetcher and the
+//! local OCI endpoint, started in the order each needs the others.
+//!
+//! ```text
+//!  docker/containerd ──HTTP──► OCI endpoint ──► Fetcher ──► Scheduler (protocol crate)
+//!                                  │               │  ▲
+//!          manifests, tags ◄──proxy┘       Session │  │ events        peers' Sessions
+//!            (gateway)                             ▼  │                    │
+//!                                       Swarm (QUIC/TCP, Kademlia) ◄── transfer server ◄─ Store
+//! ```
+//! The gateway is found through its `GET /flotilla/v1/info` (peer id and swarm addresses); the
+//! node keeps asking in the background until it answers, so a node may start before its gateway
+//! (as `flotilla up` does) or during a gateway outage.
+
+use std::net::SocketAddr;
+use std::str::FromStr as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use flotilla_protocol::Digest;
+use libp2p::{Multiaddr, PeerId};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::fetch::{FetchConfig, Fetcher, TransferStats};
+use crate::identity;
+use crate::oci::{self, OciState};
+use crate::ports::{Network, PieceSource};
+use crate::store::{Store, StoreConfig};
+use crate::swarm::{self, SwarmConfig, SwarmHandle};
+use crate::transfer::{self, ServerLimits};
+
+/// Why a node could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A configuration value is not valid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The identity file could not be read or created.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The store could not be opened.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The swarm could not start.
+    #[error("swarm: {0}")]
+    Swarm(#[from] swarm::SwarmError),
+    /// The fetcher could not be built.
+    #[error("fetcher: {0}")]
+    Fetch(#[from] crate::fetch::FetchError),
+    /// The OCI endpoint's address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Serving the OCI endpoint failed.
+    #[error("serving the OCI endpoint: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Turns the source the transfer server would read into the one it does read.
+pub type WrapSource = Arc<dyn Fn(Arc<dyn PieceSource>) -> Arc<dyn PieceSource> + Send + Sync>;
+
+/// Hooks for tests and benchmarks that need a node to behave differently.
+#[derive(Clone, Default)]
+pub struct NodeOptions {
+    /// Wraps the source the transfer server reads pieces from (a test makes a lying peer with
+    /// it). `None`: serve the store as it is.
+    pub wrap_served: Option<WrapSource>,
+}
+
+/// What a node reports about itself on `GET /flotilla/v1/stats` (JSON).
+#[derive(Debug, Clone, Copy, serde::Serialize, Deserialize)]
+pub struct NodeStats {
+    /// Bytes of verified pieces received from peers.
+    pub peer_bytes: u64,
+    /// Bytes of verified pieces received from the gateway over HTTP.
+    pub origin_bytes: u64,
+    /// Bytes received and dropped (lost duplicates, failed verification).
+    pub wasted_bytes: u64,
+    /// Bytes this node served to peers.
+    pub served_bytes: u64,
+    /// Bytes of blobs on disk.
+    pub stored_bytes: u64,
+    /// Nodes in the DHT routing table.
+    pub known_peers: usize,
+}
+
+/// A running node.
+pub struct Node {
+    oci_addr: SocketAddr,
+    peer_id: PeerId,
+    swarm: SwarmHandle,
+    store: Arc<Store>,
+    fetcher: Fetcher,
+    listener: Option<TcpListener>,
+    router: Router,
+    background: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+#[derive(Deserialize)]
+struct GatewayInfo {
+    peer_id: String,
+    #[serde(default)]
+    addrs: Vec<String>,
+}
+
+fn parse_addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>, NodeError> {
+    list.iter()
+        .map(|a| {
+            Multiaddr::from_str(a).map_err(|e| NodeError::Config(format!("{what} {a:?}: {e}")))
+        })
+        .collect()
+}
+
+impl Node {
+    /// Starts a node with `config`: everything runs once this returns, but the OCI endpoint only
+    /// accepts requests after [`Node::serve`].
+    ///
+    /// # Errors
+    /// [`NodeError`] for an invalid configuration, or a part that cannot start.
+    pub async fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        Node::start_with(config, NodeOptions::default()).await
+    }
+
+    /// [`Node::start`] with test hooks.
+    ///
+    /// # Errors
+    /// As [`Node::start`].
+    pub async fn start_with(config: NodeConfig, options: NodeOptions) -> Result<Node, NodeError> {
+        let p2p_listen = parse_addrs(&config.p2p_listen, "p2p_listen")?;
+        let bootstrap = parse_addrs(&config.bootstrap, "bootstrap")?;
+        let pinned = config
+            .pinned
+            .iter()
+            .map(|d| Digest::from_str(d).map_err(|e| NodeError::Config(format!("pin {d:?}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gateway_url = config.gateway.trim_end_matches('/').to_owned();
+        if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
+            return Err(NodeError::Config(format!(
+                "gateway {gateway_url:?} is not an http(s) URL"
+            )));
+        }
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            NodeError::Config(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
+        let keypair = identity::load_or_create(&config.data_dir)?;
+        let peer_id = keypair.public().to_peer_id();
+        let store = Store::open(StoreConfig {
+            dir: config.data_dir.join("store"),
+            capacity_bytes: config.cache_bytes,
+        })
+        .await?;
+
+        let mut swarm_cfg = SwarmConfig::new(keypair);
+        swarm_cfg.listen = p2p_listen;
+        swarm_cfg.bootstrap = bootstrap;
+        swarm_cfg.udp_buffer_bytes = config.udp_buffer_bytes;
+        let (swarm, incoming) = swarm::spawn(swarm_cfg).await?;
+        tracing::info!(%peer_id, addrs = ?swarm.listen_addrs(), "swarm listening");
+
+        let mut background = Vec::new();
+        let served: Arc<dyn PieceSource> = store.clone();
+        let served = match &options.wrap_served {
+            Some(wrap) => wrap(served),
+            None => served,
+        };
+        background.push(tokio::spawn(transfer::run_server(
+            incoming,
+            served,
+            ServerLimits::default(),
+        )));
+
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| NodeError::Config(format!("HTTP client: {e}")))?;
+        // The gateway's identity is learned once (it signs tables); its addresses are re-read
+        // in the background until the swarm has joined it.
+        let gateway_peer = gateway_info(&http, &gateway_url).await.ok();
+        let mut fetch_cfg = FetchConfig::new(gateway_url.clone());
+        if let Some((peer, addrs)) = &gateway_peer {
+            fetch_cfg.gateway_peer = Some(*peer);
+            join_gateway(&swarm, *peer, addrs).await;
+        } else {
+            background.push(tokio::spawn(keep_joining_gateway(
+                http.clone(),
+                gateway_url.clone(),
+                swarm.clone(),
+            )));
+        }
+        let network: Arc<dyn Network> = Arc::new(swarm.clone());
+        let fetcher = Fetcher::new(fetch_cfg, network, store.clone(), store.clone())?;
+        // Every download and every reader holds a lease, so eviction never takes a blob in use.
+        let leases = store.clone();
+        fetcher.set_leases(Arc::new(move |d| {
+            leases.lease(d).map(|l| Box::new(l) as crate::fetch::Lease)
+        }));
+
+        background.push(tokio::spawn(reprovide_held(swarm.clone(), store.clone())));
+        background.push(tokio::spawn(withdraw_evicted(swarm.clone(), store.clone())));
+        for digest in pinned {
+            background.push(tokio::spawn(fetch_and_pin(
+                fetcher.clone(),
+                store.clone(),
+                digest,
+            )));
+        }
+
+        let source: Arc<dyn PieceSource> = store.clone();
+        let state = OciState::new(fetcher.clone(), gateway_url, source)?;
+        let stats_state = StatsState {
+            fetcher: fetcher.clone(),
+            store: store.clone(),
+            swarm: swarm.clone(),
+        };
+        let router = Router::new()
+            .route("/flotilla/v1/stats", get(stats))
+            .with_state(stats_state)
+            .merge(oci::router(state));
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| NodeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let oci_addr = listener.local_addr().map_err(|source| NodeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Node {
+            oci_addr,
+            peer_id,
+            swarm,
+            store,
+            fetcher,
+            listener: Some(listener),
+            router,
+            background,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        })
+    }
+
+    /// The OCI endpoint's address.
+    pub fn oci_addr(&self) -> SocketAddr {
+        self.oci_addr
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The swarm handle.
+    pub fn swarm(&self) -> &SwarmHandle {
+        &self.swarm
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The fetcher (blob downloads).
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
+    /// Counters of what this node received and served.
+    pub fn stats(&self) -> NodeStats {
+        node_stats(&self.fetcher, &self.store, &self.swarm)
+    }
+
+    /// Serves the OCI endpoint until `shutdown` resolves, then gives in-flight requests the
+    /// grace period and stops the swarm and the background tasks.
+    ///
+    /// # Errors
+    /// [`NodeError::Serve`] if accepting connections fails for good.
+    pub async fn serve(
+        mut self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), NodeError> {
+        let Some(listener) = self.listener.take() else {
+            return Ok(());
+        };
+        tracing::info!(addr = %self.oci_addr, peer_id = %self.peer_id, "node OCI endpoint listening");
+        let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = async move {
+            shutdown.await;
+            let _ = signalled_tx.send(());
+        };
+        let server = axum::serve(listener, self.router.clone())
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(server);
+        let result = tokio::select! {
+            biased;
+            done = &mut server => done,
+            _ = signalled_rx => match tokio::time::timeout(self.grace, server).await {
+                Ok(done) => done,
+                Err(_) => {
+                    tracing::warn!("requests still in flight after the grace period; stopping anyway");
+                    Ok(())
+                }
+            },
+        };
+        self.stop().await;
+        result.map_err(NodeError::Serve)
+    }
+
+    /// Stops the swarm and background tasks and flushes the store.
+    pub async fn stop(&mut self) {
+        for task in self.background.drain(..) {
+            task.abort();
+        }
+        let _ = self.swarm.shutdown().await;
+        if let Err(e) = self.store.flush().await {
+            tracing::warn!(error = %e, "flushing the store at shutdown");
+        }
+        tracing::info!("node stopped");
+    }
+}
+
+/// Starts a node and serves until `shutdown` resolves.
+///
+/// # Errors
+/// As [`Node::start`] and [`Node::serve`].
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    Node::start(config).await?.serve(shutdown).await
+}
+
+#[derive(Clone)]
+struct StatsState {
+    fetcher: Fetcher,
+    store: Arc<Store>,
+    swarm: SwarmHandle,
+}
+
+fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStats {
+    let TransferStats {
+        peer_bytes,
+        origin_bytes,
+        wasted_bytes,
+        ..
+    } = fetcher.totals();
+    NodeStats {
+        peer_bytes,
+        origin_bytes,
+        wasted_bytes,
+        served_bytes: store.served_total(),
+        stored_bytes: store.usage().0,
+        known_peers: swarm.known_peers(),
+    }
+}
+
+async fn stats(State(s): State<StatsState>) -> axum::Json<NodeStats> {
+    axum::Json(node_stats(&s.fetcher, &s.store, &s.swarm))
+}
+
+async fn gateway_info(
+    http: &reqwest::Client,
+    gateway_url: &str,
+) -> Result<(PeerId, Vec<Multiaddr>), String> {
+    let info: GatewayInfo = http
+        .get(format!("{gateway_url}/flotilla/v1/info"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())?;
+    let peer = PeerId::from_str(&info.peer_id).map_err(|e| e.to_string())?;
+    let addrs = info
+        .addrs
+        .iter()
+        .filter_map(|a| Multiaddr::from_str(a).ok())
+        .collect();
+    Ok((peer, addrs))
+}
+
+async fn join_gateway(swarm: &SwarmHandle, peer: PeerId, addrs: &[Multiaddr]) {
+    for addr in addrs {
+        if let Err(e) = swarm.add_address(peer, addr.clone()).await {
+            tracing::warn!(error = %e, %addr, "cannot add the gateway's address");
+        }
+    }
+    match swarm.bootstrap().await {
+        Ok(n) => tracing::info!(gateway = %peer, routing_table = n, "joined the gateway's swarm"),
+        Err(e) => tracing::warn!(error = %e, "bootstrap through the gateway failed"),
+    }
+}
+
+/// Retries `GET /flotilla/v1/info` (1 s doubling to 30 s) until the gateway answers, then joins it.
+async fn keep_joining_gateway(http: reqwest::Client, gateway_url: String, swarm: SwarmHandle) {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match gateway_info(&http, &gateway_url).await {
+            Ok((peer, addrs)) => {
+                join_gateway(&swarm, peer, &addrs).await;
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "gateway not reachable yet"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Announces every blob held from a previous run, so provider records survive a restart.
+async fn reprovide_held(swarm: SwarmHandle, store: Arc<Store>) {
+    for digest in store.held_blobs() {
+        if let Err(e) = swarm.provide(&digest).await {
+            tracing::warn!(error = %e, %digest, "cannot announce a held blob");
+        }
+    }
+}
+
+/// Withdraws the announcement of every blob the store evicts.
+async fn withdraw_evicted(swarm: SwarmHandle, store: Arc<Store>) {
+    let mut evictions = store.subscribe_evictions();
+    loop {
+        match evictions.recv().await {
+            Ok(digest) => {
+                if let Err(e) = swarm.unprovide(&digest).await {
+                    tracing::warn!(error = %e, %digest, "cannot withdraw an evicted blob");
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                // Missed names: re-announce what is still held, which withdraws nothing but
+                // keeps records honest; the records of the missed blobs expire on their own.
+                tracing::warn!(
+                    missed = n,
+                    "eviction notices lost; their records will expire"
+                );
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Downloads a configured pinned blob if needed, then pins it.
+async fn fetch_and_pin(fetcher: Fetcher, store: Arc<Store>, digest: Digest) {
+    let complete = store.entry(&digest).is_some_and(|e| e.complete);
+    if !complete {
+        let done = match fetcher.open(&digest).await {
+            Ok(download) => download.wait_complete().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, %digest, "cannot fetch a pinned blob");
+            return;
+        }
+    }
+    match store.pin(&digest).await {
+        Ok(()) => tracing::info!(%digest, "pinned"),
+        Err(e) => tracing::warn!(error = %e, %digest, "cannot pin"),
+    }
+}

@@ -1,0 +1,381 @@
+//! The node's read-only OCI endpoint, where docker and containerd on this host pull.
+//!
+//! - `GET /v2/` answers `200 {}` itself.
+//! - Manifests (`GET`/`HEAD`), tag lists, referrers and the catalog are proxied to the gateway
+//!   (`oci/proxy.rs`): same path and query, `Accept` forwarded, the answer streamed back with
+//!   its status and registry headers. Tags move, so they are never cached here.
+//! - Blobs (`GET`/`HEAD /v2/<name>/blobs/<digest>`) come from the swarm through the
+//!   [`Fetcher`] (`oci/blobs.rs`): streamed in order, each piece sent only once verified, with
+//!   single `Range`s and `If-None-Match`. Blobs are content-addressed and the swarm is
+//!   repository-free, so the name only has to be valid.
+//! - Anything that writes (`POST`, `PUT`, `PATCH`, `DELETE`, and every upload route) is
+//!   `405 UNSUPPORTED`: pushes go to the gateway. Unknown paths are `404 UNSUPPORTED`.
+//!
+//! Paths are routed with [`split_v2_path`], so names with many segments work, and bad names,
+//! tags and digests get the registry's error codes. As a registry mirror it takes docker's
+//! `registry-mirrors` paths (`/v2/library/<name>/...`) as they come, and ignores the `ns`
+//! query parameter containerd's `hosts.toml` mirrors add (it is not forwarded).
+//!
+//! Every response carries `Docker-Distribution-API-Version: registry/2.0` and produces one
+//! access-log line (method, path, status, bytes sent, duration) when its body is done.
+
+mod blobs;
+mod proxy;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use flotilla_protocol::ReferenceError;
+use flotilla_protocol::reference::{RouteError, V2Route, split_v2_path};
+use http_body_util::BodyExt as _;
+use serde::Serialize;
+
+use crate::fetch::{FetchError, Fetcher};
+use crate::ports::PieceSource;
+
+/// `Docker-Distribution-API-Version`.
+const API_VERSION: HeaderName = HeaderName::from_static("docker-distribution-api-version");
+/// `Docker-Content-Digest`.
+const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+/// `OCI-Filters-Applied` (referrers filtered by artifact type).
+const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
+
+/// What the endpoint needs.
+#[derive(Clone)]
+pub struct OciState {
+    /// Blob downloads through the swarm.
+    pub fetcher: Fetcher,
+    /// Base URL of the gateway (`http://host:port`), where manifests and listings are proxied.
+    pub gateway_url: String,
+    /// The client for proxied requests.
+    pub http: reqwest::Client,
+    /// Where verified pieces are read from (the node's store).
+    pub source: Arc<dyn PieceSource>,
+}
+
+impl OciState {
+    /// The state for a gateway at `gateway_url`, with an HTTP client that gives up connecting
+    /// after 10 s (answers themselves have no time limit: listings and manifests stream through).
+    ///
+    /// # Errors
+    /// [`FetchError::BadGatewayUrl`] if the client cannot be built.
+    pub fn new(
+        fetcher: Fetcher,
+        gateway_url: impl Into<String>,
+        source: Arc<dyn PieceSource>,
+    ) -> Result<Self, FetchError> {
+        let gateway_url = gateway_url.into();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| FetchError::BadGatewayUrl {
+                url: gateway_url.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(OciState {
+            fetcher,
+            gateway_url: gateway_url.trim_end_matches('/').to_owned(),
+            http,
+            source,
+        })
+    }
+}
+
+/// The endpoint as an axum `Router` (no listener).
+pub fn router(state: OciState) -> Router {
+    Router::new()
+        .fallback(dispatch)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(access_log))
+}
+
+/// An error answered in the registry's JSON form.
+#[derive(Debug)]
+pub(crate) struct OciError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    detail: Option<String>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl OciError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        OciError {
+            status,
+            code,
+            message: message.into(),
+            detail: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub(crate) fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    pub(crate) fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    errors: [ErrorEntry<'a>; 1],
+}
+
+#[derive(Serialize)]
+struct ErrorEntry<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<&'a str>,
+}
+
+impl IntoResponse for OciError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            errors: [ErrorEntry {
+                code: self.code,
+                message: &self.message,
+                detail: self.detail.as_deref(),
+            }],
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut res = (self.status, json).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        for (name, value) in self.headers {
+            res.headers_mut().insert(name, value);
+        }
+        res
+    }
+}
+
+impl From<FetchError> for OciError {
+    fn from(e: FetchError) -> Self {
+        let detail = e.to_string();
+        match e {
+            FetchError::NotFound(_) => OciError::new(
+                StatusCode::NOT_FOUND,
+                "BLOB_UNKNOWN",
+                "blob unknown to registry",
+            ),
+            FetchError::BadTable { .. }
+            | FetchError::GatewayIdentity { .. }
+            | FetchError::Unreachable { .. }
+            | FetchError::Stalled { .. } => {
+                tracing::warn!(error = %detail, "blob unavailable");
+                OciError::new(
+                    StatusCode::BAD_GATEWAY,
+                    "UNKNOWN",
+                    "the blob cannot be fetched from the swarm or the gateway",
+                )
+            }
+            FetchError::Store(_)
+            | FetchError::BadGatewayUrl { .. }
+            | FetchError::PieceOutOfRange { .. }
+            | FetchError::Stopped(_) => {
+                tracing::error!(error = %detail, "blob download failed");
+                OciError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "UNKNOWN",
+                    "internal error",
+                )
+            }
+        }
+        .detail(detail)
+    }
+}
+
+/// The answer to any write: this node only serves.
+fn read_only() -> OciError {
+    OciError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNSUPPORTED",
+        "this node is read-only; push to the gateway",
+    )
+    .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+}
+
+fn not_found() -> OciError {
+    OciError::new(StatusCode::NOT_FOUND, "UNSUPPORTED", "no such endpoint")
+}
+
+/// Routes one request (see the module docs).
+async fn dispatch(State(st): State<OciState>, req: Request) -> Response {
+    // Only the head is needed (nothing here reads a body), and it is `Sync`, unlike the body.
+    let (req, _) = req.into_parts();
+    let route = match route(&req.uri) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let method = req.method.clone();
+    if matches!(
+        method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return read_only().into_response();
+    }
+    if method != Method::GET && method != Method::HEAD {
+        return OciError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "method not allowed",
+        )
+        .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+        .into_response();
+    }
+    let head = method == Method::HEAD;
+    let res = match route {
+        V2Route::Base => Ok(base()),
+        V2Route::Blob(_, digest) => {
+            if head {
+                blobs::head(&st, &digest, &req.headers).await
+            } else {
+                blobs::get(&st, &digest, &req.headers).await
+            }
+        }
+        V2Route::Manifest(..) | V2Route::Tags(_) | V2Route::Catalog | V2Route::Referrers(..) => {
+            proxy::forward(&st, &req).await
+        }
+        V2Route::UploadStart(_) | V2Route::Upload(..) => Err(read_only()),
+    };
+    res.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// `GET /v2/`: the version check clients start with.
+fn base() -> Response {
+    let mut res = (StatusCode::OK, "{}").into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The API route of a URI, or the error that answers it.
+fn route(uri: &Uri) -> Result<V2Route, OciError> {
+    let path = percent_decode(uri.path()).ok_or_else(not_found)?;
+    let rest = if path == "/v2" {
+        ""
+    } else {
+        path.strip_prefix("/v2/").ok_or_else(not_found)?
+    };
+    split_v2_path(rest).map_err(|e| match e {
+        RouteError::NotFound => not_found(),
+        RouteError::Name(e) => OciError::new(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            "invalid repository name",
+        )
+        .detail(e.to_string()),
+        RouteError::Reference(e @ ReferenceError::BadTag(_)) => OciError::new(
+            StatusCode::BAD_REQUEST,
+            "TAG_INVALID",
+            "manifest tag did not match URI",
+        )
+        .detail(e.to_string()),
+        RouteError::Reference(e @ ReferenceError::BadDigest(_)) => OciError::new(
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+            "provided digest is invalid",
+        )
+        .detail(e.to_string()),
+        RouteError::Reference(e) => OciError::new(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            "invalid repository name",
+        )
+        .detail(e.to_string()),
+    })
+}
+
+/// `%XX`-decodes a path; `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(path: &str) -> Option<String> {
+    if !path.contains('%') {
+        return Some(path.to_owned());
+    }
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Adds the API version header and logs one line per request when its body is done.
+async fn access_log(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut res = next.run(req).await;
+    res.headers_mut()
+        .insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    let mut line = LogLine {
+        method,
+        path,
+        status: res.status(),
+        start,
+        bytes: 0,
+    };
+    // The closure owns the line: it is written when the body is dropped (sent or aborted).
+    res.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            if let Some(data) = frame.data_ref() {
+                line.sent(data.len());
+            }
+            frame
+        }))
+    })
+}
+
+/// One access-log line, written on drop.
+struct LogLine {
+    method: Method,
+    path: String,
+    status: StatusCode,
+    start: Instant,
+    bytes: u64,
+}
+
+impl LogLine {
+    fn sent(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let duration = format!("{:.3}ms", self.start.elapsed().as_secs_f64() * 1e3);
+        tracing::info!(
+            method = %self.method,
+            path = %self.path,
+            status = self.status.as_u16(),
+            bytes = self.bytes,
+            duration = %duration,
+            "request"
+        );
+    }
+}

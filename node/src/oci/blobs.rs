@@ -1,0 +1,331 @@
+//! `HEAD` and `GET /v2/<name>/blobs/<digest>`, from the swarm.
+//!
+//! `HEAD` needs only the piece table (it gives the size): nothing is downloaded. `GET` opens
+//! (or joins) the blob's download and streams the requested bytes in order: for each piece it
+//! moves the download's read position there, waits until the piece is verified, then reads it
+//! from the store's file in chunks of at most [`CHUNK`] bytes, one positioned read on tokio's
+//! blocking pool per chunk. The client gets each piece as soon as it is verified, never a byte
+//! that was not, and at most one chunk per response is in memory. If the download fails midway
+//! the body ends with an error, so the client sees a broken transfer rather than a short blob.
+//!
+//! `Range` is honoured for one range (`a-b`, `a-`, `-n`) with 206; several ranges get the whole
+//! blob; an unsatisfiable or malformed one gets `416 RANGE_INVALID` with
+//! `Content-Range: bytes */<size>`. `If-None-Match` with the blob's ETag (its quoted digest)
+//! gets 304.
+
+use std::io;
+use std::os::unix::fs::FileExt as _;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::Response;
+use flotilla_protocol::Digest;
+
+use super::{CONTENT_DIGEST, OciError, OciState};
+use crate::fetch::Download;
+use crate::ports::{PieceFile, PieceSource};
+
+/// Bytes read from the store per chunk.
+const CHUNK: u64 = 1 << 20;
+
+type Answer = Result<Response, OciError>;
+
+/// `HEAD`: size and digest from the piece table.
+pub(super) async fn head(st: &OciState, digest: &Digest, req: &HeaderMap) -> Answer {
+    let table = st.fetcher.table(digest).await?;
+    if if_none_match(req, digest) {
+        return Ok(not_modified(digest));
+    }
+    Ok(blob_response(
+        StatusCode::OK,
+        digest,
+        table.table.size,
+        Body::empty(),
+    ))
+}
+
+/// `GET`: the blob, whole or one range, streamed as its pieces verify.
+pub(super) async fn get(st: &OciState, digest: &Digest, req: &HeaderMap) -> Answer {
+    if if_none_match(req, digest) {
+        // The ETag is the digest: only existence has to be checked, not the bytes.
+        st.fetcher.table(digest).await?;
+        return Ok(not_modified(digest));
+    }
+    let download = st.fetcher.open(digest).await?;
+    let size = download.table.table.size;
+    let answer = match req.get(header::RANGE) {
+        Some(r) if if_range_allows(req, digest) => match r.to_str() {
+            Ok(r) => parse_range(r, size),
+            Err(_) => RangeAnswer::Unsatisfiable,
+        },
+        _ => RangeAnswer::Full,
+    };
+    match answer {
+        RangeAnswer::Full => Ok(blob_response(
+            StatusCode::OK,
+            digest,
+            size,
+            body(download, st.source.clone(), 0, size),
+        )),
+        RangeAnswer::Partial { start, end } => {
+            let len = end - start + 1;
+            let mut res = blob_response(
+                StatusCode::PARTIAL_CONTENT,
+                digest,
+                len,
+                body(download, st.source.clone(), start, end + 1),
+            );
+            res.headers_mut().insert(
+                header::CONTENT_RANGE,
+                value(&format!("bytes {start}-{end}/{size}")),
+            );
+            Ok(res)
+        }
+        RangeAnswer::Unsatisfiable => Err(OciError::new(
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            "RANGE_INVALID",
+            "requested range not satisfiable",
+        )
+        .header(header::CONTENT_RANGE, value(&format!("bytes */{size}")))),
+    }
+}
+
+fn value(text: &str) -> HeaderValue {
+    // Only ever called with ASCII built from numbers and digests.
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+fn etag(digest: &Digest) -> HeaderValue {
+    value(&format!("\"{digest}\""))
+}
+
+/// The headers of a blob answer, `len` being the bytes of this answer's body.
+fn blob_response(status: StatusCode, digest: &Digest, len: u64, body: Body) -> Response {
+    let mut res = Response::new(body);
+    *res.status_mut() = status;
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(CONTENT_DIGEST, value(digest.as_str()));
+    h.insert(header::ETAG, etag(digest));
+    res
+}
+
+fn not_modified(digest: &Digest) -> Response {
+    let mut res = Response::new(Body::empty());
+    *res.status_mut() = StatusCode::NOT_MODIFIED;
+    res.headers_mut().insert(header::ETAG, etag(digest));
+    res.headers_mut()
+        .insert(CONTENT_DIGEST, value(digest.as_str()));
+    res
+}
+
+/// Whether `If-None-Match` matches the blob's ETag (weak comparison, RFC 9110).
+fn if_none_match(headers: &HeaderMap, digest: &Digest) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|tag| {
+            if tag == "*" {
+                return true;
+            }
+            let tag = tag.strip_prefix("W/").unwrap_or(tag);
+            tag.strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .is_some_and(|t| t == digest.as_str())
+        })
+}
+
+/// Whether a `Range` must be honoured given `If-Range` (absent, or our strong ETag).
+fn if_range_allows(headers: &HeaderMap, digest: &Digest) -> bool {
+    match headers.get(header::IF_RANGE) {
+        None => true,
+        Some(v) => v.as_bytes() == etag(digest).as_bytes(),
+    }
+}
+
+/// How to answer a `Range` on a blob.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RangeAnswer {
+    /// 200 with the whole blob (another unit, or several ranges).
+    Full,
+    /// 206 with bytes `start..=end`.
+    Partial { start: u64, end: u64 },
+    /// 416.
+    Unsatisfiable,
+}
+
+/// One `first-last`, `first-` or `-suffix` range of a blob of `size` bytes; `None` when
+/// unsatisfiable or malformed.
+fn one_range(spec: &str, size: u64) -> Option<(u64, u64)> {
+    let (first, last) = spec.trim().split_once('-')?;
+    let (first, last) = (first.trim(), last.trim());
+    if first.is_empty() {
+        let n = digits(last)?;
+        if n == 0 || size == 0 {
+            return None;
+        }
+        return Some((size - n.min(size), size - 1));
+    }
+    let start = digits(first)?;
+    let end = if last.is_empty() {
+        u64::MAX
+    } else {
+        digits(last)?
+    };
+    if end < start || start >= size {
+        return None;
+    }
+    Some((start, end.min(size - 1)))
+}
+
+/// ASCII digits as a number, saturating (beyond any blob anyway); `None` for anything else.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    }))
+}
+
+/// Decides how to answer `Range: <header>` on a blob of `size` bytes (RFC 9110 section 14).
+pub(crate) fn parse_range(header: &str, size: u64) -> RangeAnswer {
+    let Some((unit, set)) = header.trim().split_once('=') else {
+        return RangeAnswer::Unsatisfiable;
+    };
+    let unit = unit.trim();
+    if unit.is_empty() {
+        return RangeAnswer::Unsatisfiable;
+    }
+    if !unit.eq_ignore_ascii_case("bytes") {
+        return RangeAnswer::Full;
+    }
+    let specs: Vec<&str> = set.split(',').filter(|s| !s.trim().is_empty()).collect();
+    match specs.as_slice() {
+        [] => RangeAnswer::Unsatisfiable,
+        [one] => match one_range(one, size) {
+            Some((start, end)) => RangeAnswer::Partial { start, end },
+            None => RangeAnswer::Unsatisfiable,
+        },
+        many if many.iter().any(|s| one_range(s, size).is_some()) => RangeAnswer::Full,
+        _ => RangeAnswer::Unsatisfiable,
+    }
+}
+
+/// Streams bytes `pos..end` of the blob, piece by piece as they verify.
+struct Reader {
+    download: Download,
+    source: Arc<dyn PieceSource>,
+    pos: u64,
+    end: u64,
+    /// The piece being read and where it lies.
+    current: Option<(u32, PieceFile)>,
+}
+
+impl Reader {
+    async fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if self.pos >= self.end {
+            return Ok(None);
+        }
+        let table = &self.download.table.table;
+        let (piece, range) = table
+            .piece_at(self.pos)
+            .and_then(|p| Some((p, table.piece_range(p)?)))
+            .ok_or_else(|| io::Error::other("read past the end of the blob"))?;
+        let file = match &self.current {
+            Some((p, f)) if *p == piece => f.clone(),
+            _ => {
+                self.download.set_read_position(piece);
+                self.download
+                    .wait_piece(piece)
+                    .await
+                    .map_err(io::Error::other)?;
+                let f = self
+                    .source
+                    .piece_file(self.download.digest(), piece)
+                    .await
+                    .map_err(io::Error::other)?;
+                self.current = Some((piece, f.clone()));
+                f
+            }
+        };
+        let within = self.pos - range.start;
+        let n = CHUNK.min(range.end - self.pos).min(self.end - self.pos);
+        if within + n > u64::from(file.len) {
+            return Err(io::Error::other(format!(
+                "piece {piece} on disk is shorter than its table says"
+            )));
+        }
+        let offset = file.offset + within;
+        let data = tokio::task::spawn_blocking(move || {
+            // n <= CHUNK, so it fits a usize.
+            let mut buf = vec![0u8; n as usize];
+            file.file.read_exact_at(&mut buf, offset).map(|()| buf)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        self.pos += n;
+        Ok(Some(Bytes::from(data)))
+    }
+}
+
+/// The response body for bytes `start..end` of the blob of `download`.
+fn body(download: Download, source: Arc<dyn PieceSource>, start: u64, end: u64) -> Body {
+    if let Some(piece) = download.table.table.piece_at(start) {
+        // Tell the scheduler where this reader starts before the first poll of the body.
+        download.set_read_position(piece);
+    }
+    let reader = Reader {
+        download,
+        source,
+        pos: start,
+        end,
+        current: None,
+    };
+    Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
+        Ok::<_, io::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
+    }))
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(
+            parse_range("bytes=0-9", 100),
+            RangeAnswer::Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range("bytes=90-", 100),
+            RangeAnswer::Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=-10", 100),
+            RangeAnswer::Partial { start: 90, end: 99 }
+        );
+        assert_eq!(
+            parse_range("bytes=50-500", 100),
+            RangeAnswer::Partial { start: 50, end: 99 }
+        );
+        assert_eq!(parse_range("bytes=100-", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("bytes=9-1", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("bytes=x-1", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("items=0-1", 100), RangeAnswer::Full);
+        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Full);
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 100),
+            RangeAnswer::Partial { start: 0, end: 99 }
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! The seams between the node's parts, as traits: where pieces are read from ([`PieceSource`]:
+//! the node's store, or the gateway's blob files), where received pieces go ([`PieceSink`]: the
+//! node's store, which verifies them), and the network ([`Network`]: the libp2p swarm).
+//!
+//! Each part depends on these traits rather than on the others, so the transfer protocol can be
+//! tested over an in-memory pipe, the download driver against a fake network, and the gateway
+//! can serve its own blob files to the swarm without a second copy.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_protocol::Digest;
+use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
+use futures::future::BoxFuture;
+use futures::io::{AsyncRead, AsyncWrite};
+use libp2p::PeerId;
+use tokio::sync::watch;
+
+/// A boxed bidirectional byte stream to a peer (a libp2p stream in the node; an in-memory pipe
+/// in tests).
+pub type PeerStream = Box<dyn Duplex>;
+
+/// Anything that reads and writes bytes both ways.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Duplex for T {}
+
+/// What a source holds of one blob.
+#[derive(Clone)]
+pub struct Held {
+    /// The blob's signed piece table.
+    pub table: Arc<SignedPieceTable>,
+    /// The pieces held now; changes as more arrive (never loses a bit while the blob is held).
+    pub have: watch::Receiver<Bitfield>,
+}
+
+/// One piece's bytes on disk: `len` bytes at `offset` of `file`, readable with positioned reads
+/// (the file is shared; never seek it).
+#[derive(Clone)]
+pub struct PieceFile {
+    /// The file holding the blob (complete or partial).
+    pub file: Arc<std::fs::File>,
+    /// Offset of the piece within the file.
+    pub offset: u64,
+    /// Length of the piece.
+    pub len: u32,
+}
+
+/// Why a source or sink could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The blob (or that piece of it) is not held.
+    #[error("not held: {0}")]
+    NotHeld(String),
+    /// No room for the blob, even after eviction.
+    #[error("no space: {0}")]
+    NoSpace(String),
+    /// A disk or file error.
+    #[error("i/o error: {0}")]
+    Io(#[from] io::Error),
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the transfer server reads the pieces it serves.
+pub trait PieceSource: Send + Sync + 'static {
+    /// The signed table and the held pieces of `digest`, or `None` when nothing of it is held.
+    fn held(&self, digest: &Digest) -> BoxFuture<'static, Result<Option<Held>, SourceError>>;
+    /// Where piece `index` of `digest` lies on disk. Only pieces whose bit is set in
+    /// [`Held::have`] may be asked for.
+    fn piece_file(
+        &self,
+        digest: &Digest,
+        index: u32,
+    ) -> BoxFuture<'static, Result<PieceFile, SourceError>>;
+    /// Accounting: `bytes` of `digest` were sent to a peer.
+    fn served(&self, digest: &Digest, bytes: u64);
+}
+
+/// The outcome of receiving one piece.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The bytes matched the table's hash; the piece is stored and its bit set.
+    Verified,
+    /// The piece was already held (another copy won); the bytes were dropped.
+    Duplicate,
+    /// The bytes did not match; nothing was kept.
+    Invalid,
+}
+
+/// Receives one piece incrementally: bytes in order, then [`PieceReceiver::finish`].
+/// Dropping it without `finish` abandons the piece and keeps nothing.
+pub trait PieceReceiver: Send {
+    /// The next bytes of the piece.
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>>;
+    /// Verifies what was written against the table and, if it matches, stores the piece and
+    /// sets its bit before answering. A crash afterwards leaves the piece either held with
+    /// correct bytes or not held at all (the store persists bits only after syncing the data).
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<Verdict, SourceError>>;
+}
+
+/// Where received pieces go (the node's store). The sink verifies: a piece becomes visible to
+/// readers and to peers only after its hash matched.
+pub trait PieceSink: Send + Sync + 'static {
+    /// Makes the blob of `table` (already signature-checked by the caller) known, creating an
+    /// empty partial blob if nothing of it is held, and returns what is held of it. Idempotent.
+    fn register(
+        &self,
+        table: Arc<SignedPieceTable>,
+    ) -> BoxFuture<'static, Result<Held, SourceError>>;
+    /// Starts receiving piece `index` of `digest` (the blob must have been registered with its
+    /// table). Concurrent receivers of the same piece are allowed (end game); the first one
+    /// to verify wins and the others report [`Verdict::Duplicate`].
+    fn receive(&self, digest: &Digest, index: u32) -> Result<Box<dyn PieceReceiver>, SourceError>;
+}
+
+/// Why a network operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    /// The swarm task has stopped.
+    #[error("the swarm task has stopped")]
+    Stopped,
+    /// Dialing or opening a stream failed.
+    #[error("cannot reach {peer}: {reason}")]
+    Unreachable {
+        /// The peer.
+        peer: PeerId,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A DHT query failed or timed out.
+    #[error("DHT query failed: {0}")]
+    Query(String),
+}
+
+/// The part of the libp2p swarm the download driver and the announcer use.
+pub trait Network: Send + Sync + 'static {
+    /// This node's peer id.
+    fn local_peer_id(&self) -> PeerId;
+    /// Providers of `digest` found through the DHT (and any directly known), at most `limit`;
+    /// the local peer is never among them.
+    fn find_providers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<PeerId>, NetworkError>>;
+    /// Opens a piece-transfer stream to `peer` (dialing if needed).
+    fn open_stream(&self, peer: PeerId) -> BoxFuture<'static, Result<PeerStream, NetworkError>>;
+    /// Announces this node as a provider of `digest` (and keeps re-providing it).
+    fn provide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>>;
+    /// Withdraws the announcement of `digest`.
+    fn unprovide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>>;
+    /// How many nodes the routing table knows (a swarm-size estimate for the scheduler).
+    fn known_peers(&self) -> usize;
+}

@@ -1,0 +1,827 @@
+//! The node's local store: blobs and partial blobs on disk, one bitmap of verified pieces each,
+//! LRU eviction under a byte budget, pins, and leases. It is both the [`PieceSink`] the download
+//! driver feeds (verifying every piece as it streams in) and the [`PieceSource`] the transfer
+//! server reads from (serving a blob while it is still downloading).
+//!
+//! # On-disk layout
+//! ```text
+//! <dir>/
+//! ├── blobs/<hex>          one file per registered blob (complete or partial), named by the hex of
+//! │                        its digest, sized to the blob at registration (sparse), each piece
+//! │                        written at its offset with positioned writes
+//! └── meta/                the sled database (trees below)
+//! ```
+//! ```text
+//! meta/ (sled)
+//! ├── blobs    <digest> → JSON {size, complete, pinned, last_used_ms}
+//! ├── tables   <digest> → the signed piece table (SignedPieceTable::encode), written once
+//! └── bitmaps  <digest> → Bitfield::encode of the pieces known to be durable on disk
+//! ```
+//! The table lives in its own tree so that the frequent record updates (`last_used_ms`) do not
+//! rewrite up to 64 KiB of hashes each time. Keys are the digest's text (`sha256:<hex>`).
+//!
+//! # Durability rule
+//! **A bit is set on disk only for a piece whose bytes were fdatasynced before the bit was
+//! written.** Bits are set in memory (and announced on the watch) as soon as a piece verifies;
+//! a flusher (every 2 s, and [`Store::flush`]) takes a snapshot of the bits of each changed blob,
+//! fdatasyncs its file, then writes the snapshot. When the last piece of a blob verifies, its
+//! file and `blobs/` are synced and the record marked `complete` before [`PieceReceiver::finish`]
+//! answers. At open:
+//! - a `complete` blob whose file has its size is trusted as is (it was synced at completion);
+//! - for an incomplete blob the persisted bits are trusted and every *other* piece is re-hashed
+//!   from the file (BLAKE3 runs at GB/s), so a node killed mid-download resumes with every piece
+//!   that really reached the disk, and a torn piece simply fails its hash and is fetched again;
+//! - records without a usable table, complete blobs with a missing or short file, and files or
+//!   tree entries without a record are removed.
+//!
+//! So the [`PieceReceiver::finish`] promise "stored durably" holds in this sense: after a crash
+//! a verified piece is either still held (its bytes are on disk and match) or not held at all,
+//! never held with wrong bytes.
+//!
+//! # Concurrent receivers of one piece
+//! End game sends the same request to several peers, and any of them may lie. Each piece being
+//! received has a *slot* whose lock guards every write to the piece's bytes, and which records the
+//! one receiver allowed to write (or that the piece is done):
+//! - The first receiver of a piece *claims* it and streams its bytes into the file (in batches
+//!   of 1 MiB, hashed on the way), each batch written under the slot lock and only while the
+//!   slot names it as the writer.
+//! - A receiver that starts while the piece is claimed *buffers* it in memory (bounded: one
+//!   piece each, 256 MiB for the whole store, refused beyond). When its hash matches, it takes the
+//!   slot lock, writes its whole buffer over whatever the claimant wrote, and marks the slot done,
+//!   so the claimant's later batches are refused.
+//! - A claimant whose hash matches marks the slot done under the lock if it is still the writer.
+//!
+//! Whoever marks the slot done sets the bit; everyone else gets [`Verdict::Duplicate`](crate::ports::Verdict::Duplicate) (or
+//! [`Verdict::Invalid`](crate::ports::Verdict::Invalid) when their bytes did not match). Nothing writes to a piece after it is
+//! done, and the done writer's bytes are exactly the bytes it hashed, so a set bit always
+//! matches the disk. A claimant that goes away leaves garbage only under an unset bit; the next
+//! claimant takes the slot over with its first batch and rewrites the whole piece.
+//!
+//! # Space and eviction
+//! The budget counts every registered blob at its full size from registration on. When a new
+//! blob does not fit, the least recently used blobs that are neither pinned nor in use (an
+//! active receiver or an outstanding [`Lease`]) are evicted, oldest first, and announced on
+//! [`Store::subscribe_evictions`]; if even evicting all of them would not make room, nothing is
+//! evicted and registration fails with `NoSpace`. A blob's last use is its registration, a
+//! [`Store::touch`], a lease, a verified piece or a served request. A disk that fills up anyway
+//! (the budget is larger than the disk) fails the write with `NoSpace`: the piece stays unset,
+//! nothing is corrupted, and writes work again once space is back.
+//!
+//! An evicted or removed file is unlinked at once; a [`PieceFile`] handed out before keeps
+//! reading the old (verified) bytes until it is dropped, and the disk space returns then.
+//!
+//! # Threads
+//! Every file operation, fsync and database flush runs on `spawn_blocking`; the state lock is a
+//! `std::sync::Mutex` never held across an `.await` or any I/O. Lock order: a piece slot's lock,
+//! then the state lock (never the reverse).
+
+mod disk;
+mod receiver;
+mod state;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use flotilla_protocol::Digest;
+use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use tokio::sync::broadcast;
+
+use crate::ports::{Held, PieceFile, PieceReceiver, PieceSink, PieceSource, SourceError};
+use state::{Entry, State};
+
+/// Where the store lives and how much it may hold.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The store's directory (created if missing).
+    pub dir: PathBuf,
+    /// The byte budget for all blobs together (each counted at its full size).
+    pub capacity_bytes: u64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The blob is not registered.
+    #[error("blob {0} is not in the store")]
+    NotHeld(Digest),
+    /// The blob is registered but that piece is not verified yet.
+    #[error("piece {index} of {digest} is not held")]
+    PieceNotHeld {
+        /// The blob.
+        digest: Digest,
+        /// The piece.
+        index: u32,
+    },
+    /// The piece index is past the end of the blob's table.
+    #[error("piece {index} is out of range for {digest}")]
+    BadIndex {
+        /// The blob.
+        digest: Digest,
+        /// The piece.
+        index: u32,
+    },
+    /// The budget cannot hold the blob even after evicting everything evictable.
+    #[error("no space for {needed} bytes (capacity {capacity}, {used} used)")]
+    NoSpace {
+        /// Bytes the blob needs.
+        needed: u64,
+        /// The store's budget.
+        capacity: u64,
+        /// Bytes held now.
+        used: u64,
+    },
+    /// The disk itself is full (ENOSPC or EDQUOT).
+    #[error("disk full: {0}")]
+    DiskFull(io::Error),
+    /// The blob is in use (a receiver or lease) and cannot be removed now.
+    #[error("blob {0} is in use")]
+    InUse(Digest),
+    /// The piece table is not usable.
+    #[error("unusable piece table: {0}")]
+    BadTable(String),
+    /// Too many duplicate receivers are buffering pieces in memory right now.
+    #[error("too many duplicate piece receivers in flight")]
+    Busy,
+    /// A receiver was used after a failed or interrupted write.
+    #[error("piece receiver unusable after an earlier failure")]
+    Poisoned,
+    /// A verified piece could not be stored because a concurrent copy failed mid-write.
+    #[error("piece {index} was interrupted by a failed concurrent write")]
+    Interrupted {
+        /// The piece.
+        index: u32,
+    },
+    /// A file or directory error.
+    #[error("store i/o: {0}")]
+    Io(io::Error),
+    /// The metadata database failed.
+    #[error("store database: {0}")]
+    Db(#[from] sled::Error),
+    /// A blocking task died.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+impl From<io::Error> for StoreError {
+    fn from(e: io::Error) -> Self {
+        if disk::is_disk_full(&e) {
+            StoreError::DiskFull(e)
+        } else {
+            StoreError::Io(e)
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        StoreError::Task(e.to_string())
+    }
+}
+
+impl From<StoreError> for SourceError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotHeld(_) | StoreError::PieceNotHeld { .. } => {
+                SourceError::NotHeld(e.to_string())
+            }
+            StoreError::NoSpace { .. } | StoreError::DiskFull(_) => {
+                SourceError::NoSpace(e.to_string())
+            }
+            StoreError::Io(io) => SourceError::Io(io),
+            other => SourceError::Other(other.to_string()),
+        }
+    }
+}
+
+/// What the store holds of one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The blob's size.
+    pub size: u64,
+    /// Pieces in its table.
+    pub piece_count: u32,
+    /// Pieces verified and readable.
+    pub pieces_held: u32,
+    /// Every piece is held and the file was synced (durable across a crash).
+    pub complete: bool,
+    /// Never evicted.
+    pub pinned: bool,
+    /// Bytes served to peers since the store opened.
+    pub served_bytes: u64,
+    /// Last use, in milliseconds since the Unix epoch (a strictly increasing logical clock that
+    /// follows wall time, so the LRU order has no ties).
+    pub last_used_ms: u64,
+}
+
+/// Keeps a blob from being evicted or removed while held (a reader streaming it, a download
+/// driving it). Dropping it releases the blob.
+pub struct Lease {
+    guard: UseGuard,
+}
+
+impl Lease {
+    /// The leased blob.
+    pub fn digest(&self) -> &Digest {
+        &self.guard.digest
+    }
+}
+
+/// Counts one user of an entry (lease or receiver) while alive.
+pub(crate) struct UseGuard {
+    inner: Arc<Inner>,
+    digest: Digest,
+    entry_id: u64,
+}
+
+impl Drop for UseGuard {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some(e) = st.entries.get_mut(&self.digest)
+            && e.id == self.entry_id
+        {
+            e.users = e.users.saturating_sub(1);
+        }
+    }
+}
+
+/// Knobs the tests turn; production uses [`Tuning::default`].
+#[derive(Debug, Clone)]
+pub(crate) struct Tuning {
+    /// How often changed bitmaps are synced and persisted (`None`: only by [`Store::flush`]).
+    pub flush_interval: Option<Duration>,
+    /// A claiming receiver writes to the file in batches of this many bytes.
+    pub write_batch: usize,
+    /// Bytes all buffering (duplicate) receivers may hold together.
+    pub max_buffered: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            flush_interval: Some(Duration::from_secs(2)),
+            write_batch: 1 << 20,
+            max_buffered: 256 << 20,
+        }
+    }
+}
+
+/// Capacity of the eviction notification channel; a lagging subscriber resyncs with
+/// [`Store::held_blobs`].
+const EVICTION_CHANNEL: usize = 256;
+
+/// The store. Cheap to share as `Arc<Store>`; every method takes `&self`.
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    blobs_dir: PathBuf,
+    capacity: u64,
+    db: sled::Db,
+    records: sled::Tree,
+    tables: sled::Tree,
+    bitmaps: sled::Tree,
+    state: Mutex<State>,
+    /// Serialises every metadata write (register, evict, remove, pin, sync), so a record is
+    /// never written from a stale snapshot after a newer one, nor after its blob was removed.
+    db_lock: tokio::sync::Mutex<()>,
+    evictions: broadcast::Sender<Digest>,
+    buffered: AtomicU64,
+    served_total: AtomicU64,
+    tuning: Tuning,
+    /// Raw OS error every piece write fails with (tests simulate a full disk).
+    #[cfg(test)]
+    write_fault: Mutex<Option<i32>>,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held_now(&self, digest: &Digest) -> Option<Held> {
+        let st = self.lock();
+        st.entries.get(digest).map(|e| Held {
+            table: e.table.clone(),
+            have: e.have.subscribe(),
+        })
+    }
+
+    fn use_guard(self: &Arc<Self>, digest: &Digest) -> Option<UseGuard> {
+        let mut st = self.lock();
+        let stamp = st.tick();
+        let e = st.entries.get_mut(digest)?;
+        e.users += 1;
+        e.touch(stamp);
+        Some(UseGuard {
+            inner: self.clone(),
+            digest: digest.clone(),
+            entry_id: e.id,
+        })
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store in `config.dir`, recovering what a previous run left: this
+    /// re-hashes the not-yet-persisted pieces of every incomplete blob (see the module docs), so
+    /// it takes as long as reading those from disk. Evicts least recently used blobs if the
+    /// budget shrank below what is held. Spawns the flusher task (which ends when the store is
+    /// dropped), so it must run inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`StoreError::Io`] or [`StoreError::Db`] when the directory or database cannot be opened.
+    pub async fn open(config: StoreConfig) -> Result<Arc<Store>, StoreError> {
+        Self::open_tuned(config, Tuning::default()).await
+    }
+
+    pub(crate) async fn open_tuned(
+        config: StoreConfig,
+        tuning: Tuning,
+    ) -> Result<Arc<Store>, StoreError> {
+        let dir = config.dir.clone();
+        let rec = tokio::task::spawn_blocking(move || disk::recover(&dir)).await??;
+        let mut state = State::default();
+        for r in rec.entries {
+            state.insert(r);
+        }
+        let (evictions, _) = broadcast::channel(EVICTION_CHANNEL);
+        let inner = Arc::new(Inner {
+            blobs_dir: rec.blobs_dir,
+            capacity: config.capacity_bytes,
+            db: rec.db,
+            records: rec.records,
+            tables: rec.tables,
+            bitmaps: rec.bitmaps,
+            state: Mutex::new(state),
+            db_lock: tokio::sync::Mutex::new(()),
+            evictions,
+            buffered: AtomicU64::new(0),
+            served_total: AtomicU64::new(0),
+            tuning,
+            #[cfg(test)]
+            write_fault: Mutex::new(None),
+        });
+        // A budget lowered since the last run: shed the oldest evictable blobs.
+        {
+            let _g = inner.db_lock.lock().await;
+            let victims = {
+                let mut st = inner.lock();
+                let over = st.used.saturating_sub(inner.capacity);
+                let victims = st.plan_eviction(over).unwrap_or_else(|| st.evictable());
+                st.take_victims(&victims)
+            };
+            inner.delete_victims(victims).await;
+        }
+        if let Some(every) = inner.tuning.flush_interval {
+            tokio::spawn(flusher(Arc::downgrade(&inner), every));
+        }
+        Ok(Arc::new(Store { inner }))
+    }
+
+    /// Every registered blob (partial ones too), sorted: what to re-provide after a restart.
+    pub fn held_blobs(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.inner.lock().entries.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// What is held of `digest`, if it is registered.
+    pub fn entry(&self, digest: &Digest) -> Option<EntryInfo> {
+        self.inner.lock().entries.get(digest).map(Entry::info)
+    }
+
+    /// The table and live bitmap of `digest`, without going through a future.
+    pub fn held_now(&self, digest: &Digest) -> Option<Held> {
+        self.inner.held_now(digest)
+    }
+
+    /// Where verified piece `index` of `digest` lies on disk.
+    ///
+    /// # Errors
+    /// [`StoreError::NotHeld`], [`StoreError::BadIndex`] or [`StoreError::PieceNotHeld`].
+    pub fn piece_file_now(&self, digest: &Digest, index: u32) -> Result<PieceFile, StoreError> {
+        let st = self.inner.lock();
+        let e = st
+            .entries
+            .get(digest)
+            .ok_or_else(|| StoreError::NotHeld(digest.clone()))?;
+        let range = e
+            .table
+            .table
+            .piece_range(index)
+            .ok_or_else(|| StoreError::BadIndex {
+                digest: digest.clone(),
+                index,
+            })?;
+        if !e.have.borrow().get(index) {
+            return Err(StoreError::PieceNotHeld {
+                digest: digest.clone(),
+                index,
+            });
+        }
+        Ok(PieceFile {
+            file: e.file.clone(),
+            offset: range.start,
+            // A piece is at most piece_size (a u32) long.
+            len: (range.end - range.start) as u32,
+        })
+    }
+
+    /// Marks `digest` as just used (LRU). Returns whether it is registered.
+    pub fn touch(&self, digest: &Digest) -> bool {
+        let mut st = self.inner.lock();
+        let stamp = st.tick();
+        match st.entries.get_mut(digest) {
+            Some(e) => {
+                e.touch(stamp);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Keeps `digest` from eviction and removal until the lease is dropped; `None` if it is not
+    /// registered. Counts as a use.
+    pub fn lease(&self, digest: &Digest) -> Option<Lease> {
+        self.inner.use_guard(digest).map(|g| Lease { guard: g })
+    }
+
+    /// Pins `digest` (never evicted), persistently.
+    ///
+    /// # Errors
+    /// [`StoreError::NotHeld`], or a database error.
+    pub async fn pin(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.set_pinned(digest, true).await
+    }
+
+    /// Unpins `digest`, persistently.
+    ///
+    /// # Errors
+    /// [`StoreError::NotHeld`], or a database error.
+    pub async fn unpin(&self, digest: &Digest) -> Result<(), StoreError> {
+        self.inner.set_pinned(digest, false).await
+    }
+
+    /// Removes `digest` (file and records) and announces it on the eviction channel. Returns
+    /// whether it was registered.
+    ///
+    /// # Errors
+    /// [`StoreError::InUse`] while a receiver or lease holds it; i/o or database errors.
+    pub async fn remove(&self, digest: &Digest) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let _g = inner.db_lock.lock().await;
+        let victims = {
+            let mut st = inner.lock();
+            match st.entries.get(digest) {
+                None => return Ok(false),
+                Some(e) if e.users > 0 => return Err(StoreError::InUse(digest.clone())),
+                Some(_) => st.take_victims(std::slice::from_ref(digest)),
+            }
+        };
+        for (digest, entry) in victims {
+            inner.delete_blob(digest.clone(), entry).await?;
+            let _ = inner.evictions.send(digest);
+        }
+        Ok(true)
+    }
+
+    /// Bytes held (every registered blob at its full size) and the budget.
+    pub fn usage(&self) -> (u64, u64) {
+        (self.inner.lock().used, self.inner.capacity)
+    }
+
+    /// Bytes served to peers since the store opened, all blobs together.
+    pub fn served_total(&self) -> u64 {
+        self.inner.served_total.load(Ordering::Relaxed)
+    }
+
+    /// Every blob that leaves the store (evicted or removed), so the node can withdraw its DHT
+    /// announcement. Bounded: a subscriber that lags gets `RecvError::Lagged` and should compare
+    /// its announcements with [`Store::held_blobs`].
+    pub fn subscribe_evictions(&self) -> broadcast::Receiver<Digest> {
+        self.inner.evictions.subscribe()
+    }
+
+    /// Syncs and persists every changed bitmap and record now (the flusher does this
+    /// periodically; call it at a clean shutdown).
+    ///
+    /// # Errors
+    /// The first i/o or database error; the blobs concerned stay marked for the next flush.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.inner.flush_dirty().await
+    }
+
+    /// Makes every piece write fail with raw OS error `code` (`None` to heal).
+    #[cfg(test)]
+    pub(crate) fn inject_write_fault(&self, code: Option<i32>) {
+        *self
+            .inner
+            .write_fault
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = code;
+    }
+}
+
+impl Inner {
+    async fn set_pinned(&self, digest: &Digest, pinned: bool) -> Result<(), StoreError> {
+        let _g = self.db_lock.lock().await;
+        {
+            let mut st = self.lock();
+            let e = st
+                .entries
+                .get_mut(digest)
+                .ok_or_else(|| StoreError::NotHeld(digest.clone()))?;
+            e.pinned = pinned;
+            e.meta_dirty = true;
+        }
+        self.sync_locked(digest).await?;
+        self.flush_db().await
+    }
+
+    /// Registers `table`'s blob (see [`PieceSink::register`]).
+    async fn register(self: &Arc<Self>, table: Arc<SignedPieceTable>) -> Result<Held, StoreError> {
+        disk::validate_table(&table)?;
+        let digest = table.table.digest.clone();
+        if let Some(h) = self.touch_held(&table) {
+            return Ok(h);
+        }
+        let _g = self.db_lock.lock().await;
+        if let Some(h) = self.touch_held(&table) {
+            return Ok(h);
+        }
+        let size = table.table.size;
+        let victims = {
+            let mut st = self.lock();
+            let needed = st.used.saturating_add(size).saturating_sub(self.capacity);
+            let plan = if size > self.capacity {
+                None
+            } else {
+                st.plan_eviction(needed)
+            };
+            let Some(plan) = plan else {
+                return Err(StoreError::NoSpace {
+                    needed: size,
+                    capacity: self.capacity,
+                    used: st.used,
+                });
+            };
+            let victims = st.take_victims(&plan);
+            // Reserve the room now so the blob's size is counted from here on.
+            st.used = st.used.saturating_add(size);
+            victims
+        };
+        // Gives the reservation back if this future is dropped or fails before the entry exists.
+        let reservation = Reserved { inner: self, size };
+        self.delete_victims(victims).await;
+        let created = {
+            let (blobs_dir, records, tables, bitmaps) = (
+                self.blobs_dir.clone(),
+                self.records.clone(),
+                self.tables.clone(),
+                self.bitmaps.clone(),
+            );
+            let table = table.clone();
+            tokio::task::spawn_blocking(move || {
+                disk::create_blob(&blobs_dir, &records, &tables, &bitmaps, &table)
+            })
+            .await
+            .map_err(StoreError::from)
+            .and_then(|r| r)
+        };
+        let (file, record) = created?;
+        drop(reservation);
+        let held = {
+            let mut st = self.lock();
+            let stamp = st.tick();
+            let bits = if record.complete {
+                Bitfield::full(table.table.piece_count())
+            } else {
+                Bitfield::new(table.table.piece_count())
+            };
+            let mut entry = state::Recovered {
+                digest: digest.clone(),
+                table,
+                file: Arc::new(file),
+                bits,
+                record,
+                dirty: false,
+            };
+            entry.record.last_used_ms = stamp;
+            let e = st.insert(entry);
+            e.meta_dirty = true;
+            Held {
+                table: e.table.clone(),
+                have: e.have.subscribe(),
+            }
+        };
+        tracing::debug!(digest = %digest, size, "registered blob");
+        Ok(held)
+    }
+
+    /// The held state of an already registered blob (touching it). The stored table wins over
+    /// a different one for the same digest (another piece size, say): callers use
+    /// [`Held::table`].
+    fn touch_held(&self, table: &SignedPieceTable) -> Option<Held> {
+        let digest = &table.table.digest;
+        let mut st = self.lock();
+        let stamp = st.tick();
+        let e = st.entries.get_mut(digest)?;
+        e.touch(stamp);
+        if e.table.table != table.table {
+            tracing::warn!(digest = %digest, "registered again with a different piece table; keeping the stored one");
+        }
+        Some(Held {
+            table: e.table.clone(),
+            have: e.have.subscribe(),
+        })
+    }
+
+    /// Deletes evicted blobs (already out of the in-memory state) and announces them. Failures
+    /// are logged: the blob is gone from memory, and what is left on disk is cleaned at the next
+    /// open. Call with `db_lock` held.
+    async fn delete_victims(&self, victims: Vec<(Digest, Entry)>) {
+        for (digest, entry) in victims {
+            tracing::info!(digest = %digest, size = entry.table.table.size, "evicting blob");
+            if let Err(e) = self.delete_blob(digest.clone(), entry).await {
+                tracing::warn!(digest = %digest, error = %e, "deleting an evicted blob failed");
+            }
+            let _ = self.evictions.send(digest);
+        }
+    }
+
+    async fn delete_blob(&self, digest: Digest, entry: Entry) -> Result<(), StoreError> {
+        let (blobs_dir, records, tables, bitmaps) = (
+            self.blobs_dir.clone(),
+            self.records.clone(),
+            self.tables.clone(),
+            self.bitmaps.clone(),
+        );
+        drop(entry);
+        tokio::task::spawn_blocking(move || {
+            disk::delete_blob(&blobs_dir, &records, &tables, &bitmaps, &digest)
+        })
+        .await?
+    }
+
+    /// Persists the changes of every dirty blob, then flushes the database.
+    async fn flush_dirty(&self) -> Result<(), StoreError> {
+        let _g = self.db_lock.lock().await;
+        let dirty: Vec<Digest> = {
+            let st = self.lock();
+            st.entries
+                .iter()
+                .filter(|(_, e)| e.needs_sync())
+                .map(|(d, _)| d.clone())
+                .collect()
+        };
+        if dirty.is_empty() {
+            return Ok(());
+        }
+        let mut first_err = None;
+        for d in dirty {
+            if let Err(e) = self.sync_locked(&d).await {
+                tracing::warn!(digest = %d, error = %e, "persisting blob state failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        let flushed = self.flush_db().await;
+        match first_err {
+            Some(e) => Err(e),
+            None => flushed,
+        }
+    }
+
+    /// Completes a blob whose last piece just verified: sync, mark complete, persist.
+    async fn complete(&self, digest: &Digest) -> Result<(), StoreError> {
+        let _g = self.db_lock.lock().await;
+        self.sync_locked(digest).await?;
+        self.flush_db().await
+    }
+
+    async fn flush_db(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await??;
+        Ok(())
+    }
+
+    /// Persists one blob's state per the durability rule: fdatasync the file if bits changed
+    /// (and the directory if it completes), then write the record and the bitmap snapshot taken
+    /// before the sync. Call with `db_lock` held.
+    async fn sync_locked(&self, digest: &Digest) -> Result<(), StoreError> {
+        let Some(snap) = self
+            .lock()
+            .entries
+            .get_mut(digest)
+            .and_then(Entry::snapshot)
+        else {
+            return Ok(());
+        };
+        let (id, completing) = (snap.entry_id, snap.completing);
+        let (blobs_dir, records, bitmaps) = (
+            self.blobs_dir.clone(),
+            self.records.clone(),
+            self.bitmaps.clone(),
+        );
+        let key = digest.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            disk::persist(&blobs_dir, &records, &bitmaps, &key, snap)
+        })
+        .await
+        .map_err(StoreError::from)
+        .and_then(|r| r);
+        let mut st = self.lock();
+        if let Some(e) = st.entries.get_mut(digest)
+            && e.id == id
+        {
+            match &res {
+                Ok(()) if completing => {
+                    e.complete = true;
+                    tracing::info!(digest = %digest, "blob complete");
+                }
+                Ok(()) => {}
+                Err(_) => {
+                    e.bits_dirty = true;
+                    e.meta_dirty = true;
+                }
+            }
+        }
+        res
+    }
+}
+
+/// Room counted for a blob being registered, until its entry (which counts itself) exists.
+struct Reserved<'a> {
+    inner: &'a Inner,
+    size: u64,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        st.used = st.used.saturating_sub(self.size);
+    }
+}
+
+/// Persists changed state every `every` until the store is dropped.
+async fn flusher(inner: Weak<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { break };
+        // Errors are logged per blob inside; the blobs stay dirty and are retried next tick.
+        let _ = inner.flush_dirty().await;
+    }
+}
+
+impl PieceSource for Store {
+    fn held(&self, digest: &Digest) -> BoxFuture<'static, Result<Option<Held>, SourceError>> {
+        futures::future::ready(Ok(self.inner.held_now(digest))).boxed()
+    }
+
+    fn piece_file(
+        &self,
+        digest: &Digest,
+        index: u32,
+    ) -> BoxFuture<'static, Result<PieceFile, SourceError>> {
+        futures::future::ready(
+            self.piece_file_now(digest, index)
+                .map_err(SourceError::from),
+        )
+        .boxed()
+    }
+
+    fn served(&self, digest: &Digest, bytes: u64) {
+        self.inner.served_total.fetch_add(bytes, Ordering::Relaxed);
+        let mut st = self.inner.lock();
+        let stamp = st.tick();
+        if let Some(e) = st.entries.get_mut(digest) {
+            e.served = e.served.saturating_add(bytes);
+            e.touch(stamp);
+        }
+    }
+}
+
+impl PieceSink for Store {
+    fn register(
+        &self,
+        table: Arc<SignedPieceTable>,
+    ) -> BoxFuture<'static, Result<Held, SourceError>> {
+        let inner = self.inner.clone();
+        async move { inner.register(table).await.map_err(SourceError::from) }.boxed()
+    }
+
+    fn receive(&self, digest: &Digest, index: u32) -> Result<Box<dyn PieceReceiver>, SourceError> {
+        receiver::start(&self.inner, digest, index)
+            .map(|r| Box::new(r) as Box<dyn PieceReceiver>)
+            .map_err(SourceError::from)
+    }
+}

@@ -1,0 +1,455 @@
+//! Receiving one piece: hash as it streams, write into the blob file (the claimant) or buffer it
+//! (a concurrent duplicate), and set the bit only for the one copy that verified and owns the
+//! bytes on disk. The rules are in "Concurrent receivers of one piece" in [`super`]'s docs.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use flotilla_protocol::Digest;
+use flotilla_protocol::piece::{PieceHasher, piece_hash};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::state::Writer;
+use super::{Inner, StoreError, UseGuard};
+use crate::ports::{PieceReceiver, SourceError, Verdict};
+
+fn lock(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
+    w.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Releases the claim on a piece when its claimant ends (finished, failed or dropped).
+struct ClaimGuard {
+    inner: Arc<Inner>,
+    digest: Digest,
+    entry_id: u64,
+    index: u32,
+    id: u64,
+}
+
+impl Drop for ClaimGuard {
+    fn drop(&mut self) {
+        let mut st = self.inner.lock();
+        if let Some(e) = st.entries.get_mut(&self.digest)
+            && e.id == self.entry_id
+            && let Some(slot) = e.slots.get_mut(&self.index)
+            && slot.claimant == Some(self.id)
+        {
+            slot.claimant = None;
+        }
+    }
+}
+
+/// Memory a buffering receiver reserved from the store-wide budget.
+struct Reservation {
+    inner: Arc<Inner>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.inner.buffered.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+enum Mode {
+    /// Streams into the file while the slot names it the writer.
+    Claim {
+        id: u64,
+        writer: Arc<Mutex<Writer>>,
+        /// Whether its first batch went out (the first one takes the slot over).
+        started: bool,
+        _claim: ClaimGuard,
+    },
+    /// Buffers the whole piece; writes it only once verified.
+    Buffer {
+        writer: Arc<Mutex<Writer>>,
+        buf: Vec<u8>,
+        _reservation: Reservation,
+    },
+    /// The piece was already held when this started: hash only, to tell a duplicate from garbage.
+    Discard,
+}
+
+/// A [`PieceReceiver`] of the store.
+pub(super) struct Receiver {
+    inner: Arc<Inner>,
+    index: u32,
+    /// Offset of the piece in the file, its length and expected hash.
+    offset: u64,
+    len: u32,
+    expected: [u8; 32],
+    file: Arc<File>,
+    mode: Mode,
+    /// `None` after a batch was interrupted (its future dropped): the receiver is poisoned.
+    hasher: Option<PieceHasher>,
+    /// Bytes accepted but not yet hashed (and written, for a claimant).
+    stage: Vec<u8>,
+    received: u64,
+    overflow: bool,
+    failed: bool,
+    /// A verified copy took the slot over: this one's batches are no longer written.
+    preempted: bool,
+    use_guard: UseGuard,
+}
+
+/// Starts receiving piece `index` of `digest`.
+pub(super) fn start(
+    inner: &Arc<Inner>,
+    digest: &Digest,
+    index: u32,
+) -> Result<Receiver, StoreError> {
+    let mut st = inner.lock();
+    let stamp = st.tick();
+    let id = st.next_id();
+    let e = st
+        .entries
+        .get_mut(digest)
+        .ok_or_else(|| StoreError::NotHeld(digest.clone()))?;
+    let range = e
+        .table
+        .table
+        .piece_range(index)
+        .ok_or_else(|| StoreError::BadIndex {
+            digest: digest.clone(),
+            index,
+        })?;
+    // A piece is at most piece_size (a u32) long.
+    let len = (range.end - range.start) as u32;
+    let expected = e.table.table.piece_hashes[index as usize];
+    let entry_id = e.id;
+    let mode = if e.have.borrow().get(index) {
+        Mode::Discard
+    } else {
+        let slot = e.slot(index);
+        if slot.claimant.is_none() {
+            slot.claimant = Some(id);
+            Mode::Claim {
+                id,
+                writer: slot.writer.clone(),
+                started: false,
+                _claim: ClaimGuard {
+                    inner: inner.clone(),
+                    digest: digest.clone(),
+                    entry_id,
+                    index,
+                    id,
+                },
+            }
+        } else {
+            let max = inner.tuning.max_buffered;
+            let bytes = u64::from(len);
+            inner
+                .buffered
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                    cur.checked_add(bytes).filter(|n| *n <= max)
+                })
+                .map_err(|_| StoreError::Busy)?;
+            Mode::Buffer {
+                writer: slot.writer.clone(),
+                buf: Vec::new(),
+                _reservation: Reservation {
+                    inner: inner.clone(),
+                    bytes,
+                },
+            }
+        }
+    };
+    e.users += 1;
+    e.touch(stamp);
+    let file = e.file.clone();
+    drop(st);
+    Ok(Receiver {
+        inner: inner.clone(),
+        index,
+        offset: range.start,
+        len,
+        expected,
+        file,
+        mode,
+        hasher: Some(PieceHasher::new()),
+        stage: Vec::new(),
+        received: 0,
+        overflow: false,
+        failed: false,
+        preempted: false,
+        use_guard: UseGuard {
+            inner: inner.clone(),
+            digest: digest.clone(),
+            entry_id,
+        },
+    })
+}
+
+/// One claimant batch, under the slot lock: written only if the slot names this receiver (or
+/// this is its first batch and no verified copy is done). `Ok(false)`: preempted, not written.
+pub(super) fn write_claimed(
+    writer: &Mutex<Writer>,
+    me: u64,
+    first: bool,
+    file: &File,
+    at: u64,
+    data: &[u8],
+    fault: Option<i32>,
+) -> io::Result<bool> {
+    let mut w = lock(writer);
+    match *w {
+        Writer::Claimant(x) if x == me => {}
+        // The first batch of a new claimant starts the piece over, after a failed buffered copy
+        // or from a claimant that went away (whose stale batches are refused from then on).
+        // Claim ids grow and a live claim is exclusive, so an older id is always a dead one.
+        Writer::Nobody if first => *w = Writer::Claimant(me),
+        Writer::Claimant(x) if first && x < me => *w = Writer::Claimant(me),
+        _ => return Ok(false),
+    }
+    if let Some(code) = fault {
+        return Err(io::Error::from_raw_os_error(code));
+    }
+    file.write_all_at(data, at)?;
+    Ok(true)
+}
+
+enum Outcome {
+    Invalid,
+    Duplicate,
+    /// Preempted by a verified copy that then failed to write: this copy's bytes may be partly
+    /// overwritten, so it cannot be kept either.
+    Interrupted,
+    /// This copy is on disk, its slot done and its bit set; `true` if that completed the blob.
+    Won(bool),
+}
+
+impl Receiver {
+    fn digest(&self) -> &Digest {
+        &self.use_guard.digest
+    }
+
+    async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        if self.failed || self.hasher.is_none() {
+            return Err(StoreError::Poisoned);
+        }
+        if self.overflow {
+            return Ok(());
+        }
+        let n = chunk.len() as u64;
+        if self.received + n > u64::from(self.len) {
+            // More than the piece holds: it cannot verify; keep nothing more.
+            self.overflow = true;
+            self.stage = Vec::new();
+            if let Mode::Buffer { buf, .. } = &mut self.mode {
+                *buf = Vec::new();
+            }
+            return Ok(());
+        }
+        self.received += n;
+        if let Mode::Buffer { buf, .. } = &mut self.mode {
+            if buf.capacity() == 0 {
+                // Exactly the reserved piece, not a doubling Vec's slack.
+                buf.reserve_exact(self.len as usize);
+            }
+            buf.extend_from_slice(&chunk);
+            return Ok(());
+        }
+        if self.stage.is_empty() && chunk.len() >= self.inner.tuning.write_batch {
+            // A big chunk goes out as is (no copy when the Bytes is uniquely owned).
+            self.stage = Vec::from(chunk);
+        } else {
+            self.stage.extend_from_slice(&chunk);
+        }
+        if self.stage.len() >= self.inner.tuning.write_batch {
+            self.flush_stage().await?;
+        }
+        Ok(())
+    }
+
+    /// Hashes the staged bytes and, for a claimant still owning the slot, writes them.
+    async fn flush_stage(&mut self) -> Result<(), StoreError> {
+        if self.stage.is_empty() {
+            return Ok(());
+        }
+        let mut hasher = self.hasher.take().ok_or(StoreError::Poisoned)?;
+        let stage = std::mem::take(&mut self.stage);
+        let at = self.offset + (self.received - stage.len() as u64);
+        let job = match &mut self.mode {
+            Mode::Claim {
+                id,
+                writer,
+                started,
+                ..
+            } if !self.preempted => {
+                let first = !*started;
+                *started = true;
+                Some((writer.clone(), *id, first))
+            }
+            _ => None,
+        };
+        let file = self.file.clone();
+        let fault = self.inner.write_fault();
+        let (hasher, mut stage, res) = tokio::task::spawn_blocking(move || {
+            hasher.update(&stage);
+            let res = match job {
+                Some((w, id, first)) => write_claimed(&w, id, first, &file, at, &stage, fault),
+                None => Ok(true),
+            };
+            (hasher, stage, res)
+        })
+        .await?;
+        self.hasher = Some(hasher);
+        stage.clear();
+        self.stage = stage;
+        match res {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.preempted = true;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn finish_inner(mut self) -> Result<Verdict, StoreError> {
+        if self.failed {
+            return Err(StoreError::Poisoned);
+        }
+        let complete_len = !self.overflow && self.received == u64::from(self.len);
+        let inner = self.inner.clone();
+        let (digest, entry_id, index) =
+            (self.digest().clone(), self.use_guard.entry_id, self.index);
+        let mark = move || inner.set_verified(&digest, entry_id, index);
+        let outcome = match std::mem::replace(&mut self.mode, Mode::Discard) {
+            Mode::Buffer {
+                writer,
+                buf,
+                _reservation: reservation,
+            } => {
+                if !complete_len {
+                    return Ok(Verdict::Invalid);
+                }
+                let (file, at, expected) = (self.file.clone(), self.offset, self.expected);
+                let fault = self.inner.write_fault();
+                let out = tokio::task::spawn_blocking(move || {
+                    take_over(&writer, &file, at, &buf, &expected, fault, mark)
+                })
+                .await??;
+                drop(reservation);
+                out
+            }
+            mode => {
+                // Put it back: the claim guard must live until the slot is settled.
+                self.mode = mode;
+                self.flush_stage().await?;
+                let hasher = self.hasher.take().ok_or(StoreError::Poisoned)?;
+                if !complete_len || hasher.finalize() != self.expected {
+                    Outcome::Invalid
+                } else if let Mode::Claim { id, writer, .. } = &self.mode {
+                    let (writer, id, preempted) = (writer.clone(), *id, self.preempted);
+                    tokio::task::spawn_blocking(move || -> Result<Outcome, StoreError> {
+                        let mut w = lock(&writer);
+                        match *w {
+                            Writer::Claimant(x) if x == id && !preempted => {
+                                *w = Writer::Done;
+                                Ok(Outcome::Won(mark()?))
+                            }
+                            Writer::Done => Ok(Outcome::Duplicate),
+                            _ => Ok(Outcome::Interrupted),
+                        }
+                    })
+                    .await??
+                } else {
+                    Outcome::Duplicate
+                }
+            }
+        };
+        match outcome {
+            Outcome::Invalid => Ok(Verdict::Invalid),
+            Outcome::Duplicate => Ok(Verdict::Duplicate),
+            Outcome::Interrupted => Err(StoreError::Interrupted { index: self.index }),
+            Outcome::Won(completes) => {
+                if completes && let Err(e) = self.inner.complete(self.digest()).await {
+                    // The piece is held either way; the flusher retries the completion.
+                    tracing::warn!(digest = %self.digest(), error = %e, "syncing a completed blob failed");
+                }
+                Ok(Verdict::Verified)
+            }
+        }
+    }
+}
+
+/// A verified buffered copy: under the slot lock, unless the piece is done, writes the whole
+/// piece, marks the slot done and sets the bit (`mark`). A failed write leaves the slot to
+/// nobody (the claimant's bytes are no longer whole either).
+fn take_over(
+    writer: &Mutex<Writer>,
+    file: &File,
+    at: u64,
+    buf: &[u8],
+    expected: &[u8; 32],
+    fault: Option<i32>,
+    mark: impl FnOnce() -> Result<bool, StoreError>,
+) -> Result<Outcome, StoreError> {
+    if piece_hash(buf) != *expected {
+        return Ok(Outcome::Invalid);
+    }
+    let mut w = lock(writer);
+    if *w == Writer::Done {
+        return Ok(Outcome::Duplicate);
+    }
+    *w = Writer::Nobody;
+    if let Some(code) = fault {
+        return Err(io::Error::from_raw_os_error(code).into());
+    }
+    file.write_all_at(buf, at)?;
+    *w = Writer::Done;
+    Ok(Outcome::Won(mark()?))
+}
+
+impl PieceReceiver for Receiver {
+    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>> {
+        async move { self.write_chunk(chunk).await.map_err(SourceError::from) }.boxed()
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<Verdict, SourceError>> {
+        async move { self.finish_inner().await.map_err(SourceError::from) }.boxed()
+    }
+}
+
+impl Inner {
+    /// Sets the bit of a piece whose slot was just marked done, under that slot's lock (so no
+    /// cancellation can leave a done slot without its bit). Returns whether the blob is now
+    /// fully held and not yet marked complete.
+    fn set_verified(&self, digest: &Digest, entry_id: u64, index: u32) -> Result<bool, StoreError> {
+        let mut st = self.lock();
+        let stamp = st.tick();
+        let Some(e) = st.entries.get_mut(digest).filter(|e| e.id == entry_id) else {
+            return Err(StoreError::NotHeld(digest.clone()));
+        };
+        if e.have.send_if_modified(|b| b.set(index)) {
+            e.bits_dirty = true;
+        }
+        e.slots.remove(&index);
+        e.touch(stamp);
+        Ok(!e.complete && e.have.borrow().is_complete())
+    }
+
+    /// The raw OS error tests make piece writes fail with.
+    fn write_fault(&self) -> Option<i32> {
+        #[cfg(test)]
+        {
+            *self
+                .write_fault
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+        }
+        #[cfg(not(test))]
+        {
+            None
+        }
+    }
+}

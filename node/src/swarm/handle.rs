@@ -1,0 +1,320 @@
+//! The cloneable handle to the swarm task, and the stream of inbound piece-transfer streams.
+//!
+//! Every request is a [`Command`] on a bounded queue with a one-shot reply; the only things read
+//! without the task are the peer id, the listen addresses (a watch channel) and the routing table
+//! size (an atomic), which the task keeps current.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use flotilla_protocol::Digest;
+use futures::future::BoxFuture;
+use libp2p::kad::RecordKey;
+use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{OPEN_STREAM_TIMEOUT, SwarmError};
+use crate::ports::{Network, NetworkError, PeerStream};
+
+/// A request to the swarm task.
+pub(super) enum Command {
+    FindProviders {
+        key: RecordKey,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
+    },
+    /// Resolves once a connection to the peer exists (dialing every known address).
+    Connect {
+        peer: PeerId,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    Provide {
+        key: RecordKey,
+        reply: oneshot::Sender<Result<(), NetworkError>>,
+    },
+    Unprovide {
+        key: RecordKey,
+        reply: oneshot::Sender<()>,
+    },
+    IsProviding {
+        key: RecordKey,
+        reply: oneshot::Sender<bool>,
+    },
+    AddAddress {
+        peer: PeerId,
+        addr: Multiaddr,
+        reply: oneshot::Sender<()>,
+    },
+    Connections {
+        reply: oneshot::Sender<Vec<(PeerId, Multiaddr)>>,
+    },
+    Bootstrap {
+        reply: oneshot::Sender<Result<usize, SwarmError>>,
+    },
+    Disconnect {
+        peer: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The state shared by all clones of a handle.
+struct Shared {
+    commands: mpsc::Sender<Command>,
+    local_peer_id: PeerId,
+    control: libp2p_stream::Control,
+    stream_protocol: StreamProtocol,
+    listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+    known_peers: Arc<AtomicUsize>,
+}
+
+/// A cheap, cloneable handle to the swarm task.
+#[derive(Clone)]
+pub struct SwarmHandle {
+    shared: Arc<Shared>,
+}
+
+/// Inbound piece-transfer streams, with the peer that opened each. Ends when the swarm stops.
+/// Streams that arrive while this is not polled wait in a bounded queue; beyond it they are
+/// refused.
+pub struct Incoming {
+    pub(super) streams: mpsc::Receiver<(PeerId, PeerStream)>,
+}
+
+impl futures::Stream for Incoming {
+    type Item = (PeerId, PeerStream);
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.streams.poll_recv(cx)
+    }
+}
+
+/// The DHT key of a blob: the bytes of its CIDv1.
+pub(super) fn dht_key(digest: &Digest) -> RecordKey {
+    RecordKey::new(&digest.to_cid().to_bytes())
+}
+
+impl SwarmHandle {
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        local_peer_id: PeerId,
+        control: libp2p_stream::Control,
+        stream_protocol: StreamProtocol,
+        listen_addrs: watch::Receiver<Vec<Multiaddr>>,
+        known_peers: Arc<AtomicUsize>,
+    ) -> Self {
+        SwarmHandle {
+            shared: Arc::new(Shared {
+                commands,
+                local_peer_id,
+                control,
+                stream_protocol,
+                listen_addrs,
+                known_peers,
+            }),
+        }
+    }
+
+    /// Sends a command and waits for its reply.
+    async fn ask<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SwarmError> {
+        let (reply, answer) = oneshot::channel();
+        self.shared
+            .commands
+            .send(command(reply))
+            .await
+            .map_err(|_| SwarmError::Stopped)?;
+        answer.await.map_err(|_| SwarmError::Stopped)
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
+    }
+
+    /// The addresses the swarm listens on, each ending in `/p2p/<local peer id>` (what another
+    /// node needs as a bootstrap address).
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.shared.listen_addrs.borrow().clone()
+    }
+
+    /// Tells the swarm where `peer` can be reached (kept in the routing table and the address
+    /// book used for dials).
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn add_address(&self, peer: PeerId, addr: Multiaddr) -> Result<(), SwarmError> {
+        self.ask(|reply| Command::AddAddress { peer, addr, reply })
+            .await
+    }
+
+    /// The peers with at least one open connection.
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, SwarmError> {
+        let mut peers: Vec<PeerId> = self
+            .connections()
+            .await?
+            .into_iter()
+            .map(|(peer, _)| peer)
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Ok(peers)
+    }
+
+    /// Every open connection: the peer and its address (which says QUIC or TCP).
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn connections(&self) -> Result<Vec<(PeerId, Multiaddr)>, SwarmError> {
+        self.ask(|reply| Command::Connections { reply }).await
+    }
+
+    /// Runs a Kademlia bootstrap (a lookup of the own key, then of random keys in each bucket)
+    /// and returns the routing table size once it finished.
+    ///
+    /// # Errors
+    /// [`SwarmError::NoKnownPeers`] when there is nobody to ask, [`SwarmError::Query`] when it
+    /// timed out, [`SwarmError::Stopped`].
+    pub async fn bootstrap(&self) -> Result<usize, SwarmError> {
+        self.ask(|reply| Command::Bootstrap { reply }).await?
+    }
+
+    /// Closes every connection to `peer` and removes it from the routing table (e.g. a peer
+    /// banned for sending bad pieces). It may still connect again; refusing it is the caller's
+    /// business.
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn disconnect(&self, peer: PeerId) -> Result<(), SwarmError> {
+        self.ask(|reply| Command::Disconnect { peer, reply }).await
+    }
+
+    /// Whether the local store lists this node as a provider of `digest`.
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn is_providing(&self, digest: &Digest) -> Result<bool, SwarmError> {
+        let key = dht_key(digest);
+        self.ask(|reply| Command::IsProviding { key, reply }).await
+    }
+
+    /// Stops the swarm task (closing every connection) and waits until it has stopped.
+    /// Idempotent.
+    ///
+    /// # Errors
+    /// None in practice: a task that already stopped is what was asked for.
+    pub async fn shutdown(&self) -> Result<(), SwarmError> {
+        match self.ask(|reply| Command::Shutdown { reply }).await {
+            Ok(()) | Err(SwarmError::Stopped) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn connect(&self, peer: PeerId) -> Result<(), NetworkError> {
+        match self.ask(|reply| Command::Connect { peer, reply }).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(NetworkError::Unreachable { peer, reason }),
+            Err(_) => Err(NetworkError::Stopped),
+        }
+    }
+
+    async fn open(&self, peer: PeerId) -> Result<PeerStream, NetworkError> {
+        if peer == self.shared.local_peer_id {
+            return Err(NetworkError::Unreachable {
+                peer,
+                reason: "that is this node".to_owned(),
+            });
+        }
+        let attempt = async {
+            // libp2p-stream would dial by itself, but only with the addresses Kademlia knows; the
+            // task also has the address book (e.g. providers met only in a lookup).
+            self.connect(peer).await?;
+            let mut control = self.shared.control.clone();
+            let stream = control
+                .open_stream(peer, self.shared.stream_protocol.clone())
+                .await
+                .map_err(|e| NetworkError::Unreachable {
+                    peer,
+                    reason: e.to_string(),
+                })?;
+            Ok(Box::new(stream) as PeerStream)
+        };
+        match tokio::time::timeout(OPEN_STREAM_TIMEOUT, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(NetworkError::Unreachable {
+                peer,
+                reason: format!("no stream within {OPEN_STREAM_TIMEOUT:?}"),
+            }),
+        }
+    }
+}
+
+fn stopped<T>(_: SwarmError) -> Result<T, NetworkError> {
+    Err(NetworkError::Stopped)
+}
+
+impl Network for SwarmHandle {
+    fn local_peer_id(&self) -> PeerId {
+        self.shared.local_peer_id
+    }
+
+    /// Looks providers up for at most [`FIND_PROVIDERS_TIMEOUT`](super::FIND_PROVIDERS_TIMEOUT); their addresses from the
+    /// answers are kept, so [`Network::open_stream`] can reach them.
+    fn find_providers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<PeerId>, NetworkError>> {
+        let this = self.clone();
+        let key = dht_key(digest);
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            this.ask(|reply| Command::FindProviders { key, limit, reply })
+                .await
+                .or_else(stopped)?
+        })
+    }
+
+    fn open_stream(&self, peer: PeerId) -> BoxFuture<'static, Result<PeerStream, NetworkError>> {
+        let this = self.clone();
+        Box::pin(async move { this.open(peer).await })
+    }
+
+    /// Resolves once the ADD_PROVIDER messages were sent to the closest peers (Kademlia does
+    /// not wait for them to be stored: a lookup right after may still miss this node).
+    fn provide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>> {
+        let this = self.clone();
+        let key = dht_key(digest);
+        Box::pin(async move {
+            this.ask(|reply| Command::Provide { key, reply })
+                .await
+                .or_else(stopped)?
+        })
+    }
+
+    /// Stops re-publishing; the records already sent live on at the other peers until their TTL.
+    fn unprovide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>> {
+        let this = self.clone();
+        let key = dht_key(digest);
+        Box::pin(async move {
+            this.ask(|reply| Command::Unprovide { key, reply })
+                .await
+                .or_else(stopped)
+        })
+    }
+
+    fn known_peers(&self) -> usize {
+        self.shared.known_peers.load(Ordering::Relaxed)
+    }
+}

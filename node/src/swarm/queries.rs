@@ -1,0 +1,239 @@
+//! Kademlia and identify events: provider lookups (with the providers' addresses kept so they
+//! can be dialed), announcements, bootstraps, storing others' provider records, and filing the
+//! addresses identify reports.
+
+use std::collections::HashSet;
+
+use libp2p::core::Endpoint;
+use libp2p::kad::store::RecordStore as _;
+use libp2p::kad::{self, GetProvidersOk, ProviderRecord, QueryId, QueryResult, RecordKey};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour as _};
+use libp2p::{Multiaddr, PeerId, identify};
+use tokio::sync::oneshot;
+
+use super::task::Task;
+use super::{FIND_PROVIDERS_TIMEOUT, SwarmError, addr};
+use crate::ports::NetworkError;
+
+/// A provider lookup in progress.
+pub(super) struct Find {
+    key: RecordKey,
+    limit: usize,
+    found: Vec<PeerId>,
+    reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
+}
+
+impl Find {
+    /// Answers with what was found; a failure counts only when nothing was.
+    fn answer(self, failure: Option<String>) {
+        let result = match failure {
+            Some(reason) if self.found.is_empty() => Err(NetworkError::Query(reason)),
+            _ => Ok(self.found),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+impl Task {
+    pub(super) fn start_find(
+        &mut self,
+        key: RecordKey,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
+    ) {
+        let id = self.swarm.behaviour_mut().kad.get_providers(key.clone());
+        self.finds.insert(
+            id,
+            Find {
+                key,
+                limit,
+                found: Vec::new(),
+                reply,
+            },
+        );
+        self.find_deadlines.push(Box::pin(async move {
+            tokio::time::sleep(FIND_PROVIDERS_TIMEOUT).await;
+            id
+        }));
+    }
+
+    pub(super) fn on_find_deadline(&mut self, id: QueryId) {
+        if let Some(find) = self.finds.remove(&id) {
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+            find.answer(Some(format!(
+                "no provider found within {FIND_PROVIDERS_TIMEOUT:?}"
+            )));
+        }
+    }
+
+    fn finish_find(&mut self, id: QueryId, failure: Option<String>) {
+        if let Some(find) = self.finds.remove(&id) {
+            find.answer(failure);
+        }
+    }
+
+    fn on_providers(&mut self, id: QueryId, providers: HashSet<PeerId>) {
+        let Some(find) = self.finds.get(&id) else {
+            return;
+        };
+        let room = find.limit.saturating_sub(find.found.len());
+        let fresh: Vec<PeerId> = providers
+            .into_iter()
+            .filter(|p| *p != self.local && !find.found.contains(p))
+            .take(room)
+            .collect();
+        let key = find.key.clone();
+        for peer in &fresh {
+            self.remember_provider_addresses(&key, *peer);
+        }
+        let Some(find) = self.finds.get_mut(&id) else {
+            return;
+        };
+        find.found.extend(fresh);
+        if find.found.len() >= find.limit {
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+            self.finish_find(id, None);
+        }
+    }
+
+    /// Copies the addresses a provider came with into the address book, so it can be dialed
+    /// after the lookup (Kademlia forgets them when the query ends, and never puts them in the
+    /// routing table). They are in the local provider record (when this node stored one) or in
+    /// the running query, which Kademlia exposes only through the swarm's dial-address hook;
+    /// that hook only reads, so asking it here is safe.
+    fn remember_provider_addresses(&mut self, key: &RecordKey, peer: PeerId) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut addrs: Vec<Multiaddr> = kad
+            .store_mut()
+            .providers(key)
+            .into_iter()
+            .filter(|r| r.provider == peer)
+            .flat_map(|r| r.addresses)
+            .collect();
+        addrs.extend(
+            kad.handle_pending_outbound_connection(
+                ConnectionId::new_unchecked(0),
+                Some(peer),
+                &[],
+                Endpoint::Dialer,
+            )
+            .unwrap_or_default(),
+        );
+        for address in addrs {
+            let address = addr::without_p2p(&address);
+            if addr::is_dialable(&address) {
+                self.book.add(peer, address);
+            }
+        }
+    }
+
+    /// Stores a provider record another peer announced (filtering is on so the task can note
+    /// its expiry).
+    fn store_provider(&mut self, record: ProviderRecord) {
+        if record.provider == self.local {
+            return;
+        }
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record.clone())
+        {
+            Ok(()) => self.expiry.note(&record),
+            Err(e) => {
+                tracing::debug!(error = ?e, provider = %record.provider, "provider record not stored")
+            }
+        }
+    }
+
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                QueryResult::GetProviders(Ok(GetProvidersOk::FoundProviders {
+                    providers, ..
+                })) => {
+                    self.on_providers(id, providers);
+                    if step.last {
+                        self.finish_find(id, None);
+                    }
+                }
+                QueryResult::GetProviders(Ok(GetProvidersOk::FinishedWithNoAdditionalRecord {
+                    ..
+                })) => self.finish_find(id, None),
+                QueryResult::GetProviders(Err(e)) => self.finish_find(id, Some(e.to_string())),
+                QueryResult::StartProviding(result) => {
+                    if let Some(reply) = self.provides.remove(&id) {
+                        let result = result
+                            .map(|_| ())
+                            .map_err(|e| NetworkError::Query(format!("announcement: {e}")));
+                        let _ = reply.send(result);
+                    }
+                }
+                QueryResult::RepublishProvider(Err(e)) => {
+                    tracing::debug!(error = %e, "re-announcement incomplete");
+                }
+                QueryResult::Bootstrap(result) => {
+                    if step.last
+                        && let Some(reply) = self.bootstraps.remove(&id)
+                    {
+                        let result = match result {
+                            Ok(_) => Ok(self.refresh_known_peers()),
+                            Err(e) => Err(SwarmError::Query(e.to_string())),
+                        };
+                        let _ = reply.send(result);
+                    }
+                }
+                _ => {}
+            },
+            kad::Event::InboundRequest {
+                request:
+                    kad::InboundRequest::AddProvider {
+                        record: Some(record),
+                    },
+            } => self.store_provider(record),
+            kad::Event::RoutingUpdated { .. } => {
+                self.refresh_known_peers();
+            }
+            _ => {}
+        }
+    }
+
+    /// Files the listen addresses a flotilla DHT node reports: into the routing table (which
+    /// ignores inbound connections' addresses otherwise) and the address book. Loopback
+    /// addresses count only from a peer reached over loopback.
+    pub(super) fn on_identify(&mut self, event: identify::Event) {
+        let identify::Event::Received {
+            connection_id,
+            peer_id,
+            info,
+        } = event
+        else {
+            return;
+        };
+        if !info.protocols.contains(&self.kad_protocol) {
+            tracing::debug!(peer = %peer_id, agent = %info.agent_version, "peer does not speak flotilla's DHT");
+            return;
+        }
+        let via_loopback = self
+            .connections
+            .get(&connection_id)
+            .is_some_and(|(_, remote)| addr::is_loopback(remote));
+        let listen: Vec<Multiaddr> = info
+            .listen_addrs
+            .iter()
+            .map(addr::without_p2p)
+            .filter(|a| via_loopback || !addr::is_loopback(a))
+            .collect();
+        let (quic, other) = addr::quic_first(listen);
+        for address in quic.into_iter().chain(other) {
+            self.learn_address(peer_id, address);
+        }
+    }
+}

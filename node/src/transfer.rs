@@ -1,0 +1,160 @@
+//! The piece-transfer protocol (`/flotilla/pieces/1.0.0`) over libp2p streams: the server that
+//! serves pieces from a [`PieceSource`], and the client side a download driver uses — a
+//! table-only exchange ([`fetch_table`]) and a pipelined per-peer [`Session`].
+//!
+//! One stream carries one (downloader, uploader, blob) conversation; the frames and their byte
+//! layout live in [`flotilla_protocol::wire`]. Piece payloads travel raw after a piece header and
+//! are never held whole in memory: the server streams them from disk in chunks with positioned
+//! reads, one chunk read ahead of the network write; the client hands them to the
+//! [`PieceSink`](crate::ports::PieceSink) in chunks, and the sink verifies each piece before it
+//! becomes visible.
+//!
+//! # Who does what
+//! - [`run_server`] accepts streams (bounded by [`ServerLimits::max_streams`]), answers Hello
+//!   with the held bit field, follows it with Have frames as the source gains pieces, and serves
+//!   requests in order per stream. Over a limit it answers Busy, which costs the downloader
+//!   nothing but a retry elsewhere.
+//! - [`Session`] sends requests and cancels without blocking, and reports every answer, Have and
+//!   the end of the stream as a [`SessionEvent`] on the caller's bounded channel (a full channel
+//!   stops reading the stream: backpressure reaches the uploader).
+//!
+//! # Request bookkeeping
+//! Every request is answered at most once, by Piece, Busy or Missing. A cancelled request may
+//! still be answered (its piece was already on the wire); the session reads and drops such
+//! answers, and treats answers beyond the number of cancels it sent as a protocol violation.
+
+mod client;
+mod io;
+mod server;
+
+use std::time::Duration;
+
+use flotilla_protocol::piece::PieceError;
+use flotilla_protocol::wire::{ErrorCode, WireError};
+use libp2p::PeerId;
+
+pub use client::{Opened, Session, fetch_table};
+pub use server::run_server;
+
+/// The libp2p protocol of piece transfer.
+pub const PROTOCOL: libp2p::StreamProtocol =
+    libp2p::StreamProtocol::new(flotilla_protocol::wire::PROTOCOL_NAME);
+
+/// A Hello must arrive within this long of a stream opening.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The server closes a stream with no request and nothing to send for this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a client waits for the Welcome (or the table) after its Hello.
+pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the server waits for one chunk write before it gives a stalled reader up.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most requests a [`Session`] keeps outstanding at one uploader.
+pub const MAX_OUTSTANDING: usize = 256;
+
+/// The server's load limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Streams served at once; more are refused with an Error frame (code overloaded).
+    pub max_streams: usize,
+    /// Requests queued per stream; more are answered Busy.
+    pub max_requests_per_stream: usize,
+    /// Pieces being sent at once over all streams; a request reaching the front of its queue
+    /// beyond this is answered Busy.
+    pub max_concurrent_sends: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_streams: 256,
+            max_requests_per_stream: 32,
+            max_concurrent_sends: 16,
+        }
+    }
+}
+
+/// Something that happened on a [`Session`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// The uploader.
+    pub peer: PeerId,
+    /// What happened.
+    pub kind: SessionEventKind,
+}
+
+/// What happened on a [`Session`]. Each request yields at most one of `Received`, `Refused` or
+/// `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
+/// voids every request still outstanding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEventKind {
+    /// The uploader now holds this piece too.
+    Have(u32),
+    /// A requested piece arrived and went through the sink, which judged it.
+    Received {
+        /// Piece index.
+        piece: u32,
+        /// The sink's verdict.
+        verdict: crate::ports::Verdict,
+        /// Payload bytes received.
+        bytes: u32,
+    },
+    /// The uploader refused the request for load (Busy): no fault, retry later or elsewhere.
+    Refused(u32),
+    /// The uploader does not hold the piece (Missing), the payload broke off mid-piece, or the
+    /// sink could not take it.
+    Failed(u32),
+    /// The stream ended: `None` when the uploader closed it cleanly, else why.
+    Closed(Option<String>),
+}
+
+/// Why a transfer operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// The stream failed.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The peer sent bytes that are not a valid frame.
+    #[error("wire error: {0}")]
+    Wire(#[from] WireError),
+    /// The peer holds nothing of the blob.
+    #[error("the peer does not hold the blob")]
+    NotHeld,
+    /// The peer sent a valid frame that breaks the conversation's rules.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The peer ended the conversation with an Error frame (code
+    /// [`ErrorCode::OVERLOADED`]: too many streams there, try later or elsewhere).
+    #[error("peer error {code}: {message}")]
+    Remote {
+        /// The peer's reason code.
+        code: ErrorCode,
+        /// The peer's message.
+        message: String,
+    },
+    /// The stream or session is closed.
+    #[error("the stream is closed")]
+    Closed,
+    /// The peer did not answer in time.
+    #[error("the peer did not answer in time")]
+    Timeout,
+    /// [`MAX_OUTSTANDING`] requests are already outstanding on this session.
+    #[error("too many requests outstanding")]
+    QueueFull,
+    /// The piece is already requested on this session and not yet answered.
+    #[error("piece {0} is already requested")]
+    AlreadyRequested(u32),
+    /// The piece index is past the end of the blob.
+    #[error("piece {piece} out of range (blob has {count} pieces)")]
+    OutOfRange {
+        /// The index asked for.
+        piece: u32,
+        /// The blob's piece count.
+        count: u32,
+    },
+    /// The signed table sent by the peer does not decode or does not fit the blob.
+    #[error("bad piece table: {0}")]
+    Table(#[from] PieceError),
+}
+
+#[cfg(test)]
+mod tests;

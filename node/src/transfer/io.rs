@@ -1,0 +1,114 @@
+//! Frame and payload I/O over a byte stream: a buffered frame reader that also hands out piece
+//! payloads as `Bytes` chunks without copying them, and the frame writer both sides share.
+
+use bytes::{Buf, Bytes, BytesMut};
+use flotilla_protocol::wire::{self, Frame};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::TransferError;
+
+/// Bytes asked of the stream per read while looking for a frame.
+const FRAME_READ: usize = 16 << 10;
+
+/// Reads frames, and the raw payloads that follow Piece headers, from one stream.
+///
+/// Not cancel-safe: a dropped read leaves the buffer undefined, so the reader must be dropped
+/// with it (every user reads from one task until the end).
+pub(crate) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(io: R) -> Self {
+        FrameReader {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame; `None` when the stream ended cleanly between frames.
+    pub(crate) async fn next_frame(&mut self) -> Result<Option<Frame>, TransferError> {
+        loop {
+            if let Some((frame, used)) = wire::decode(&self.buf)? {
+                self.buf.advance(used);
+                return Ok(Some(frame));
+            }
+            // decode() has checked the length prefix against the limit, so this stays bounded.
+            let missing = wire::frame_len(&self.buf)
+                .map_or(1, |total| total.saturating_sub(self.buf.len()))
+                .max(1);
+            if self.read_more(missing.max(FRAME_READ)).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(TransferError::Protocol(
+                        "stream ended inside a frame".into(),
+                    ))
+                };
+            }
+        }
+    }
+
+    /// The next `n` payload bytes as one chunk (bytes already buffered first, then exactly what
+    /// is missing, read straight into the chunk's memory).
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the stream ends first.
+    pub(crate) async fn payload(&mut self, n: usize) -> std::io::Result<Bytes> {
+        let mut filled = self.buf.len();
+        if filled < n {
+            // Reuses the allocation of earlier chunks once their `Bytes` are dropped.
+            self.buf.resize(n, 0);
+            while filled < n {
+                match self.io.read(&mut self.buf[filled..n]).await {
+                    Ok(0) => {
+                        self.buf.truncate(filled);
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    Ok(k) => filled += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.buf.truncate(filled);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(self.buf.split_to(n).freeze())
+    }
+
+    /// Reads up to `spare` more bytes into the buffer; 0 at the end of the stream.
+    async fn read_more(&mut self, spare: usize) -> std::io::Result<usize> {
+        let start = self.buf.len();
+        self.buf.resize(start + spare, 0);
+        loop {
+            match self.io.read(&mut self.buf[start..]).await {
+                Ok(k) => {
+                    self.buf.truncate(start + k);
+                    return Ok(k);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.buf.truncate(start);
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Encodes `frames` into `out` (cleared first), writes them and flushes.
+pub(crate) async fn send_frames<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    out: &mut Vec<u8>,
+    frames: &[Frame],
+) -> Result<(), TransferError> {
+    out.clear();
+    for frame in frames {
+        wire::encode(frame, out)?;
+    }
+    io.write_all(out).await?;
+    io.flush().await?;
+    Ok(())
+}

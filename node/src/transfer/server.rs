@@ -1,0 +1,546 @@
+//! The uploader side: accepts piece-transfer streams and serves pieces from a [`PieceSource`].
+//!
+//! Each stream runs in its own task as two halves: a reader that parses the downloader's
+//! frames into commands on a bounded channel, and a writer that owns the request queue and the
+//! stream's write half. The writer takes commands only between pieces, so a Cancel skips a
+//! queued request but never cuts a piece short (its length is already on the wire).
+//!
+//! Pieces go out as a header, then the payload read from the source's file with positioned
+//! reads on the blocking pool, one chunk read ahead of the chunk being written, through two
+//! buffers kept for as long as the stream has work. The stream is flushed at piece ends and
+//! when the writer runs out of work.
+
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_protocol::Digest;
+use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
+use flotilla_protocol::wire::{self, ErrorCode, Frame, WireError};
+use futures::future::Either;
+use futures::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncReadExt, StreamExt};
+use libp2p::PeerId;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, sleep_until, timeout};
+
+use super::io::{FrameReader, send_frames};
+use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError, WRITE_STALL_TIMEOUT};
+use crate::ports::{Held, PeerStream, PieceFile, PieceSource};
+
+/// Bytes per positioned read and per stream write of a piece payload.
+const SEND_CHUNK: usize = 512 << 10;
+/// Streams being refused at once; beyond that, extra streams are dropped without a word.
+const MAX_REFUSALS: usize = 64;
+/// How long a refusal or a final Error frame may take to go out.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Server settings: the public limits plus the timeouts (shortened by tests).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ServerConfig {
+    pub(crate) limits: ServerLimits,
+    pub(crate) hello_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+}
+
+/// Serves every stream of `incoming` until it ends, then waits for the streams being served.
+///
+/// One task per stream, at most [`ServerLimits::max_streams`] at once; a stream beyond that
+/// gets an Error frame (code overloaded) and is closed. Dropping the returned future stops
+/// every stream task.
+pub async fn run_server(
+    incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
+    source: Arc<dyn PieceSource>,
+    limits: ServerLimits,
+) {
+    run_server_with(
+        incoming,
+        source,
+        ServerConfig {
+            limits,
+            hello_timeout: HELLO_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+        },
+    )
+    .await;
+}
+
+pub(crate) async fn run_server_with(
+    mut incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
+    source: Arc<dyn PieceSource>,
+    config: ServerConfig,
+) {
+    let streams = Arc::new(Semaphore::new(config.limits.max_streams));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
+    let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => {
+                let Some((peer, stream)) = next else { break };
+                if let Ok(permit) = streams.clone().try_acquire_owned() {
+                    let conn = Conn {
+                        peer,
+                        source: source.clone(),
+                        sends: sends.clone(),
+                        config,
+                    };
+                    tasks.spawn(async move {
+                        conn.serve(stream).await;
+                        drop(permit);
+                    });
+                } else if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tracing::debug!(%peer, "piece stream refused: too many streams");
+                    tasks.spawn(async move {
+                        let mut stream = stream;
+                        let bye = goodbye(&mut stream, ErrorCode::OVERLOADED, "too many streams");
+                        let _ = timeout(GOODBYE_TIMEOUT, bye).await;
+                        drop(permit);
+                    });
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Sends an Error frame and closes the write side.
+async fn goodbye<W: AsyncWrite + Unpin>(io: &mut W, code: ErrorCode, message: &str) {
+    let frame = Frame::Error {
+        code,
+        message: message.to_owned(),
+    };
+    if send_frames(io, &mut Vec::new(), &[frame]).await.is_ok() {
+        let _ = io.close().await;
+    }
+}
+
+/// What one stream's task shares with the server.
+struct Conn {
+    peer: PeerId,
+    source: Arc<dyn PieceSource>,
+    sends: Arc<Semaphore>,
+    config: ServerConfig,
+}
+
+/// From the reader half to the writer half.
+enum Cmd {
+    Request(u32),
+    Cancel(u32),
+    /// The downloader broke the protocol: tell it and close.
+    Fatal(ErrorCode, String),
+}
+
+impl Conn {
+    async fn serve(self, stream: PeerStream) {
+        let peer = self.peer;
+        let (read, mut write) = stream.split();
+        let mut reader = FrameReader::new(read);
+        let Some((digest, held, sent)) = self.welcome(&mut reader, &mut write).await else {
+            return;
+        };
+        tracing::debug!(%peer, digest = digest.short(), "serving pieces");
+        let (tx, rx) = mpsc::channel(self.config.limits.max_requests_per_stream + 16);
+        let writer = Writer {
+            io: write,
+            out: Vec::new(),
+            queue: VecDeque::new(),
+            count: held.table.table.piece_count(),
+            sent,
+            have: held.have,
+            watching: true,
+            have_dirty: false,
+            table: held.table,
+            digest,
+            bufs: None,
+            conn: &self,
+        };
+        let read_side = pin!(read_commands(reader, tx));
+        let write_side = pin!(writer.run(rx));
+        match futures::future::select(read_side, write_side).await {
+            // The downloader stopped sending: finish what it asked for, then close.
+            Either::Left(((), write_side)) => write_side.await,
+            Either::Right(((), _)) => {}
+        }
+        tracing::debug!(%peer, "piece stream done");
+    }
+
+    /// Reads the Hello and answers it; `None` when the conversation is already over.
+    async fn welcome<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+        write: &mut W,
+    ) -> Option<(Digest, Held, Bitfield)> {
+        let hello = match timeout(self.config.hello_timeout, reader.next_frame()).await {
+            Err(_) => {
+                self.bye(write, ErrorCode::TIMEOUT, "no Hello in time")
+                    .await;
+                return None;
+            }
+            Ok(Ok(Some(hello))) => hello,
+            Ok(Ok(None)) => return None,
+            Ok(Err(TransferError::Wire(WireError::UnsupportedVersion(v)))) => {
+                let msg = format!("unsupported version {v}");
+                self.bye(write, ErrorCode::VERSION, &msg).await;
+                return None;
+            }
+            Ok(Err(e)) => {
+                self.bye(write, ErrorCode::PROTOCOL, &e.to_string()).await;
+                return None;
+            }
+        };
+        let Frame::Hello { digest, want_table } = hello else {
+            let msg = format!("expected Hello, got {}", hello.name());
+            self.bye(write, ErrorCode::PROTOCOL, &msg).await;
+            return None;
+        };
+        let held = match self.source.held(&digest).await {
+            Ok(Some(held)) if held.table.table.digest == digest => held,
+            Ok(_) => {
+                let _ = send_frames(write, &mut Vec::new(), &[Frame::NotHeld]).await;
+                let _ = timeout(GOODBYE_TIMEOUT, write.close()).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(digest = digest.short(), "piece source failed: {e}");
+                self.bye(write, ErrorCode::INTERNAL, "cannot read the blob")
+                    .await;
+                return None;
+            }
+        };
+        let mut held = held;
+        // Marks the current value seen: Have frames report only later changes.
+        let have = held.have.borrow_and_update().clone();
+        let table = if want_table {
+            match SignedPieceTable::encode(&held.table) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    tracing::warn!(digest = digest.short(), "cannot encode table: {e}");
+                    self.bye(write, ErrorCode::INTERNAL, "bad piece table")
+                        .await;
+                    return None;
+                }
+            }
+        } else {
+            None
+        };
+        let welcome = Frame::Welcome {
+            size: held.table.table.size,
+            piece_size: held.table.table.piece_size,
+            table,
+            have: have.clone(),
+        };
+        if let Err(e) = send_frames(write, &mut Vec::new(), &[welcome]).await {
+            tracing::debug!(peer = %self.peer, "cannot send Welcome: {e}");
+            if matches!(e, TransferError::Wire(_)) {
+                self.bye(write, ErrorCode::INTERNAL, "bad piece table")
+                    .await;
+            }
+            return None;
+        }
+        Some((digest, held, have))
+    }
+
+    async fn bye<W: AsyncWrite + Unpin>(&self, write: &mut W, code: ErrorCode, message: &str) {
+        tracing::debug!(peer = %self.peer, "closing piece stream: {code}: {message}");
+        let _ = timeout(GOODBYE_TIMEOUT, goodbye(write, code, message)).await;
+    }
+}
+
+/// Turns the downloader's frames into commands until its side ends or breaks the protocol.
+async fn read_commands<R: AsyncRead + Unpin>(mut reader: FrameReader<R>, tx: mpsc::Sender<Cmd>) {
+    loop {
+        let cmd = match reader.next_frame().await {
+            Ok(Some(Frame::Request { piece })) => Cmd::Request(piece),
+            Ok(Some(Frame::Cancel { piece })) => Cmd::Cancel(piece),
+            Ok(Some(other)) => Cmd::Fatal(
+                ErrorCode::PROTOCOL,
+                format!("unexpected {} frame", other.name()),
+            ),
+            Ok(None) | Err(TransferError::Io(_)) => return,
+            Err(e) => Cmd::Fatal(ErrorCode::PROTOCOL, e.to_string()),
+        };
+        let fatal = matches!(cmd, Cmd::Fatal(..));
+        if tx.send(cmd).await.is_err() || fatal {
+            return;
+        }
+    }
+}
+
+/// The writer half of one stream: owns the request queue and everything sent.
+struct Writer<'a, W> {
+    io: W,
+    /// Frames waiting to go out before the next piece (Busy, Missing, Have).
+    out: Vec<u8>,
+    queue: VecDeque<u32>,
+    count: u32,
+    /// The pieces the downloader has been told about.
+    sent: Bitfield,
+    have: watch::Receiver<Bitfield>,
+    /// Whether `have` can still change (its sender is alive).
+    watching: bool,
+    /// `have` changed (seen by `changed()`, which marks it seen) and is not reported yet.
+    have_dirty: bool,
+    table: Arc<SignedPieceTable>,
+    digest: Digest,
+    /// The two payload buffers, kept while the stream has work.
+    bufs: Option<(Vec<u8>, Vec<u8>)>,
+    conn: &'a Conn,
+}
+
+/// How a stream ends, from the writer's side.
+enum End {
+    /// The downloader broke the rules or went silent: tell it why.
+    Goodbye(ErrorCode, String),
+    /// The stream failed or the piece broke off: nothing more can be said on it.
+    Broken(String),
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let end = self.serve(&mut rx).await;
+        match end {
+            Ok(()) => {
+                let _ = timeout(GOODBYE_TIMEOUT, self.io.close()).await;
+            }
+            Err(End::Goodbye(code, message)) => {
+                tracing::debug!(peer = %self.conn.peer, "closing piece stream: {code}: {message}");
+                let _ = timeout(GOODBYE_TIMEOUT, goodbye(&mut self.io, code, &message)).await;
+            }
+            Err(End::Broken(why)) => {
+                tracing::debug!(peer = %self.conn.peer, "piece stream broke: {why}");
+            }
+        }
+    }
+
+    /// Serves until the downloader has stopped sending and everything is answered.
+    async fn serve(&mut self, rx: &mut mpsc::Receiver<Cmd>) -> Result<(), End> {
+        let idle = self.conn.config.idle_timeout;
+        let mut last_activity = Instant::now();
+        let mut reader_done = false;
+        loop {
+            // Everything the reader has parsed so far, so cancels land before the next piece.
+            loop {
+                match rx.try_recv() {
+                    Ok(cmd) => {
+                        last_activity = Instant::now();
+                        self.apply(cmd)?;
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        reader_done = true;
+                        break;
+                    }
+                }
+            }
+            self.queue_haves();
+            if let Some(piece) = self.queue.pop_front() {
+                self.send_piece(piece).await?;
+                last_activity = Instant::now();
+                continue;
+            }
+            if !self.out.is_empty() {
+                let out = std::mem::take(&mut self.out);
+                self.write(&out).await?;
+                self.out = out;
+                self.out.clear();
+                self.flush().await?;
+                last_activity = Instant::now();
+            }
+            if reader_done {
+                return Ok(());
+            }
+            // Idle: no reason to keep a megabyte of buffers.
+            self.bufs = None;
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => {
+                        last_activity = Instant::now();
+                        self.apply(cmd)?;
+                    }
+                    None => reader_done = true,
+                },
+                changed = self.have.changed(), if self.watching => match changed {
+                    Ok(()) => self.have_dirty = true,
+                    Err(_) => self.watching = false,
+                },
+                () = sleep_until(last_activity + idle) => {
+                    return Err(End::Goodbye(ErrorCode::TIMEOUT, "idle".into()));
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, cmd: Cmd) -> Result<(), End> {
+        match cmd {
+            Cmd::Request(piece) if piece >= self.count => Err(End::Goodbye(
+                ErrorCode::PROTOCOL,
+                format!("piece {piece} out of range"),
+            )),
+            Cmd::Request(piece) => {
+                if self.queue.len() >= self.conn.config.limits.max_requests_per_stream {
+                    self.push(&Frame::Busy { piece });
+                } else {
+                    self.queue.push_back(piece);
+                }
+                Ok(())
+            }
+            Cmd::Cancel(piece) => {
+                self.queue.retain(|&p| p != piece);
+                Ok(())
+            }
+            Cmd::Fatal(code, message) => Err(End::Goodbye(code, message)),
+        }
+    }
+
+    /// Queues a Have for every piece gained since the last report.
+    fn queue_haves(&mut self) {
+        if !self.have_dirty && !self.have.has_changed().unwrap_or(false) {
+            return;
+        }
+        self.have_dirty = false;
+        let mut new = self.have.borrow_and_update().clone();
+        if new.len() != self.sent.len() {
+            return;
+        }
+        let gained = {
+            let mut g = new.clone();
+            // Lengths are equal, so this cannot fail.
+            let _ = g.difference_with(&self.sent);
+            g
+        };
+        for piece in gained.iter_ones() {
+            self.push(&Frame::Have { piece });
+        }
+        // Bits are never reported lost: a piece evicted later is answered Missing.
+        let _ = new.union_with(&self.sent);
+        self.sent = new;
+    }
+
+    fn push(&mut self, frame: &Frame) {
+        // Only fixed-size frames go through here; they always encode.
+        let _ = wire::encode(frame, &mut self.out);
+    }
+
+    /// Answers one request: the piece, or Busy or Missing (queued in `out`).
+    async fn send_piece(&mut self, piece: u32) -> Result<(), End> {
+        if !self.have.borrow().get(piece) {
+            self.push(&Frame::Missing { piece });
+            return Ok(());
+        }
+        let Ok(_permit) = self.conn.sends.clone().try_acquire_owned() else {
+            self.push(&Frame::Busy { piece });
+            return Ok(());
+        };
+        let file = match self.conn.source.piece_file(&self.digest, piece).await {
+            Ok(f) if Some(f.len) == self.table.table.piece_len(piece) => f,
+            Ok(f) => {
+                tracing::warn!(
+                    digest = self.digest.short(),
+                    piece,
+                    len = f.len,
+                    "piece source gave a piece of the wrong length"
+                );
+                self.push(&Frame::Missing { piece });
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::debug!(digest = self.digest.short(), piece, "cannot serve: {e}");
+                self.push(&Frame::Missing { piece });
+                return Ok(());
+            }
+        };
+        let len = file.len as usize;
+        let (buf, mut spare) = self
+            .bufs
+            .take()
+            .unwrap_or_else(|| (vec![0; SEND_CHUNK], vec![0; SEND_CHUNK]));
+        // The first chunk is read before the header goes out, so a piece that cannot be read
+        // is still answered Missing rather than breaking the stream.
+        let first = len.min(SEND_CHUNK);
+        let (mut cur, read) = join_read(start_read(file.clone(), 0, first, buf)).await;
+        if let Err(e) = read {
+            tracing::warn!(
+                digest = self.digest.short(),
+                piece,
+                "cannot read piece: {e}"
+            );
+            self.push(&Frame::Missing { piece });
+            self.bufs = Some((cur, spare));
+            return Ok(());
+        }
+        self.push(&Frame::Piece {
+            index: piece,
+            len: file.len,
+        });
+        let out = std::mem::take(&mut self.out);
+        self.write(&out).await?;
+        self.out = out;
+        self.out.clear();
+        let mut at = 0;
+        let mut cur_len = first;
+        loop {
+            let next_at = at + cur_len;
+            let ahead = (next_at < len).then(|| {
+                let n = (len - next_at).min(SEND_CHUNK);
+                let buf = std::mem::take(&mut spare);
+                (n, start_read(file.clone(), next_at, n, buf))
+            });
+            self.write(&cur[..cur_len]).await?;
+            let Some((n, handle)) = ahead else { break };
+            let (next, read) = join_read(handle).await;
+            read.map_err(|e| End::Broken(format!("piece {piece} read failed: {e}")))?;
+            spare = std::mem::replace(&mut cur, next);
+            at = next_at;
+            cur_len = n;
+        }
+        self.flush().await?;
+        self.bufs = Some((cur, spare));
+        self.conn.source.served(&self.digest, u64::from(file.len));
+        Ok(())
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
+        match timeout(WRITE_STALL_TIMEOUT, self.io.write_all(bytes)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Broken(e.to_string())),
+            Err(_) => Err(End::Broken("write stalled".into())),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), End> {
+        match timeout(WRITE_STALL_TIMEOUT, self.io.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Broken(e.to_string())),
+            Err(_) => Err(End::Broken("flush stalled".into())),
+        }
+    }
+}
+
+/// Starts reading `n` bytes at `at` within the piece into `buf` (grown if needed) on the
+/// blocking pool; the read proceeds whether or not the handle is awaited yet.
+fn start_read(file: PieceFile, at: usize, n: usize, mut buf: Vec<u8>) -> ReadHandle {
+    tokio::task::spawn_blocking(move || {
+        if buf.len() < n {
+            buf.resize(n, 0);
+        }
+        let r = file
+            .file
+            .read_exact_at(&mut buf[..n], file.offset + at as u64);
+        (buf, r)
+    })
+}
+
+type ReadHandle = tokio::task::JoinHandle<(Vec<u8>, std::io::Result<()>)>;
+
+/// The buffer and outcome of a read (a fresh empty buffer if the read task died).
+async fn join_read(handle: ReadHandle) -> (Vec<u8>, std::io::Result<()>) {
+    match handle.await {
+        Ok(result) => result,
+        Err(e) => (Vec::new(), Err(std::io::Error::other(e))),
+    }
+}

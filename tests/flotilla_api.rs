@@ -1,0 +1,373 @@
+//! flotilla's own gateway endpoints for nodes (`/flotilla/v1/info`, `pieces/<digest>`,
+//! `blobs/<digest>`, `stats`), driven with reqwest against the real `flotilla gateway` binary.
+//!
+//! Piece tables are checked against tables built here from the pushed bytes with the protocol
+//! crate, and their signatures against the peer id `/flotilla/v1/info` announces.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use flotilla_protocol::piece::{PieceTable, PieceTableBuilder, SignedPieceTable, piece_size_for};
+use futures::StreamExt;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+use crate::support::Gateway;
+
+/// One answer, fully read.
+struct Resp {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    what: String,
+}
+
+impl Resp {
+    fn expect(&self, status: u16) -> &Resp {
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "{}: status (body {})",
+            self.what,
+            String::from_utf8_lossy(&self.body)
+        );
+        self
+    }
+
+    /// Panics unless this is an OCI error answer with `status` and `code`.
+    fn expect_error(&self, status: u16, code: &str) {
+        self.expect(status);
+        let v: Value = serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{}: error body is not JSON: {e}", self.what));
+        assert_eq!(v["errors"][0]["code"], code, "{}: {v}", self.what);
+    }
+
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("{}: no `{name}` header", self.what))
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{}: body is not JSON: {e}", self.what))
+    }
+}
+
+/// A client bound to one gateway process.
+struct Api {
+    gw: Gateway,
+    http: reqwest::Client,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+impl Api {
+    fn start() -> Api {
+        Api {
+            gw: Gateway::start(),
+            http: client(),
+        }
+    }
+
+    /// SIGKILLs the gateway and starts it again on the same data directory; connections pooled
+    /// to the dead process go with the old client.
+    fn restart(&mut self) {
+        self.gw.restart();
+        self.http = client();
+    }
+
+    fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.gw.url()))
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        let req = rb.build().expect("request");
+        let what = format!("{} {}", req.method(), req.url());
+        let res = self.http.execute(req).await.expect("request failed");
+        let (status, headers) = (res.status(), res.headers().clone());
+        let body = res.bytes().await.expect("body");
+        assert!(
+            !status.is_server_error(),
+            "{what}: {status}; log:\n{}",
+            self.gw.log()
+        );
+        Resp {
+            status,
+            headers,
+            body,
+            what,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Resp {
+        self.send(self.req(Method::GET, path)).await
+    }
+
+    /// Pushes `data` monolithically into `repo`; returns its digest.
+    async fn push(&self, repo: &str, data: &[u8]) -> String {
+        let d = sha256(data);
+        let rb = self
+            .req(Method::POST, &format!("/v2/{repo}/blobs/uploads/"))
+            .query(&[("digest", &d)])
+            .header("Content-Type", "application/octet-stream")
+            .body(data.to_vec());
+        self.send(rb).await.expect(201);
+        d
+    }
+
+    async fn peer_id(&self) -> String {
+        let info = self.get("/flotilla/v1/info").await;
+        info.expect(200);
+        assert_eq!(info.header("content-type"), "application/json");
+        info.json()["peer_id"]
+            .as_str()
+            .expect("peer_id is a string")
+            .to_owned()
+    }
+
+    async fn stats(&self) -> Value {
+        let s = self.get("/flotilla/v1/stats").await;
+        s.expect(200);
+        s.json()
+    }
+
+    /// `stats[name]` once it has stopped changing (a body's count lands as it streams).
+    async fn settled(&self, name: &str) -> u64 {
+        let mut last = u64::MAX;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.stats().await[name].as_u64().expect("counter");
+            if now == last || Instant::now() > deadline {
+                return now;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
+}
+
+/// Deterministic, non-repeating test bytes.
+fn blob(seed: u8, n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 11) as u8)
+        .collect()
+}
+
+/// The piece table of `data`, built independently of the gateway.
+fn table_of(data: &[u8]) -> PieceTable {
+    let mut b = PieceTableBuilder::new(piece_size_for(data.len() as u64)).unwrap();
+    b.update(data);
+    b.finish(sha256(data).parse().unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn info_names_a_persistent_identity() {
+    let mut api = Api::start();
+    let id = api.peer_id().await;
+    let info = api.get("/flotilla/v1/info").await.json();
+    assert_eq!(info["addrs"], serde_json::json!([]), "no swarm runs yet");
+    let key = api.gw.data_dir.join("identity.key");
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&key)
+        .expect("identity.key exists")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "identity.key must be private");
+
+    api.restart();
+    assert_eq!(api.peer_id().await, id, "the identity survives a restart");
+
+    api.send(api.req(Method::POST, "/flotilla/v1/info"))
+        .await
+        .expect_error(405, "UNSUPPORTED");
+    api.get("/flotilla/v1/nothing")
+        .await
+        .expect_error(404, "UNSUPPORTED");
+    api.get("/flotilla/v2/info")
+        .await
+        .expect_error(404, "UNSUPPORTED");
+}
+
+#[tokio::test]
+async fn piece_tables_are_signed_by_the_gateway_and_describe_the_blob() {
+    let mut api = Api::start();
+    let id = api.peer_id().await;
+    let data = blob(1, (4 << 20) * 2 + 12345);
+    let d = api.push("lib/app", &data).await;
+
+    let r = api.get(&format!("/flotilla/v1/pieces/{d}")).await;
+    r.expect(200);
+    assert_eq!(r.header("content-type"), "application/octet-stream");
+    assert_eq!(r.header("docker-content-digest"), d);
+    let signed = SignedPieceTable::decode(&r.body).expect("a signed piece table");
+    let table = signed.verify(None).expect("the signature verifies");
+    assert_eq!(
+        signed.signer_peer_id().map(|p| p.to_string()),
+        Some(id.clone()),
+        "signed by the gateway's identity"
+    );
+    assert_eq!(*table, table_of(&data));
+    assert_eq!(table.piece_count(), 3);
+    // The push queued it and the GET may have joined that computation: one table either way.
+    assert_eq!(api.settled("tables_computed").await, 1);
+
+    // A `:` escaped by the client is the same digest.
+    let escaped = d.replace(':', "%3A");
+    let again = api.get(&format!("/flotilla/v1/pieces/{escaped}")).await;
+    again.expect(200);
+    assert_eq!(again.body, r.body);
+    let head = api
+        .send(api.req(Method::HEAD, &format!("/flotilla/v1/pieces/{d}")))
+        .await;
+    head.expect(200);
+    assert_eq!(head.header("content-length"), r.body.len().to_string());
+    assert!(head.body.is_empty());
+
+    api.get(&format!("/flotilla/v1/pieces/{}", sha256(b"never pushed")))
+        .await
+        .expect_error(404, "BLOB_UNKNOWN");
+    api.get("/flotilla/v1/pieces/sha256:1234")
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    api.get("/flotilla/v1/pieces/nonsense")
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    api.send(api.req(Method::PUT, &format!("/flotilla/v1/pieces/{d}")))
+        .await
+        .expect_error(405, "UNSUPPORTED");
+
+    // Same key, same table: the same bytes after a restart (ed25519 signs deterministically).
+    api.restart();
+    let after = api.get(&format!("/flotilla/v1/pieces/{d}")).await;
+    after.expect(200);
+    assert_eq!(after.body, r.body);
+}
+
+#[tokio::test]
+async fn blobs_are_served_without_a_repository() {
+    let api = Api::start();
+    let data = blob(2, 100_000);
+    let d = api.push("some/repo", &data).await;
+    let path = format!("/flotilla/v1/blobs/{d}");
+
+    let r = api.get(&path).await;
+    r.expect(200);
+    assert!(r.body == data, "body differs from the pushed blob");
+    assert_eq!(r.header("docker-content-digest"), d);
+    assert_eq!(r.header("content-length"), data.len().to_string());
+    assert_eq!(r.header("accept-ranges"), "bytes");
+
+    let part = api
+        .send(api.req(Method::GET, &path).header("Range", "bytes=10-19"))
+        .await;
+    part.expect(206);
+    assert_eq!(part.body, &data[10..20]);
+    assert_eq!(
+        part.header("content-range"),
+        format!("bytes 10-19/{}", data.len())
+    );
+    api.send(api.req(Method::GET, &path).header("Range", "bytes=100000-"))
+        .await
+        .expect_error(416, "RANGE_INVALID");
+
+    let head = api.send(api.req(Method::HEAD, &path)).await;
+    head.expect(200);
+    assert_eq!(head.header("content-length"), data.len().to_string());
+    assert!(head.body.is_empty());
+
+    // Unlinked from its only repository, the file is still held and still served here.
+    api.send(api.req(Method::DELETE, &format!("/v2/some/repo/blobs/{d}")))
+        .await
+        .expect(202);
+    api.get(&format!("/v2/some/repo/blobs/{d}"))
+        .await
+        .expect_error(404, "BLOB_UNKNOWN");
+    api.get(&path).await.expect(200);
+
+    api.get(&format!("/flotilla/v1/blobs/{}", sha256(b"never pushed")))
+        .await
+        .expect_error(404, "BLOB_UNKNOWN");
+    api.send(api.req(
+        Method::HEAD,
+        &format!("/flotilla/v1/blobs/{}", sha256(b"x")),
+    ))
+    .await
+    .expect(404);
+    api.get("/flotilla/v1/blobs/sha256:zz")
+        .await
+        .expect_error(400, "DIGEST_INVALID");
+    api.send(api.req(Method::DELETE, &path))
+        .await
+        .expect_error(405, "UNSUPPORTED");
+}
+
+#[tokio::test]
+async fn stats_count_blob_bytes_sent_over_http() {
+    let api = Api::start();
+    let zero = api.stats().await;
+    assert_eq!(
+        zero,
+        serde_json::json!({"http_blob_bytes": 0, "swarm_bytes": 0, "tables_computed": 0})
+    );
+    let data = blob(3, 300_000);
+    let d = api.push("r", &data).await;
+    let n = data.len() as u64;
+
+    api.get(&format!("/v2/r/blobs/{d}")).await.expect(200);
+    api.send(
+        api.req(Method::GET, &format!("/v2/r/blobs/{d}"))
+            .header("Range", "bytes=-100"),
+    )
+    .await
+    .expect(206);
+    api.get(&format!("/flotilla/v1/blobs/{d}"))
+        .await
+        .expect(200);
+    api.send(api.req(Method::HEAD, &format!("/flotilla/v1/blobs/{d}")))
+        .await
+        .expect(200);
+    api.get(&format!("/flotilla/v1/pieces/{d}"))
+        .await
+        .expect(200);
+    assert_eq!(api.settled("http_blob_bytes").await, 2 * n + 100);
+    let s = api.stats().await;
+    assert_eq!(s["swarm_bytes"], 0);
+    assert_eq!(s["tables_computed"], 1);
+
+    // A download abandoned after its first chunk counts what went out, not the whole blob.
+    let big = blob(4, 48 << 20);
+    let big_d = api.push("r", &big).await;
+    let before = api.settled("http_blob_bytes").await;
+    let res = api
+        .http
+        .get(format!("{}/flotilla/v1/blobs/{big_d}", api.gw.url()))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(res.status(), 200);
+    let mut body = res.bytes_stream();
+    let first = body.next().await.expect("a chunk").expect("chunk");
+    assert!(!first.is_empty());
+    drop(body);
+    let sent = api.settled("http_blob_bytes").await - before;
+    assert!(
+        sent >= first.len() as u64 && sent < big.len() as u64,
+        "an abandoned download counted {sent} bytes of {}",
+        big.len()
+    );
+}
