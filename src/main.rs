@@ -99,15 +99,7 @@ struct NodeArgs {
 
 impl NodeArgs {
     fn resolve(self) -> anyhow::Result<flotilla_node::NodeConfig> {
-        let mut cfg = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => flotilla_node::NodeConfig::default(),
-        };
+        let mut cfg: flotilla_node::NodeConfig = load_config(self.config.as_deref())?;
         if let Some(v) = self.listen {
             cfg.listen = v;
         }
@@ -152,15 +144,7 @@ struct UpArgs {
 
 impl GatewayArgs {
     fn resolve(self) -> anyhow::Result<flotilla_gateway::Config> {
-        let mut cfg = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("parsing config file {}", path.display()))?
-            }
-            None => flotilla_gateway::Config::default(),
-        };
+        let mut cfg: flotilla_gateway::Config = load_config(self.config.as_deref())?;
         if let Some(v) = self.listen {
             cfg.listen = v;
         }
@@ -181,6 +165,18 @@ impl GatewayArgs {
         }
         Ok(cfg)
     }
+}
+
+/// The TOML file at `path` (every key optional), or the defaults when there is none.
+fn load_config<T: serde::de::DeserializeOwned + Default>(
+    path: Option<&std::path::Path>,
+) -> anyhow::Result<T> {
+    let Some(path) = path else {
+        return Ok(T::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
 fn init_tracing() {

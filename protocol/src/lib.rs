@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`digest`]: `sha256:…` digests, the streaming [`digest::Hasher`], and the CIDv1 form used as
 //!   the swarm's key.
+//! - [`range`]: how to answer an HTTP `Range` on a blob (gateway and node alike).
 //! - [`reference`](mod@reference): repository names, tags, references and the one parser for `/v2/` paths.
 //! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
 //!   blobs and child manifests a manifest refers to.
@@ -26,6 +27,7 @@
 pub mod digest;
 pub mod manifest;
 pub mod piece;
+pub mod range;
 pub mod reference;
 pub mod scheduler;
 pub mod wire;

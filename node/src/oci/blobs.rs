@@ -152,74 +152,7 @@ fn if_range_allows(headers: &HeaderMap, digest: &Digest) -> bool {
     }
 }
 
-/// How to answer a `Range` on a blob.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RangeAnswer {
-    /// 200 with the whole blob (another unit, or several ranges).
-    Full,
-    /// 206 with bytes `start..=end`.
-    Partial { start: u64, end: u64 },
-    /// 416.
-    Unsatisfiable,
-}
-
-/// One `first-last`, `first-` or `-suffix` range of a blob of `size` bytes; `None` when
-/// unsatisfiable or malformed.
-fn one_range(spec: &str, size: u64) -> Option<(u64, u64)> {
-    let (first, last) = spec.trim().split_once('-')?;
-    let (first, last) = (first.trim(), last.trim());
-    if first.is_empty() {
-        let n = digits(last)?;
-        if n == 0 || size == 0 {
-            return None;
-        }
-        return Some((size - n.min(size), size - 1));
-    }
-    let start = digits(first)?;
-    let end = if last.is_empty() {
-        u64::MAX
-    } else {
-        digits(last)?
-    };
-    if end < start || start >= size {
-        return None;
-    }
-    Some((start, end.min(size - 1)))
-}
-
-/// ASCII digits as a number, saturating (beyond any blob anyway); `None` for anything else.
-fn digits(s: &str) -> Option<u64> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    Some(s.bytes().fold(0u64, |n, b| {
-        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-    }))
-}
-
-/// Decides how to answer `Range: <header>` on a blob of `size` bytes (RFC 9110 section 14).
-pub(crate) fn parse_range(header: &str, size: u64) -> RangeAnswer {
-    let Some((unit, set)) = header.trim().split_once('=') else {
-        return RangeAnswer::Unsatisfiable;
-    };
-    let unit = unit.trim();
-    if unit.is_empty() {
-        return RangeAnswer::Unsatisfiable;
-    }
-    if !unit.eq_ignore_ascii_case("bytes") {
-        return RangeAnswer::Full;
-    }
-    let specs: Vec<&str> = set.split(',').filter(|s| !s.trim().is_empty()).collect();
-    match specs.as_slice() {
-        [] => RangeAnswer::Unsatisfiable,
-        [one] => match one_range(one, size) {
-            Some((start, end)) => RangeAnswer::Partial { start, end },
-            None => RangeAnswer::Unsatisfiable,
-        },
-        many if many.iter().any(|s| one_range(s, size).is_some()) => RangeAnswer::Full,
-        _ => RangeAnswer::Unsatisfiable,
-    }
-}
+pub(crate) use flotilla_protocol::range::{RangeAnswer, parse_range};
 
 /// Streams bytes `pos..end` of the blob, piece by piece as they verify.
 struct Reader {
