@@ -180,7 +180,13 @@ async fn info_names_a_persistent_identity() {
     let mut api = Api::start();
     let id = api.peer_id().await;
     let info = api.get("/flotilla/v1/info").await.json();
-    assert_eq!(info["addrs"], serde_json::json!([]), "no swarm runs yet");
+    // The swarm listens by default: every address names the gateway's peer id.
+    let addrs = info["addrs"].as_array().expect("addrs is a list");
+    assert!(!addrs.is_empty(), "the swarm's addresses are published");
+    for a in addrs {
+        let a = a.as_str().expect("an address is a string");
+        assert!(a.ends_with(&format!("/p2p/{id}")), "{a} lacks /p2p/{id}");
+    }
     let key = api.gw.data_dir.join("identity.key");
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(&key)

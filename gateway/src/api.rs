@@ -13,6 +13,10 @@
 //! known shape with the wrong method `405 UNSUPPORTED` with `Allow`. Paths under `/flotilla/v1/`
 //! go to `flotilla::handle` instead, with the same error conventions.
 //!
+//! With access control on ([`crate::auth`]), a routed `/v2/…` request is authorised between
+//! routing and its handler, and `GET /auth/token` answers docker's token requests;
+//! `/flotilla/v1/…` stays anonymous.
+//!
 //! # Layout
 //! - `headers`: header names, `Range`/`Content-Range` parsers, `Accept` negotiation, ETags.
 //! - `blobs`: `HEAD`/`GET`/`DELETE /v2/<name>/blobs/<digest>`, streamed from disk.
@@ -42,6 +46,7 @@ use axum::response::{IntoResponse, Response};
 use flotilla_protocol::reference::{RouteError, V2Route, split_v2_path};
 use flotilla_protocol::{ReferenceError, RepoName};
 
+use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
 use crate::registry::Registry;
@@ -52,15 +57,21 @@ pub(crate) struct AppState {
     pub(crate) registry: Registry,
     pub(crate) max_manifest_bytes: usize,
     pub(crate) page_limit: usize,
+    /// Access control, if on.
+    pub(crate) auth: Option<Auth>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
 /// `Docker-Distribution-API-Version: registry/2.0` and produces one log line.
-pub fn router(registry: Registry, config: &Config) -> Router {
+///
+/// `auth` is the access control loaded from `config.auth` ([`Auth::load`]); `None` serves
+/// everyone everything.
+pub fn router(registry: Registry, config: &Config, auth: Option<Auth>) -> Router {
     let state = AppState {
         registry,
         max_manifest_bytes: config.max_manifest_bytes,
         page_limit: config.page_limit(),
+        auth,
     };
     Router::new()
         .fallback(dispatch)
@@ -76,9 +87,17 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
     let res = match percent_decode(req.uri().path()) {
         Some(path) if flotilla::owns(&path) => flotilla::handle(&st, &path, req).await,
-        _ => match route(req.uri()) {
-            Ok(route) => handle(st, route, req).await,
-            Err(e) => Err(e),
+        Some(path) if path == auth::TOKEN_PATH && st.auth.is_some() => match &st.auth {
+            Some(a) => a.token_endpoint(req).await,
+            None => Err(not_found()),
+        },
+        _ => match (route(req.uri()), st.auth.clone()) {
+            (Ok(route), None) => handle(st, route, req).await,
+            (Ok(route), Some(a)) => match a.authorize(&route, req).await {
+                Ok(req) => handle(st, route, req).await,
+                Err(e) => Err(e),
+            },
+            (Err(e), _) => Err(e),
         },
     };
     let res = res.unwrap_or_else(IntoResponse::into_response);

@@ -4,7 +4,11 @@
 //! Every field may be left out of a file; an absent field takes its [`Default`] value, and the
 //! defaults together are a working local setup (`127.0.0.1:5000`, data in `./flotilla-data`).
 //! Unknown keys are refused so that a misspelt setting is an error, not a silent default.
+//!
+//! Access control (`[auth]`, see [`AuthConfig`]) and HTTPS (`[tls]`, see [`TlsConfig`]) are off
+//! unless their section is present: without them the registry is open, over plain HTTP.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -49,6 +53,161 @@ pub struct Config {
     pub p2p_listen: Vec<String>,
     /// Requested UDP socket buffer size for QUIC, in bytes. Absent: 4 MiB.
     pub udp_buffer_bytes: usize,
+    /// Authentication and authorisation of the registry API. Absent: everyone may do everything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// Serve HTTPS with this certificate instead of plain HTTP. Absent: plain HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The `[auth]` section: who may do what to which repository.
+///
+/// Identities come from an htpasswd file (bcrypt entries) and reach the gateway either as
+/// `Authorization: Basic` on every request or, the docker way, as a short-lived bearer token
+/// from the gateway's own token endpoint (`GET /auth/token`). What an identity may do is decided
+/// by [`AuthConfig::rules`]: the first rule whose pattern matches the repository name decides;
+/// when none matches, nothing is allowed (except to [`AuthConfig::admins`]).
+///
+/// ```
+/// let cfg: flotilla_gateway::Config = toml::from_str(r#"
+///     [auth]
+///     htpasswd = "/etc/flotilla/htpasswd"
+///     admins = ["root"]
+///
+///     [[auth.rules]]
+///     repository = "public/**"
+///     anonymous = ["pull"]
+///     users = { alice = ["pull", "push", "delete"] }
+///
+///     [[auth.rules]]
+///     repository = "team-*/**"
+///     authenticated = ["pull", "push"]
+/// "#).unwrap();
+/// let auth = cfg.auth.unwrap();
+/// assert_eq!(auth.rules.len(), 2);
+/// assert_eq!(auth.token.lifetime_secs, 300);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The htpasswd file (`user:$2y$…` lines, bcrypt only; make entries with `htpasswd -nB`).
+    /// Read once at start-up. Absent: no users, so only anonymous rights exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htpasswd: Option<PathBuf>,
+    /// Users allowed everything on every repository, and the catalog (`GET /v2/_catalog`).
+    pub admins: Vec<String>,
+    /// Seconds a successful Basic password check is remembered, so that clients sending
+    /// `Authorization: Basic` on every request do not pay a bcrypt verification each time.
+    /// 0 disables the cache. Absent: 60.
+    pub credential_cache_secs: u64,
+    /// The bearer-token service docker uses (`[auth.token]`).
+    pub token: TokenConfig,
+    /// Access rules, first match wins (`[[auth.rules]]`). Absent: none, so only admins may do
+    /// anything.
+    pub rules: Vec<AccessRule>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            htpasswd: None,
+            admins: Vec::new(),
+            credential_cache_secs: 60,
+            token: TokenConfig::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// The `[auth.token]` section: the token endpoint and the tokens it signs (Ed25519 JWTs).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// The `service` of challenges and the audience (`aud`) of tokens. Absent: `"flotilla"`.
+    pub service: String,
+    /// The issuer (`iss`) of tokens. Absent: `"flotilla-gateway"`.
+    pub issuer: String,
+    /// Seconds a token is valid. Absent: 300.
+    pub lifetime_secs: u64,
+    /// The absolute URL of the token endpoint put in challenges
+    /// (`https://registry.example.com/auth/token`); set it when the gateway sits behind a proxy.
+    /// Absent: built from the request's `Host` and the gateway's scheme.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// PEM PKCS#8 Ed25519 private key that signs tokens; created (mode 0600) if missing. Give
+    /// every gateway behind one name the same key. Absent: `<data_dir>/auth/token-key.pem`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        TokenConfig {
+            service: "flotilla".to_owned(),
+            issuer: "flotilla-gateway".to_owned(),
+            lifetime_secs: 300,
+            realm: None,
+            key_file: None,
+        }
+    }
+}
+
+/// One `[[auth.rules]]` entry: the rights on repositories whose name matches `repository`.
+///
+/// A user gets the union of `anonymous`, `authenticated` and their own entry in `users`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRule {
+    /// A glob over repository names: `*` matches within one `/`-separated segment, a `**`
+    /// segment matches any number of segments (zero included): `team/*`, `team/**`, `**`.
+    pub repository: String,
+    /// What requests without credentials may do.
+    #[serde(default)]
+    pub anonymous: Vec<Action>,
+    /// What any user of the htpasswd file may do.
+    #[serde(default)]
+    pub authenticated: Vec<Action>,
+    /// What each named user may do.
+    #[serde(default)]
+    pub users: BTreeMap<String, Vec<Action>>,
+}
+
+/// What a request does to a repository. `GET`/`HEAD` are `pull`; `POST`/`PUT`/`PATCH` and every
+/// upload-session request are `push`; `DELETE` of a blob or manifest is `delete`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Read manifests, blobs, tags and referrers.
+    Pull,
+    /// Upload blobs and manifests.
+    Push,
+    /// Delete blobs, manifests and tags.
+    Delete,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 3] = [Action::Pull, Action::Push, Action::Delete];
+
+    /// The name used in configs and token scopes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pull => "pull",
+            Action::Push => "push",
+            Action::Delete => "delete",
+        }
+    }
+}
+
+/// The `[tls]` section: serve HTTPS (TLS 1.2 and 1.3, rustls) on `listen`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 impl Default for Config {
@@ -65,6 +224,8 @@ impl Default for Config {
                 "/ip4/0.0.0.0/tcp/0".to_owned(),
             ],
             udp_buffer_bytes: 4 << 20,
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -109,5 +270,39 @@ mod tests {
         };
         let text = toml::to_string(&cfg).unwrap();
         assert_eq!(toml::from_str::<Config>(&text).unwrap(), cfg);
+    }
+
+    #[test]
+    fn auth_and_tls_round_trip_through_toml() {
+        let cfg = Config {
+            auth: Some(AuthConfig {
+                htpasswd: Some("/etc/htpasswd".into()),
+                admins: vec!["root".to_owned()],
+                rules: vec![AccessRule {
+                    repository: "team/**".to_owned(),
+                    anonymous: vec![Action::Pull],
+                    authenticated: vec![],
+                    users: BTreeMap::from([("alice".to_owned(), Action::ALL.to_vec())]),
+                }],
+                ..AuthConfig::default()
+            }),
+            tls: Some(TlsConfig {
+                cert: "/c.pem".into(),
+                key: "/k.pem".into(),
+            }),
+            ..Config::default()
+        };
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(toml::from_str::<Config>(&text).unwrap(), cfg);
+    }
+
+    #[test]
+    fn misspelt_actions_and_keys_are_refused() {
+        let bad_action = "[auth]\n[[auth.rules]]\nrepository = \"x\"\nanonymous = [\"pul\"]\n";
+        assert!(toml::from_str::<Config>(bad_action).is_err());
+        assert!(toml::from_str::<Config>("[auth]\nhtpasswdd = \"x\"\n").is_err());
+        assert!(toml::from_str::<Config>("[tls]\ncert = \"c\"\n").is_err());
+        let empty: Config = toml::from_str("[auth]\n").unwrap();
+        assert_eq!(empty.auth, Some(AuthConfig::default()));
     }
 }

@@ -416,6 +416,12 @@ pub enum GatewayError {
     /// The swarm (the gateway as a seed of the node swarm) could not start.
     #[error("swarm: {0}")]
     Swarm(String),
+    /// The `[auth]` section cannot be put into effect.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    /// The `[tls]` section cannot be put into effect.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[cfg(test)]

@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`config`]: the one configuration struct ([`Config`]); its `Default` is a working local setup.
+//! - [`auth`]: access control (htpasswd users, per-repository rules, docker's token protocol),
+//!   on when the config has an `[auth]` section.
+//! - [`tls`]: HTTPS (rustls), on when the config has a `[tls]` section.
 //! - [`api`]: the HTTP API. One handler routes every `/v2/…` path; handlers in `api/` extract the
 //!   request, call [`registry::Registry`], and build the response.
 //! - [`error`]: the table of OCI error codes, the error response, and [`GatewayError`].
@@ -12,7 +15,8 @@
 //!   as a piece source, egress counters ([`Seed`], from [`registry::Registry::seed`]).
 //! - [`storage`]: how that service keeps its data on disk.
 //!
-//! Dependency direction: `api` → `registry` → `seed` → `storage`; `config` and `error` are leaves.
+//! Dependency direction: `api` → `auth`, `api` → `registry` → `seed` → `storage`; `config` and
+//! `error` are leaves (apart from the start-up errors they wrap).
 //!
 //! # Example
 //! Serve a registry on an ephemeral port until a shutdown signal:
@@ -30,12 +34,14 @@
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod p2p;
 pub mod registry;
 pub mod seed;
 pub mod storage;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -44,6 +50,7 @@ use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use api::router;
+pub use auth::Auth;
 pub use config::Config;
 pub use error::{ApiError, ErrorCode, GatewayError};
 use registry::Registry;
@@ -69,13 +76,15 @@ pub async fn run(
     serve(listener, registry, config, shutdown).await
 }
 
-/// Serves the API on an already bound listener until `shutdown` resolves.
+/// Serves the API on an already bound listener until `shutdown` resolves: over HTTPS when
+/// `config.tls` is set, with access control when `config.auth` is.
 ///
 /// After the signal no new connections are accepted and in-flight requests are given
 /// `config.shutdown_grace_secs` to finish; whatever still runs then is dropped. `config.listen`
 /// is ignored (the listener decides the address).
 ///
 /// # Errors
+/// [`GatewayError::Auth`] or [`GatewayError::Tls`] if those sections cannot be put into effect,
 /// [`GatewayError::Serve`] if accepting connections fails for good.
 pub async fn serve(
     listener: TcpListener,
@@ -83,21 +92,56 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    // Both are checked before anything starts, so a bad file stops the gateway at once.
+    let auth = Auth::load(&config)?;
+    let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
     match listener.local_addr() {
-        Ok(addr) => {
-            tracing::info!(%addr, data_dir = %config.data_dir.display(), "gateway listening")
-        }
+        Ok(addr) => tracing::info!(
+            %addr,
+            data_dir = %config.data_dir.display(),
+            https = tls.is_some(),
+            auth = auth.is_some(),
+            "gateway listening"
+        ),
         Err(e) => tracing::warn!(error = %e, "gateway listening on an unknown address"),
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let p2p = p2p::P2p::start(registry.seed(), &config).await?;
-    let app = router(registry, &config);
-    // Small responses (manifests, upload answers) should not wait for Nagle.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    let app = router(registry, &config, auth);
+    let done = match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls).map_err(GatewayError::Serve)?;
+            serve_until(listener, app, shutdown, grace).await
         }
-    });
+        None => {
+            // Small responses (manifests, upload answers) should not wait for Nagle.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            serve_until(listener, app, shutdown, grace).await
+        }
+    };
+    if let Some(p2p) = p2p {
+        p2p.stop().await;
+    }
+    done.map_err(GatewayError::Serve)?;
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Runs axum on `listener` until `shutdown`, then drains for at most `grace`.
+async fn serve_until<L>(
+    listener: L,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
@@ -112,7 +156,7 @@ pub async fn serve(
         done = &mut server => Some(done),
         _ = signalled_rx => None,
     };
-    let done = match finished {
+    match finished {
         // With no connections open, the server stops within the poll that saw the signal.
         Some(done) => done,
         None => {
@@ -130,11 +174,5 @@ pub async fn serve(
                 }
             }
         }
-    };
-    if let Some(p2p) = p2p {
-        p2p.stop().await;
     }
-    done.map_err(GatewayError::Serve)?;
-    tracing::info!("gateway stopped");
-    Ok(())
 }

@@ -38,6 +38,7 @@
 //! [`PieceSource::served`]) and `tables_computed` (tables hashed by this process).
 
 mod cache;
+mod demand;
 mod source;
 mod table;
 
@@ -122,6 +123,8 @@ struct SeedInner {
     /// The background worker's queue. The worker holds only a weak reference to [`Core`] and stops
     /// when this sender is dropped with the last `Seed`.
     queue: mpsc::Sender<Digest>,
+    /// Table fetches per blob: how many nodes are pulling it now.
+    demand: demand::Demand,
 }
 
 /// A piece table ready to hand out: decoded for the transfer server, encoded for HTTP.
@@ -219,7 +222,11 @@ impl Seed {
         let (queue, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(table_worker(Arc::downgrade(&core), rx));
         Seed {
-            inner: Arc::new(SeedInner { core, queue }),
+            inner: Arc::new(SeedInner {
+                core,
+                queue,
+                demand: demand::Demand::default(),
+            }),
         }
     }
 
@@ -240,6 +247,17 @@ impl Seed {
     /// The blob files as a [`PieceSource`] for the swarm's transfer server.
     pub fn source(&self) -> Arc<dyn PieceSource> {
         Arc::new(GatewaySource::new(self.core().clone()))
+    }
+
+    /// Counts a node starting to download `digest` (it fetched the table); returns how many
+    /// did in the last 30–60 s, this one included.
+    pub fn note_table_fetch(&self, digest: &Digest) -> u32 {
+        self.inner.demand.note(digest)
+    }
+
+    /// How many nodes started to download `digest` in the last 30–60 s.
+    pub fn swarm_size(&self, digest: &Digest) -> u32 {
+        self.inner.demand.get(digest)
     }
 
     /// Sets the swarm addresses `GET /flotilla/v1/info` shows (multiaddrs as text). An address

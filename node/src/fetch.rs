@@ -187,6 +187,8 @@ pub struct TransferStats {
     pub peer_pieces: u64,
     /// Verified pieces received from the origin.
     pub origin_pieces: u64,
+    /// Peers banned for sending corrupted pieces.
+    pub peers_banned: u64,
 }
 
 /// Lock-free counters behind [`TransferStats`].
@@ -197,6 +199,7 @@ pub(crate) struct Counters {
     wasted_bytes: AtomicU64,
     peer_pieces: AtomicU64,
     origin_pieces: AtomicU64,
+    peers_banned: AtomicU64,
 }
 
 impl Counters {
@@ -207,6 +210,7 @@ impl Counters {
             wasted_bytes: self.wasted_bytes.load(Ordering::Relaxed),
             peer_pieces: self.peer_pieces.load(Ordering::Relaxed),
             origin_pieces: self.origin_pieces.load(Ordering::Relaxed),
+            peers_banned: self.peers_banned.load(Ordering::Relaxed),
         }
     }
 
@@ -218,6 +222,10 @@ impl Counters {
     fn origin(&self, bytes: u64) {
         self.origin_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.origin_pieces.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn banned(&self) {
+        self.peers_banned.fetch_add(1, Ordering::Relaxed);
     }
 
     fn wasted(&self, bytes: u64) {
@@ -288,9 +296,33 @@ pub(crate) struct Inner {
     downloads: Arc<Mutex<HashMap<Digest, Weak<Shared>>>>,
     totals: Arc<Counters>,
     leases: std::sync::OnceLock<LeaseFn>,
+    /// Peers that sent corrupted pieces, banned for every blob (the most recent 1024).
+    banned: Mutex<std::collections::VecDeque<PeerId>>,
 }
 
+/// How many banned peers the fetcher remembers.
+const MAX_BANNED: usize = 1024;
+
 impl Inner {
+    /// Bans `peer` from every download of this node.
+    fn ban(&self, peer: PeerId) {
+        let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
+        if !banned.contains(&peer) {
+            if banned.len() >= MAX_BANNED {
+                banned.pop_front();
+            }
+            banned.push_back(peer);
+        }
+    }
+
+    /// Whether `peer` was banned by any download.
+    fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(peer)
+    }
+
     /// A lease on `digest`, if a lease function is set and the store holds the blob.
     fn lease(&self, digest: &Digest) -> Option<Arc<Lease>> {
         self.leases.get().and_then(|f| f(digest)).map(Arc::new)
@@ -338,6 +370,7 @@ impl Fetcher {
                 downloads: Arc::new(Mutex::new(HashMap::new())),
                 totals: Arc::new(Counters::default()),
                 leases: std::sync::OnceLock::new(),
+                banned: Mutex::new(std::collections::VecDeque::new()),
             }),
         })
     }

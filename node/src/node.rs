@@ -86,6 +86,8 @@ pub struct NodeStats {
     pub origin_bytes: u64,
     /// Bytes received and dropped (lost duplicates, failed verification).
     pub wasted_bytes: u64,
+    /// Peers banned for sending corrupted pieces.
+    pub peers_banned: u64,
     /// Bytes this node served to peers.
     pub served_bytes: u64,
     /// Bytes of blobs on disk.
@@ -358,12 +360,14 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         peer_bytes,
         origin_bytes,
         wasted_bytes,
+        peers_banned,
         ..
     } = fetcher.totals();
     NodeStats {
         peer_bytes,
         origin_bytes,
         wasted_bytes,
+        peers_banned,
         served_bytes: store.served_total(),
         stored_bytes: store.usage().0,
         known_peers: swarm.known_peers(),

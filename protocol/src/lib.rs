@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`digest`]: `sha256:…` digests, the streaming [`digest::Hasher`], and the CIDv1 form used as
 //!   the swarm's key.
-//! - [`range`]: how to answer an HTTP `Range` on a blob (gateway and node alike).
+//! - [`range`]: how to answer an HTTP `Range` on a blob (gateway and node alike), and how to
+//!   read an upload chunk's `Content-Range`.
 //! - [`reference`](mod@reference): repository names, tags, references and the one parser for `/v2/` paths.
 //! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
 //!   blobs and child manifests a manifest refers to.

@@ -1,6 +1,14 @@
-//! HTTP `Range` requests on blobs (RFC 9110 section 14), decided once for the gateway's and the
-//! node's blob endpoints: one `bytes` range is honoured, other units and multi-range requests
-//! get the whole blob, malformed or unsatisfiable ranges get 416.
+//! HTTP range headers, decided once for every endpoint that reads or writes part of a blob.
+//!
+//! - [`parse_range`]: a blob `GET` with `Range` (RFC 9110 section 14), for the gateway's and the
+//!   node's blob endpoints alike: one `bytes` range is honoured, other units and multi-range
+//!   requests get the whole blob, malformed or unsatisfiable ranges get 416.
+//! - [`parse_content_range`]: the `Content-Range` of an upload chunk (`PATCH`/`PUT` on an upload
+//!   session), in the distribution spec's `<start>-<end>` form or RFC 9110's.
+//!
+//! Both take header text from anyone on the network: they never panic, never overflow, and
+//! every range they return is well formed (see `fuzz/` at the repository root, which checks
+//! exactly that, and `tests/fuzz_regressions.rs`).
 
 /// The answer to a blob `GET` with a `Range` header, for a blob of `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +97,69 @@ pub fn parse_range(header: &str, size: u64) -> RangeAnswer {
     }
 }
 
+/// Why an upload chunk's `Content-Range` was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ContentRangeError {
+    /// Not `<start>-<end>` (optionally as `bytes <start>-<end>[/<total>]`), or a stated total at
+    /// or below `end`.
+    #[error("malformed Content-Range; expected <start>-<end>")]
+    Malformed,
+    /// `end` before `start`: no byte range can be satisfied by it.
+    #[error("Content-Range ends before it starts")]
+    Backwards,
+}
+
+/// Parses an upload chunk's `Content-Range` into `(start, end)`, both inclusive.
+///
+/// The spec's form is `<start>-<end>`; the RFC 9110 form `bytes <start>-<end>/<total|*>` (and
+/// `bytes=<start>-<end>`, which some clients send) is accepted too. A start or end that
+/// overflows `u64` is malformed, and so is a total at or below `end`.
+///
+/// # Errors
+/// [`ContentRangeError::Backwards`] when `end < start`, [`ContentRangeError::Malformed`] for
+/// anything else that is not such a range.
+pub fn parse_content_range(header: &str) -> Result<(u64, u64), ContentRangeError> {
+    let mut s = header.trim();
+    if let Some(rest) = s
+        .strip_prefix("bytes")
+        .map(|r| r.trim_start_matches([' ', '=']))
+    {
+        s = rest;
+    }
+    let (s, total) = match s.split_once('/') {
+        Some((range, total)) => {
+            let total = total.trim();
+            let number = !total.is_empty() && total.bytes().all(|b| b.is_ascii_digit());
+            if total != "*" && !number {
+                return Err(ContentRangeError::Malformed);
+            }
+            // A total past u64 is past any last byte, so it saturates.
+            (range, number.then(|| total.parse().unwrap_or(u64::MAX)))
+        }
+        None => (s, None),
+    };
+    let (a, b) = s
+        .trim()
+        .split_once('-')
+        .ok_or(ContentRangeError::Malformed)?;
+    let num = |x: &str| -> Result<u64, ContentRangeError> {
+        if x.is_empty() || !x.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(ContentRangeError::Malformed);
+        }
+        x.parse().map_err(|_| ContentRangeError::Malformed)
+    };
+    let (start, end) = (num(a)?, num(b)?);
+    if end < start {
+        return Err(ContentRangeError::Backwards);
+    }
+    // RFC 9110 section 14.4: a complete length at or below the last byte makes the field invalid
+    // (`bytes 0-99/50` cannot describe any blob).
+    if total.is_some_and(|total| total <= end) {
+        return Err(ContentRangeError::Malformed);
+    }
+    Ok((start, end))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +187,144 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Full);
         assert_eq!(parse_range("bytes=x-1", 100), RangeAnswer::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), RangeAnswer::Unsatisfiable);
+    }
+
+    #[test]
+    fn ranges_in_bounds() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range("bytes=0-0", 10), Partial { start: 0, end: 0 });
+        assert_eq!(parse_range("bytes=0-9", 10), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=2-5", 10), Partial { start: 2, end: 5 });
+        assert_eq!(parse_range("bytes=5-", 10), Partial { start: 5, end: 9 });
+        assert_eq!(parse_range("bytes=-3", 10), Partial { start: 7, end: 9 });
+        assert_eq!(parse_range("BYTES = 1-2", 10), Partial { start: 1, end: 2 });
+        assert_eq!(parse_range(" bytes=1-2 ", 10), Partial { start: 1, end: 2 });
+    }
+
+    #[test]
+    fn ranges_clamped_at_the_end() {
+        use RangeAnswer::*;
+        // The conformance suite asks for bytes=2000-5000 of a shorter blob and expects 206.
+        assert_eq!(parse_range("bytes=2-500", 10), Partial { start: 2, end: 9 });
+        assert_eq!(parse_range("bytes=-500", 10), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=-10", 10), Partial { start: 0, end: 9 });
+        assert_eq!(parse_range("bytes=9-9", 10), Partial { start: 9, end: 9 });
+    }
+
+    #[test]
+    fn ranges_unsatisfiable() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=10-20", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=5-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=-5", 0), Unsatisfiable);
+        assert_eq!(parse_range("bytes=0-", 0), Unsatisfiable);
+    }
+
+    #[test]
+    fn ranges_overflow() {
+        use RangeAnswer::*;
+        let huge = "99999999999999999999999999";
+        assert_eq!(parse_range(&format!("bytes={huge}-"), 10), Unsatisfiable);
+        assert_eq!(
+            parse_range(&format!("bytes=3-{huge}"), 10),
+            Partial { start: 3, end: 9 }
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=-{huge}"), 10),
+            Partial { start: 0, end: 9 }
+        );
+        assert_eq!(
+            parse_range(&format!("bytes=0-{}", u64::MAX), u64::MAX),
+            Partial {
+                start: 0,
+                end: u64::MAX - 1
+            }
+        );
+    }
+
+    #[test]
+    fn ranges_garbage() {
+        use RangeAnswer::*;
+        for bad in [
+            "",
+            "bytes",
+            "bytes=",
+            "bytes=-",
+            "bytes=a-b",
+            "bytes=1-b",
+            "bytes=+1-2",
+            "bytes=1--2",
+            "bytes=1-2-3",
+            "bytes=0x1-2",
+            "bytes=1 2",
+            "bytes=,",
+            "bytes=-1-2",
+            "=1-2",
+        ] {
+            assert_eq!(parse_range(bad, 10), Unsatisfiable, "{bad:?}");
+        }
+        // Unknown units are ignored, as RFC 9110 requires.
+        assert_eq!(parse_range("items=0-1", 10), Full);
+        assert_eq!(parse_range("none", 10), Unsatisfiable);
+    }
+
+    #[test]
+    fn multiple_ranges_get_the_whole_blob() {
+        use RangeAnswer::*;
+        assert_eq!(parse_range("bytes=0-1,4-5", 10), Full);
+        assert_eq!(parse_range("bytes=0-1, 40-50", 10), Full);
+        assert_eq!(parse_range("bytes=20-30,40-50", 10), Unsatisfiable);
+        // An empty element is tolerated (RFC 9110 list syntax).
+        assert_eq!(parse_range("bytes=1-2,", 10), Partial { start: 1, end: 2 });
+    }
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(parse_content_range("0-0"), Ok((0, 0)));
+        assert_eq!(parse_content_range("0-99"), Ok((0, 99)));
+        assert_eq!(parse_content_range(" 100-199 "), Ok((100, 199)));
+        assert_eq!(parse_content_range("bytes 0-99/100"), Ok((0, 99)));
+        assert_eq!(parse_content_range("bytes 0-99/*"), Ok((0, 99)));
+        assert_eq!(parse_content_range("bytes=5-9"), Ok((5, 9)));
+        assert_eq!(
+            parse_content_range("bytes 0-99/99999999999999999999999"),
+            Ok((0, 99))
+        );
+        assert_eq!(
+            parse_content_range(&format!("0-{}", u64::MAX)),
+            Ok((0, u64::MAX))
+        );
+        assert_eq!(
+            parse_content_range("10-9"),
+            Err(ContentRangeError::Backwards)
+        );
+        for bad in [
+            "",
+            "-",
+            "0-",
+            "-5",
+            "a-b",
+            "0-9a",
+            "+0-9",
+            "0 - x",
+            "0-1-2",
+            "bytes 0-99/abc",
+            "bytes 0-99/",
+            "18446744073709551616-18446744073709551617",
+            "0-18446744073709551616",
+            // A total at or below the last byte (RFC 9110 section 14.4).
+            "bytes 0-99/99",
+            "bytes 0-99/0",
+            "bytes 5-5/5",
+        ] {
+            assert_eq!(
+                parse_content_range(bad),
+                Err(ContentRangeError::Malformed),
+                "{bad:?}"
+            );
+        }
     }
 }

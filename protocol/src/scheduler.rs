@@ -625,8 +625,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             self.banned.push_back(peer);
             self.actions.push_back(Action::Ban { peer });
-        } else if !state.bad.contains(&piece) {
-            state.bad.push(piece);
+        } else {
+            if !state.bad.contains(&piece) {
+                state.bad.push(piece);
+            }
+            // Its copy no longer counts: if it was the only holder, the piece must look unseen,
+            // so the origin (or a later honest holder) is asked instead of waiting for ever.
+            if state.have.clear(piece) {
+                if self.rarity.contains(piece) {
+                    state.pickable -= 1;
+                }
+                self.rarity.decrement(piece);
+                self.wake();
+            }
         }
     }
 

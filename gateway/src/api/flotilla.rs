@@ -8,6 +8,10 @@
 //! - `GET`/`HEAD /flotilla/v1/blobs/<digest>`: the blob, as `GET /v2/<name>/blobs/<digest>`
 //!   answers it (`Range`, `If-None-Match`, `If-Range`), whatever repositories link it: the
 //!   origin fallback for pieces no peer serves.
+//!   The answer carries `Flotilla-Swarm-Size`: how many table fetches of this blob the gateway
+//!   saw in the last 30–60 s, this one included (nodes pulling it now).
+//! - `GET /flotilla/v1/swarm/<digest>`: `{"fetchers": n}`, the same count without adding one;
+//!   nodes poll it while a download starts.
 //! - `GET /flotilla/v1/stats`: the seed's counters (`http_blob_bytes`, `swarm_bytes`,
 //!   `tables_computed`) as JSON.
 //!
@@ -24,6 +28,9 @@ use flotilla_protocol::{Digest, DigestError};
 use super::headers::{self, DOCKER_CONTENT_DIGEST};
 use super::{ApiResult, AppState, blobs, json_response, method_not_allowed, not_found};
 use crate::error::{ApiError, ErrorCode};
+
+/// Header on a piece table: nodes that fetched it in the last 30–60 s.
+const SWARM_SIZE: &str = "flotilla-swarm-size";
 
 /// The path prefix of these endpoints.
 const PREFIX: &str = "/flotilla/v1/";
@@ -44,8 +51,16 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
             Ok(json_response(StatusCode::OK, &st.registry.seed().stats()))
         }
         None if rest == "info" || rest == "stats" => Err(method_not_allowed("GET, HEAD")),
-        Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?).await,
+        Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?, m == Method::GET).await,
         Some(("pieces", _)) => Err(method_not_allowed("GET, HEAD")),
+        Some(("swarm", d)) if get => {
+            let n = st.registry.seed().swarm_size(&parse_digest(d)?);
+            Ok(json_response(
+                StatusCode::OK,
+                &serde_json::json!({ "fetchers": n }),
+            ))
+        }
+        Some(("swarm", _)) => Err(method_not_allowed("GET, HEAD")),
         Some(("blobs", d)) => match m {
             Method::HEAD => {
                 let d = parse_digest(d)?;
@@ -83,7 +98,7 @@ fn info(st: &AppState) -> Response {
 }
 
 /// `GET /flotilla/v1/pieces/<digest>`.
-async fn pieces(st: &AppState, d: &Digest) -> ApiResult {
+async fn pieces(st: &AppState, d: &Digest, counted: bool) -> ApiResult {
     let table = st
         .registry
         .seed()
@@ -98,5 +113,12 @@ async fn pieces(st: &AppState, d: &Digest) -> ApiResult {
         HeaderValue::from_static("application/octet-stream"),
     );
     h.insert(DOCKER_CONTENT_DIGEST, headers::value(d.as_str()));
+    let seed = st.registry.seed();
+    let fetchers = if counted {
+        seed.note_table_fetch(d)
+    } else {
+        seed.swarm_size(d)
+    };
+    h.insert(SWARM_SIZE, HeaderValue::from(fetchers));
     Ok(res)
 }

@@ -59,7 +59,7 @@ impl Api {
         };
         let registry = Registry::open(config.storage()).await.unwrap();
         Api {
-            app: super::router(registry, &config),
+            app: super::router(registry, &config, None),
             _dir: dir,
         }
     }

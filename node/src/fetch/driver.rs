@@ -111,12 +111,14 @@ async fn drive(
     cfg.seed = seed(&local, &digest);
     let start = Instant::now();
     let have = held.have.borrow().clone();
-    let sched = Scheduler::new(local, have, cfg, Duration::ZERO);
+    let sched = Scheduler::new(local, have.clone(), cfg, Duration::ZERO);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let driver = Driver {
         local,
         gateway,
         swarm_hint: 1,
+        lookups: 0,
+        counted: have.clone(),
         digest,
         table,
         stats,
@@ -159,6 +161,8 @@ fn seed(local: &PeerId, digest: &Digest) -> u64 {
 /// What a background task reports.
 enum Internal {
     Providers(Result<Vec<PeerId>, NetworkError>),
+    /// Nodes the gateway saw start this download recently.
+    SwarmSize(u32),
     Connected {
         peer: PeerId,
         result: Result<(Session, Opened), String>,
@@ -190,8 +194,14 @@ struct Driver {
     /// only for pieces no peer has; as a swarm peer it holds everything, so opening a session
     /// to it would make every node take every piece from it.
     gateway: Option<PeerId>,
-    /// Nodes known to take part in this blob's swarm (providers found, plus ourselves).
+    /// Nodes known to take part in this blob's swarm: the most of the gateway's count of nodes
+    /// that started it recently and the providers found plus ourselves.
     swarm_hint: usize,
+    /// Provider lookups started so far (the first ones come quickly, see `lookup_due`).
+    lookups: u32,
+    /// Pieces counted in the stats (or held before the download started): each piece is
+    /// counted once, by the first copy that landed, whichever path reported it.
+    counted: Bitfield,
     /// Never reopened for this blob: the scheduler would not take them.
     refused: HashSet<PeerId>,
     /// Requests sent and not yet answered or cancelled.
@@ -309,7 +319,7 @@ impl Driver {
         self.sched.set_swarm_size(size as u64);
         let refresh_due = self
             .last_lookup
-            .is_none_or(|t| t.elapsed() >= self.inner.cfg.provider_refresh);
+            .is_none_or(|t| t.elapsed() >= self.lookup_due());
         if !self.lookup_running && refresh_due {
             self.lookup_providers();
         }
@@ -338,9 +348,25 @@ impl Driver {
         have.iter_zeros().any(|p| self.sched.availability(p) > 0)
     }
 
+    /// Time between provider lookups: 0.25 s doubling up to `provider_refresh`. Nodes that start
+    /// together announce only once their first pieces land, so a node that looked up once at
+    /// the start and then waited the full refresh would pull everything from the origin alone.
+    fn lookup_due(&self) -> Duration {
+        let quick = Duration::from_millis(250).saturating_mul(1 << self.lookups.min(16));
+        quick.min(self.inner.cfg.provider_refresh)
+    }
+
     fn lookup_providers(&mut self) {
         self.lookup_running = true;
         self.last_lookup = Some(Instant::now());
+        self.lookups = self.lookups.saturating_add(1);
+        if self.lookups <= 6 || self.swarm_hint > 1 {
+            let inner = self.inner.clone();
+            let digest = self.digest.clone();
+            self.tasks.spawn(async move {
+                Internal::SwarmSize(inner.gateway.swarm_size(&digest).await.unwrap_or(0))
+            });
+        }
         let limit = self.inner.cfg.max_peers_per_blob.saturating_mul(2).max(8);
         let lookup = self.inner.network.find_providers(&self.digest, limit);
         self.tasks
@@ -358,6 +384,7 @@ impl Driver {
                 || self.sessions.contains_key(&peer)
                 || self.connecting.contains_key(&peer)
                 || self.banned.contains(&peer)
+                || self.inner.is_banned(&peer)
                 || self.refused.contains(&peer)
             {
                 continue;
@@ -418,6 +445,10 @@ impl Driver {
                 warn!(digest = %self.digest, %peer, "banning peer: it sent corrupted pieces");
                 self.sessions.remove(&peer);
                 self.banned.insert(peer);
+                // A peer that lies about one blob is not trusted with any other.
+                self.inner.ban(peer);
+                self.stats.banned();
+                self.inner.totals.banned();
                 self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
                 self.reconcile = true;
             }
@@ -519,12 +550,14 @@ impl Driver {
                 self.reconcile = true;
                 let bytes = u64::from(bytes);
                 match verdict {
-                    Verdict::Verified => {
+                    // A duplicate whose winning copy was never reported (a late answer to a
+                    // cancelled request) is counted as this source's.
+                    Verdict::Verified | Verdict::Duplicate if self.counted.set(piece) => {
                         self.stats.peer(bytes);
                         self.inner.totals.peer(bytes);
                         self.sched.piece_received(source, piece, now);
                     }
-                    Verdict::Duplicate => {
+                    Verdict::Verified | Verdict::Duplicate => {
                         self.stats.wasted(bytes);
                         self.inner.totals.wasted(bytes);
                         self.sched.piece_received(source, piece, now);
@@ -581,6 +614,9 @@ impl Driver {
                     Err(e) => debug!(digest = %self.digest, error = %e, "provider lookup failed"),
                 }
             }
+            Internal::SwarmSize(n) => {
+                self.swarm_hint = self.swarm_hint.max(n as usize);
+            }
             Internal::Connected { peer, result } => self.on_connected(peer, result),
             Internal::Origin {
                 piece,
@@ -628,14 +664,14 @@ impl Driver {
         let now = self.now();
         match outcome {
             OriginOutcome::Received { verdict, bytes } => match verdict {
-                Verdict::Verified => {
+                Verdict::Verified | Verdict::Duplicate if self.counted.set(piece) => {
                     self.last_origin_ok = Instant::now();
                     self.stats.origin(bytes);
                     self.inner.totals.origin(bytes);
                     // Welcome even if it was cancelled meanwhile.
                     self.sched.piece_received(Source::Origin, piece, now);
                 }
-                Verdict::Duplicate => {
+                Verdict::Verified | Verdict::Duplicate => {
                     self.last_origin_ok = Instant::now();
                     self.stats.wasted(bytes);
                     self.inner.totals.wasted(bytes);
@@ -679,9 +715,12 @@ impl Driver {
             self.held_count = count;
             self.last_progress = Instant::now();
         }
-        if count > 0 {
-            self.provide();
-        }
+        // Announce at once, holding nothing yet, as a BitTorrent client announces to its
+        // tracker: nodes that start together then see each other from the first second, and
+        // the scheduler's origin rule (only the top-ranked node among those it sees asks the
+        // origin for a piece) splits the origin's pieces among them instead of each node
+        // taking them all because it believes it is alone. Pieces follow as `Have`s.
+        self.provide();
         let mut new = store;
         if new.difference_with(self.sched.have()).is_err() {
             return;
@@ -691,11 +730,20 @@ impl Driver {
             let requested = self.outstanding.iter().any(|&(_, p)| p == piece);
             if !requested {
                 self.sched.piece_received(Source::Origin, piece, now);
+                // A piece whose request we cancelled but whose answer was already on the
+                // wire: the session stores it without reporting it. Cancelled origin requests
+                // are aborted, so such pieces come from peers; count them, or the totals would
+                // fall short of what the store holds.
+                if self.counted.set(piece) {
+                    let bytes = u64::from(self.table.table.piece_len(piece).unwrap_or(0));
+                    self.stats.peer(bytes);
+                    self.inner.totals.peer(bytes);
+                }
             }
         }
     }
 
-    /// Announces the blob once (serving starts with the first piece held).
+    /// Announces the blob once, at the start of the download (peers learn pieces from `Have`s).
     fn provide(&mut self) {
         if self.provided {
             return;

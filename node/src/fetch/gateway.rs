@@ -126,6 +126,29 @@ impl GatewayClient {
         }
     }
 
+    /// How many nodes the gateway saw start downloading `digest` in the last 30–60 s (its
+    /// `GET /flotilla/v1/swarm/<digest>`); 0 from a gateway that does not count.
+    pub(crate) async fn swarm_size(&self, digest: &Digest) -> Result<u32, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct Swarm {
+            fetchers: u32,
+        }
+        let res = self
+            .http
+            .get(self.url(&format!("/flotilla/v1/swarm/{digest}")))
+            .timeout(self.timeout)
+            .send()
+            .await?;
+        match res.status() {
+            StatusCode::OK => {
+                let body = read_limited(res, 4 << 10).await?;
+                Ok(serde_json::from_slice::<Swarm>(&body).map_or(0, |s| s.fetchers))
+            }
+            StatusCode::NOT_FOUND => Ok(0),
+            s => Err(GatewayError::Status(s)),
+        }
+    }
+
     /// Fetches bytes `range` (one piece) of `digest` and streams them into the store as piece
     /// `index`.
     pub(crate) async fn fetch_piece(

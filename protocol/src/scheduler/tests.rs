@@ -223,6 +223,29 @@ fn lone_node_uses_origin_after_grace() {
 }
 
 #[test]
+fn a_piece_only_a_liar_holds_goes_to_the_origin() {
+    // A one-piece blob: the liar cannot reach the ban threshold, and nobody else holds the
+    // piece. Its bad copy must stop counting, or the piece is asked of nobody for ever.
+    let c = Config {
+        origin_grace: Duration::ZERO,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0, Bitfield::new(1), c, ms(0));
+    s.peer_added(1, full(1), ms(0));
+    assert_eq!(requests(&drain(&mut s)), vec![(Source::Peer(1), 0)]);
+    s.piece_invalid(1, 0, ms(10));
+    assert_eq!(s.availability(0), 0);
+    let mut asked = requests(&drain(&mut s));
+    let mut t = 10;
+    while asked.is_empty() && t < 60_000 {
+        t += 100;
+        s.handle_timeout(ms(t));
+        asked = requests(&drain(&mut s));
+    }
+    assert_eq!(asked, vec![(Source::Origin, 0)], "after {t} ms");
+}
+
+#[test]
 fn invalid_piece_is_requested_elsewhere_and_peer_banned() {
     let c = Config {
         initial_window: 1,
@@ -620,6 +643,10 @@ proptest! {
                     if let Source::Peer(p) = src {
                         outstanding.remove(k % outstanding.len());
                         s.piece_invalid(p, x, now);
+                        // A copy that failed verification no longer counts as held.
+                        if let Some(b) = peers.get_mut(&p) {
+                            b.clear(x);
+                        }
                     }
                 }
                 Op::Advance(d) => {
