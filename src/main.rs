@@ -5,6 +5,7 @@
 //! environment variable first, then the file, then the default.
 
 mod bench;
+mod sim;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,9 @@ enum Command {
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Simulate a fleet pulling an image (the node's scheduler on every host) and print a table
+    /// (and, with --json, one JSON object on the last line).
+    Sim(sim::SimArgs),
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +61,22 @@ struct GatewayArgs {
     /// Most entries in one page of tags or catalog when the client sends no `n` [default: 10000].
     #[arg(long, env = "FLOTILLA_MAX_LIST_ENTRIES")]
     max_list_entries: Option<usize>,
+    /// Largest blob accepted, in bytes [default: 1 TiB].
+    #[arg(long, env = "FLOTILLA_MAX_BLOB_BYTES")]
+    max_blob_bytes: Option<u64>,
+    /// Most upload sessions open at once [default: 1024].
+    #[arg(long, env = "FLOTILLA_MAX_UPLOADS")]
+    max_uploads: Option<usize>,
+    /// Seconds a request body may pause before it is cut off [default: 60].
+    #[arg(long, env = "FLOTILLA_BODY_IDLE_SECS")]
+    body_idle_secs: Option<u64>,
+    /// Most client connections open at once [default: 4096].
+    #[arg(long, env = "FLOTILLA_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Seconds a connection may take to send request headers or sit idle between requests
+    /// [default: 30].
+    #[arg(long, env = "FLOTILLA_HEADER_TIMEOUT_SECS")]
+    header_timeout_secs: Option<u64>,
     /// Seconds in-flight requests get to finish after SIGTERM [default: 30].
     #[arg(long, env = "FLOTILLA_SHUTDOWN_GRACE_SECS")]
     shutdown_grace_secs: Option<u64>,
@@ -95,6 +115,12 @@ struct NodeArgs {
     /// Requested UDP socket buffer size for QUIC [default: 4194304].
     #[arg(long, env = "FLOTILLA_NODE_UDP_BUFFER_BYTES")]
     udp_buffer_bytes: Option<usize>,
+    /// The fleet join token (the gateway's <data_dir>/fleet.token).
+    #[arg(long, env = "FLOTILLA_FLEET_TOKEN", hide_env_values = true)]
+    fleet_token: Option<String>,
+    /// A file holding the fleet join token.
+    #[arg(long, env = "FLOTILLA_FLEET_TOKEN_FILE")]
+    fleet_token_file: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -114,6 +140,12 @@ impl NodeArgs {
         }
         if !self.bootstrap.is_empty() {
             cfg.bootstrap = self.bootstrap;
+        }
+        if let Some(v) = self.fleet_token {
+            cfg.fleet_token = Some(v);
+        }
+        if let Some(v) = self.fleet_token_file {
+            cfg.fleet_token_file = Some(v);
         }
         if let Some(v) = self.cache_bytes {
             cfg.cache_bytes = v;
@@ -156,6 +188,21 @@ impl GatewayArgs {
         }
         if let Some(v) = self.upload_ttl_secs {
             cfg.upload_ttl_secs = v;
+        }
+        if let Some(v) = self.max_blob_bytes {
+            cfg.max_blob_bytes = v;
+        }
+        if let Some(v) = self.max_uploads {
+            cfg.max_uploads = v;
+        }
+        if let Some(v) = self.body_idle_secs {
+            cfg.body_idle_secs = v;
+        }
+        if let Some(v) = self.max_connections {
+            cfg.max_connections = v;
+        }
+        if let Some(v) = self.header_timeout_secs {
+            cfg.header_timeout_secs = v;
         }
         if let Some(v) = self.max_list_entries {
             cfg.max_list_entries = v;
@@ -224,9 +271,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         gw.listen = listen;
     }
+    // The node gets the gateway's fleet token in-process (created on first start).
+    let fleet_token = flotilla_gateway::fleet::load_token(&gw).context("fleet token")?;
     let mut node = flotilla_node::NodeConfig {
         data_dir: gw.data_dir.join("node"),
         gateway: format!("http://{}", gw.listen),
+        fleet_token: Some(fleet_token),
         ..Default::default()
     };
     if let Some(listen) = args.node_listen {
@@ -287,5 +337,6 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(up(args))
         }
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
+        Command::Sim(args) => sim::run(args),
     }
 }

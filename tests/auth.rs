@@ -2,8 +2,9 @@
 //! TOML config with `[auth]` (htpasswd made here with the bcrypt crate, the rules in
 //! `harness::RULES`) and, for HTTPS, `[tls]` with a test CA made with rcgen.
 
-/// Gateway processes with `[auth]`/`[tls]`, the HTTP(S) client, tokens, the test CA.
-mod harness;
+/// Gateway processes with `[auth]`/`[tls]`, the HTTP(S) client, tokens, the test CA (also used
+/// by `audit`).
+pub(crate) mod harness;
 /// Basic and anonymous access: `/v2/`, pulls and pushes per rule, 401 vs 403, catalog, mounts.
 mod http;
 /// HTTPS with a TLS client, graceful shutdown, and docker login/push/pull over TLS.

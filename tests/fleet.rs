@@ -8,6 +8,10 @@
 //! lying piece source) or as `flotilla node` processes ([`NodeProc`], which can be killed with
 //! SIGKILL). Every swarm listens on 127.0.0.1 only.
 
+/// Peers that lie about their bit field or stall after accepting requests are banned.
+mod byzantine;
+/// A node whose disk fills: a clear refusal, no corruption, recovery when space returns.
+mod disk_full;
 /// docker pulls an image through a node's OCI endpoint.
 mod docker;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
@@ -31,7 +35,7 @@ use crate::support::{Gateway, flotilla_bin, free_port, http_status, noise};
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-const MIB: usize = 1 << 20;
+pub const MIB: usize = 1 << 20;
 
 /// Loopback-only swarm listen addresses (QUIC first, TCP as the fallback).
 pub fn loopback_p2p() -> Vec<String> {
@@ -59,6 +63,10 @@ pub fn digest_of(b: &[u8]) -> String {
     )
 }
 
+/// The fleet join token every [`FleetGateway`] is configured with (`fleet_token` in its config
+/// file) and every [`InNode`] and [`NodeProc`] presents, as an operator would set it.
+pub const FLEET_TOKEN: &str = "flotilla-test-fleet-token";
+
 /// A gateway process whose swarm listens on loopback only.
 pub struct FleetGateway {
     /// The process.
@@ -67,7 +75,8 @@ pub struct FleetGateway {
 }
 
 impl FleetGateway {
-    /// Starts a gateway with a config file that puts its swarm on 127.0.0.1.
+    /// Starts a gateway with a config file that puts its swarm on 127.0.0.1 and sets the fleet
+    /// token to [`FLEET_TOKEN`].
     pub fn start() -> FleetGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.toml");
@@ -76,7 +85,11 @@ impl FleetGateway {
             .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>()
             .join(", ");
-        std::fs::write(&path, format!("p2p_listen = [{list}]\n")).expect("write config");
+        std::fs::write(
+            &path,
+            format!("p2p_listen = [{list}]\nfleet_token = {FLEET_TOKEN:?}\n"),
+        )
+        .expect("write config");
         let gw = Gateway::start_with_args(&["--config", path.to_str().expect("utf-8 path")]);
         FleetGateway {
             gw,
@@ -466,16 +479,40 @@ pub struct InNode {
 }
 
 impl InNode {
-    /// Starts a node on `data_dir` against `gateway`, with loopback swarm addresses.
+    /// Starts a node on `data_dir` against `gateway`, with loopback swarm addresses and the
+    /// fleet token [`FLEET_TOKEN`].
     pub async fn start(gateway: &str, data_dir: &Path, options: NodeOptions) -> InNode {
-        let config = NodeConfig {
+        Self::start_with_token(gateway, FLEET_TOKEN, data_dir, options).await
+    }
+
+    /// [`InNode::start`] presenting `token` to the gateway.
+    pub async fn start_with_token(
+        gateway: &str,
+        token: &str,
+        data_dir: &Path,
+        options: NodeOptions,
+    ) -> InNode {
+        Self::start_tuned(gateway, token, data_dir, options, |_| {}).await
+    }
+
+    /// [`InNode::start_with_token`] with the configuration changed by `tune` first.
+    pub async fn start_tuned(
+        gateway: &str,
+        token: &str,
+        data_dir: &Path,
+        options: NodeOptions,
+        tune: impl FnOnce(&mut NodeConfig),
+    ) -> InNode {
+        let mut config = NodeConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.to_path_buf(),
             gateway: gateway.to_owned(),
             p2p_listen: loopback_p2p(),
             shutdown_grace_secs: 2,
+            fleet_token: Some(token.to_owned()),
             ..NodeConfig::default()
         };
+        tune(&mut config);
         let node = Node::start_with(config, options)
             .await
             .unwrap_or_else(|e| panic!("node on {} did not start: {e}", data_dir.display()));
@@ -561,6 +598,7 @@ impl NodeProc {
             .arg(&self.gateway)
             .arg("--p2p-listen")
             .arg(loopback_p2p().join(","))
+            .env("FLOTILLA_FLEET_TOKEN", FLEET_TOKEN)
             .env(
                 "FLOTILLA_LOG",
                 std::env::var("FLEET_NODE_LOG").unwrap_or_else(|_| "info".to_owned()),

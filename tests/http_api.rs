@@ -15,6 +15,8 @@ mod base;
 mod blobs;
 /// Concurrent pushes of one blob and to one tag.
 mod concurrency;
+/// Bounds on blob size, open uploads, stalled bodies, connections and header time.
+mod limits;
 /// Manifest push/pull/delete for every accepted type, validation errors, size limit.
 mod manifests;
 /// The referrers API: `subject`, `OCI-Subject`, `artifactType` filtering, deletion.

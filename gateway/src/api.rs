@@ -17,6 +17,10 @@
 //! routing and its handler, and `GET /auth/token` answers docker's token requests;
 //! `/flotilla/v1/…` stays anonymous.
 //!
+//! Every routed request gets an [`Origin`] (who, from where; see [`crate::audit`]) before it is
+//! authorised; handlers that change something report it with it to [`Events`] (the audit log
+//! and webhook notifications).
+//!
 //! # Layout
 //! - `headers`: header names, `Range`/`Content-Range` parsers, `Accept` negotiation, ETags.
 //! - `blobs`: `HEAD`/`GET`/`DELETE /v2/<name>/blobs/<digest>`, streamed from disk.
@@ -37,6 +41,7 @@ mod manifests;
 mod uploads;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
@@ -46,6 +51,7 @@ use axum::response::{IntoResponse, Response};
 use flotilla_protocol::reference::{RouteError, V2Route, split_v2_path};
 use flotilla_protocol::{ReferenceError, RepoName};
 
+use crate::audit::{Events, Origin};
 use crate::auth::{self, Auth};
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
@@ -59,19 +65,37 @@ pub(crate) struct AppState {
     pub(crate) page_limit: usize,
     /// Access control, if on.
     pub(crate) auth: Option<Auth>,
+    /// The audit log and notifications.
+    pub(crate) events: Events,
+    /// Fleet enrollment (`POST /flotilla/v1/join`), when a fleet token is configured.
+    pub(crate) fleet: Option<crate::fleet::Fleet>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
 /// `Docker-Distribution-API-Version: registry/2.0` and produces one log line.
 ///
 /// `auth` is the access control loaded from `config.auth` ([`Auth::load`]); `None` serves
-/// everyone everything.
+/// everyone everything. Nothing is audited or notified (see [`router_with_events`]).
 pub fn router(registry: Registry, config: &Config, auth: Option<Auth>) -> Router {
+    router_with_events(registry, config, auth, Events::disabled())
+}
+
+/// [`router`], reporting pushes, deletes and refusals to `events` ([`Events::start`]). The
+/// client address comes from `ConnectInfo<SocketAddr>` when the server provides it (as
+/// [`crate::serve`] does).
+pub fn router_with_events(
+    registry: Registry,
+    config: &Config,
+    auth: Option<Auth>,
+    events: Events,
+) -> Router {
     let state = AppState {
         registry,
         max_manifest_bytes: config.max_manifest_bytes,
         page_limit: config.page_limit(),
         auth,
+        events,
+        fleet: crate::fleet::Fleet::from_config(config),
     };
     Router::new()
         .fallback(dispatch)
@@ -88,15 +112,24 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let res = match percent_decode(req.uri().path()) {
         Some(path) if flotilla::owns(&path) => flotilla::handle(&st, &path, req).await,
         Some(path) if path == auth::TOKEN_PATH && st.auth.is_some() => match &st.auth {
-            Some(a) => a.token_endpoint(req).await,
+            Some(a) => {
+                let origin = st.events.origin(&req);
+                a.token_endpoint_audited(req, &st.events, origin).await
+            }
             None => Err(not_found()),
         },
         _ => match (route(req.uri()), st.auth.clone()) {
-            (Ok(route), None) => handle(st, route, req).await,
-            (Ok(route), Some(a)) => match a.authorize(&route, req).await {
-                Ok(req) => handle(st, route, req).await,
-                Err(e) => Err(e),
-            },
+            (Ok(route), None) => {
+                let origin = Arc::new(st.events.origin(&req));
+                handle(st, route, req, origin).await
+            }
+            (Ok(route), Some(a)) => {
+                let mut origin = st.events.origin(&req);
+                match a.authorize(&route, req, &st.events, &mut origin).await {
+                    Ok(req) => handle(st, route, req, Arc::new(origin)).await,
+                    Err(e) => Err(e),
+                }
+            }
             (Err(e), _) => Err(e),
         },
     };
@@ -154,7 +187,8 @@ fn method_not_allowed(allow: &'static str) -> ApiError {
 }
 
 /// Calls the handler for `route` and the request's method.
-async fn handle(st: AppState, route: V2Route, req: Request) -> ApiResult {
+async fn handle(st: AppState, route: V2Route, req: Request, origin: Arc<Origin>) -> ApiResult {
+    let o = &origin;
     let m = req.method().clone();
     let get = m == Method::GET || m == Method::HEAD;
     match route {
@@ -169,17 +203,19 @@ async fn handle(st: AppState, route: V2Route, req: Request) -> ApiResult {
         V2Route::Blob(repo, d) => match m {
             Method::HEAD => blobs::head(&st, &repo, &d, req.headers()).await,
             Method::GET => blobs::get(&st, &repo, &d, req.headers()).await,
-            Method::DELETE => blobs::delete(&st, &repo, &d).await,
+            Method::DELETE => blobs::delete(&st, &repo, &d, o).await,
             _ => Err(method_not_allowed("GET, HEAD, DELETE")),
         },
         V2Route::Manifest(repo, r) => match m {
-            Method::GET | Method::HEAD => manifests::get(&st, &repo, &r, req.headers()).await,
-            Method::PUT => manifests::put(&st, &repo, &r, req).await,
-            Method::DELETE => manifests::delete(&st, &repo, &r).await,
+            Method::GET | Method::HEAD => {
+                manifests::get(&st, &repo, &r, req.headers(), m == Method::GET, o).await
+            }
+            Method::PUT => manifests::put(&st, &repo, &r, req, o).await,
+            Method::DELETE => manifests::delete(&st, &repo, &r, o).await,
             _ => Err(method_not_allowed("GET, HEAD, PUT, DELETE")),
         },
         V2Route::UploadStart(repo) => match m {
-            Method::POST => uploads::start(&st, &repo, req).await,
+            Method::POST => uploads::start(&st, &repo, req, o).await,
             _ => Err(method_not_allowed("POST")),
         },
         // Session ids are uuids; anything else cannot name a session, and is never handed to
@@ -190,7 +226,7 @@ async fn handle(st: AppState, route: V2Route, req: Request) -> ApiResult {
         V2Route::Upload(repo, id) => match m {
             Method::GET | Method::HEAD => uploads::status(&st, &repo, &id).await,
             Method::PATCH => uploads::patch(&st, &repo, &id, req).await,
-            Method::PUT => uploads::put(&st, &repo, &id, req).await,
+            Method::PUT => uploads::put(&st, &repo, &id, req, o).await,
             Method::DELETE => uploads::cancel(&st, &repo, &id).await,
             _ => Err(method_not_allowed("GET, HEAD, PATCH, PUT, DELETE")),
         },

@@ -15,6 +15,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::audit::AuditConfig;
+pub use crate::notify::{EndpointConfig, NotificationsConfig, NotifyAction};
 use crate::registry::StorageConfig;
 
 /// Everything the gateway can be told at start-up.
@@ -39,6 +41,19 @@ pub struct Config {
     /// Seconds an upload session may sit idle (no PATCH/PUT) before it and its partial data are
     /// removed. Absent: 3600 (one hour).
     pub upload_ttl_secs: u64,
+    /// Largest blob accepted, in bytes; a push past it gets `413 SIZE_INVALID`. Absent: 1 TiB.
+    pub max_blob_bytes: u64,
+    /// Most upload sessions open at once; more get `429 TOOMANYREQUESTS`. Absent: 1024.
+    pub max_uploads: usize,
+    /// Seconds a request body may pause before it is cut off (the bytes that arrived stay in
+    /// the upload, which can resume). Absent: 60.
+    pub body_idle_secs: u64,
+    /// Most client connections open at once; beyond it new ones wait in the kernel's backlog
+    /// until one closes. Absent: 4096.
+    pub max_connections: usize,
+    /// Seconds a connection may take to send a request's headers, and may sit idle between
+    /// requests. Absent: 30.
+    pub header_timeout_secs: u64,
     /// Most entries returned by one page of `GET /v2/<name>/tags/list` or `GET /v2/_catalog`, even
     /// when the client asks for more or sets no `n`; a `Link: <…>; rel="next"` header then points
     /// at the rest. Absent: 10000. A value of 0 is treated as 1.
@@ -53,12 +68,23 @@ pub struct Config {
     pub p2p_listen: Vec<String>,
     /// Requested UDP socket buffer size for QUIC, in bytes. Absent: 4 MiB.
     pub udp_buffer_bytes: usize,
+    /// The fleet join token nodes present to `POST /flotilla/v1/join` for their membership
+    /// certificate (SPEC §5.3). Absent: the token in `<data_dir>/fleet.token`, created with a
+    /// random one on first start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_token: Option<String>,
+    /// Seconds a membership certificate is valid (nodes renew at half life). Absent: 86400.
+    pub member_cert_secs: u64,
     /// Authentication and authorisation of the registry API. Absent: everyone may do everything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
     /// Serve HTTPS with this certificate instead of plain HTTP. Absent: plain HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsConfig>,
+    /// The append-only audit log (`[audit]`). Absent: on, in `<data_dir>/audit.log`.
+    pub audit: AuditConfig,
+    /// Webhook notifications (`[[notifications.endpoints]]`). Absent: none.
+    pub notifications: NotificationsConfig,
 }
 
 /// The `[auth]` section: who may do what to which repository.
@@ -217,6 +243,11 @@ impl Default for Config {
             data_dir: PathBuf::from("./flotilla-data"),
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_ttl_secs: 3600,
+            max_blob_bytes: 1 << 40,
+            max_uploads: 1024,
+            body_idle_secs: 60,
+            max_connections: 4096,
+            header_timeout_secs: 30,
             max_list_entries: 10_000,
             shutdown_grace_secs: 30,
             p2p_listen: vec![
@@ -224,8 +255,12 @@ impl Default for Config {
                 "/ip4/0.0.0.0/tcp/0".to_owned(),
             ],
             udp_buffer_bytes: 4 << 20,
+            fleet_token: None,
+            member_cert_secs: 24 * 3600,
             auth: None,
             tls: None,
+            audit: AuditConfig::default(),
+            notifications: NotificationsConfig::default(),
         }
     }
 }
@@ -237,6 +272,11 @@ impl Config {
             data_dir: self.data_dir.clone(),
             max_manifest_bytes: self.max_manifest_bytes,
             upload_ttl: Duration::from_secs(self.upload_ttl_secs),
+            limits: crate::registry::Limits {
+                max_blob_bytes: self.max_blob_bytes,
+                max_uploads: self.max_uploads.max(1),
+                body_idle: Duration::from_secs(self.body_idle_secs.max(1)),
+            },
         }
     }
 

@@ -373,6 +373,13 @@ impl From<RegistryError> for ApiError {
                 ApiError::new(ErrorCode::ManifestBlobUnknown).with_detail(d.to_string())
             }
             E::ManifestTooLarge { limit } => manifest_too_large(limit),
+            E::BlobTooLarge { limit } => ApiError::new(ErrorCode::SizeInvalid)
+                .with_status(StatusCode::PAYLOAD_TOO_LARGE)
+                .with_message("blob too large")
+                .with_detail(serde_json::json!({ "limit": limit })),
+            E::TooManyUploads { limit } => ApiError::new(ErrorCode::TooManyRequests)
+                .with_message("too many upload sessions open")
+                .with_detail(serde_json::json!({ "limit": limit })),
             E::NameUnknown => ApiError::new(ErrorCode::NameUnknown),
             E::TagInvalid => ApiError::new(ErrorCode::TagInvalid).with_detail(reason),
             E::Unsupported(_) => ApiError::new(ErrorCode::Unsupported).with_detail(reason),
@@ -419,9 +426,15 @@ pub enum GatewayError {
     /// The `[auth]` section cannot be put into effect.
     #[error(transparent)]
     Auth(#[from] crate::auth::AuthError),
+    /// The fleet join token cannot be read or created.
+    #[error(transparent)]
+    Fleet(crate::fleet::FleetError),
     /// The `[tls]` section cannot be put into effect.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The `[audit]` or `[notifications]` section cannot be put into effect.
+    #[error(transparent)]
+    Events(#[from] crate::audit::EventsError),
 }
 
 #[cfg(test)]

@@ -6,17 +6,22 @@
 //! - [`auth`]: access control (htpasswd users, per-repository rules, docker's token protocol),
 //!   on when the config has an `[auth]` section.
 //! - [`tls`]: HTTPS (rustls), on when the config has a `[tls]` section.
+//! - [`audit`]: the append-only audit log, and the event hub ([`Events`]) that feeds it and
+//!   [`notify`]: webhook notifications in distribution's event format.
 //! - [`api`]: the HTTP API. One handler routes every `/v2/…` path; handlers in `api/` extract the
 //!   request, call [`registry::Registry`], and build the response.
 //! - [`error`]: the table of OCI error codes, the error response, and [`GatewayError`].
 //! - [`registry`]: the storage service the API calls (blobs, uploads, manifests, tags, referrers).
+//! - [`fleet`]: fleet membership: the join token, and certificates for nodes
+//!   (`POST /flotilla/v1/join`).
 //! - [`p2p`]: the gateway's swarm: serves pieces from its blob files and announces every blob.
 //! - [`seed`]: the gateway as a seed of the node swarm: identity, signed piece tables, blob files
 //!   as a piece source, egress counters ([`Seed`], from [`registry::Registry::seed`]).
 //! - [`storage`]: how that service keeps its data on disk.
 //!
-//! Dependency direction: `api` → `auth`, `api` → `registry` → `seed` → `storage`; `config` and
-//! `error` are leaves (apart from the start-up errors they wrap).
+//! Dependency direction: `api` → `auth`, `api` → `registry` → `seed` → `storage`, `api` and
+//! `auth` → `audit` → `notify`; `config` and `error` are leaves (apart from the start-up errors
+//! they wrap and the sections they re-export).
 //!
 //! # Example
 //! Serve a registry on an ephemeral port until a shutdown signal:
@@ -34,12 +39,16 @@
 //! ```
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fleet;
+pub mod notify;
 pub mod p2p;
 pub mod registry;
 pub mod seed;
+mod serve;
 pub mod storage;
 pub mod tls;
 
@@ -49,7 +58,8 @@ use std::time::Duration;
 use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
-pub use api::router;
+pub use api::{router, router_with_events};
+pub use audit::Events;
 pub use auth::Auth;
 pub use config::Config;
 pub use error::{ApiError, ErrorCode, GatewayError};
@@ -80,12 +90,13 @@ pub async fn run(
 /// `config.tls` is set, with access control when `config.auth` is.
 ///
 /// After the signal no new connections are accepted and in-flight requests are given
-/// `config.shutdown_grace_secs` to finish; whatever still runs then is dropped. `config.listen`
+/// `config.shutdown_grace_secs` to finish; whatever still runs then is dropped. Then the audit
+/// log is synced and queued notifications get [`EVENTS_GRACE`] to be delivered. `config.listen`
 /// is ignored (the listener decides the address).
 ///
 /// # Errors
-/// [`GatewayError::Auth`] or [`GatewayError::Tls`] if those sections cannot be put into effect,
-/// [`GatewayError::Serve`] if accepting connections fails for good.
+/// [`GatewayError::Auth`], [`GatewayError::Tls`] or [`GatewayError::Events`] if those sections
+/// cannot be put into effect, [`GatewayError::Serve`] if accepting connections fails for good.
 pub async fn serve(
     listener: TcpListener,
     registry: Registry,
@@ -95,6 +106,10 @@ pub async fn serve(
     // Both are checked before anything starts, so a bad file stops the gateway at once.
     let auth = Auth::load(&config)?;
     let tls = config.tls.as_ref().map(tls::server_config).transpose()?;
+    let events = Events::start(&config)?;
+    // The fleet token: configured, or the one in <data_dir>/fleet.token (created if missing).
+    let mut config = config;
+    config.fleet_token = Some(fleet::load_token(&config).map_err(GatewayError::Fleet)?);
     match listener.local_addr() {
         Ok(addr) => tracing::info!(
             %addr,
@@ -106,12 +121,16 @@ pub async fn serve(
         Err(e) => tracing::warn!(error = %e, "gateway listening on an unknown address"),
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
+    let limits = serve::ConnLimits {
+        max_connections: config.max_connections,
+        header_timeout: Duration::from_secs(config.header_timeout_secs),
+    };
     let p2p = p2p::P2p::start(registry.seed(), &config).await?;
-    let app = router(registry, &config, auth);
+    let app = router_with_events(registry, &config, auth, events.clone());
     let done = match tls {
         Some(tls) => {
             let listener = tls::TlsListener::new(listener, tls).map_err(GatewayError::Serve)?;
-            serve_until(listener, app, shutdown, grace).await
+            serve::serve_until(listener, app, shutdown, grace, limits).await
         }
         None => {
             // Small responses (manifests, upload answers) should not wait for Nagle.
@@ -120,59 +139,18 @@ pub async fn serve(
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
             });
-            serve_until(listener, app, shutdown, grace).await
+            serve::serve_until(listener, app, shutdown, grace, limits).await
         }
     };
     if let Some(p2p) = p2p {
         p2p.stop().await;
     }
+    events.shutdown(EVENTS_GRACE).await;
     done.map_err(GatewayError::Serve)?;
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Runs axum on `listener` until `shutdown`, then drains for at most `grace`.
-async fn serve_until<L>(
-    listener: L,
-    app: axum::Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-    grace: Duration,
-) -> std::io::Result<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = signalled_tx.send(());
-    };
-    let server = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .into_future();
-    tokio::pin!(server);
-    let finished = tokio::select! {
-        biased;
-        done = &mut server => Some(done),
-        _ = signalled_rx => None,
-    };
-    match finished {
-        // With no connections open, the server stops within the poll that saw the signal.
-        Some(done) => done,
-        None => {
-            tracing::info!(
-                grace_secs = grace.as_secs(),
-                "shutting down: no new connections, draining in-flight requests"
-            );
-            match tokio::time::timeout(grace, server).await {
-                Ok(done) => done,
-                Err(_) => {
-                    tracing::warn!(
-                        "requests still in flight after the grace period; stopping anyway"
-                    );
-                    Ok(())
-                }
-            }
-        }
-    }
-}
+/// How long, at shutdown, queued notifications may take to be delivered and the audit writer
+/// to finish.
+pub const EVENTS_GRACE: Duration = Duration::from_secs(5);

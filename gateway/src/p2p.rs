@@ -2,6 +2,9 @@
 //! node, serves pieces straight from its blob files, and announces every blob it holds — those
 //! on disk at start and each one as it lands — so nodes find it as a provider.
 //!
+//! Only fleet members (nodes holding a certificate the gateway issued, see [`crate::fleet`]) get
+//! pieces from it, enter its routing table or leave provider records there.
+//!
 //! Nodes treat the gateway's peer id as the scheduler's *origin* (see the node's fetch driver),
 //! so its pieces are asked for only when no other peer has them, whichever transport carries
 //! them.
@@ -9,7 +12,7 @@
 use std::str::FromStr as _;
 
 use flotilla_node::ports::Network as _;
-use flotilla_node::swarm::{self, SwarmConfig, SwarmHandle};
+use flotilla_node::swarm::{self, FleetConfig, SwarmConfig, SwarmHandle};
 use flotilla_node::transfer::{self, ServerLimits};
 use libp2p::Multiaddr;
 use tokio::sync::broadcast::error::RecvError;
@@ -46,6 +49,9 @@ impl P2p {
         let mut cfg = SwarmConfig::new(seed.keypair().clone());
         cfg.listen = listen;
         cfg.udp_buffer_bytes = config.udp_buffer_bytes;
+        // The gateway's key is the fleet key: it is a member by definition and needs no
+        // certificate; nodes must show theirs (SPEC §5.3).
+        cfg.fleet = Some(FleetConfig::new(Some(seed.peer_id())));
         let (swarm, incoming) = swarm::spawn(cfg)
             .await
             .map_err(|e| GatewayError::Swarm(e.to_string()))?;

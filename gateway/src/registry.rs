@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 
 use bytes::Bytes;
 use flotilla_protocol::manifest::{Descriptor, ManifestError, parse_manifest};
-use flotilla_protocol::{Algorithm, Digest, Hasher, Reference, RepoName};
+use flotilla_protocol::tagrecord::{SignedTagRecord, TagRecord, TagTarget};
+use flotilla_protocol::{Algorithm, Digest, Hasher, Reference, RepoName, Tag};
 use futures::StreamExt;
 
 use crate::seed::Seed;
@@ -38,6 +39,30 @@ pub struct StorageConfig {
     pub max_manifest_bytes: usize,
     /// How long an upload session may stay idle before it and its data are removed.
     pub upload_ttl: Duration,
+    /// Bounds on what one client can make the storage hold.
+    pub limits: Limits,
+}
+
+/// Bounds that keep one client (or a stalled one) from holding the gateway's resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest blob accepted; a push that goes past it gets `413 SIZE_INVALID`.
+    pub max_blob_bytes: u64,
+    /// Most upload sessions open at once (all repositories); more get `429 TOOMANYREQUESTS`.
+    pub max_uploads: usize,
+    /// Longest pause between two pieces of a request body; a body that stalls longer is cut off
+    /// (what arrived is kept, so the upload can resume).
+    pub body_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_blob_bytes: 1 << 40,
+            max_uploads: 1024,
+            body_idle: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Why a registry operation failed. Each variant except the internal ones maps to one OCI error
@@ -97,6 +122,18 @@ pub enum RegistryError {
     /// The client's request body broke off.
     #[error("reading the request body failed: {0}")]
     BodyRead(std::io::Error),
+    /// The blob being pushed is larger than the configured limit.
+    #[error("blob larger than the limit of {limit} bytes")]
+    BlobTooLarge {
+        /// The limit.
+        limit: u64,
+    },
+    /// Too many upload sessions are open.
+    #[error("{limit} upload sessions are open already; finish or cancel some, or retry later")]
+    TooManyUploads {
+        /// The limit.
+        limit: usize,
+    },
     /// A disk failure.
     #[error("i/o error: {0}")]
     Io(#[from] std::io::Error),
@@ -112,6 +149,9 @@ pub enum RegistryError {
     /// A piece table could not be built or signed.
     #[error("piece table: {0}")]
     PieceTable(#[from] flotilla_protocol::piece::PieceError),
+    /// A tag record could not be signed.
+    #[error("tag record: {0}")]
+    TagRecord(#[from] flotilla_protocol::tagrecord::TagRecordError),
 }
 
 /// Where an upload session stands.
@@ -141,6 +181,14 @@ pub struct ManifestPut {
     pub digest: Digest,
     /// Its subject, for the `OCI-Subject` header.
     pub subject: Option<Digest>,
+    /// Its media type.
+    pub media_type: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Pushed by tag: the manifest the tag named just before (`None`: the tag is new). Read in
+    /// the same storage task as the write, so only a concurrent push of the same tag can make
+    /// it stale. Always `None` for pushes by digest.
+    pub previous: Option<Digest>,
 }
 
 /// The registry service (cheap to clone).
@@ -185,9 +233,10 @@ where
     result.map_err(|e| RegistryError::Corrupt(format!("storage task failed: {e}")))?
 }
 
-/// `body`, cut short by an error once `dropped` fires (see [`detached`]).
-fn abort_on(body: BodyStream, dropped: oneshot::Receiver<()>) -> BodyStream {
-    futures::stream::unfold(Some((body, dropped)), |state| async move {
+/// `body`, cut short by an error once `dropped` fires (see [`detached`]) or when no bytes come
+/// for `idle`: a stalled client must not hold an upload session's lock forever.
+fn abort_on(body: BodyStream, dropped: oneshot::Receiver<()>, idle: Duration) -> BodyStream {
+    futures::stream::unfold(Some((body, dropped)), move |state| async move {
         let (mut body, mut dropped) = state?;
         tokio::select! {
             biased;
@@ -198,13 +247,56 @@ fn abort_on(body: BodyStream, dropped: oneshot::Receiver<()>) -> BodyStream {
                 )),
                 None,
             )),
-            item = body.next() => {
-                let item = item?;
-                Some((item, Some((body, dropped))))
+            item = tokio::time::timeout(idle, body.next()) => match item {
+                Ok(item) => {
+                    let item = item?;
+                    Some((item, Some((body, dropped))))
+                }
+                Err(_) => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no request body bytes for {} s", idle.as_secs()),
+                    )),
+                    None,
+                )),
             }
         }
     })
     .boxed()
+}
+
+/// `body`, cut short before any chunk that would take the blob past `room` more bytes. The
+/// error's kind ([`std::io::ErrorKind::FileTooLarge`]) tells [`body_failure`] what happened.
+fn capped(body: BodyStream, room: u64) -> BodyStream {
+    futures::stream::unfold(Some((body, room)), |state| async move {
+        let (mut body, room) = state?;
+        match body.next().await? {
+            Ok(chunk) if chunk.len() as u64 > room => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::FileTooLarge,
+                    "blob size limit reached",
+                )),
+                None,
+            )),
+            Ok(chunk) => {
+                let left = room - chunk.len() as u64;
+                Some((Ok(chunk), Some((body, left))))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+    .boxed()
+}
+
+/// The error for a body that ended in `e`.
+fn body_failure(e: std::io::Error, limits: &Limits) -> RegistryError {
+    if e.kind() == std::io::ErrorKind::FileTooLarge {
+        RegistryError::BlobTooLarge {
+            limit: limits.max_blob_bytes,
+        }
+    } else {
+        RegistryError::BodyRead(e)
+    }
 }
 
 /// Runs blocking storage work on the blocking pool.
@@ -341,7 +433,11 @@ impl Registry {
         let (this, repo, d) = (self.clone(), repo.clone(), d.clone());
         // Detached, so the temp file is removed even if the client goes away mid-body.
         detached(|dropped| async move {
-            let body = abort_on(body, dropped);
+            let limits = &this.inner.cfg.limits;
+            let body = capped(
+                abort_on(body, dropped, limits.body_idle),
+                limits.max_blob_bytes,
+            );
             let tmp = this.inner.blobs.temp_path();
             let file = std::fs::File::create_new(&tmp)?;
             let result = this.ingest(tmp.clone(), file, &repo, &d, body).await;
@@ -366,7 +462,7 @@ impl Registry {
     ) -> Result<u64, RegistryError> {
         let done = blobs::append_stream(file, Hasher::new(d.algorithm()), body).await?;
         if let Some(e) = done.body_error {
-            return Err(RegistryError::BodyRead(e));
+            return Err(body_failure(e, &self.inner.cfg.limits));
         }
         let actual = done.hasher.finish();
         if &actual != d {
@@ -395,6 +491,11 @@ impl Registry {
         let id = uuid::Uuid::new_v4().to_string();
         let (inner, repo, id2) = (self.inner.clone(), repo.clone(), id.clone());
         blocking(move || {
+            // Sessions are persistent and few (bounded right here), so counting them is cheap.
+            let limit = inner.cfg.limits.max_uploads;
+            if inner.meta.uploads()?.len() >= limit {
+                return Err(RegistryError::TooManyUploads { limit });
+            }
             inner.uploads.create(&id2)?;
             let now = now_ms();
             inner.meta.put_upload(
@@ -461,7 +562,7 @@ impl Registry {
         self.session(repo, id)?;
         let (this, repo, id) = (self.clone(), repo.clone(), id.to_owned());
         detached(|dropped| async move {
-            let body = abort_on(body, dropped);
+            let body = abort_on(body, dropped, this.inner.cfg.limits.body_idle);
             let state = this.inner.uploads.state(&id);
             let mut st = state.lock().await;
             this.append_locked(&repo, &id, start, body, &mut st).await
@@ -492,6 +593,8 @@ impl Registry {
             .open(self.inner.uploads.path(id))?;
         // On a disk error `st.hashed` stays empty: the file may hold bytes the hasher never saw
         // (or the reverse), so the next request rebuilds it from the file.
+        let limits = &self.inner.cfg.limits;
+        let body = capped(body, limits.max_blob_bytes.saturating_sub(len));
         let done = blobs::append_stream(file, hasher, body).await?;
         // No fsync per chunk: the offset is the file's length, a crash can only lose a suffix
         // the client will resend, and content is re-verified (rehash) after a restart and
@@ -501,7 +604,7 @@ impl Registry {
         st.hashed = Some((done.hasher, offset));
         self.touch(id, rec)?;
         match done.body_error {
-            Some(e) => Err(RegistryError::BodyRead(e)),
+            Some(e) => Err(body_failure(e, limits)),
             None => Ok(UploadInfo {
                 id: id.to_owned(),
                 offset,
@@ -553,7 +656,7 @@ impl Registry {
             let state = this.inner.uploads.state(&id);
             let mut st = state.lock().await;
             if let Some(body) = body {
-                let body = abort_on(body, dropped);
+                let body = abort_on(body, dropped, this.inner.cfg.limits.body_idle);
                 this.append_locked(&repo, &id, start, body, &mut st).await?;
             }
             let (_, len) = this.session(&repo, &id)?;
@@ -654,7 +757,13 @@ impl Registry {
             digest.clone(),
             subject.clone(),
         );
-        blocking(move || {
+        let media_type = parsed.media_type.clone();
+        let size = body.len() as u64;
+        let previous = blocking(move || {
+            let previous = match &tag {
+                Some(t) => inner.meta.tag(&repo, t)?,
+                None => None,
+            };
             inner.meta.put_manifest(&ManifestRecord {
                 repo: &repo,
                 digest: &d2,
@@ -664,10 +773,17 @@ impl Registry {
                 referrer: s2.as_ref().zip(referrer.as_ref()),
                 required_blobs: &required_blobs,
                 required_manifests: &required_manifests,
-            })
+            })?;
+            Ok(previous)
         })
         .await?;
-        Ok(ManifestPut { digest, subject })
+        Ok(ManifestPut {
+            digest,
+            subject,
+            media_type,
+            size,
+            previous,
+        })
     }
 
     /// The digest `reference` names in `repo`, if the manifest is there.
@@ -722,6 +838,31 @@ impl Registry {
         } else {
             Err(RegistryError::ManifestUnknown)
         }
+    }
+
+    /// The signed record of `tag` in `repo` (§6.4 of the spec): what it points at or that it was
+    /// deleted, with the sequence number of that tag write, signed now with the gateway's
+    /// identity. `None` if the tag never existed.
+    pub async fn tag_record(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+    ) -> Result<Option<SignedTagRecord>, RegistryError> {
+        let (inner, repo, tag) = (self.inner.clone(), repo.clone(), tag.clone());
+        blocking(move || {
+            let Some(state) = inner.meta.tag_state(&repo, &tag)? else {
+                return Ok(None);
+            };
+            let record = TagRecord {
+                repo,
+                tag,
+                target: state.target.map_or(TagTarget::Deleted, TagTarget::Manifest),
+                seq: state.seq,
+                issued_ms: state.issued_ms,
+            };
+            Ok(Some(SignedTagRecord::sign(record, inner.seed.keypair())?))
+        })
+        .await
     }
 
     // ---- listings ----

@@ -41,6 +41,18 @@ pub struct NodeConfig {
     pub udp_buffer_bytes: usize,
     /// Seconds in-flight requests get to finish after SIGTERM. Absent: 10.
     pub shutdown_grace_secs: u64,
+    /// Seconds a peer may hold requests it accepted without sending a byte of any answer (over
+    /// three request timeouts in a row) before a download drops it for good. Absent: 10.
+    pub peer_stall_secs: u64,
+    /// The fleet join token, which the gateway asks for before it issues this node a
+    /// membership certificate (SPEC §5.3); the gateway keeps it in `<data_dir>/fleet.token`.
+    /// Without a token (here or in [`NodeConfig::fleet_token_file`]) the node does not start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_token: Option<String>,
+    /// A file holding the fleet join token (surrounding whitespace ignored); used when
+    /// [`NodeConfig::fleet_token`] is absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_token_file: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -58,6 +70,9 @@ impl Default for NodeConfig {
             pinned: Vec::new(),
             udp_buffer_bytes: 4 << 20,
             shutdown_grace_secs: 10,
+            peer_stall_secs: 10,
+            fleet_token: None,
+            fleet_token_file: None,
         }
     }
 }
@@ -70,6 +85,23 @@ mod tests {
     fn empty_file_is_the_default() {
         let cfg: NodeConfig = toml::from_str("").unwrap();
         assert_eq!(cfg, NodeConfig::default());
+    }
+
+    #[test]
+    fn the_oci_endpoint_listens_on_loopback_by_default() {
+        let cfg = NodeConfig::default();
+        assert!(cfg.listen.ip().is_loopback(), "{}", cfg.listen);
+        assert_eq!(cfg.listen, SocketAddr::from(([127, 0, 0, 1], 5001)));
+        let from_file: NodeConfig = toml::from_str("gateway = \"http://10.0.0.1:5000\"").unwrap();
+        assert!(from_file.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn fleet_token_keys_parse() {
+        let cfg: NodeConfig =
+            toml::from_str("fleet_token = \"abc\"\nfleet_token_file = \"/t\"").unwrap();
+        assert_eq!(cfg.fleet_token.as_deref(), Some("abc"));
+        assert_eq!(cfg.fleet_token_file, Some(PathBuf::from("/t")));
     }
 
     #[test]

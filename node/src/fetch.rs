@@ -73,6 +73,10 @@ pub struct FetchConfig {
     /// connected peer holds a missing piece (after twice this long if one does); so does getting
     /// a piece table when neither the gateway nor a provider answers.
     pub stall_timeout: Duration,
+    /// How long a peer may hold accepted requests without sending a byte of any answer, over
+    /// at least three timeout sweeps in a row, before the download bans it (an overloaded but
+    /// honest peer answers within this; one that stalls on purpose never does).
+    pub peer_stall: Duration,
     /// Limit on dialing a provider and opening a session (or fetching a table) with it.
     pub connect_timeout: Duration,
     /// Limit on the gateway's small answers (`/info`, piece tables); piece bodies have none, the
@@ -93,6 +97,7 @@ impl FetchConfig {
             max_peers_per_blob: 8,
             provider_refresh: Duration::from_secs(10),
             stall_timeout: Duration::from_secs(60),
+            peer_stall: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(10),
             scheduler: scheduler::Config::default(),

@@ -1,6 +1,9 @@
 //! A process's libp2p identity kept on disk: `<data_dir>/identity.key`, an ed25519 keypair in
 //! libp2p's protobuf encoding, created on first start and reused after, so a node's peer id (and
-//! the gateway's table-signing key) survive restarts.
+//! the gateway's table-signing key) survive restarts. The node's fleet membership certificate
+//! lives next to it ([`membership`]).
+
+pub mod membership;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -62,7 +65,25 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, IdentityError> {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    write_private(dir, IDENTITY_FILE, &bytes).map_err(|(_, source)| io(source))?;
+    Ok(keypair)
+}
+
+/// Writes `dir/name` readable by the owner only (0600): a temp file, fsynced, renamed over the
+/// old one, and the directory fsynced, so a crash leaves the old file or the new one, never half.
+/// Errors name the file that failed.
+pub(crate) fn write_private(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), (PathBuf, std::io::Error)> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    std::fs::create_dir_all(dir).map_err(at(dir))?;
     {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::OpenOptions::new()
@@ -71,16 +92,16 @@ pub fn load_or_create(dir: &Path) -> Result<Keypair, IdentityError> {
             .truncate(true)
             .mode(0o600)
             .open(&tmp)
-            .map_err(io)?;
-        f.write_all(&bytes).map_err(io)?;
-        f.sync_all().map_err(io)?;
+            .map_err(at(&tmp))?;
+        f.write_all(bytes).map_err(at(&tmp))?;
+        f.sync_all().map_err(at(&tmp))?;
     }
-    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(at(&path))?;
     if let Ok(d) = std::fs::File::open(dir) {
-        // Make the rename itself durable; a failure here only risks a second key after a crash.
+        // Make the rename itself durable; a failure here only risks the old file after a crash.
         let _ = d.sync_all();
     }
-    Ok(keypair)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -10,16 +10,22 @@
 //! - [`transfer`]: the piece-transfer protocol over libp2p streams (server and client side).
 //! - [`store`]: blobs and partial blobs on disk with piece bitmaps, LRU eviction and pins.
 //! - [`fetch`]: the download driver: runs the protocol scheduler for one blob over the network.
+//! - [`tags`]: the signed tag records and manifests a node keeps to answer pulls while the
+//!   gateway is unreachable.
+//! - [`meta`]: `/flotilla/meta/1.0.0`, asking peers for tag records and manifests (and
+//!   answering them), and resolving tags through a partition.
 //! - [`oci`]: the read-only OCI endpoint (manifests from the gateway, blobs from the swarm).
 
 pub mod config;
 pub mod fetch;
 pub mod identity;
+pub mod meta;
 mod node;
 pub mod oci;
 pub mod ports;
 pub mod store;
 pub mod swarm;
+pub mod tags;
 pub mod transfer;
 
 pub use config::NodeConfig;

@@ -10,7 +10,9 @@
 //! ```
 //! The gateway is found through its `GET /flotilla/v1/info` (peer id and swarm addresses); the
 //! node keeps asking in the background until it answers, so a node may start before its gateway
-//! (as `flotilla up` does) or during a gateway outage.
+//! (as `flotilla up` does) or during a gateway outage. The gateway's peer id is the fleet key:
+//! the node then enrolls (`POST /flotilla/v1/join` with the fleet token) for the membership
+//! certificate its swarm presents to peers, before it joins the DHT through the gateway.
 
 use std::net::SocketAddr;
 use std::str::FromStr as _;
@@ -29,10 +31,11 @@ use tokio::task::JoinHandle;
 use crate::config::NodeConfig;
 use crate::fetch::{FetchConfig, Fetcher, TransferStats};
 use crate::identity;
+use crate::identity::membership::{Enrollment, MembershipConfig};
 use crate::oci::{self, OciState};
 use crate::ports::{Network, PieceSource};
 use crate::store::{Store, StoreConfig};
-use crate::swarm::{self, SwarmConfig, SwarmHandle};
+use crate::swarm::{self, FleetConfig, SwarmConfig, SwarmHandle};
 use crate::transfer::{self, ServerLimits};
 
 /// Why a node could not start or stopped with an error.
@@ -64,6 +67,9 @@ pub enum NodeError {
     /// Serving the OCI endpoint failed.
     #[error("serving the OCI endpoint: {0}")]
     Serve(std::io::Error),
+    /// The tag store (signed tag records, kept manifests) could not be opened.
+    #[error(transparent)]
+    Tags(#[from] crate::tags::TagStoreError),
 }
 
 /// Turns the source the transfer server would read into the one it does read.
@@ -158,6 +164,7 @@ impl Node {
                 config.data_dir.display()
             ))
         })?;
+        let fleet_token = fleet_token(&config)?;
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let store = Store::open(StoreConfig {
@@ -166,7 +173,8 @@ impl Node {
         })
         .await?;
 
-        let mut swarm_cfg = SwarmConfig::new(keypair);
+        let mut swarm_cfg = SwarmConfig::new(keypair.clone());
+        swarm_cfg.fleet = Some(FleetConfig::new(None));
         swarm_cfg.listen = p2p_listen;
         swarm_cfg.bootstrap = bootstrap;
         swarm_cfg.udp_buffer_bytes = config.udp_buffer_bytes;
@@ -194,14 +202,26 @@ impl Node {
         // in the background until the swarm has joined it.
         let gateway_peer = gateway_info(&http, &gateway_url).await.ok();
         let mut fetch_cfg = FetchConfig::new(gateway_url.clone());
+        fetch_cfg.peer_stall = Duration::from_secs(config.peer_stall_secs.max(1));
+        let membership = MembershipConfig {
+            http: http.clone(),
+            gateway_url: gateway_url.clone(),
+            key: keypair,
+            token: fleet_token,
+            data_dir: config.data_dir.clone(),
+        };
         if let Some((peer, addrs)) = &gateway_peer {
             fetch_cfg.gateway_peer = Some(*peer);
+            let enrollment = membership.for_gateway(*peer);
+            let cert = join_fleet(&swarm, &enrollment).await;
             join_gateway(&swarm, *peer, addrs).await;
+            background.push(tokio::spawn(enrollment.keep(swarm.clone(), cert)));
         } else {
             background.push(tokio::spawn(keep_joining_gateway(
                 http.clone(),
                 gateway_url.clone(),
                 swarm.clone(),
+                membership,
             )));
         }
         let network: Arc<dyn Network> = Arc::new(swarm.clone());
@@ -222,8 +242,24 @@ impl Node {
             )));
         }
 
+        // Signed tag records and kept manifests: pulls of known tags through a gateway outage.
+        let tags = Arc::new(crate::tags::TagStore::open(
+            &config.data_dir.join("tags"),
+            crate::tags::DEFAULT_MANIFEST_CACHE_BYTES,
+        )?);
+        let (meta, announcer) = crate::meta::Meta::start(tags, Arc::new(swarm.clone()));
+        background.push(announcer);
+        let meta_inbound =
+            swarm.accept_protocol(libp2p::StreamProtocol::new(crate::meta::META_PROTOCOL))?;
+        let members = swarm.clone();
+        let admit: crate::meta::Admit = Arc::new(move |peer| {
+            let members = members.clone();
+            Box::pin(async move { members.wait_member(&peer, Duration::from_secs(5)).await })
+        });
+        background.push(tokio::spawn(meta.clone().serve(meta_inbound, admit)));
+
         let source: Arc<dyn PieceSource> = store.clone();
-        let state = OciState::new(fetcher.clone(), gateway_url, source)?;
+        let state = OciState::new(fetcher.clone(), gateway_url, source)?.with_meta(meta);
         let stats_state = StatsState {
             fetcher: fetcher.clone(),
             store: store.clone(),
@@ -412,13 +448,61 @@ async fn join_gateway(swarm: &SwarmHandle, peer: PeerId, addrs: &[Multiaddr]) {
     }
 }
 
-/// Retries `GET /flotilla/v1/info` (1 s doubling to 30 s) until the gateway answers, then joins it.
-async fn keep_joining_gateway(http: reqwest::Client, gateway_url: String, swarm: SwarmHandle) {
+/// The fleet token from the config: `fleet_token`, else the contents of `fleet_token_file`.
+fn fleet_token(config: &NodeConfig) -> Result<String, NodeError> {
+    let token = match (&config.fleet_token, &config.fleet_token_file) {
+        (Some(t), _) => t.trim().to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| NodeError::Config(format!("fleet_token_file {}: {e}", path.display())))?
+            .trim()
+            .to_owned(),
+        (None, None) => String::new(),
+    };
+    if token.is_empty() {
+        return Err(NodeError::Config(
+            "no fleet token: set fleet_token or fleet_token_file (--fleet-token, \
+             FLOTILLA_FLEET_TOKEN); the gateway keeps it in <data_dir>/fleet.token"
+                .to_owned(),
+        ));
+    }
+    Ok(token)
+}
+
+/// Makes the gateway's peer the fleet key and gets this node's certificate (stored or new);
+/// a failure is logged, and the keeper retries.
+async fn join_fleet(
+    swarm: &SwarmHandle,
+    enrollment: &Enrollment,
+) -> Option<flotilla_protocol::membership::MemberCertificate> {
+    if let Err(e) = swarm.set_fleet(enrollment.gateway).await {
+        tracing::warn!(error = %e, "cannot set the fleet key");
+        return None;
+    }
+    match enrollment.once(swarm).await {
+        Ok(cert) => Some(cert),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot join the fleet; retrying in the background");
+            None
+        }
+    }
+}
+
+/// Retries `GET /flotilla/v1/info` (1 s doubling to 30 s) until the gateway answers, then
+/// enrolls, joins it, and keeps the membership certificate fresh.
+async fn keep_joining_gateway(
+    http: reqwest::Client,
+    gateway_url: String,
+    swarm: SwarmHandle,
+    membership: MembershipConfig,
+) {
     let mut wait = Duration::from_secs(1);
     loop {
         match gateway_info(&http, &gateway_url).await {
             Ok((peer, addrs)) => {
+                let enrollment = membership.for_gateway(peer);
+                let cert = join_fleet(&swarm, &enrollment).await;
                 join_gateway(&swarm, peer, &addrs).await;
+                enrollment.keep(swarm, cert).await;
                 return;
             }
             Err(e) => tracing::debug!(error = %e, "gateway not reachable yet"),

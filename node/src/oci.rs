@@ -3,7 +3,10 @@
 //! - `GET /v2/` answers `200 {}` itself.
 //! - Manifests (`GET`/`HEAD`), tag lists, referrers and the catalog are proxied to the gateway
 //!   (`oci/proxy.rs`): same path and query, `Accept` forwarded, the answer streamed back with
-//!   its status and registry headers. Tags move, so they are never cached here.
+//!   its status and registry headers. With a [`Meta`] service (`OciState::with_meta`), manifests
+//!   go through `oci/manifests.rs`, which keeps the gateway's signed tag records and the
+//!   manifests served, and answers from them (and from peers) while the gateway is
+//!   unreachable. Listings then answer `503 UNAVAILABLE`.
 //! - Blobs (`GET`/`HEAD /v2/<name>/blobs/<digest>`) come from the swarm through the
 //!   [`Fetcher`] (`oci/blobs.rs`): streamed in order, each piece sent only once verified, with
 //!   single `Range`s and `If-None-Match`. Blobs are content-addressed and the swarm is
@@ -20,6 +23,7 @@
 //! access-log line (method, path, status, bytes sent, duration) when its body is done.
 
 mod blobs;
+mod manifests;
 mod proxy;
 #[cfg(test)]
 mod tests;
@@ -39,6 +43,7 @@ use http_body_util::BodyExt as _;
 use serde::Serialize;
 
 use crate::fetch::{FetchError, Fetcher};
+use crate::meta::Meta;
 use crate::ports::PieceSource;
 
 /// `Docker-Distribution-API-Version`.
@@ -59,6 +64,9 @@ pub struct OciState {
     pub http: reqwest::Client,
     /// Where verified pieces are read from (the node's store).
     pub source: Arc<dyn PieceSource>,
+    /// Tag records and kept manifests, for pulls while the gateway is unreachable. `None`:
+    /// manifests are only proxied.
+    pub meta: Option<Meta>,
 }
 
 impl OciState {
@@ -85,7 +93,16 @@ impl OciState {
             gateway_url: gateway_url.trim_end_matches('/').to_owned(),
             http,
             source,
+            meta: None,
         })
+    }
+
+    /// Answers manifests from signed tag records and kept manifests while the gateway is
+    /// unreachable, and keeps what the gateway serves (spec §6.4).
+    #[must_use]
+    pub fn with_meta(mut self, meta: Meta) -> Self {
+        self.meta = Some(meta);
+        self
     }
 }
 
@@ -184,6 +201,16 @@ impl From<FetchError> for OciError {
                     "the blob cannot be fetched from the swarm or the gateway",
                 )
             }
+            FetchError::Store(ref source)
+                if matches!(**source, crate::ports::SourceError::NoSpace(_)) =>
+            {
+                tracing::warn!(error = %detail, "blob refused: the node's disk is full");
+                OciError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "UNAVAILABLE",
+                    "the node has no disk space for this blob; free space or lower cache_bytes",
+                )
+            }
             FetchError::Store(_)
             | FetchError::BadGatewayUrl { .. }
             | FetchError::PieceOutOfRange { .. }
@@ -208,6 +235,11 @@ fn read_only() -> OciError {
         "this node is read-only; push to the gateway",
     )
     .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
+}
+
+/// `503 UNAVAILABLE`: the gateway cannot be reached and nothing here can stand in for it.
+pub(crate) fn unavailable(message: &str) -> OciError {
+    OciError::new(StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", message)
 }
 
 fn not_found() -> OciError {
@@ -248,7 +280,10 @@ async fn dispatch(State(st): State<OciState>, req: Request) -> Response {
                 blobs::get(&st, &digest, &req.headers).await
             }
         }
-        V2Route::Manifest(..) | V2Route::Tags(_) | V2Route::Catalog | V2Route::Referrers(..) => {
+        V2Route::Manifest(repo, reference) => {
+            manifests::manifest(&st, &req, &repo, &reference).await
+        }
+        V2Route::Tags(_) | V2Route::Catalog | V2Route::Referrers(..) => {
             proxy::forward(&st, &req).await
         }
         V2Route::UploadStart(_) | V2Route::Upload(..) => Err(read_only()),

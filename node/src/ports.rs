@@ -113,6 +113,13 @@ pub trait PieceSink: Send + Sync + 'static {
     /// table). Concurrent receivers of the same piece are allowed (end game); the first one
     /// to verify wins and the others report [`Verdict::Duplicate`].
     fn receive(&self, digest: &Digest, index: u32) -> Result<Box<dyn PieceReceiver>, SourceError>;
+    /// Why the sink's disk is full, if its most recent write failed for want of space, at or
+    /// after `since`, and nothing has been written since. A download stops on it instead of
+    /// fetching pieces it cannot keep (and the next one, started later, tries again).
+    fn disk_full(&self, since: std::time::Instant) -> Option<String> {
+        let _ = since;
+        None
+    }
 }
 
 /// Why a network operation failed.

@@ -140,6 +140,22 @@ pub enum StoreError {
     /// The disk itself is full (ENOSPC or EDQUOT).
     #[error("disk full: {0}")]
     DiskFull(io::Error),
+    /// The file system lacks room for a new blob, even after eviction (checked at registration,
+    /// since blob files are sparse and would otherwise fail piece by piece later).
+    #[error(
+        "not enough disk space for a {needed}-byte blob: {available} bytes free under {dir} \
+         (the store keeps {headroom} bytes spare)"
+    )]
+    DiskLow {
+        /// Bytes the blob needs.
+        needed: u64,
+        /// Bytes free on the file system.
+        available: u64,
+        /// Spare bytes kept for the database and metadata.
+        headroom: u64,
+        /// The blob directory.
+        dir: String,
+    },
     /// The blob is in use (a receiver or lease) and cannot be removed now.
     #[error("blob {0} is in use")]
     InUse(Digest),
@@ -191,7 +207,7 @@ impl From<StoreError> for SourceError {
             StoreError::NotHeld(_) | StoreError::PieceNotHeld { .. } => {
                 SourceError::NotHeld(e.to_string())
             }
-            StoreError::NoSpace { .. } | StoreError::DiskFull(_) => {
+            StoreError::NoSpace { .. } | StoreError::DiskFull(_) | StoreError::DiskLow { .. } => {
                 SourceError::NoSpace(e.to_string())
             }
             StoreError::Io(io) => SourceError::Io(io),
@@ -299,6 +315,9 @@ pub(crate) struct Inner {
     /// Raw OS error every piece write fails with (tests simulate a full disk).
     #[cfg(test)]
     write_fault: Mutex<Option<i32>>,
+    /// When and why the latest piece write found the disk full; cleared by the next write that
+    /// succeeds.
+    disk_full: Mutex<Option<(std::time::Instant, String)>>,
 }
 
 impl Inner {
@@ -367,6 +386,7 @@ impl Store {
             tuning,
             #[cfg(test)]
             write_fault: Mutex::new(None),
+            disk_full: Mutex::new(None),
         });
         // A budget lowered since the last run: shed the oldest evictable blobs.
         {
@@ -580,6 +600,7 @@ impl Inner {
         // Gives the reservation back if this future is dropped or fails before the entry exists.
         let reservation = Reserved { inner: self, size };
         self.delete_victims(victims).await;
+        self.check_disk_room(size).await?;
         let created = {
             let (blobs_dir, records, tables, bitmaps) = (
                 self.blobs_dir.clone(),
@@ -596,6 +617,10 @@ impl Inner {
             .and_then(|r| r)
         };
         let (file, record) = created?;
+        // The record and table durable before any piece lands: a node killed seconds into a
+        // download must find its partial blob at the next start, not an orphan file to delete
+        // (the flusher would only have written them within 2 s).
+        self.flush_db().await?;
         drop(reservation);
         let held = {
             let mut st = self.lock();
@@ -810,6 +835,47 @@ impl PieceSource for Store {
     }
 }
 
+impl Inner {
+    /// Refuses a new blob the file system cannot hold (see [`StoreError::DiskLow`]).
+    async fn check_disk_room(&self, size: u64) -> Result<(), StoreError> {
+        let dir = self.blobs_dir.clone();
+        let available = tokio::task::spawn_blocking(move || disk::available_bytes(&dir)).await??;
+        if available < size.saturating_add(DISK_HEADROOM) {
+            return Err(StoreError::DiskLow {
+                needed: size,
+                available,
+                headroom: DISK_HEADROOM,
+                dir: self.blobs_dir.display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Remembers whether the disk was full at the latest piece write.
+    pub(crate) fn note_write(&self, err: Option<&StoreError>) {
+        let full = match err {
+            Some(StoreError::DiskFull(e)) => Some((
+                std::time::Instant::now(),
+                format!("disk full under {}: {e}", self.blobs_dir.display()),
+            )),
+            // Other failures say nothing about space.
+            Some(_) => return,
+            None => None,
+        };
+        let mut slot = self
+            .disk_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() || full.is_some() {
+            *slot = full;
+        }
+    }
+}
+
+/// Bytes of free disk a new blob must leave: the database, bitmaps and records still need room
+/// to be written after the blob's pieces.
+const DISK_HEADROOM: u64 = 1 << 20;
+
 impl PieceSink for Store {
     fn register(
         &self,
@@ -823,5 +889,16 @@ impl PieceSink for Store {
         receiver::start(&self.inner, digest, index)
             .map(|r| Box::new(r) as Box<dyn PieceReceiver>)
             .map_err(SourceError::from)
+    }
+
+    fn disk_full(&self, since: std::time::Instant) -> Option<String> {
+        let slot = self
+            .inner
+            .disk_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        slot.as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, why)| why.clone())
     }
 }

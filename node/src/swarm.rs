@@ -21,6 +21,13 @@
 //!   declared external, so ADD_PROVIDER messages carry them and a peer that learns of a provider
 //!   from a GET_PROVIDERS answer can dial it without ever having met it.
 //! - UDP socket buffers of the QUIC listeners are raised to `udp_buffer_bytes` (module `udp`).
+//! - Fleet membership (module `membership`, SPEC §5.3), unless the swarm is open
+//!   ([`SwarmConfig::fleet`] `None`): every connection starts with the `/flotilla/member/1.0.0`
+//!   handshake; until a peer's certificate verified it is a stranger: its inbound piece streams
+//!   get an Error frame (code not a member) instead of reaching [`Incoming`], streams are opened
+//!   only to members, it stays out of the Kademlia routing table (inserts are manual), its
+//!   ADD_PROVIDER records are not stored (those arriving during its handshake wait for it), and
+//!   it is disconnected after [`FleetConfig::stranger_grace`].
 //!
 //! # Host settings for a fleet
 //! Without root (root may use SO_RCVBUFFORCE), the kernel caps socket buffers at
@@ -38,7 +45,9 @@ mod behaviour;
 mod dial;
 mod expiry;
 mod eyeballs;
+mod gate;
 mod handle;
+mod membership;
 mod queries;
 mod task;
 mod udp;
@@ -53,7 +62,13 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, StreamProtocol};
 
+pub use behaviour::{QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
 pub use handle::{Incoming, SwarmHandle};
+pub use membership::MEMBER_PROTOCOL;
+pub(crate) use membership::unix_now;
+
+use flotilla_protocol::membership::MemberCertificate;
+use libp2p::PeerId;
 
 #[cfg(doc)]
 use flotilla_protocol::Digest;
@@ -94,12 +109,39 @@ pub struct SwarmConfig {
     pub provider_ttl: Duration,
     /// How long a connection without streams stays open.
     pub idle_timeout: Duration,
+    /// Fleet membership. `None`: an open swarm where every peer counts as a member (tests and
+    /// tools); nodes and the gateway always set it.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// Who belongs to the fleet, as far as this swarm knows at start.
+#[derive(Debug, Clone)]
+pub struct FleetConfig {
+    /// The fleet key's peer id (the gateway's). `None` until known: every peer is a stranger
+    /// until [`SwarmHandle::set_fleet`].
+    pub fleet: Option<PeerId>,
+    /// This node's certificate (the gateway needs none: its peer id is the fleet).
+    pub certificate: Option<MemberCertificate>,
+    /// How long a connected peer may stay without a valid certificate before it is
+    /// disconnected.
+    pub stranger_grace: Duration,
+}
+
+impl FleetConfig {
+    /// A fleet whose key is `fleet`, no certificate yet, strangers dropped after 10 s.
+    pub fn new(fleet: Option<PeerId>) -> Self {
+        FleetConfig {
+            fleet,
+            certificate: None,
+            stranger_grace: Duration::from_secs(10),
+        }
+    }
 }
 
 impl SwarmConfig {
     /// Loopback QUIC and TCP on ephemeral ports, no bootstrap peers, flotilla's protocol names,
     /// 4 MiB UDP buffers, provider records re-published every 30 min and kept 2 h, idle
-    /// connections closed after 60 s.
+    /// connections closed after 60 s, open membership (set [`SwarmConfig::fleet`] for a fleet).
     pub fn new(keypair: Keypair) -> Self {
         let loopback = Multiaddr::empty().with(Protocol::Ip4(Ipv4Addr::LOCALHOST));
         SwarmConfig {
@@ -119,6 +161,7 @@ impl SwarmConfig {
             reprovide_interval: Duration::from_secs(30 * 60),
             provider_ttl: Duration::from_secs(2 * 60 * 60),
             idle_timeout: Duration::from_secs(60),
+            fleet: None,
         }
     }
 }
@@ -149,6 +192,9 @@ pub enum SwarmError {
     /// A DHT query failed.
     #[error("DHT query failed: {0}")]
     Query(String),
+    /// A membership certificate or fleet key was not accepted.
+    #[error("membership: {0}")]
+    Membership(String),
     /// The swarm task has stopped.
     #[error("the swarm task has stopped")]
     Stopped,

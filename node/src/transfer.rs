@@ -82,8 +82,8 @@ pub struct SessionEvent {
     pub kind: SessionEventKind,
 }
 
-/// What happened on a [`Session`]. Each request yields at most one of `Received`, `Refused` or
-/// `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
+/// What happened on a [`Session`]. Each request yields at most one of `Received`, `Refused`,
+/// `Missing` or `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
 /// voids every request still outstanding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEventKind {
@@ -100,8 +100,11 @@ pub enum SessionEventKind {
     },
     /// The uploader refused the request for load (Busy): no fault, retry later or elsewhere.
     Refused(u32),
-    /// The uploader does not hold the piece (Missing), the payload broke off mid-piece, or the
-    /// sink could not take it.
+    /// The uploader says it does not hold the piece (Missing). Kept apart from `Failed`: asked
+    /// only for pieces it advertised, an honest uploader never says it.
+    Missing(u32),
+    /// The payload broke off mid-piece, or the sink could not take it (the local disk, not the
+    /// peer, may be at fault).
     Failed(u32),
     /// The stream ended: `None` when the uploader closed it cleanly, else why.
     Closed(Option<String>),

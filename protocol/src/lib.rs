@@ -11,10 +11,14 @@
 //! - [`reference`](mod@reference): repository names, tags, references and the one parser for `/v2/` paths.
 //! - [`manifest`]: OCI and Docker manifests and indexes: media types, parsing, validation, and the
 //!   blobs and child manifests a manifest refers to.
+//! - [`membership`]: fleet membership certificates (signed by the gateway's key) and the
+//!   proof a node gives to be issued one.
 //! - [`piece`]: piece tables (BLAKE3 per piece, built while a blob streams), their signed wire form,
 //!   the default piece size, and the bit fields peers exchange.
 //! - [`scheduler`]: the sans-IO download scheduler for one blob, driven by the node and the
 //!   simulator alike.
+//! - [`tagrecord`]: tag → manifest records signed by the gateway, with a sequence number, so
+//!   nodes can resolve tags from peers while the gateway is unreachable.
 //! - [`wire`]: the piece-transfer wire protocol (`/flotilla/pieces/1.0.0`): frames, their
 //!   byte layout and an incremental, strict decoder.
 //!
@@ -27,10 +31,12 @@
 
 pub mod digest;
 pub mod manifest;
+pub mod membership;
 pub mod piece;
 pub mod range;
 pub mod reference;
 pub mod scheduler;
+pub mod tagrecord;
 pub mod wire;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};

@@ -27,8 +27,8 @@
 //! received piece with the request it triggers and the timer ~0.9–1.5 µs. State is
 //! O(pieces + peers × pieces / 8): 13–17 KB for that blob, by requests in flight. Every list is
 //! bounded: requests by the windows and [`Config::max_in_flight`], peers by
-//! [`Config::max_peers`], bans by [`Config::max_banned`], origin refusals by 64 entries, queued
-//! actions by the requests in flight plus bans plus one `Done`.
+//! [`Config::max_peers`], bans by [`Config::max_banned`], origin refusals by the piece count,
+//! queued actions by the requests in flight plus bans plus one `Done`.
 //!
 //! # Policies (constants: [`Config`]'s defaults)
 //! Measured numbers below come from the virtual-time swarm in `tests/` (FIFO uploaders, 256
@@ -69,15 +69,20 @@
 //!   origin is trusted and an overdue request there is queued behind the swarm (cancelling left
 //!   the origin idle half the time).
 //! - **Refusals.** [`Scheduler::request_refused`] ("busy", or the gateway saying it sent that
-//!   piece moments ago) requeues with no penalty: a peer pauses for `min_backoff`, the origin is
-//!   not asked for that piece for an [`Config::origin_step`].
+//!   piece moments ago) requeues with no penalty: a peer pauses for its smoothed latency (within
+//!   [`Config::min_busy_pause`] (10 ms) ..= `min_backoff`), since a busy uploader frees a send
+//!   slot within about one piece time; the origin is not asked for that piece for an
+//!   [`Config::origin_step`] (one hold per piece: a bounded list of 64 refusals, shorter than a
+//!   blob, forgot holds and let nodes ask again at once).
 //! - **End game.** Once no candidate holds a piece that is not already requested, free slots
 //!   duplicate in-flight pieces (oldest request first) at a second peer, up to
 //!   [`Config::max_duplicates`] (2) sources per piece; the first copy to land wins and the
 //!   others are cancelled.
 //! - **Origin.** Only for pieces that no candidate peer holds, never within
 //!   [`Config::origin_grace`] (1 s) of the start (a node joining an active swarm first hears
-//!   the bit fields), at most [`Config::origin_window`] (2) in flight, and cancelled as soon as
+//!   the bit fields) unless the caller reports a cold start ([`Scheduler::end_origin_grace`]:
+//!   the first lookup's peers hold nothing; the grace alone exceeded the 0.86 s bound of 1 GiB
+//!   at 10 Gbit/s), at most [`Config::origin_window`] (2) in flight, and cancelled as soon as
 //!   a peer announces the piece. So that a swarm fetches each piece about once, a piece goes to
 //!   the origin from the node that ranks highest for it (rendezvous hashing of node key and
 //!   piece): a node asks only if none of its candidate peers outranks it and — when
@@ -87,7 +92,13 @@
 //!   so pieces whose top node is elsewhere or gone are still fetched; linear, because a
 //!   doubling allowance herded every node onto the last pieces. If nothing new has appeared
 //!   for 8 × the usual gap between new pieces (1 s ..= [`Config::origin_stall`], 5 s), the
-//!   candidate-peer condition is dropped (its top node may be stuck). Measured origin egress:
+//!   candidate-peer condition is dropped (its top node may be stuck) and the allowance also
+//!   grows by one per [`Config::origin_stall_step`] (0.25 s): the last unseen pieces are those
+//!   whose top node is far ahead of the allowance (an exponential tail, ~ln(pieces) steps), and
+//!   at 2 s a step the whole swarm waited 11 s for the last piece (simulated, 1000 nodes at
+//!   10 Gbit/s). A node in its tail (at most 1/8 of the blob missing, none of it at any
+//!   candidate, no peer request out) counts as stalled 50 ms after its last new piece instead
+//!   (it otherwise sat out the 1-s floor while every node waited on the same last pieces). Measured origin egress:
 //!   1.00 × the blob with full views (16 nodes); 1.2 × at 100–500 and 1.5 × at 2000 nodes
 //!   seeing 16–32 others each; 1.00–1.06 × everywhere when the origin also refuses a piece it
 //!   is sending or sent in the last 2 s (answered with `request_refused`). The swarm size cuts
@@ -102,6 +113,7 @@
 mod peer;
 mod pick;
 mod rarity;
+mod rotation;
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -111,6 +123,7 @@ use std::time::Duration;
 use crate::piece::Bitfield;
 use peer::{Latency, PeerState, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
+pub use rotation::{Rotation, RotationConfig};
 
 /// Where a piece comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -163,8 +176,11 @@ pub struct Config {
     pub min_timeout: Duration,
     /// Upper bound of a request timeout.
     pub max_timeout: Duration,
-    /// First back-off after a timeout or failure (doubles per repeat).
+    /// First back-off after a timeout or failure (doubles per repeat); the longest pause after
+    /// a Busy answer.
     pub min_backoff: Duration,
+    /// The shortest pause after a Busy answer (it is the peer's smoothed latency otherwise).
+    pub min_busy_pause: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
     /// No origin requests this long after start (0 if the caller knows nobody has the blob).
@@ -178,6 +194,8 @@ pub struct Config {
     /// least 1 s), after which a node stops deferring to candidate peers that outrank it for
     /// the origin.
     pub origin_stall: Duration,
+    /// While stalled, the origin allowance also grows by one per this step.
+    pub origin_stall_step: Duration,
     /// Sources per piece in the end game.
     pub max_duplicates: u8,
     /// Invalid pieces that get a peer banned.
@@ -204,11 +222,13 @@ impl Default for Config {
             min_timeout: Duration::from_millis(500),
             max_timeout: Duration::from_secs(60),
             min_backoff: Duration::from_millis(500),
+            min_busy_pause: Duration::from_millis(10),
             max_backoff: Duration::from_secs(30),
             origin_grace: Duration::from_secs(1),
             origin_fanout: 2.0,
             origin_step: Duration::from_secs(2),
             origin_stall: Duration::from_secs(5),
+            origin_stall_step: Duration::from_millis(250),
             max_duplicates: 2,
             ban_threshold: 2,
             max_peers: 32,
@@ -231,13 +251,18 @@ pub struct Scheduler<P> {
     actions: VecDeque<Action<P>>,
     read_pos: Option<u32>,
     swarm_size: Option<u64>,
-    start: Duration,
+    /// When origin requests may begin: the start plus [`Config::origin_grace`], or earlier
+    /// once the caller reports a cold start ([`Scheduler::end_origin_grace`]).
+    origin_open: Duration,
     now: Duration,
     /// Last time a piece we miss first appeared at a candidate, or arrived.
     last_new_piece: Duration,
     /// EWMA of the time between such events: what "nothing new for a while" means here.
     new_piece_gap: Option<Duration>,
-    /// Pieces the origin refused, and until when it is not asked for them again.
+    /// Per piece: the origin refused it, and is not asked for it again until then.
+    origin_held_until: Vec<Duration>,
+    /// The same holds in the order they end (each piece at most once among the live ones),
+    /// for the timer.
     origin_hold: VecDeque<(u32, Duration)>,
     /// Latency over all peers: the first guess for a new one.
     latency: Latency,
@@ -257,9 +282,6 @@ pub struct Scheduler<P> {
     /// Seeded tie-breaks among equally rare pieces.
     rng: XorShift,
 }
-
-/// Most origin refusals remembered (a bounded list; each holds one piece back for a step).
-const ORIGIN_HOLDS: usize = 64;
 
 impl<P> Debug for Scheduler<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -293,10 +315,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             actions: VecDeque::new(),
             read_pos: None,
             swarm_size: None,
-            start: now,
+            origin_open: now + config.origin_grace,
             now,
             last_new_piece: now,
             new_piece_gap: None,
+            origin_held_until: vec![Duration::ZERO; n as usize],
             origin_hold: VecDeque::new(),
             latency: Latency::default(),
             total: peer::Rate::default(),
@@ -656,7 +679,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// `source` answered "not now": a peer whose upload slots are full, or an origin that sent
     /// this piece to the swarm moments ago. The piece is requeued with no penalty; a peer is
-    /// skipped for [`Config::min_backoff`], and the origin is not asked for this piece again
+    /// skipped for about its latency (see the module docs), and the origin is not asked for this piece again
     /// for an origin step (it should reach us through the swarm).
     pub fn request_refused(&mut self, source: Source<P>, piece: u32, now: Duration) {
         self.tick(now);
@@ -666,15 +689,33 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.release(piece);
         match source {
             Source::Origin => {
-                if self.origin_hold.len() >= ORIGIN_HOLDS {
+                // Holds all last one step, so they end in the order they began: the ended
+                // ones are at the front, and the live ones name each piece at most once.
+                let now = self.now;
+                while self
+                    .origin_hold
+                    .front()
+                    .is_some_and(|&(_, until)| until <= now)
+                {
+                    self.origin_hold.pop_front();
+                }
+                if self.origin_hold.len() >= self.origin_held_until.len() {
                     self.origin_hold.pop_front();
                 }
                 let until = now + self.origin_step();
+                self.origin_held_until[piece as usize] = until;
                 self.origin_hold.push_back((piece, until));
             }
             Source::Peer(_) => {
-                let pause = self.cfg.min_backoff;
+                // A busy uploader frees a send slot within about one piece time: ask again
+                // after about one request latency there, not a fixed half second, which on
+                // a fast LAN is a hundred piece times of an idle slot (simulated at 2600 nodes:
+                // 6 million Busy answers, p99 10 × the bound).
+                let (floor, ceiling) = (self.cfg.min_busy_pause, self.cfg.min_backoff);
+                let fallback = self.latency_fallback();
                 if let Some(st) = self.source_mut(source) {
+                    let latency = st.latency.srtt.or(fallback.srtt).unwrap_or(ceiling);
+                    let pause = latency.clamp(floor, ceiling.max(floor));
                     st.blocked_until = st.blocked_until.max(now + pause);
                 }
             }
@@ -741,6 +782,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.swarm_size = Some(nodes);
         self.poll_origin = true;
         self.timer_dirty = true;
+    }
+
+    /// The caller has heard every provider its first lookup found and none holds a piece (or
+    /// none was found): nobody's bit field is worth waiting for, so the origin grace ends now.
+    /// On a cold start the grace alone would exceed the whole download's lower bound (1 s
+    /// against 0.86 s for 1 GiB at 10 Gbit/s); the rendezvous rule still decides who asks.
+    pub fn end_origin_grace(&mut self, now: Duration) {
+        self.now = self.now.max(now);
+        if self.origin_open > self.now {
+            self.origin_open = self.now;
+            self.poll_origin = true;
+            self.timer_dirty = true;
+        }
     }
 
     /// When to call [`Scheduler::handle_timeout`] next, if anything is timed.

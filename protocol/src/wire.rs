@@ -72,6 +72,8 @@ impl ErrorCode {
     pub const TIMEOUT: ErrorCode = ErrorCode(4);
     /// The uploader failed (e.g. a disk read) and cannot continue.
     pub const INTERNAL: ErrorCode = ErrorCode(5);
+    /// The downloader has not shown a valid fleet membership certificate.
+    pub const NOT_MEMBER: ErrorCode = ErrorCode(6);
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -82,6 +84,7 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::OVERLOADED => "overloaded",
             ErrorCode::TIMEOUT => "timeout",
             ErrorCode::INTERNAL => "internal",
+            ErrorCode::NOT_MEMBER => "not a member",
             _ => "unknown",
         };
         write!(f, "{name} ({})", self.0)

@@ -171,26 +171,7 @@ async fn corrupting_peer(dir: &Path, log: &LogFile) {
             garbage: garbage.clone(),
         }) as Arc<dyn PieceSource>
     });
-    let a = InNode::start(
-        &gw.url(),
-        &dir.join("liar"),
-        NodeOptions {
-            wrap_served: Some(wrap),
-        },
-    )
-    .await;
-    // The liar downloads honestly (its own reads come from its store), so it holds and
-    // advertises every piece.
-    let ta = pull(&http, &a.url, &img).await;
-    println!("[{WHAT}] liar {} pulled the image in {ta:?}", a.peer_id);
-    for (d, _) in &img.blobs {
-        let d: Digest = d.parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !a.swarm.is_providing(&d).await.unwrap() {
-            assert!(Instant::now() < deadline, "the liar does not announce {d}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    let a = start_liar(WHAT, &gw, &dir.join("liar"), wrap, &http, &img).await;
     let before = report_egress(WHAT, &http, &gw, &img).await;
 
     let mut honest = Vec::new();
@@ -255,4 +236,36 @@ async fn corrupting_peer(dir: &Path, log: &LogFile) {
         liar,
         sa.served_bytes
     );
+}
+
+/// Starts a node that serves through `wrap` and has it pull `img` honestly (its own reads come
+/// from its store), so it holds, announces and advertises every piece; returns once it
+/// provides every blob.
+pub(super) async fn start_liar(
+    what: &str,
+    gw: &FleetGateway,
+    dir: &Path,
+    wrap: flotilla_node::WrapSource,
+    http: &reqwest::Client,
+    img: &Image,
+) -> InNode {
+    let liar = InNode::start(
+        &gw.url(),
+        dir,
+        NodeOptions {
+            wrap_served: Some(wrap),
+        },
+    )
+    .await;
+    let t = pull(http, &liar.url, img).await;
+    println!("[{what}] liar {} pulled the image in {t:?}", liar.peer_id);
+    for (d, _) in &img.blobs {
+        let d: Digest = d.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !liar.swarm.is_providing(&d).await.unwrap() {
+            assert!(Instant::now() < deadline, "the liar does not announce {d}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    liar
 }

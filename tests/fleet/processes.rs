@@ -175,3 +175,116 @@ async fn node_killed_mid_download_resumes() {
         read / PIECE
     );
 }
+
+/// Issue 5: 30 % of the nodes killed (SIGKILL) during a fleet pull; every survivor completes
+/// with verified bytes. The victims are the three nodes that had served the most to the others
+/// at the moment of the kill, so the survivors lose the peers they were leaning on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_percent_of_the_fleet_killed_mid_pull() {
+    const WHAT: &str = "30 % killed";
+    const NODES: usize = 10;
+    const VICTIMS: usize = 3;
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = FleetGateway::start();
+    let http = client();
+    gw.info(&http).await;
+    // Shared by the pull tasks without copying its 64 MiB.
+    let img = std::sync::Arc::new(
+        Image::push(
+            &http,
+            &gw.url(),
+            "fleet/churn",
+            "v1",
+            &[40 * MIB, 24 * MIB, 1024],
+            3,
+        )
+        .await,
+    );
+    let mut nodes: Vec<NodeProc> = (0..NODES)
+        .map(|i| {
+            let dir = tmp.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            NodeProc::start(&gw.url(), &dir)
+        })
+        .collect();
+    println!(
+        "[{WHAT}] pushed and started {NODES} nodes in {:?}",
+        t0.elapsed()
+    );
+
+    // Every node pulls in its own task: a victim's pull breaks when it dies, which must not
+    // take the others down. `pull` panics on a wrong byte, which the join below reports.
+    let t1 = Instant::now();
+    let pulls: Vec<_> = nodes
+        .iter()
+        .map(|n| {
+            let (http, base, img) = (http.clone(), n.url(), img.clone());
+            tokio::spawn(async move { super::pull(&http, &base, &img).await })
+        })
+        .collect();
+
+    // Kill once the fleet has fetched about a fifth of what it needs in all.
+    let need = img.size() * NODES as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let served = loop {
+        let mut fetched = 0;
+        let mut served = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let s = node_stats(&http, &n.url()).await;
+            fetched += s.peer_bytes + s.origin_bytes;
+            served.push((s.served_bytes, i));
+        }
+        if fetched * 5 >= need {
+            println!(
+                "[{WHAT}] {fetched} B of {need} fetched after {:?}",
+                t1.elapsed()
+            );
+            break served;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet fetched only {fetched} B of {need} in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut ranked = served;
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    let victims: Vec<usize> = ranked.iter().take(VICTIMS).map(|&(_, i)| i).collect();
+    for &v in &victims {
+        println!(
+            "[{WHAT}] kill -9 node{v} (it had served {} B)",
+            ranked.iter().find(|r| r.1 == v).map_or(0, |r| r.0)
+        );
+        nodes[v].kill9();
+    }
+
+    let mut failures = Vec::new();
+    let limit = Duration::from_secs(90);
+    for (i, p) in pulls.into_iter().enumerate() {
+        if victims.contains(&i) {
+            p.abort();
+            continue;
+        }
+        match tokio::time::timeout(limit.saturating_sub(t1.elapsed()), p).await {
+            Ok(Ok(took)) => println!("[{WHAT}] node{i} completed, verified, in {took:?}"),
+            Ok(Err(e)) => failures.push(format!("node{i}: the pull failed: {e}")),
+            Err(_) => failures.push(format!("node{i}: no complete pull within {limit:?}")),
+        }
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        if victims.contains(&i) {
+            continue;
+        }
+        let s = settled_stats(&http, &n.url()).await;
+        print_stats(WHAT, &format!("node{i}"), &s);
+        if !failures.is_empty() {
+            for l in warnings(&n.log()) {
+                println!("[{WHAT}] node{i} log: {l}");
+            }
+        }
+    }
+    report_egress(WHAT, &http, &gw, &img).await;
+    println!("[{WHAT}] total {:?}", t0.elapsed());
+    assert_no_failures(WHAT, &failures);
+}

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 
 use super::headers::{self, DOCKER_CONTENT_DIGEST, RangeAnswer};
 use super::{ApiResult, AppState};
+use crate::audit::{Action, Event, Origin};
 use crate::error::{ApiError, ErrorCode};
 use crate::seed::Counters;
 
@@ -98,8 +99,15 @@ pub(super) fn send(st: &AppState, d: &Digest, file: File, size: u64, req: &Heade
 }
 
 /// `DELETE`: unlinks the blob from the repository; 202.
-pub(super) async fn delete(st: &AppState, repo: &RepoName, d: &Digest) -> ApiResult {
+pub(super) async fn delete(
+    st: &AppState,
+    repo: &RepoName,
+    d: &Digest,
+    o: &Arc<Origin>,
+) -> ApiResult {
     st.registry.blob_delete(repo, d).await?;
+    let ev = Event::new(Action::BlobDelete, o).repo(repo).digest(d);
+    st.events.record(ev).await;
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::ACCEPTED;
     res.headers_mut()

@@ -12,8 +12,17 @@
 //!   saw in the last 30–60 s, this one included (nodes pulling it now).
 //! - `GET /flotilla/v1/swarm/<digest>`: `{"fetchers": n}`, the same count without adding one;
 //!   nodes poll it while a download starts.
+//! - `GET /flotilla/v1/tags/<name>/<tag>`: the tag's signed record
+//!   (`SignedTagRecord::encode`, `application/octet-stream`): the manifest digest or "deleted",
+//!   with the sequence number of that tag write (spec §6.4); `404 MANIFEST_UNKNOWN` for a tag
+//!   that never existed.
+//! - `POST /flotilla/v1/join`: a fleet membership certificate for the node that presents the
+//!   fleet token (`Authorization: Bearer`) and a proof of its key (`crate::fleet`); `401
+//!   UNAUTHORIZED` without the right token, `400 UNSUPPORTED` for a bad proof.
 //! - `GET /flotilla/v1/stats`: the seed's counters (`http_blob_bytes`, `swarm_bytes`,
-//!   `tables_computed`) as JSON.
+//!   `tables_computed`) as JSON, with the audit log's (`audit`: `enabled`, `lines_written`,
+//!   `lines_dropped`, `write_errors`) and one entry per notification endpoint
+//!   (`notifications`: `name`, `delivered`, `failed`, `dropped`, `expired`, `pending`).
 //!
 //! Errors use the OCI error bodies of the rest of the API: a malformed digest is
 //! `400 DIGEST_INVALID`, an unknown path `404 UNSUPPORTED`, another method
@@ -23,11 +32,12 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::Response;
-use flotilla_protocol::{Digest, DigestError};
+use flotilla_protocol::{Digest, DigestError, ReferenceError, RepoName, Tag};
 
 use super::headers::{self, DOCKER_CONTENT_DIGEST};
 use super::{ApiResult, AppState, blobs, json_response, method_not_allowed, not_found};
 use crate::error::{ApiError, ErrorCode};
+use crate::registry::RegistryError;
 
 /// Header on a piece table: nodes that fetched it in the last 30–60 s.
 const SWARM_SIZE: &str = "flotilla-swarm-size";
@@ -47,10 +57,10 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
     let get = m == Method::GET || m == Method::HEAD;
     match rest.split_once('/') {
         None if rest == "info" && get => Ok(info(st)),
-        None if rest == "stats" && get => {
-            Ok(json_response(StatusCode::OK, &st.registry.seed().stats()))
-        }
+        None if rest == "stats" && get => Ok(json_response(StatusCode::OK, &stats(st))),
         None if rest == "info" || rest == "stats" => Err(method_not_allowed("GET, HEAD")),
+        None if rest == "join" && m == Method::POST => join(st, req).await,
+        None if rest == "join" => Err(method_not_allowed("POST")),
         Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?, m == Method::GET).await,
         Some(("pieces", _)) => Err(method_not_allowed("GET, HEAD")),
         Some(("swarm", d)) if get => {
@@ -61,6 +71,8 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
             ))
         }
         Some(("swarm", _)) => Err(method_not_allowed("GET, HEAD")),
+        Some(("tags", name_tag)) if get => tag_record(st, name_tag, m == Method::GET).await,
+        Some(("tags", _)) => Err(method_not_allowed("GET, HEAD")),
         Some(("blobs", d)) => match m {
             Method::HEAD => {
                 let d = parse_digest(d)?;
@@ -78,11 +90,80 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
     }
 }
 
+/// `POST /flotilla/v1/join`: a membership certificate for a node that shows the fleet token and
+/// proves its key (SPEC §3.7, §5.3; see [`crate::fleet::Fleet::join`]).
+async fn join(st: &AppState, req: Request) -> ApiResult {
+    let Some(fleet) = &st.fleet else {
+        return Err(not_found());
+    };
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, crate::fleet::MAX_JOIN_BODY)
+        .await
+        .map_err(|_| {
+            ApiError::new(ErrorCode::Unsupported)
+                .with_status(StatusCode::BAD_REQUEST)
+                .with_message("join request body unreadable or too large")
+        })?;
+    let now = crate::fleet::unix_now();
+    let answer = fleet.join(&parts.headers, &body, st.registry.seed().keypair(), now)?;
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
 /// A digest from the path, as `400 DIGEST_INVALID` if malformed.
 fn parse_digest(text: &str) -> Result<Digest, ApiError> {
     text.parse().map_err(|e: DigestError| {
         ApiError::new(ErrorCode::DigestInvalid).with_detail(e.to_string())
     })
+}
+
+/// What `GET /flotilla/v1/stats` shows.
+#[derive(serde::Serialize)]
+struct Stats {
+    #[serde(flatten)]
+    seed: crate::seed::SeedStats,
+    audit: crate::audit::AuditStats,
+    notifications: Vec<crate::notify::NotifyStats>,
+}
+
+fn stats(st: &AppState) -> Stats {
+    Stats {
+        seed: st.registry.seed().stats(),
+        audit: st.events.audit_stats(),
+        notifications: st.events.notify_stats(),
+    }
+}
+
+/// `GET /flotilla/v1/tags/<name>/<tag>`: the name is everything before the last `/`.
+async fn tag_record(st: &AppState, name_tag: &str, with_body: bool) -> ApiResult {
+    let (name, tag) = name_tag.rsplit_once('/').ok_or_else(not_found)?;
+    let repo: RepoName = name.parse().map_err(|e: ReferenceError| {
+        ApiError::new(ErrorCode::NameInvalid).with_detail(e.to_string())
+    })?;
+    let tag: Tag = tag.parse().map_err(|e: ReferenceError| {
+        ApiError::new(ErrorCode::TagInvalid).with_detail(e.to_string())
+    })?;
+    let signed = st
+        .registry
+        .tag_record(&repo, &tag)
+        .await?
+        .ok_or_else(|| ApiError::new(ErrorCode::ManifestUnknown))?;
+    let bytes = signed
+        .encode()
+        .map_err(|e| ApiError::from(RegistryError::from(e)))?;
+    let len = bytes.len();
+    let mut res = Response::new(if with_body {
+        Body::from(bytes)
+    } else {
+        Body::empty()
+    });
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }
 
 /// `GET /flotilla/v1/info`.

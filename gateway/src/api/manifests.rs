@@ -9,6 +9,12 @@
 //!   `413 SIZE_INVALID`; accepted manifests get 201 with `Location: /v2/<name>/manifests/<digest>`,
 //!   `Docker-Content-Digest`, and `OCI-Subject` when the manifest has a `subject`.
 //! - `DELETE`: 202; by digest it removes the manifest and its tags, by tag only the tag.
+//!
+//! Pushes and deletes are reported to the audit log and notifications (`manifest.push`, and
+//! `tag.move` when a push by tag changes what the tag names; `manifest.delete`, `tag.delete`);
+//! `GET`s only to notification endpoints that asked for pulls.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -20,16 +26,20 @@ use futures::StreamExt;
 
 use super::headers::{self, DOCKER_CONTENT_DIGEST, OCI_SUBJECT};
 use super::{ApiResult, AppState};
+use crate::audit::{Action, Event, Origin};
 use crate::error::{ApiError, ErrorCode, manifest_too_large};
 
-/// `GET`/`HEAD` (the dispatcher drops the body for `HEAD`).
+/// `GET`/`HEAD` (the dispatcher drops the body for `HEAD`); `is_get` tells them apart.
 pub(super) async fn get(
     st: &AppState,
     repo: &RepoName,
     r: &Reference,
     req: &HeaderMap,
+    is_get: bool,
+    o: &Arc<Origin>,
 ) -> ApiResult {
     let m = st.registry.manifest_get(repo, r).await?;
+    let size = m.bytes.len() as u64;
     if !headers::manifest_acceptable(req, &m.media_type) {
         return Err(ApiError::new(ErrorCode::ManifestUnknown)
             .with_message("the manifest's media type is not in the request's Accept list")
@@ -48,11 +58,33 @@ pub(super) async fn get(
     let h = res.headers_mut();
     h.insert(DOCKER_CONTENT_DIGEST, headers::value(m.digest.as_str()));
     h.insert(header::ETAG, headers::etag(&m.digest));
+    if is_get && res.status() == StatusCode::OK && st.events.wants_pulls() {
+        let tag = match r {
+            Reference::Tag(t) => Some(t),
+            Reference::Digest(_) => None,
+        };
+        let ev = Event::manifest(
+            Action::ManifestPull,
+            o,
+            repo,
+            &m.digest,
+            tag,
+            &m.media_type,
+            size,
+        );
+        st.events.record(ev).await;
+    }
     Ok(res)
 }
 
 /// `PUT`: validates and stores the manifest (and its tag, if the reference is one).
-pub(super) async fn put(st: &AppState, repo: &RepoName, r: &Reference, req: Request) -> ApiResult {
+pub(super) async fn put(
+    st: &AppState,
+    repo: &RepoName,
+    r: &Reference,
+    req: Request,
+    o: &Arc<Origin>,
+) -> ApiResult {
     let limit = st.max_manifest_bytes;
     let content_type = req
         .headers()
@@ -74,6 +106,18 @@ pub(super) async fn put(st: &AppState, repo: &RepoName, r: &Reference, req: Requ
         .registry
         .manifest_put(repo, r, content_type.as_deref(), body)
         .await?;
+    let tag = match r {
+        Reference::Tag(t) => Some(t),
+        Reference::Digest(_) => None,
+    };
+    let (d, mt, size) = (&put.digest, put.media_type.as_str(), put.size);
+    let ev = Event::manifest(Action::ManifestPush, o, repo, d, tag, mt, size);
+    st.events.record(ev).await;
+    if tag.is_some() && put.previous.as_ref() != Some(d) {
+        let mut ev = Event::manifest(Action::TagMove, o, repo, d, tag, mt, size);
+        ev.previous_digest = put.previous.as_ref().map(|p| p.as_str().to_owned());
+        st.events.record(ev).await;
+    }
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::CREATED;
     let h = res.headers_mut();
@@ -90,8 +134,32 @@ pub(super) async fn put(st: &AppState, repo: &RepoName, r: &Reference, req: Requ
 }
 
 /// `DELETE`: 202.
-pub(super) async fn delete(st: &AppState, repo: &RepoName, r: &Reference) -> ApiResult {
+pub(super) async fn delete(
+    st: &AppState,
+    repo: &RepoName,
+    r: &Reference,
+    o: &Arc<Origin>,
+) -> ApiResult {
+    // What is deleted, for the event; read first, so a concurrent change can make it stale.
+    let before = match st.events.active() {
+        true => st.registry.manifest_get(repo, r).await.ok(),
+        false => None,
+    };
     st.registry.manifest_delete(repo, r).await?;
+    let mut ev = match r {
+        Reference::Tag(t) => {
+            let mut ev = Event::new(Action::TagDelete, o).repo(repo);
+            ev.tag = Some(t.as_str().to_owned());
+            ev
+        }
+        Reference::Digest(d) => Event::new(Action::ManifestDelete, o).repo(repo).digest(d),
+    };
+    if let Some(m) = before {
+        ev.digest = Some(m.digest.as_str().to_owned());
+        ev.media_type = Some(m.media_type);
+        ev.size = Some(m.bytes.len() as u64);
+    }
+    st.events.record(ev).await;
     let mut res = Response::new(Body::empty());
     *res.status_mut() = StatusCode::ACCEPTED;
     res.headers_mut()

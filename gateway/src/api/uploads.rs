@@ -17,6 +17,7 @@
 //! Bodies are handed to the registry as a stream; nothing here buffers them.
 
 use std::io;
+use std::sync::Arc;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::Request;
@@ -27,11 +28,17 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::headers::{self, ContentRangeError, DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID};
 use super::{ApiResult, AppState, parse_name, query};
+use crate::audit::{Event, Origin};
 use crate::error::{ApiError, ErrorCode};
 use crate::registry::{BodyStream, RegistryError, UploadInfo};
 
 /// `POST /v2/<name>/blobs/uploads/`: mount, monolithic upload, or a new session.
-pub(super) async fn start(st: &AppState, repo: &RepoName, req: Request) -> ApiResult {
+pub(super) async fn start(
+    st: &AppState,
+    repo: &RepoName,
+    req: Request,
+    o: &Arc<Origin>,
+) -> ApiResult {
     let q = query(req.uri());
     if let Some(mount) = q.get("mount") {
         let d = parse_digest(mount)?;
@@ -39,20 +46,21 @@ pub(super) async fn start(st: &AppState, repo: &RepoName, req: Request) -> ApiRe
             Some(f) => Some(parse_name(f)?),
             None => None,
         };
-        if st
-            .registry
-            .blob_mount(repo, &d, from.as_ref())
-            .await?
-            .is_some()
-        {
+        if let Some(size) = st.registry.blob_mount(repo, &d, from.as_ref()).await? {
+            let ev = Event::blob_pushed(o, repo, &d, size, Some(from.as_ref()));
+            st.events.record(ev).await;
             return Ok(blob_created(repo, &d));
         }
     }
     if let Some(digest) = q.get("digest") {
         let d = parse_digest(digest)?;
-        st.registry
+        let size = st
+            .registry
             .blob_put(repo, &d, body_stream(req.into_body()))
             .await?;
+        st.events
+            .record(Event::blob_pushed(o, repo, &d, size, None))
+            .await;
         return Ok(blob_created(repo, &d));
     }
     let info = st.registry.upload_start(repo).await?;
@@ -78,7 +86,13 @@ pub(super) async fn patch(st: &AppState, repo: &RepoName, id: &str, req: Request
 
 /// `PUT /v2/<name>/blobs/uploads/<id>?digest=`: the optional last chunk, then the blob is checked
 /// against the digest and linked.
-pub(super) async fn put(st: &AppState, repo: &RepoName, id: &str, req: Request) -> ApiResult {
+pub(super) async fn put(
+    st: &AppState,
+    repo: &RepoName,
+    id: &str,
+    req: Request,
+    o: &Arc<Origin>,
+) -> ApiResult {
     let q = query(req.uri());
     let d = match q.get("digest") {
         Some(d) => parse_digest(d)?,
@@ -94,10 +108,14 @@ pub(super) async fn put(st: &AppState, repo: &RepoName, id: &str, req: Request) 
     } else {
         Some(body_stream(body))
     };
-    st.registry
+    let size = st
+        .registry
         .upload_finish(repo, id, &d, start, body)
         .await
         .map_err(|e| session_error(e, repo, id))?;
+    st.events
+        .record(Event::blob_pushed(o, repo, &d, size, None))
+        .await;
     Ok(blob_created(repo, &d))
 }
 

@@ -1,5 +1,10 @@
 //! The per-request decision: what a `/v2/…` route needs, whether the caller has it, and the
 //! refusal when not (see the parent module for the rules).
+//!
+//! Refusals are reported to the audit log (`auth.failure`): presented credentials that are
+//! wrong (401), a token without the scope (401 `insufficient_scope`), a known caller without the
+//! right (403). The plain challenge of a request without credentials is not: it is the first
+//! step of every docker client's token flow, not a failure.
 
 use axum::extract::{Query, Request};
 use axum::http::uri::PathAndQuery;
@@ -9,7 +14,8 @@ use flotilla_protocol::reference::V2Route;
 
 use super::policy::{ActionSet, Identity};
 use super::scope::{CATALOG_SCOPE, Scope};
-use super::{Auth, Caller};
+use super::{Auth, Caller, Presented, presented};
+use crate::audit::{self, Events, Origin};
 use crate::config::Action;
 use crate::error::{ApiError, ErrorCode};
 
@@ -46,21 +52,57 @@ pub(crate) fn need(route: &V2Route, method: &Method) -> Need {
 }
 
 impl Auth {
-    /// Lets `req` through (possibly with its mount parameters removed) or refuses it.
+    /// Lets `req` through (possibly with its mount parameters removed) or refuses it. Sets
+    /// `origin.actor` to the caller's name and records refusals in `events`.
     pub(crate) async fn authorize(
         &self,
         route: &V2Route,
         req: Request,
+        events: &Events,
+        origin: &mut Origin,
     ) -> Result<Request, ApiError> {
-        let caller = self.caller(req.headers(), req.uri()).await?;
         let need = need(route, req.method());
+        let caller = match self.caller(req.headers(), req.uri()).await {
+            Ok(c) => c,
+            Err(e) => {
+                origin.actor = claimed_user(req.headers());
+                record_failure(events, origin, &need, &e).await;
+                return Err(e);
+            }
+        };
+        origin.actor = match &caller {
+            Caller::Anonymous => None,
+            Caller::User(u) => Some(u.clone()),
+            Caller::Token(c) => Some(c.sub.clone()).filter(|s| !s.is_empty()),
+        };
         if !self.has(&caller, &need) {
-            return Err(self.refuse(&caller, &need, &req));
+            let e = self.refuse(&caller, &need, &req);
+            if !matches!(caller, Caller::Anonymous) {
+                record_failure(events, origin, &need, &e).await;
+            }
+            return Err(e);
         }
         if matches!(route, V2Route::UploadStart(_)) {
             return self.restrict_mount(&caller, req);
         }
         Ok(req)
+    }
+
+    /// [`Auth::token_endpoint`], recording wrong credentials (401) as `auth.failure`.
+    pub(crate) async fn token_endpoint_audited(
+        &self,
+        req: Request,
+        events: &Events,
+        mut origin: Origin,
+    ) -> Result<axum::response::Response, ApiError> {
+        origin.actor = claimed_user(req.headers());
+        let res = self.token_endpoint(req).await;
+        if let Err(e) = &res
+            && e.status() == StatusCode::UNAUTHORIZED
+        {
+            record_failure(events, &origin, &Need::Login, e).await;
+        }
+        res
     }
 
     /// Whether `caller` has what `need` asks for.
@@ -160,6 +202,31 @@ impl Auth {
         *req.uri_mut() = uri;
         Ok(req)
     }
+}
+
+/// The user a request's Basic credentials name, whether or not the password is right.
+fn claimed_user(headers: &axum::http::HeaderMap) -> Option<String> {
+    match presented(headers) {
+        Presented::Basic { user, .. } => Some(user),
+        _ => None,
+    }
+}
+
+/// Records one `auth.failure` for a request that needed `need` and was refused with `e`.
+async fn record_failure(events: &Events, origin: &Origin, need: &Need, e: &ApiError) {
+    let origin = std::sync::Arc::new(origin.clone());
+    let mut ev = audit::Event::new(audit::Action::AuthFailure, &origin);
+    ev.status = Some(e.status().as_u16());
+    let what = match need {
+        Need::Login => "log in".to_owned(),
+        Need::Catalog => "read the catalog".to_owned(),
+        Need::Repo(name, action) => {
+            ev.repository = Some(name.as_str().to_owned());
+            action.as_str().to_owned()
+        }
+    };
+    ev.reason = Some(format!("{} ({what})", e.message()));
+    events.record(ev).await;
 }
 
 /// Percent-encodes everything but RFC 3986 unreserved characters.

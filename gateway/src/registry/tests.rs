@@ -14,6 +14,7 @@ fn cfg(dir: &std::path::Path) -> StorageConfig {
         data_dir: dir.to_path_buf(),
         max_manifest_bytes: 4 << 20,
         upload_ttl: Duration::from_secs(3600),
+        limits: crate::registry::Limits::default(),
     }
 }
 

@@ -22,6 +22,7 @@ fn cfg(dir: &Path) -> StorageConfig {
         data_dir: dir.to_path_buf(),
         max_manifest_bytes: 4 << 20,
         upload_ttl: Duration::from_secs(3600),
+        limits: crate::registry::Limits::default(),
     }
 }
 

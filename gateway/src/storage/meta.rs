@@ -1,5 +1,6 @@
-//! The metadata store: repositories, blob links, manifests, tags, referrers, upload sessions and
-//! the signed piece tables of blobs.
+//! The metadata store: repositories, blob links, manifests, tags, referrers, upload sessions,
+//! the signed piece tables of blobs, and the sequence-numbered tag records nodes resolve tags
+//! from while the gateway is unreachable.
 //!
 //! [`MetaStore`] is the small interface the registry needs, so that another backend can replace
 //! sled later; [`SledMeta`] implements it (the trees are drawn in the parent module's docs). Every
@@ -57,6 +58,83 @@ impl RepoManifest {
     fn encode(&self) -> Result<Vec<u8>, RegistryError> {
         serde_json::to_vec(self).map_err(|e| RegistryError::Corrupt(e.to_string()))
     }
+}
+
+/// What the gateway last recorded about a tag: the state a signed tag record vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagState {
+    /// The value of the gateway's tag-write counter when this state was written.
+    pub seq: u64,
+    /// When it was written (ms since the Unix epoch).
+    pub issued_ms: u64,
+    /// The manifest the tag points at; `None` once deleted.
+    pub target: Option<Digest>,
+}
+
+impl TagState {
+    fn encode(seq: u64, issued_ms: u64, target: Option<&[u8]>) -> Vec<u8> {
+        let target = target.unwrap_or_default();
+        let mut v = Vec::with_capacity(16 + target.len());
+        v.extend_from_slice(&seq.to_be_bytes());
+        v.extend_from_slice(&issued_ms.to_be_bytes());
+        v.extend_from_slice(target);
+        v
+    }
+
+    fn decode(v: &[u8]) -> Result<Self, RegistryError> {
+        let bad = || RegistryError::Corrupt("truncated tag record".into());
+        let seq = u64::from_be_bytes(v.get(..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let issued_ms = u64::from_be_bytes(
+            v.get(8..16)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let rest = &v[16..];
+        let target = if rest.is_empty() {
+            None
+        } else {
+            Some(digest(rest)?)
+        };
+        Ok(TagState {
+            seq,
+            issued_ms,
+            target,
+        })
+    }
+}
+
+/// The key of the tag-write counter in the `counters` tree.
+const TAG_SEQ_KEY: &[u8] = b"tag_seq";
+
+/// Takes the next tag sequence number and records `target` (a digest's text, `None` for a
+/// deletion) as the state of tag key `key`, inside a transaction: the counter and the record move
+/// with the tag change they describe, or not at all.
+fn record_tag(
+    counters: &sled::transaction::TransactionalTree,
+    tag_records: &sled::transaction::TransactionalTree,
+    key: &[u8],
+    target: Option<&[u8]>,
+    issued_ms: u64,
+) -> TxResult<()> {
+    let current = match counters.get(TAG_SEQ_KEY)? {
+        Some(v) => match <[u8; 8]>::try_from(v.as_ref()) {
+            Ok(b) => u64::from_be_bytes(b),
+            Err(_) => return abort(RegistryError::Corrupt("bad tag sequence counter".into())),
+        },
+        None => 0,
+    };
+    let seq = current + 1;
+    counters.insert(TAG_SEQ_KEY, &seq.to_be_bytes()[..])?;
+    tag_records.insert(key, TagState::encode(seq, issued_ms, target))?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Everything a manifest PUT writes, checked and stored at once.
@@ -140,6 +218,9 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// Stores the signed piece table of blob `d`. Not flushed: a table lost in a crash is
     /// computed again from the blob when it is next asked for.
     fn put_piece_table(&self, d: &Digest, signed: &[u8]) -> Result<(), RegistryError>;
+    /// The recorded state of `tag` in `repo` (also after its deletion), or `None` if the tag
+    /// never existed. A tag older than the records gets its first record here, durably.
+    fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError>;
 }
 
 /// [`MetaStore`] on an embedded sled database.
@@ -154,6 +235,8 @@ pub struct SledMeta {
     referrers: sled::Tree,
     uploads: sled::Tree,
     piece_tables: sled::Tree,
+    tag_records: sled::Tree,
+    counters: sled::Tree,
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -224,6 +307,8 @@ impl SledMeta {
             referrers: db.open_tree("referrers")?,
             uploads: db.open_tree("uploads")?,
             piece_tables: db.open_tree("piece_tables")?,
+            tag_records: db.open_tree("tag_records")?,
+            counters: db.open_tree("counters")?,
             db,
         })
     }
@@ -353,6 +438,7 @@ impl MetaStore for SledMeta {
             )),
             None => None,
         };
+        let issued_ms = now_ms();
         (
             &self.repos,
             &self.blob_links,
@@ -360,9 +446,20 @@ impl MetaStore for SledMeta {
             &self.repo_manifests,
             &self.tags,
             &self.referrers,
+            &self.tag_records,
+            &self.counters,
         )
             .transaction(
-                |(repos, links, manifests, repo_manifests, tags, referrers)| {
+                |(
+                    repos,
+                    links,
+                    manifests,
+                    repo_manifests,
+                    tags,
+                    referrers,
+                    tag_records,
+                    counters,
+                )| {
                     // Checked inside the transaction so a concurrent unlink cannot slip between.
                     for b in m.required_blobs {
                         if links.get(key2(repo, b.as_str()))?.is_none() {
@@ -387,12 +484,27 @@ impl MetaStore for SledMeta {
                     };
                     rec.subject = m.referrer.map(|(s, _)| s.as_str().to_owned());
                     if let Some(t) = m.tag {
-                        let previous = tags.insert(key2(repo, t.as_str()), digest.as_bytes())?;
-                        if let Some(old) = previous
+                        let tag_key = key2(repo, t.as_str());
+                        let previous = tags.insert(tag_key.clone(), digest.as_bytes())?;
+                        if let Some(old) = &previous
                             && old.as_ref() != digest.as_bytes()
                         {
                             // The tag moves: the manifest it leaves no longer lists it.
-                            untag(repo_manifests, repo, &old, t.as_str())?;
+                            untag(repo_manifests, repo, old, t.as_str())?;
+                        }
+                        // A re-push of the same manifest under the same tag changes nothing a
+                        // record says, so it keeps its record (and sequence number).
+                        let unchanged = previous
+                            .as_ref()
+                            .is_some_and(|o| o.as_ref() == digest.as_bytes());
+                        if !unchanged || tag_records.get(&tag_key)?.is_none() {
+                            record_tag(
+                                counters,
+                                tag_records,
+                                &tag_key,
+                                Some(digest.as_bytes()),
+                                issued_ms,
+                            )?;
                         }
                         if !rec.tags.iter().any(|x| x == t.as_str()) {
                             rec.tags.push(t.as_str().to_owned());
@@ -450,8 +562,15 @@ impl MetaStore for SledMeta {
                 }
             }
         }
-        let removed = (&self.repo_manifests, &self.tags, &self.referrers)
-            .transaction(|(repo_manifests, tags, referrers)| {
+        let issued_ms = now_ms();
+        let removed = (
+            &self.repo_manifests,
+            &self.tags,
+            &self.referrers,
+            &self.tag_records,
+            &self.counters,
+        )
+            .transaction(|(repo_manifests, tags, referrers, tag_records, counters)| {
                 let Some(v) = repo_manifests.remove(key.clone())? else {
                     return Ok(false);
                 };
@@ -465,7 +584,8 @@ impl MetaStore for SledMeta {
                         .get(&k)?
                         .is_some_and(|v| v.as_ref() == d.as_str().as_bytes())
                     {
-                        tags.remove(k)?;
+                        tags.remove(k.clone())?;
+                        record_tag(counters, tag_records, &k, None, issued_ms)?;
                     }
                 }
                 if let Some(subject) = &rec.subject {
@@ -480,12 +600,20 @@ impl MetaStore for SledMeta {
 
     fn delete_tag(&self, repo: &RepoName, tag: &Tag) -> Result<bool, RegistryError> {
         let repo_s = repo.as_str();
-        let removed = (&self.repo_manifests, &self.tags)
-            .transaction(|(repo_manifests, tags)| {
-                let Some(d) = tags.remove(key2(repo_s, tag.as_str()))? else {
+        let issued_ms = now_ms();
+        let key = key2(repo_s, tag.as_str());
+        let removed = (
+            &self.repo_manifests,
+            &self.tags,
+            &self.tag_records,
+            &self.counters,
+        )
+            .transaction(|(repo_manifests, tags, tag_records, counters)| {
+                let Some(d) = tags.remove(key.clone())? else {
                     return Ok(false);
                 };
                 untag(repo_manifests, repo_s, &d, tag.as_str())?;
+                record_tag(counters, tag_records, &key, None, issued_ms)?;
                 Ok(true)
             })
             .map_err(tx_err)?;
@@ -594,6 +722,38 @@ impl MetaStore for SledMeta {
         self.piece_tables.insert(d.as_str().as_bytes(), signed)?;
         Ok(())
     }
+
+    fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError> {
+        let key = key2(repo.as_str(), tag.as_str());
+        if let Some(v) = self.tag_records.get(&key)? {
+            return TagState::decode(&v).map(Some);
+        }
+        if !self.tags.contains_key(&key)? {
+            return Ok(None);
+        }
+        // A tag written before tag records existed: give it its first record, re-reading the tag
+        // inside the transaction so a concurrent move or delete (which writes its own record)
+        // wins.
+        let issued_ms = now_ms();
+        (&self.tags, &self.tag_records, &self.counters)
+            .transaction(|(tags, tag_records, counters)| {
+                if tag_records.get(&key)?.is_some() {
+                    return Ok(());
+                }
+                if let Some(d) = tags.get(&key)? {
+                    record_tag(counters, tag_records, &key, Some(&d), issued_ms)?;
+                }
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        // Flushed before anyone sees the number: a record handed out must never have its
+        // sequence number reused after a crash.
+        self.flush()?;
+        self.tag_records
+            .get(&key)?
+            .map(|v| TagState::decode(&v))
+            .transpose()
+    }
 }
 
 fn key2_str(a: &str, b: &str) -> String {
@@ -671,5 +831,71 @@ mod tests {
         assert!(meta.referrers(&repo, &subject).unwrap().is_empty());
         assert!(!meta.has_manifest(&repo, &d).unwrap());
         assert!(!meta.delete_manifest(&repo, &d).unwrap());
+    }
+
+    #[test]
+    fn tag_records_count_every_tag_write_and_survive_a_restart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("meta");
+        let repo: RepoName = "a/b".parse().unwrap();
+        let (t1, t2): (Tag, Tag) = ("one".parse().unwrap(), "two".parse().unwrap());
+        let (b1, b2) = (&b"{\"a\":1}"[..], &b"{\"a\":2}"[..]);
+        let (d1, d2) = (Digest::sha256_of(b1), Digest::sha256_of(b2));
+        let last_seq;
+        {
+            let meta = SledMeta::open(&path).unwrap();
+            assert_eq!(meta.tag_state(&repo, &t1).unwrap(), None);
+            meta.put_manifest(&record(&repo, &d1, b1, Some(&t1), None))
+                .unwrap();
+            let s1 = meta.tag_state(&repo, &t1).unwrap().unwrap();
+            assert_eq!(s1.target.as_ref(), Some(&d1));
+            // The same manifest pushed again under the same tag: nothing changed.
+            meta.put_manifest(&record(&repo, &d1, b1, Some(&t1), None))
+                .unwrap();
+            assert_eq!(meta.tag_state(&repo, &t1).unwrap().unwrap(), s1);
+            // A push by digest touches no tag.
+            meta.put_manifest(&record(&repo, &d2, b2, None, None))
+                .unwrap();
+            assert_eq!(meta.tag_state(&repo, &t1).unwrap().unwrap().seq, s1.seq);
+            // The tag moves.
+            meta.put_manifest(&record(&repo, &d2, b2, Some(&t1), None))
+                .unwrap();
+            let s2 = meta.tag_state(&repo, &t1).unwrap().unwrap();
+            assert!(s2.seq > s1.seq);
+            assert_eq!(s2.target.as_ref(), Some(&d2));
+            // A second tag, then a delete by tag.
+            meta.put_manifest(&record(&repo, &d2, b2, Some(&t2), None))
+                .unwrap();
+            let s3 = meta.tag_state(&repo, &t2).unwrap().unwrap();
+            assert!(s3.seq > s2.seq);
+            assert!(meta.delete_tag(&repo, &t2).unwrap());
+            let s4 = meta.tag_state(&repo, &t2).unwrap().unwrap();
+            assert!(s4.seq > s3.seq);
+            assert_eq!(s4.target, None);
+            // A delete by digest removes (and records) the tags pointing at it.
+            assert!(meta.delete_manifest(&repo, &d2).unwrap());
+            let s5 = meta.tag_state(&repo, &t1).unwrap().unwrap();
+            assert!(s5.seq > s4.seq);
+            assert_eq!(s5.target, None);
+            // The deleted tag's record did not change.
+            assert_eq!(meta.tag_state(&repo, &t2).unwrap().unwrap(), s4);
+            last_seq = s5.seq;
+        }
+        let meta = SledMeta::open(&path).unwrap();
+        assert_eq!(meta.tag_state(&repo, &t1).unwrap().unwrap().seq, last_seq);
+        meta.put_manifest(&record(&repo, &d1, b1, Some(&t1), None))
+            .unwrap();
+        let after = meta.tag_state(&repo, &t1).unwrap().unwrap();
+        assert_eq!(after.seq, last_seq + 1);
+        assert_eq!(after.target.as_ref(), Some(&d1));
+
+        // A tag written before records existed gets one on first request.
+        meta.tag_records
+            .remove(key2(repo.as_str(), t1.as_str()))
+            .unwrap();
+        let legacy = meta.tag_state(&repo, &t1).unwrap().unwrap();
+        assert_eq!(legacy.seq, last_seq + 2);
+        assert_eq!(legacy.target.as_ref(), Some(&d1));
+        assert_eq!(meta.tag_state(&repo, &t1).unwrap().unwrap(), legacy);
     }
 }

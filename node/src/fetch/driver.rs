@@ -12,6 +12,10 @@
 //! piece is outstanding; the request's own outcome (which carries its source and feeds the
 //! latency and rate estimates) normally arrives first. Bits set by any other path (another
 //! process, a request already cancelled) are reported then.
+//!
+//! Sessions: a lookup's providers become spares of the protocol crate's `Rotation` policy;
+//! sessions go to random spares, and one that keeps answering Busy or delivers far less than
+//! the others is replaced (the fleet simulator runs the same policy).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
-use flotilla_protocol::scheduler::{Action, Scheduler, Source};
+use flotilla_protocol::scheduler::{Action, Rotation, RotationConfig, Scheduler, Source};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
@@ -36,8 +40,21 @@ use crate::transfer::{Opened, Session, SessionEvent, SessionEventKind, TransferE
 const EVENT_QUEUE: usize = 256;
 /// Longest wait, after the last piece, for answers already arriving.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
-/// Longest period of the housekeeping tick (provider refresh, swarm size, stall check).
-const MAX_TICK: Duration = Duration::from_secs(1);
+/// Longest period of the housekeeping tick (provider refresh, session rotation, swarm size,
+/// stall check). The first lookups are due 0.25 s apart: a 1-s tick held them to 1 s, and in a
+/// cold start nodes then opened no session for the first second (simulated).
+const MAX_TICK: Duration = Duration::from_millis(250);
+/// `Missing` answers after which a peer is banned, as at the second corrupted piece. The
+/// scheduler asks a peer only for pieces it advertised (in its Welcome or a Have), and an honest
+/// node never loses a piece it announced while it serves the blob, so each such answer is a lie
+/// about its bit field.
+const MISSING_STRIKES: u32 = 2;
+/// Timeout sweeps in a row in which a peer let requests expire without sending a byte of any
+/// answer in between, after which it is banned: it accepts requests and then stalls them,
+/// holding pieces hostage until the scheduler's timeouts (which double) fire again and again.
+/// A slow but honest uploader keeps its session's progress counter moving and is never counted.
+/// An overloaded one may still look like this, so the ban covers this download only.
+const STALL_STRIKES: u32 = 3;
 
 /// Everything a driver starts with.
 pub(super) struct Job {
@@ -111,6 +128,7 @@ async fn drive(
     cfg.seed = seed(&local, &digest);
     let start = Instant::now();
     let have = held.have.borrow().clone();
+    let rotation = Rotation::new(RotationConfig::default(), cfg.seed, Duration::ZERO);
     let sched = Scheduler::new(local, have.clone(), cfg, Duration::ZERO);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let driver = Driver {
@@ -142,6 +160,10 @@ async fn drive(
         last_origin_ok: start,
         last_origin_error: None,
         held_count: 0,
+        strikes: HashMap::new(),
+        expiry_sweep: false,
+        rotation,
+        grace_checked: false,
         inner,
     };
     driver.run(events_rx, read_pos).await
@@ -222,6 +244,31 @@ struct Driver {
     last_origin_ok: Instant,
     last_origin_error: Option<String>,
     held_count: u32,
+    /// Strikes against peers (see [`MISSING_STRIKES`] and [`STALL_STRIKES`]).
+    strikes: HashMap<PeerId, Strikes>,
+    /// Set while the actions of a scheduler timeout sweep are carried out: its cancels are
+    /// expired requests, not end-game duplicates.
+    expiry_sweep: bool,
+    /// Which sessions to keep: a session that keeps answering Busy, or delivers far less than
+    /// the others, makes room for a random spare provider (the protocol crate's policy, which
+    /// the simulator runs too).
+    rotation: Rotation<PeerId>,
+    /// Whether the first lookup's sessions were checked for a cold start.
+    grace_checked: bool,
+}
+
+/// Misbehaviour seen from one peer during this download.
+#[derive(Default)]
+struct Strikes {
+    missing: u32,
+    /// Consecutive sweeps with an expired request and no progress in between.
+    stalls: u32,
+    /// The session's progress counter when the last stall was counted.
+    progress: u64,
+    /// Since when the peer has neither answered nor made progress while requests expired.
+    quiet_since: Option<Instant>,
+    /// The sweep (scheduler time) that last counted a stall, so a sweep counts once per peer.
+    last_sweep: Option<Duration>,
 }
 
 impl Driver {
@@ -256,6 +303,7 @@ impl Driver {
                     return Ok(());
                 }
             }
+            self.expiry_sweep = false;
             let wake = self.sched.poll_timeout().map(|t| self.start + t);
             tokio::select! {
                 Some(ev) = events.recv() => self.on_event(ev),
@@ -289,6 +337,7 @@ impl Driver {
                 () = sleep_until(wake) => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
+                    self.expiry_sweep = true;
                 }
                 _ = tick.tick() => self.housekeeping()?,
             }
@@ -312,15 +361,25 @@ impl Driver {
 
     /// Provider refresh, swarm size, and the stall check.
     fn housekeeping(&mut self) -> Result<(), FetchError> {
+        if let Some(why) = self.inner.sink.disk_full(self.start.into_std()) {
+            // Every piece fetched now would be thrown away: stop, keep what is verified, and
+            // let the next request start over once space is back.
+            return Err(FetchError::Store(Arc::new(SourceError::NoSpace(why))));
+        }
         // The swarm for this blob is its providers, not the whole routing table: a node pulling
         // a blob nobody else wants would otherwise hold back from the origin as if thousands
         // of others were about to fetch each piece.
-        let size = self.swarm_hint.max(self.sessions.len() + 1);
-        self.sched.set_swarm_size(size as u64);
+        self.set_swarm_size();
+        let now = self.now();
+        let stuck = !self.peers_can_help();
+        if let Some(peer) = self.rotation.tick(now, stuck) {
+            self.replace_session(peer, "it delivered far less than the other sessions");
+        }
+        self.fill();
         let refresh_due = self
             .last_lookup
             .is_none_or(|t| t.elapsed() >= self.lookup_due());
-        if !self.lookup_running && refresh_due {
+        if !self.lookup_running && (refresh_due || self.rotation.wants_lookup(now)) {
             self.lookup_providers();
         }
         let limit = self.inner.cfg.stall_timeout;
@@ -351,9 +410,67 @@ impl Driver {
     /// Time between provider lookups: 0.25 s doubling up to `provider_refresh`. Nodes that start
     /// together announce only once their first pieces land, so a node that looked up once at
     /// the start and then waited the full refresh would pull everything from the origin alone.
+    /// While short of sessions it stays at 0.25 s: in a cold start the first lookups find
+    /// nobody (nodes are findable before they hold anything, but the first ones may not have
+    /// announced yet), and a backed-off lookup left nodes without a session for a second.
     fn lookup_due(&self) -> Duration {
-        let quick = Duration::from_millis(250).saturating_mul(1 << self.lookups.min(16));
+        let short = self.sessions.len() + self.connecting.len() < self.inner.cfg.max_peers_per_blob;
+        let quick = if short {
+            Duration::from_millis(250)
+        } else {
+            Duration::from_millis(250).saturating_mul(1 << self.lookups.min(16))
+        };
         quick.min(self.inner.cfg.provider_refresh)
+    }
+
+    /// The swarm size the scheduler's origin rule uses: the largest count heard, at least the
+    /// sessions plus ourselves.
+    fn set_swarm_size(&mut self) {
+        let size = self.swarm_hint.max(self.sessions.len() + 1);
+        self.sched.set_swarm_size(size as u64);
+    }
+
+    /// Closes the session to `peer` for the rotation policy and opens one to a spare provider.
+    fn replace_session(&mut self, peer: PeerId, why: &str) {
+        debug!(digest = %self.digest, %peer, "replacing a session: {why}");
+        self.drop_peer(peer);
+        self.fill();
+    }
+
+    /// Opens sessions to spare providers (a random one each time) up to the per-blob limit.
+    fn fill(&mut self) {
+        while self.sessions.len() + self.connecting.len() < self.inner.cfg.max_peers_per_blob {
+            let Some(peer) = self.rotation.take_spare() else {
+                break;
+            };
+            if self.sessions.contains_key(&peer)
+                || self.connecting.contains_key(&peer)
+                || self.banned.contains(&peer)
+                || self.inner.is_banned(&peer)
+                || self.refused.contains(&peer)
+            {
+                continue;
+            }
+            self.open_session(peer);
+        }
+    }
+
+    /// The cold-start rule: once the first lookup's sessions are settled, if none of them holds
+    /// a piece we miss (or none was found), nobody's bit field is worth waiting for and the
+    /// scheduler's origin grace ends.
+    fn check_cold_start(&mut self) {
+        if self.grace_checked
+            || self.lookups == 0
+            || self.lookup_running
+            || !self.connecting.is_empty()
+        {
+            return;
+        }
+        self.grace_checked = true;
+        if !self.peers_can_help() {
+            let now = self.now();
+            self.sched.end_origin_grace(now);
+        }
     }
 
     fn lookup_providers(&mut self) {
@@ -373,12 +490,11 @@ impl Driver {
             .spawn(async move { Internal::Providers(lookup.await) });
     }
 
-    /// Opens sessions to new providers, up to the per-blob limit.
+    /// Offers new providers to the rotation policy as spares and opens sessions to random ones,
+    /// up to the per-blob limit.
     fn connect_to(&mut self, peers: Vec<PeerId>) {
+        let mut usable = Vec::with_capacity(peers.len());
         for peer in peers {
-            if self.sessions.len() + self.connecting.len() >= self.inner.cfg.max_peers_per_blob {
-                break;
-            }
             if peer == self.local
                 || Some(peer) == self.gateway
                 || self.sessions.contains_key(&peer)
@@ -389,26 +505,33 @@ impl Driver {
             {
                 continue;
             }
-            self.connecting.insert(peer, Vec::new());
-            let network = self.inner.network.clone();
-            let sink = self.inner.sink.clone();
-            let digest = self.digest.clone();
-            let events = self.events_tx.clone();
-            let limit = self.inner.cfg.connect_timeout;
-            self.tasks.spawn(async move {
-                let opened = tokio::time::timeout(limit, async {
-                    let stream = network.open_stream(peer).await.map_err(|e| e.to_string())?;
-                    Session::open(peer, stream, digest, sink, events)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await;
-                Internal::Connected {
-                    peer,
-                    result: opened.unwrap_or_else(|_| Err("timed out".to_owned())),
-                }
-            });
+            usable.push(peer);
         }
+        self.rotation.offer(usable);
+        self.fill();
+    }
+
+    /// Starts opening a session to `peer`.
+    fn open_session(&mut self, peer: PeerId) {
+        self.connecting.insert(peer, Vec::new());
+        let network = self.inner.network.clone();
+        let sink = self.inner.sink.clone();
+        let digest = self.digest.clone();
+        let events = self.events_tx.clone();
+        let limit = self.inner.cfg.connect_timeout;
+        self.tasks.spawn(async move {
+            let opened = tokio::time::timeout(limit, async {
+                let stream = network.open_stream(peer).await.map_err(|e| e.to_string())?;
+                Session::open(peer, stream, digest, sink, events)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            Internal::Connected {
+                peer,
+                result: opened.unwrap_or_else(|_| Err("timed out".to_owned())),
+            }
+        });
     }
 
     /// Carries out one scheduler action; `true` once the download is complete.
@@ -423,6 +546,7 @@ impl Driver {
                 piece,
             } => self.request_origin(piece),
             Action::Cancel { source, piece } => {
+                let was_outstanding = self.outstanding.contains(&(source, piece));
                 // An answer that has begun to arrive still comes as an event: keep expecting
                 // it, so the piece is attributed (and counted) when it does.
                 let answer_coming = match source {
@@ -439,18 +563,17 @@ impl Driver {
                 if !answer_coming {
                     self.outstanding.remove(&(source, piece));
                     self.reconcile = true;
+                    if self.expiry_sweep
+                        && was_outstanding
+                        && let Source::Peer(peer) = source
+                    {
+                        self.stalled(peer);
+                    }
                 }
             }
             Action::Ban { peer } => {
-                warn!(digest = %self.digest, %peer, "banning peer: it sent corrupted pieces");
-                self.sessions.remove(&peer);
-                self.banned.insert(peer);
-                // A peer that lies about one blob is not trusted with any other.
-                self.inner.ban(peer);
-                self.stats.banned();
-                self.inner.totals.banned();
-                self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
-                self.reconcile = true;
+                // The scheduler has already forgotten the peer.
+                self.ban(peer, "it sent corrupted pieces");
             }
             Action::Done => {
                 self.provide();
@@ -515,9 +638,80 @@ impl Driver {
         self.outstanding.insert((Source::Origin, piece));
     }
 
+    /// Drops `peer` for this blob and, since a peer that lies about one blob is not trusted
+    /// with any other, for every download of this node. The caller tells the scheduler, unless
+    /// the ban was the scheduler's own decision.
+    fn ban(&mut self, peer: PeerId, why: &str) {
+        self.ban_for(peer, why, true);
+    }
+
+    /// [`Driver::ban`], for every download (`everywhere`) or this one only.
+    fn ban_for(&mut self, peer: PeerId, why: &str, everywhere: bool) {
+        if !self.banned.insert(peer) {
+            return;
+        }
+        warn!(digest = %self.digest, %peer, everywhere, "banning peer: {why}");
+        self.sessions.remove(&peer);
+        self.strikes.remove(&peer);
+        self.rotation.closed(peer);
+        self.rotation.forget(peer);
+        if everywhere {
+            self.inner.ban(peer);
+        }
+        self.stats.banned();
+        self.inner.totals.banned();
+        self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
+        self.reconcile = true;
+    }
+
+    /// A ban the scheduler did not decide: it must forget the peer too.
+    fn ban_and_remove(&mut self, peer: PeerId, why: &str, everywhere: bool) {
+        if self.sessions.contains_key(&peer) {
+            let now = self.now();
+            self.sched.peer_removed(peer, now);
+        }
+        self.ban_for(peer, why, everywhere);
+    }
+
+    /// `peer` let a request expire in this timeout sweep.
+    fn stalled(&mut self, peer: PeerId) {
+        let now = self.now();
+        let progress = self.sessions.get(&peer).map_or(0, Session::progress);
+        let st = self.strikes.entry(peer).or_default();
+        if st.last_sweep == Some(now) {
+            return;
+        }
+        st.last_sweep = Some(now);
+        if st.progress != progress {
+            // Bytes arrived since the last count: slow, not silent.
+            st.progress = progress;
+            st.stalls = 0;
+            st.quiet_since = None;
+            return;
+        }
+        st.stalls += 1;
+        let quiet = st.quiet_since.get_or_insert_with(Instant::now).elapsed();
+        if st.stalls >= STALL_STRIKES && quiet >= self.inner.cfg.peer_stall {
+            self.ban_and_remove(
+                peer,
+                "it accepted requests and answered none of them, sweep after sweep",
+                false,
+            );
+        }
+    }
+
+    /// `peer` answered a request (whatever the answer): it is not stalling.
+    fn answered(&mut self, peer: PeerId) {
+        if let Some(st) = self.strikes.get_mut(&peer) {
+            st.stalls = 0;
+            st.quiet_since = None;
+        }
+    }
+
     /// Forgets a peer whose session is gone or unusable.
     fn drop_peer(&mut self, peer: PeerId) {
         self.sessions.remove(&peer);
+        self.rotation.closed(peer);
         self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
         let now = self.now();
         self.sched.peer_removed(peer, now);
@@ -546,8 +740,12 @@ impl Driver {
                 verdict,
                 bytes,
             } => {
+                self.answered(peer);
                 self.outstanding.remove(&(source, piece));
                 self.reconcile = true;
+                if verdict != Verdict::Invalid {
+                    self.rotation.delivered(peer);
+                }
                 let bytes = u64::from(bytes);
                 match verdict {
                     // A duplicate whose winning copy was never reported (a late answer to a
@@ -571,14 +769,34 @@ impl Driver {
                 }
             }
             SessionEventKind::Refused(piece) => {
+                self.answered(peer);
                 self.outstanding.remove(&(source, piece));
                 self.reconcile = true;
                 self.sched.request_refused(source, piece, now);
+                if self.rotation.refused(peer, now).is_some() {
+                    self.replace_session(peer, "it keeps answering Busy");
+                }
             }
             SessionEventKind::Failed(piece) => {
+                self.answered(peer);
                 self.outstanding.remove(&(source, piece));
                 self.reconcile = true;
                 self.sched.request_failed(source, piece, now);
+            }
+            SessionEventKind::Missing(piece) => {
+                self.answered(peer);
+                self.outstanding.remove(&(source, piece));
+                self.reconcile = true;
+                self.sched.request_failed(source, piece, now);
+                let st = self.strikes.entry(peer).or_default();
+                st.missing += 1;
+                if st.missing >= MISSING_STRIKES {
+                    self.ban_and_remove(
+                        peer,
+                        "it advertised pieces it then said it does not hold",
+                        true,
+                    );
+                }
             }
             SessionEventKind::Closed(reason) => {
                 debug!(digest = %self.digest, %peer, reason = ?reason, "session closed");
@@ -613,9 +831,12 @@ impl Driver {
                     }
                     Err(e) => debug!(digest = %self.digest, error = %e, "provider lookup failed"),
                 }
+                self.check_cold_start();
             }
             Internal::SwarmSize(n) => {
                 self.swarm_hint = self.swarm_hint.max(n as usize);
+                // At once: the origin rule needs it before a cold start ends the grace.
+                self.set_swarm_size();
             }
             Internal::Connected { peer, result } => self.on_connected(peer, result),
             Internal::Origin {
@@ -632,23 +853,30 @@ impl Driver {
             Ok(ok) => ok,
             Err(e) => {
                 debug!(digest = %self.digest, %peer, error = %e, "cannot open a session");
+                // Try a spare in its place.
+                self.fill();
+                self.check_cold_start();
                 return;
             }
         };
         if self.banned.contains(&peer) || self.refused.contains(&peer) {
+            self.check_cold_start();
             return;
         }
         let now = self.now();
         if !self.sched.peer_added(peer, opened.have, now) {
             debug!(digest = %self.digest, %peer, "scheduler refused the peer");
             self.refused.insert(peer);
+            self.check_cold_start();
             return;
         }
         debug!(digest = %self.digest, %peer, "session open");
         self.sessions.insert(peer, session);
+        self.rotation.opened(peer, now);
         for ev in early {
             self.on_event(ev);
         }
+        self.check_cold_start();
     }
 
     fn on_origin(&mut self, piece: u32, seq: u64, outcome: OriginOutcome) {

@@ -21,6 +21,8 @@ use crate::transfer;
 
 /// Providers asked for a piece table when the gateway does not give it.
 const TABLE_PROVIDERS: usize = 4;
+/// Holders a table lookup waits for before it answers.
+const TABLE_LOOKUP: usize = 2;
 /// Longest pause between rounds of asking for a piece table.
 const MAX_TABLE_PAUSE: Duration = Duration::from_secs(5);
 
@@ -110,12 +112,21 @@ async fn table_from_providers(
     signer: &PeerId,
 ) -> Result<Arc<SignedPieceTable>, String> {
     let limit = inner.cfg.connect_timeout;
-    let peers = tokio::time::timeout(limit, inner.network.find_providers(digest, TABLE_PROVIDERS))
+    // A lookup answers once it has found `limit` holders, else when the DHT query ends, which
+    // waits for dials to unreachable peers (the gateway itself, in a partition). One good table
+    // is enough: two holders (the gateway is often one of them) end the lookup at once.
+    let peers = tokio::time::timeout(limit, inner.network.find_providers(digest, TABLE_LOOKUP))
         .await
         .map_err(|_| "provider lookup timed out".to_owned())?
         .map_err(|e| e.to_string())?;
     let mut last = "no provider".to_owned();
-    for peer in peers.into_iter().take(TABLE_PROVIDERS) {
+    // The gateway's own peer was just asked over HTTP; while it is unreachable, dialing it
+    // would only burn the connect limit before the providers that can answer.
+    for peer in peers
+        .into_iter()
+        .filter(|p| p != signer)
+        .take(TABLE_PROVIDERS)
+    {
         let asked = tokio::time::timeout(limit, async {
             let stream = inner
                 .network

@@ -325,3 +325,123 @@ async fn nothing_reachable_fails_the_table() {
     let err = within(10, fetcher.open(&blob.digest)).await.unwrap_err();
     assert!(matches!(err, FetchError::Unreachable { .. }), "{err}");
 }
+
+/// A peer that advertises a full copy, then misbehaves on every request.
+struct Byzantine {
+    inner: Arc<crate::store::Store>,
+    stall: bool,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl PieceSource for Byzantine {
+    fn held(
+        &self,
+        digest: &flotilla_protocol::Digest,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Option<crate::ports::Held>, crate::ports::SourceError>,
+    > {
+        self.inner.held(digest)
+    }
+
+    fn piece_file(
+        &self,
+        digest: &flotilla_protocol::Digest,
+        index: u32,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<crate::ports::PieceFile, crate::ports::SourceError>,
+    > {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+        let (stall, what) = (self.stall, format!("{digest} piece {index}"));
+        Box::pin(async move {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            Err(crate::ports::SourceError::NotHeld(what))
+        })
+    }
+
+    fn served(&self, _: &flotilla_protocol::Digest, _: u64) {}
+}
+
+async fn byzantine_peer_is_banned(stall: bool) {
+    // Short timeouts before the first sample, so a stalled request expires three times well
+    // before the honest peer (held back below) is reached.
+    let rig = Rig::with(|c| {
+        c.scheduler.initial_latency = Duration::from_millis(100);
+        c.peer_stall = Duration::from_millis(500);
+    })
+    .await;
+    let blob = rig.blob(48 * 16384, 16384, 21);
+    let n = blob.pieces();
+    let store = TestStore::new().await;
+    store.seed(&blob, 0..n).await;
+    let liar = Arc::new(Byzantine {
+        inner: store.store.clone(),
+        stall,
+        reads: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let bad = rig.net.add_peer(liar.clone());
+    let good = rig.peer(&blob, 0..n).await;
+    // The liar is reached first and the honest peer is slow, so the liar surely gets requests
+    // and the download lasts long enough for its strikes to add up.
+    rig.net
+        .delays
+        .lock()
+        .unwrap()
+        .insert(good, Duration::from_secs(if stall { 4 } else { 1 }));
+    let dl = within(60, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(60, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert!(
+        liar.reads.load(Ordering::Relaxed) > 0,
+        "the liar was never asked"
+    );
+    assert_eq!(stats.peers_banned, 1, "{stats:?}");
+    // Every byte came once, from the honest peer or (while the liar was the only one) the origin.
+    assert_eq!(
+        stats.peer_bytes + stats.origin_bytes,
+        blob.data.len() as u64,
+        "{stats:?}"
+    );
+    assert_eq!(rig.net.opens_of(&bad), 1, "a banned peer was reopened");
+    std::mem::forget(store);
+}
+
+#[tokio::test]
+async fn a_peer_whose_bit_field_lies_is_banned() {
+    byzantine_peer_is_banned(false).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_stalls_accepted_requests_is_banned() {
+    byzantine_peer_is_banned(true).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_stops_the_download_and_the_next_one_completes() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(24 * 16384, 16384, 22);
+    let n = blob.pieces();
+    rig.peer(&blob, 0..n).await;
+    rig.local.store.inject_write_fault(Some(libc::ENOSPC));
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    let err = within(20, dl.wait_complete()).await.unwrap_err();
+    assert!(
+        matches!(&err, FetchError::Store(e) if matches!(**e, crate::ports::SourceError::NoSpace(_))),
+        "{err}"
+    );
+    drop(dl);
+    rig.local.store.inject_write_fault(None);
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+}

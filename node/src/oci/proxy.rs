@@ -4,7 +4,11 @@
 //! names the upstream registry a mirror stands in for and means nothing to the gateway), its
 //! `Accept` and `If-None-Match` headers, and the same method. The answer comes back with its
 //! status, the headers a registry client reads, and its body streamed through (never held
-//! here). Gateway errors pass through unchanged, OCI error bodies included.
+//! here). Gateway errors pass through unchanged, OCI error bodies included. A gateway that gives
+//! no answer (connection refused, timeout, no response headers within [`HEADERS_TIMEOUT`]) is
+//! `503 UNAVAILABLE`; manifests then take the partition path of `oci/manifests.rs`.
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -16,7 +20,7 @@ use super::{CONTENT_DIGEST, FILTERS_APPLIED, OciError, OciState};
 /// Request headers sent on to the gateway.
 const FORWARDED: [HeaderName; 2] = [header::ACCEPT, header::IF_NONE_MATCH];
 /// Response headers copied back.
-const COPIED: [HeaderName; 6] = [
+pub(super) const COPIED: [HeaderName; 6] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
     header::LINK,
@@ -34,8 +38,27 @@ fn forwarded_query(query: Option<&str>) -> Option<String> {
     (!kept.is_empty()).then(|| kept.join("&"))
 }
 
+/// Longest wait for the gateway's response headers (bodies then stream without a limit).
+pub(super) const HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the gateway gave no answer.
+#[derive(Debug)]
+pub(super) struct NoAnswer(pub(super) String);
+
+impl From<NoAnswer> for OciError {
+    fn from(e: NoAnswer) -> Self {
+        super::unavailable("the gateway cannot be reached").detail(e.0)
+    }
+}
+
 /// Sends `req` (a `GET` or `HEAD`) on to the gateway and streams its answer back.
 pub(super) async fn forward(st: &OciState, req: &Parts) -> Result<Response, OciError> {
+    let upstream = send(st, req).await?;
+    Ok(respond(upstream, req.method == Method::HEAD))
+}
+
+/// Sends `req` on to the gateway; an error means it gave no answer.
+pub(super) async fn send(st: &OciState, req: &Parts) -> Result<reqwest::Response, NoAnswer> {
     let head = req.method == Method::HEAD;
     let mut url = format!("{}{}", st.gateway_url, req.uri.path());
     if let Some(q) = forwarded_query(req.uri.query()) {
@@ -53,15 +76,21 @@ pub(super) async fn forward(st: &OciState, req: &Parts) -> Result<Response, OciE
             out = out.header(name.clone(), v.clone());
         }
     }
-    let upstream = out.send().await.map_err(|e| {
-        tracing::warn!(url = %url, error = %e, "gateway unreachable");
-        OciError::new(
-            StatusCode::BAD_GATEWAY,
-            "UNKNOWN",
-            "the gateway cannot be reached",
-        )
-        .detail(e.to_string())
-    })?;
+    match tokio::time::timeout(HEADERS_TIMEOUT, out.send()).await {
+        Ok(Ok(res)) => Ok(res),
+        Ok(Err(e)) => {
+            tracing::warn!(url = %url, error = %e, "gateway unreachable");
+            Err(NoAnswer(e.to_string()))
+        }
+        Err(_) => {
+            tracing::warn!(url = %url, "gateway sent no answer in time");
+            Err(NoAnswer(format!("no answer within {HEADERS_TIMEOUT:?}")))
+        }
+    }
+}
+
+/// The gateway's answer, streamed back with its status and registry headers.
+pub(super) fn respond(upstream: reqwest::Response, head: bool) -> Response {
     let status = upstream.status();
     let mut res = Response::new(Body::empty());
     *res.status_mut() = status;
@@ -73,7 +102,7 @@ pub(super) async fn forward(st: &OciState, req: &Parts) -> Result<Response, OciE
     if !head && status != StatusCode::NOT_MODIFIED {
         *res.body_mut() = Body::from_stream(upstream.bytes_stream());
     }
-    Ok(res)
+    res
 }
 
 #[cfg(test)]

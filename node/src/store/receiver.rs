@@ -412,11 +412,22 @@ fn take_over(
 
 impl PieceReceiver for Receiver {
     fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>> {
-        async move { self.write_chunk(chunk).await.map_err(SourceError::from) }.boxed()
+        async move {
+            let r = self.write_chunk(chunk).await;
+            self.inner.note_write(r.as_ref().err());
+            r.map_err(SourceError::from)
+        }
+        .boxed()
     }
 
     fn finish(self: Box<Self>) -> BoxFuture<'static, Result<Verdict, SourceError>> {
-        async move { self.finish_inner().await.map_err(SourceError::from) }.boxed()
+        async move {
+            let inner = self.inner.clone();
+            let r = self.finish_inner().await;
+            inner.note_write(r.as_ref().err());
+            r.map_err(SourceError::from)
+        }
+        .boxed()
     }
 }
 

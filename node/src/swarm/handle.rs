@@ -8,13 +8,16 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use flotilla_protocol::Digest;
+use flotilla_protocol::membership::MemberCertificate;
 use futures::future::BoxFuture;
 use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::membership::Members;
 use super::{OPEN_STREAM_TIMEOUT, SwarmError};
 use crate::ports::{Network, NetworkError, PeerStream};
 
@@ -57,6 +60,16 @@ pub(super) enum Command {
         peer: PeerId,
         reply: oneshot::Sender<()>,
     },
+    /// The fleet key became known: the fleet's peer joins the routing table.
+    SetFleet {
+        fleet: PeerId,
+        reply: oneshot::Sender<()>,
+    },
+    /// A new own certificate: keep it and present it to every connected peer.
+    SetCertificate {
+        cert: MemberCertificate,
+        reply: oneshot::Sender<Result<(), SwarmError>>,
+    },
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -70,6 +83,7 @@ struct Shared {
     stream_protocol: StreamProtocol,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     known_peers: Arc<AtomicUsize>,
+    members: Arc<Members>,
 }
 
 /// A cheap, cloneable handle to the swarm task.
@@ -106,6 +120,7 @@ impl SwarmHandle {
         stream_protocol: StreamProtocol,
         listen_addrs: watch::Receiver<Vec<Multiaddr>>,
         known_peers: Arc<AtomicUsize>,
+        members: Arc<Members>,
     ) -> Self {
         SwarmHandle {
             shared: Arc::new(Shared {
@@ -115,6 +130,7 @@ impl SwarmHandle {
                 stream_protocol,
                 listen_addrs,
                 known_peers,
+                members,
             }),
         }
     }
@@ -207,6 +223,60 @@ impl SwarmHandle {
         self.ask(|reply| Command::IsProviding { key, reply }).await
     }
 
+    /// The libp2p-stream control (tests open raw streams with it).
+    #[cfg(test)]
+    pub(super) fn control(&self) -> libp2p_stream::Control {
+        self.shared.control.clone()
+    }
+
+    /// Whether `peer` is a fleet member here now: its certificate verified (or it is the fleet's
+    /// own peer, or the swarm is open). Cheap (a read lock, no task round trip); use it to gate
+    /// any inbound protocol. A peer whose connection is brand new may still be in its handshake:
+    /// [`SwarmHandle::wait_member`] waits for that.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.shared.members.is_member(peer)
+    }
+
+    /// Like [`SwarmHandle::is_member`], but waits up to `limit` for a handshake in flight.
+    pub async fn wait_member(&self, peer: &PeerId, limit: Duration) -> bool {
+        self.shared.members.wait_member(peer, limit).await
+    }
+
+    /// Whether membership is checked at all (`false` for an open swarm).
+    pub fn membership_enforced(&self) -> bool {
+        self.shared.members.enforced()
+    }
+
+    /// The fleet key's peer id, once known.
+    pub fn fleet(&self) -> Option<PeerId> {
+        self.shared.members.fleet()
+    }
+
+    /// This node's current membership certificate.
+    pub fn certificate(&self) -> Option<MemberCertificate> {
+        self.shared.members.certificate()
+    }
+
+    /// Sets the fleet key (the gateway's peer id, learned from its `/flotilla/v1/info`). A
+    /// different key than before voids every verified peer and this node's certificate.
+    ///
+    /// # Errors
+    /// [`SwarmError::Stopped`].
+    pub async fn set_fleet(&self, fleet: PeerId) -> Result<(), SwarmError> {
+        self.ask(|reply| Command::SetFleet { fleet, reply }).await
+    }
+
+    /// Takes a (new or renewed) membership certificate for this node and presents it to every
+    /// connected peer.
+    ///
+    /// # Errors
+    /// [`SwarmError::Membership`] if it does not name this node, is not signed by the fleet key
+    /// or is not valid now; [`SwarmError::Stopped`].
+    pub async fn set_certificate(&self, cert: MemberCertificate) -> Result<(), SwarmError> {
+        self.ask(|reply| Command::SetCertificate { cert, reply })
+            .await?
+    }
+
     /// Stops the swarm task (closing every connection) and waits until it has stopped.
     /// Idempotent.
     ///
@@ -228,6 +298,81 @@ impl SwarmHandle {
     }
 
     async fn open(&self, peer: PeerId) -> Result<PeerStream, NetworkError> {
+        self.open_with(peer, self.shared.stream_protocol.clone())
+            .await
+    }
+
+    /// Opens a stream of another protocol than the piece transfer (e.g. `/flotilla/meta/1.0.0`)
+    /// to `peer`, dialing if needed, within [`OPEN_STREAM_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`NetworkError::Unreachable`] or [`NetworkError::Stopped`].
+    pub async fn open_protocol_stream(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<PeerStream, NetworkError> {
+        self.open_with(peer, protocol).await
+    }
+
+    /// Inbound streams of another protocol than the piece transfer. Only one acceptor per
+    /// protocol may exist.
+    ///
+    /// # Errors
+    /// [`SwarmError::Build`] if the protocol is already accepted.
+    pub fn accept_protocol(
+        &self,
+        protocol: StreamProtocol,
+    ) -> Result<libp2p_stream::IncomingStreams, SwarmError> {
+        self.shared
+            .control
+            .clone()
+            .accept(protocol)
+            .map_err(|e| SwarmError::Build(e.to_string()))
+    }
+
+    /// Providers of an arbitrary DHT key (not a blob's), at most `limit`.
+    ///
+    /// # Errors
+    /// [`NetworkError::Query`] or [`NetworkError::Stopped`].
+    pub async fn find_key_providers(
+        &self,
+        key: RecordKey,
+        limit: usize,
+    ) -> Result<Vec<PeerId>, NetworkError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.ask(|reply| Command::FindProviders { key, limit, reply })
+            .await
+            .or_else(stopped)?
+    }
+
+    /// Announces this node as a provider of an arbitrary DHT key (re-published like blobs).
+    ///
+    /// # Errors
+    /// [`NetworkError::Query`] or [`NetworkError::Stopped`].
+    pub async fn provide_key(&self, key: RecordKey) -> Result<(), NetworkError> {
+        self.ask(|reply| Command::Provide { key, reply })
+            .await
+            .or_else(stopped)?
+    }
+
+    /// Withdraws [`SwarmHandle::provide_key`].
+    ///
+    /// # Errors
+    /// [`NetworkError::Stopped`].
+    pub async fn unprovide_key(&self, key: RecordKey) -> Result<(), NetworkError> {
+        self.ask(|reply| Command::Unprovide { key, reply })
+            .await
+            .or_else(stopped)
+    }
+
+    async fn open_with(
+        &self,
+        peer: PeerId,
+        protocol: StreamProtocol,
+    ) -> Result<PeerStream, NetworkError> {
         if peer == self.shared.local_peer_id {
             return Err(NetworkError::Unreachable {
                 peer,
@@ -238,14 +383,20 @@ impl SwarmHandle {
             // libp2p-stream would dial by itself, but only with the addresses Kademlia knows; the
             // task also has the address book (e.g. providers met only in a lookup).
             self.connect(peer).await?;
+            let members = &self.shared.members;
+            if !members.wait_handshake(&peer).await {
+                return Err(NetworkError::Unreachable {
+                    peer,
+                    reason: "not a fleet member".to_owned(),
+                });
+            }
             let mut control = self.shared.control.clone();
-            let stream = control
-                .open_stream(peer, self.shared.stream_protocol.clone())
-                .await
-                .map_err(|e| NetworkError::Unreachable {
+            let stream = control.open_stream(peer, protocol).await.map_err(|e| {
+                NetworkError::Unreachable {
                     peer,
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             Ok(Box::new(stream) as PeerStream)
         };
         match tokio::time::timeout(OPEN_STREAM_TIMEOUT, attempt).await {

@@ -132,9 +132,14 @@ impl Task {
     }
 
     /// Stores a provider record another peer announced (filtering is on so the task can note
-    /// its expiry).
-    fn store_provider(&mut self, record: ProviderRecord) {
+    /// its expiry, and keep non-members' records out). Kademlia only passes on records whose
+    /// provider is the peer that sent them.
+    pub(super) fn store_provider(&mut self, record: ProviderRecord) {
         if record.provider == self.local {
+            return;
+        }
+        if !self.is_member(&record.provider) {
+            self.hold_record(record);
             return;
         }
         match self
@@ -200,6 +205,12 @@ impl Task {
             } => self.store_provider(record),
             kad::Event::RoutingUpdated { .. } => {
                 self.refresh_known_peers();
+            }
+            // Manual inserts (membership): a member goes into the routing table, a stranger's
+            // address is kept for dialing only.
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                self.learn_address(peer, address);
             }
             _ => {}
         }

@@ -22,7 +22,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::behaviour::{self, Behaviour, BehaviourEvent, MAX_PROVIDER_KEYS};
 use super::dial::PendingDial;
 use super::expiry::ProviderExpiry;
+use super::gate::{Gate, StreamGate};
 use super::handle::{Command, Incoming, SwarmHandle};
+use super::membership::{self, MEMBER_PROTOCOL, Members};
 use super::queries::Find;
 use super::{SwarmConfig, SwarmError, addr, udp};
 use crate::ports::{NetworkError, PeerStream};
@@ -37,6 +39,10 @@ const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
 const ADDRESS_BOOK_PEERS: usize = 4096;
 /// How often the routing-table size is recounted and expired records are dropped.
 const HOUSEKEEPING: Duration = Duration::from_secs(5);
+/// How often strangers past their grace period are looked for.
+const STRANGER_SWEEP: Duration = Duration::from_secs(1);
+/// Verified peers waiting for the task.
+const ADMITTED_QUEUE: usize = 256;
 
 /// A listener and what it reported.
 struct Listener {
@@ -73,6 +79,7 @@ pub(super) struct Task {
     pub(super) provides: HashMap<QueryId, oneshot::Sender<Result<(), NetworkError>>>,
     pub(super) bootstraps: HashMap<QueryId, oneshot::Sender<Result<usize, SwarmError>>>,
     pub(super) expiry: ProviderExpiry,
+    pub(super) gate: Gate,
 }
 
 /// See [`super::spawn`].
@@ -88,6 +95,23 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
     let inbound = control
         .accept(config.stream_protocol.clone())
         .map_err(|e| SwarmError::Build(e.to_string()))?;
+    let handshakes = control
+        .accept(StreamProtocol::new(MEMBER_PROTOCOL))
+        .map_err(|e| SwarmError::Build(e.to_string()))?;
+    let grace = config
+        .fleet
+        .as_ref()
+        .map_or(Duration::MAX, |f| f.stranger_grace);
+    let members = Arc::new(match &config.fleet {
+        Some(f) => Members::new(true, local, f.fleet, grace),
+        None => Members::new(false, local, None, grace),
+    });
+    if let Some(cert) = config.fleet.as_ref().and_then(|f| f.certificate.clone())
+        && let Err(e) = members.set_certificate(cert)
+    {
+        return Err(SwarmError::Membership(e));
+    }
+    let (admitted_tx, admitted_rx) = mpsc::channel(ADMITTED_QUEUE);
 
     let mut listeners = HashMap::new();
     for requested in &config.listen {
@@ -130,6 +154,7 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
         provides: HashMap::new(),
         bootstraps: HashMap::new(),
         expiry: ProviderExpiry::new(MAX_PROVIDER_KEYS),
+        gate: Gate::new(members.clone(), control.clone(), admitted_rx, grace),
     };
     task.wait_listening().await?;
     task.tune_udp(config.udp_buffer_bytes).await;
@@ -154,7 +179,17 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
 
     let (stop_tx, stop_rx) = oneshot::channel();
     let (incoming_tx, incoming_rx) = mpsc::channel(INCOMING_QUEUE);
-    tokio::spawn(pump(inbound, incoming_tx, stop_rx));
+    tokio::spawn(pump(
+        inbound,
+        incoming_tx,
+        stop_rx,
+        StreamGate::new(members.clone()),
+    ));
+    tokio::spawn(membership::accept_handshakes(
+        handshakes,
+        members.clone(),
+        admitted_tx,
+    ));
     let handle = SwarmHandle::new(
         command_tx,
         local,
@@ -162,6 +197,7 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
         config.stream_protocol,
         listen_rx,
         known_peers,
+        members,
     );
     tokio::spawn(task.run(stop_tx));
     Ok((
@@ -173,12 +209,13 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
 }
 
 /// Moves accepted streams from libp2p-stream (which drops them when its one-slot channel is
-/// full) into the larger queue of [`Incoming`]. Stops with the swarm or when `Incoming` is
-/// dropped.
+/// full) into the larger queue of [`Incoming`], through the membership gate. Stops with the
+/// swarm or when `Incoming` is dropped.
 async fn pump(
     mut inbound: libp2p_stream::IncomingStreams,
     out: mpsc::Sender<(PeerId, PeerStream)>,
     mut stop: oneshot::Receiver<()>,
+    gate: StreamGate,
 ) {
     loop {
         let next = tokio::select! {
@@ -187,7 +224,9 @@ async fn pump(
             () = out.closed() => return,
         };
         let Some((peer, stream)) = next else { return };
-        let stream: PeerStream = Box::new(stream);
+        let Some(stream) = gate.admit(peer, Box::new(stream), &out) else {
+            continue;
+        };
         tokio::select! {
             sent = out.send((peer, stream)) => if sent.is_err() { return },
             _ = &mut stop => return,
@@ -201,6 +240,8 @@ impl Task {
     async fn run(mut self, stop: oneshot::Sender<()>) {
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep = tokio::time::interval(STRANGER_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let confirm = loop {
             tokio::select! {
                 command = self.commands.recv() => match command {
@@ -213,6 +254,8 @@ impl Task {
                     self.on_find_deadline(id);
                 }
                 _ = housekeeping.tick() => self.housekeeping(),
+                _ = sweep.tick() => self.sweep_strangers(),
+                Some(peer) = self.gate.admitted.recv() => self.on_admitted(peer),
             }
         };
         tracing::info!(peer = %self.local, "swarm stopping");
@@ -354,6 +397,18 @@ impl Task {
                     let _ = reply.send(Err(SwarmError::NoKnownPeers));
                 }
             },
+            Command::SetFleet { fleet, reply } => {
+                self.gate.members.set_fleet(fleet);
+                self.on_admitted(fleet);
+                let _ = reply.send(());
+            }
+            Command::SetCertificate { cert, reply } => {
+                let result = self.gate.members.set_certificate(cert);
+                if result.is_ok() {
+                    self.push_to_all();
+                }
+                let _ = reply.send(result.map_err(SwarmError::Membership));
+            }
             Command::Disconnect { peer, reply } => {
                 let _ = self.swarm.disconnect_peer_id(peer);
                 self.swarm.behaviour_mut().kad.remove_peer(&peer);
@@ -399,15 +454,27 @@ impl Task {
                 peer_id,
                 connection_id,
                 endpoint,
+                num_established,
                 ..
             } => {
                 let remote = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %remote, "connected");
                 self.connections.insert(connection_id, (peer_id, remote));
                 self.on_connected(peer_id);
+                if num_established.get() == 1 {
+                    self.on_first_connection(peer_id);
+                }
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                num_established,
+                ..
+            } => {
                 self.connections.remove(&connection_id);
+                if num_established == 0 {
+                    self.on_all_closed(peer_id);
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -461,15 +528,18 @@ impl Task {
         self.listen_tx.send_replace(quic);
     }
 
-    /// Files a dialable address of `peer` in the routing table and the address book.
+    /// Files a dialable address of `peer` in the address book, and in the routing table if it
+    /// is a member (a stranger's addresses enter it once its certificate verified).
     pub(super) fn learn_address(&mut self, peer: PeerId, address: Multiaddr) {
         if peer == self.local || !addr::is_dialable(&address) {
             return;
         }
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .add_address(&peer, address.clone());
+        if self.is_member(&peer) {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, address.clone());
+        }
         self.book.add(peer, address);
     }
 

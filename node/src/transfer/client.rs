@@ -138,6 +138,9 @@ enum Op {
 struct Shared {
     state: Mutex<State>,
     wake: Notify,
+    /// Answers and payload chunks received so far: how a downloader tells an uploader that is
+    /// slowly sending from one that accepted requests and went silent.
+    progress: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -233,6 +236,7 @@ impl Session {
                 closed: false,
             }),
             wake: Notify::new(),
+            progress: std::sync::atomic::AtomicU64::new(0),
         });
         let task = Task {
             peer,
@@ -260,6 +264,13 @@ impl Session {
     /// Number of pieces of the blob.
     pub fn piece_count(&self) -> u32 {
         self.count
+    }
+
+    /// A counter that moves whenever the uploader answers a request or sends part of a piece.
+    pub fn progress(&self) -> u64 {
+        self.shared
+            .progress
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the stream has ended (requests would fail).
@@ -401,7 +412,7 @@ impl Task {
                 Frame::Piece { index, len } => self.piece(&mut reader, index, len).await,
                 Frame::Busy { piece } => self.answer(piece, SessionEventKind::Refused(piece)).await,
                 Frame::Missing { piece } => {
-                    self.answer(piece, SessionEventKind::Failed(piece)).await
+                    self.answer(piece, SessionEventKind::Missing(piece)).await
                 }
                 Frame::Error { code, message } => {
                     return Stop::Closed(Some(format!("peer error {code}: {message}")));
@@ -412,6 +423,12 @@ impl Task {
                 return stop;
             }
         }
+    }
+
+    fn moved(&self) {
+        self.shared
+            .progress
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn check_index(&self, piece: u32) -> Result<(), Stop> {
@@ -425,6 +442,7 @@ impl Task {
     /// Matches an answer for `piece` to a request.
     fn take_answer(&self, piece: u32) -> Result<Answer, Stop> {
         self.check_index(piece)?;
+        self.moved();
         let mut state = self.shared.lock();
         if state.requested.remove(&piece) {
             Ok(Answer::Live)
@@ -487,6 +505,7 @@ impl Task {
                 }
             };
             left -= n;
+            self.moved();
             if let Some(r) = receiver.as_mut()
                 && let Err(e) = r.write(chunk).await
             {

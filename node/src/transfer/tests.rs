@@ -367,7 +367,7 @@ async fn have_updates_follow_the_source() {
     c.session.request(3).unwrap();
     assert_eq!(
         answers(&mut c.events, 1).await,
-        vec![SessionEventKind::Failed(3)]
+        vec![SessionEventKind::Missing(3)]
     );
     source.gain(3);
     source.gain(5);

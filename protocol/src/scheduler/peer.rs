@@ -291,6 +291,7 @@ pub(super) fn rank(node_hash: u64, piece: u32) -> u64 {
 }
 
 /// xorshift64*: the seeded tie-break generator (no `rand` dependency needed).
+#[derive(Debug, Clone)]
 pub(super) struct XorShift(u64);
 
 impl XorShift {

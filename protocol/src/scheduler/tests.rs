@@ -223,6 +223,24 @@ fn lone_node_uses_origin_after_grace() {
 }
 
 #[test]
+fn cold_start_ends_the_origin_grace() {
+    let c = Config {
+        origin_grace: ms(1000),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(5), c, ms(0));
+    assert!(drain(&mut s).is_empty());
+    assert_eq!(s.poll_timeout(), Some(ms(1000)), "grace end");
+    s.end_origin_grace(ms(20));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 2, "origin window at 20 ms: {r:?}");
+    assert!(r.iter().all(|r| r.0 == Source::Origin));
+    // Reporting it again, or later, changes nothing.
+    s.end_origin_grace(ms(30));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
 fn a_piece_only_a_liar_holds_goes_to_the_origin() {
     // A one-piece blob: the liar cannot reach the ban threshold, and nobody else holds the
     // piece. Its bad copy must stop counting, or the piece is asked of nobody for ever.

@@ -1,0 +1,216 @@
+//! Fleet membership at the gateway (SPEC §5.3): the fleet join token, and
+//! `POST /flotilla/v1/join`, which issues a node its membership certificate.
+//!
+//! The fleet key is the gateway's libp2p identity (the key that signs piece tables), so nodes
+//! already know it from `GET /flotilla/v1/info`. A node earns a certificate by presenting the
+//! fleet token (`Authorization: Bearer <token>`) and proving it holds the key of the peer id it
+//! asks for (a signed [`JoinProof`]).
+//!
+//! The token is `fleet_token` from the config, else `<data_dir>/fleet.token`, created with a
+//! random token (32 bytes, hex) on first start: the gateway is never open to strangers by
+//! default. The file is written like `identity.key` (0600, temp file, fsync, rename).
+
+use std::path::{Path, PathBuf};
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use flotilla_node::identity::membership::{JoinRequest, JoinResponse};
+use flotilla_protocol::membership::MemberCertificate;
+use libp2p_identity::Keypair;
+
+use crate::config::Config;
+use crate::error::{ApiError, ErrorCode};
+
+/// File name of the generated token inside the data directory.
+pub const TOKEN_FILE: &str = "fleet.token";
+/// Random bytes in a generated token.
+const TOKEN_BYTES: usize = 32;
+/// Largest join request body read.
+pub const MAX_JOIN_BODY: usize = 16 * 1024;
+
+/// Why the fleet token could not be read or created.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// The token file could not be read or written.
+    #[error("fleet token file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configured or stored token is empty.
+    #[error("the fleet token in {0} is empty")]
+    Empty(String),
+    /// No randomness for a new token.
+    #[error("cannot generate a fleet token: {0}")]
+    Random(String),
+}
+
+/// Unix seconds now (0 if the clock is before 1970).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Where the token comes from: the path of the token file unless it is set in the config.
+pub fn token_path(config: &Config) -> Option<PathBuf> {
+    match &config.fleet_token {
+        Some(_) => None,
+        None => Some(config.data_dir.join(TOKEN_FILE)),
+    }
+}
+
+/// The fleet token: `config.fleet_token`, else the contents of `<data_dir>/fleet.token`, which
+/// is created with a random token if missing. Surrounding whitespace is ignored.
+///
+/// # Errors
+/// [`FleetError`].
+pub fn load_token(config: &Config) -> Result<String, FleetError> {
+    if let Some(t) = &config.fleet_token {
+        let t = t.trim();
+        if t.is_empty() {
+            return Err(FleetError::Empty("the configuration".to_owned()));
+        }
+        return Ok(t.to_owned());
+    }
+    load_or_create_file(&config.data_dir)
+}
+
+fn load_or_create_file(dir: &Path) -> Result<String, FleetError> {
+    let path = dir.join(TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let t = text.trim();
+            if t.is_empty() {
+                return Err(FleetError::Empty(path.display().to_string()));
+            }
+            return Ok(t.to_owned());
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(FleetError::Io { path, source }),
+    }
+    let mut raw = [0u8; TOKEN_BYTES];
+    aws_lc_rs::rand::fill(&mut raw).map_err(|e| FleetError::Random(e.to_string()))?;
+    let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(dir, &path, format!("{token}\n").as_bytes()).map_err(|source| {
+        FleetError::Io {
+            path: path.clone(),
+            source,
+        }
+    })?;
+    tracing::info!(path = %path.display(), "created a fleet join token; give it to every node (fleet_token)");
+    Ok(token)
+}
+
+fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!("{TOKEN_FILE}.tmp"));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// The enrollment side of the API: the token and how long certificates live.
+#[derive(Clone)]
+pub struct Fleet {
+    token: String,
+    lifetime_secs: u64,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token itself.
+        f.debug_struct("Fleet")
+            .field("lifetime_secs", &self.lifetime_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fleet {
+    /// Enrollment with `config.fleet_token` (which [`crate::serve`] fills from [`load_token`]);
+    /// `None` when it is not set, and then `POST /flotilla/v1/join` answers 404.
+    pub fn from_config(config: &Config) -> Option<Fleet> {
+        let token = config.fleet_token.as_deref()?.trim();
+        if token.is_empty() {
+            return None;
+        }
+        Some(Fleet {
+            token: token.to_owned(),
+            lifetime_secs: config.member_cert_secs.max(60),
+        })
+    }
+
+    /// Answers a join request: `401 UNAUTHORIZED` for a missing or wrong token,
+    /// `400 UNSUPPORTED` for a body that is not a valid join proof (bad JSON, bad signature,
+    /// a timestamp more than 5 min off, a peer id that does not match the key), else a
+    /// certificate for the proven peer id signed by `fleet_key`.
+    ///
+    /// # Errors
+    /// The [`ApiError`] to answer.
+    pub fn join(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        fleet_key: &Keypair,
+        now: u64,
+    ) -> Result<JoinResponse, ApiError> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim);
+        let authorized = presented
+            .is_some_and(|p| verify_slices_are_equal(p.as_bytes(), self.token.as_bytes()).is_ok());
+        if !authorized {
+            return Err(ApiError::new(ErrorCode::Unauthorized)
+                .with_message("a valid fleet join token is required")
+                .with_header(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"flotilla-fleet\""),
+                ));
+        }
+        let bad = |detail: String| {
+            ApiError::new(ErrorCode::Unsupported)
+                .with_status(StatusCode::BAD_REQUEST)
+                .with_message("invalid join request")
+                .with_detail(detail)
+        };
+        let req: JoinRequest =
+            serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))?;
+        let (named, proof) = req.proof().map_err(bad)?;
+        let gateway = fleet_key.public().to_peer_id();
+        let member = proof
+            .verify(&gateway, now)
+            .map_err(|e| bad(e.to_string()))?;
+        if named != member {
+            return Err(bad(format!("peer_id {named} is not the key's ({member})")));
+        }
+        let cert = MemberCertificate::issue(fleet_key, member, now, self.lifetime_secs)
+            .map_err(|e| ApiError::internal("issuing a membership certificate", &e))?;
+        tracing::info!(%member, not_after = cert.not_after, "fleet member enrolled");
+        Ok(JoinResponse::new(&cert))
+    }
+}
+
+#[cfg(test)]
+mod tests;

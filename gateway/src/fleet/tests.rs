@@ -1,0 +1,198 @@
+//! `POST /flotilla/v1/join` through the real router: the token, the proof of key possession, the
+//! clock, and the certificate it issues; and the token file.
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use flotilla_node::identity::membership::{JoinRequest, JoinResponse};
+use flotilla_protocol::membership::MemberCertificate;
+use libp2p_identity::{Keypair, PeerId};
+use tower::ServiceExt as _;
+
+use super::{TOKEN_FILE, load_token, unix_now};
+use crate::config::Config;
+use crate::registry::Registry;
+
+const TOKEN: &str = "sesame-0123456789";
+
+struct Rig {
+    app: axum::Router,
+    gateway: PeerId,
+    _dir: tempfile::TempDir,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        fleet_token: Some(TOKEN.to_owned()),
+        member_cert_secs: 3600,
+        ..Config::default()
+    };
+    let registry = Registry::open(config.storage()).await.unwrap();
+    let gateway = registry.seed().peer_id();
+    Rig {
+        app: crate::api::router(registry, &config, None),
+        gateway,
+        _dir: dir,
+    }
+}
+
+fn key() -> Keypair {
+    Keypair::generate_ed25519()
+}
+
+impl Rig {
+    async fn join(&self, auth: Option<&str>, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri("/flotilla/v1/join")
+            .header("content-type", "application/json");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = res.status();
+        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    fn request(&self, node: &Keypair, at: u64) -> Vec<u8> {
+        serde_json::to_vec(&JoinRequest::new(node, &self.gateway, at).unwrap()).unwrap()
+    }
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+fn decode_cert(hex_text: &str) -> MemberCertificate {
+    let bytes: Vec<u8> = (0..hex_text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex_text[i..i + 2], 16).unwrap())
+        .collect();
+    MemberCertificate::decode(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn the_right_token_and_proof_get_a_certificate_for_the_node() {
+    let rig = rig().await;
+    let node = key();
+    let (status, body) = rig
+        .join(Some(&bearer()), rig.request(&node, unix_now()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let answer: JoinResponse = serde_json::from_value(body).unwrap();
+    let cert = decode_cert(&answer.certificate);
+    let me = node.public().to_peer_id();
+    cert.verify(&rig.gateway, &me, unix_now()).unwrap();
+    assert_eq!(cert.not_after - cert.issued_at, 3600);
+    assert_eq!(
+        (answer.issued_at, answer.not_after),
+        (cert.issued_at, cert.not_after)
+    );
+    let stranger = key().public().to_peer_id();
+    assert!(cert.verify(&rig.gateway, &stranger, unix_now()).is_err());
+}
+
+#[tokio::test]
+async fn a_wrong_or_missing_token_is_401() {
+    let rig = rig().await;
+    let node = key();
+    for auth in [
+        None,
+        Some("Bearer nope"),
+        Some("Basic c2VzYW1l"),
+        Some("Bearer "),
+    ] {
+        let (status, body) = rig.join(auth, rig.request(&node, unix_now())).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}: {body}");
+        assert_eq!(body["errors"][0]["code"], "UNAUTHORIZED");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_proof_is_400() {
+    let rig = rig().await;
+    let node = key();
+    let now = unix_now();
+    // Signed for another gateway.
+    let other = key().public().to_peer_id();
+    let for_other = serde_json::to_vec(&JoinRequest::new(&node, &other, now).unwrap()).unwrap();
+    // Someone else's peer id with this node's proof.
+    let mut claimed = JoinRequest::new(&node, &rig.gateway, now).unwrap();
+    claimed.peer_id = key().public().to_peer_id().to_string();
+    // A tampered signature.
+    let mut tampered = JoinRequest::new(&node, &rig.gateway, now).unwrap();
+    let flipped = if tampered.signature.starts_with("00") {
+        "11"
+    } else {
+        "00"
+    };
+    tampered.signature.replace_range(0..2, flipped);
+    let cases = [
+        ("another gateway", for_other),
+        ("another peer id", serde_json::to_vec(&claimed).unwrap()),
+        ("tampered", serde_json::to_vec(&tampered).unwrap()),
+        ("not json", b"{".to_vec()),
+        ("stale", rig.request(&node, now - 301)),
+        ("early", rig.request(&node, now + 301)),
+    ];
+    for (what, body) in cases {
+        let (status, answer) = rig.join(Some(&bearer()), body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {answer}");
+        assert_eq!(answer["errors"][0]["code"], "UNSUPPORTED", "{what}");
+    }
+    // Within the allowed skew.
+    let (status, _) = rig
+        .join(Some(&bearer()), rig.request(&node, now - 200))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn only_post_is_allowed() {
+    let rig = rig().await;
+    let res = rig
+        .app
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/flotilla/v1/join")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn the_token_file_is_created_once_private_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    let a = load_token(&config).unwrap();
+    let b = load_token(&config).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 64);
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = config.data_dir.join(TOKEN_FILE);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let configured = Config {
+        fleet_token: Some(" set ".to_owned()),
+        ..config
+    };
+    assert_eq!(load_token(&configured).unwrap(), "set");
+}

@@ -1,0 +1,838 @@
+//! The swarm simulation: every host runs one production
+//! [`Scheduler`](flotilla_protocol::scheduler::Scheduler) per layer, and this module plays the
+//! world around them — DHT lookups and announcements, transfer sessions with the node's
+//! server limits, the origin (with its refusal window), bandwidth (the [`flow`](crate::flow)
+//! engine), latency, churn — as a discrete-event simulation in virtual time.
+//!
+//! # Determinism
+//! Events live in one binary heap ordered by (time, sequence number); every collection is a
+//! `Vec`, `VecDeque` or `BTreeMap`, and all randomness comes from one seeded [`Rng`]. The same
+//! fleet gives the same run, event for event.
+//!
+//! # Cost
+//! A `have` is one event per (piece, destination site), fanned out to the subscribers when it
+//! fires; a host's timer is re-armed only when the scheduler's next deadline moves earlier
+//! (a stale timer event is dropped when it fires); flows are re-rated once per distinct event
+//! time. A scheduler is dropped as soon as its blob is complete.
+
+mod origin;
+mod peers;
+mod pieces;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use flotilla_protocol::piece::{Bitfield, piece_size_for};
+use flotilla_protocol::scheduler::{Action, Config, Rotation, RotationConfig, Scheduler, Source};
+
+use crate::flow::{Check, Nanos};
+use crate::model::Fleet;
+use crate::net::{Net, nanos, secs};
+use crate::queue::Queue;
+use crate::rng::{Rng, mix};
+
+/// `src` of an answer that came from the origin.
+const ORIGIN: u32 = u32::MAX;
+/// `site` of a `have` meant for every subscriber.
+const ALL_SITES: u16 = u16::MAX;
+
+/// Something that happens at a point in simulated time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ev {
+    Join(u32),
+    Leave(u32),
+    /// A task's housekeeping tick: swarm size to the scheduler, a provider lookup when due.
+    Tick(u32),
+    LookupDone(u32),
+    /// The gateway's count of nodes pulling the task's layer arrives.
+    SwarmCount {
+        task: u32,
+        nodes: u32,
+    },
+    /// A session from `task` to host `peer` is established (or fails).
+    Open {
+        task: u32,
+        peer: u32,
+    },
+    /// The task's host becomes findable as a provider of its blob.
+    Announce(u32),
+    PeerRequest {
+        stream: u32,
+        piece: u32,
+    },
+    PeerCancel {
+        stream: u32,
+        piece: u32,
+    },
+    OriginRequest {
+        task: u32,
+        piece: u32,
+    },
+    /// The origin server gets to a queued request.
+    OriginAdmit {
+        task: u32,
+        piece: u32,
+    },
+    OriginCancel {
+        task: u32,
+        piece: u32,
+    },
+    FlowEnd {
+        flow: u32,
+        version: u32,
+    },
+    Deliver {
+        task: u32,
+        src: u32,
+        piece: u32,
+    },
+    Refused {
+        task: u32,
+        src: u32,
+        piece: u32,
+    },
+    Failed {
+        task: u32,
+        src: u32,
+        piece: u32,
+    },
+    PeerGone {
+        task: u32,
+        peer: u32,
+    },
+    Have {
+        task: u32,
+        piece: u32,
+        site: u16,
+    },
+    Timer(u32),
+    OriginGone,
+}
+
+impl Ev {
+    /// Names of the kinds, in [`Ev::kind`] order.
+    const KINDS: [&'static str; 20] = [
+        "join",
+        "leave",
+        "tick",
+        "lookup_done",
+        "open",
+        "announce",
+        "peer_request",
+        "peer_cancel",
+        "origin_request",
+        "origin_admit",
+        "origin_cancel",
+        "flow_end",
+        "deliver",
+        "refused",
+        "failed",
+        "peer_gone",
+        "have",
+        "timer",
+        "origin_gone",
+        "swarm_count",
+    ];
+
+    fn kind(&self) -> usize {
+        match self {
+            Ev::Join(_) => 0,
+            Ev::Leave(_) => 1,
+            Ev::Tick(_) => 2,
+            Ev::LookupDone(_) => 3,
+            Ev::Open { .. } => 4,
+            Ev::Announce(_) => 5,
+            Ev::PeerRequest { .. } => 6,
+            Ev::PeerCancel { .. } => 7,
+            Ev::OriginRequest { .. } => 8,
+            Ev::OriginAdmit { .. } => 9,
+            Ev::OriginCancel { .. } => 10,
+            Ev::FlowEnd { .. } => 11,
+            Ev::Deliver { .. } => 12,
+            Ev::Refused { .. } => 13,
+            Ev::Failed { .. } => 14,
+            Ev::PeerGone { .. } => 15,
+            Ev::Have { .. } => 16,
+            Ev::Timer(_) => 17,
+            Ev::OriginGone => 18,
+            Ev::SwarmCount { .. } => 19,
+        }
+    }
+}
+
+/// What a flow carries.
+#[derive(Debug, Clone, Copy)]
+enum Tag {
+    Peer { stream: u32, piece: u32 },
+    Origin { task: u32, piece: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Waiting,
+    Running,
+    Done,
+    Gone,
+}
+
+#[derive(Debug)]
+struct Host {
+    alive: bool,
+    left: bool,
+    /// Pieces being sent now, over all streams.
+    sends: u16,
+    /// Sessions served now.
+    streams_in: u16,
+    done_tasks: usize,
+    join: Nanos,
+    done_at: Option<Nanos>,
+}
+
+/// One host's download of one layer.
+#[derive(Debug)]
+struct Task {
+    host: u32,
+    blob: u16,
+    state: State,
+    sched: Option<Box<Scheduler<u32>>>,
+    /// Streams this task downloads through.
+    sessions: Vec<u32>,
+    /// Hosts a session is being opened to.
+    connecting: Vec<u32>,
+    /// Streams this task's host serves this layer on.
+    subscribers: Vec<u32>,
+    /// Time of the pending timer event, if one is armed.
+    timer: Option<Nanos>,
+    held: u32,
+    swarm_hint: u64,
+    read_pos: u32,
+    /// Provider lookups started so far, when the last one started, whether one is running.
+    lookups: u32,
+    last_lookup: Option<Nanos>,
+    lookup_running: bool,
+    /// Which sessions the download keeps (the node's policy, from the protocol crate).
+    rotation: Option<Box<Rotation<u32>>>,
+    /// Whether the first lookup's sessions were checked for a cold start.
+    grace_checked: bool,
+}
+
+/// One transfer session: a downloader task and an uploader task of the same layer.
+#[derive(Debug)]
+struct Stream {
+    down: u32,
+    up: u32,
+    queue: VecDeque<u32>,
+    active: Option<u32>,
+    open: bool,
+    /// Index in the uploader's `subscribers`.
+    slot: u32,
+}
+
+#[derive(Debug)]
+struct Blob {
+    size: u64,
+    piece_size: u32,
+    pieces: u32,
+    /// Hosts announced as providers, in announcement order (records outlive their hosts).
+    providers: Vec<u32>,
+    /// Pieces some host has received.
+    copies: Bitfield,
+}
+
+impl Blob {
+    fn piece_len(&self, piece: u32) -> f64 {
+        let start = u64::from(piece) * u64::from(self.piece_size);
+        (self.size - start).min(u64::from(self.piece_size)) as f64
+    }
+}
+
+/// The origin: its servers' refusal windows and the flows it is sending.
+#[derive(Debug)]
+struct Origin {
+    alive: bool,
+    gone_at: Option<Nanos>,
+    /// Per layer and piece: requests for it are refused until then.
+    refuse_until: Vec<Vec<Nanos>>,
+    active: BTreeMap<(u32, u32), u32>,
+    /// Requests in a server's accept queue.
+    queued: std::collections::BTreeSet<(u32, u32)>,
+    /// Per server: when it can answer the next request.
+    next_free: Vec<Nanos>,
+    /// Time to answer one request.
+    service: Nanos,
+    requests: u64,
+    refusals: u64,
+    /// Per layer: the gateway's count of nodes that fetched its piece table recently.
+    demand: Vec<Demand>,
+}
+
+/// The gateway's count of a blob's piece-table fetches (`gateway/src/seed/demand.rs`): two
+/// 30-s windows, the current and the previous one.
+#[derive(Debug, Clone, Copy, Default)]
+struct Demand {
+    window_start: Option<Nanos>,
+    current: u32,
+    previous: u32,
+}
+
+/// The length of one of [`Demand`]'s windows.
+const DEMAND_WINDOW: Nanos = 30_000_000_000;
+
+impl Demand {
+    fn rotate(&mut self, now: Nanos) {
+        let Some(start) = self.window_start else {
+            self.window_start = Some(now);
+            return;
+        };
+        let elapsed = now.saturating_sub(start);
+        if elapsed >= 2 * DEMAND_WINDOW {
+            self.previous = 0;
+            self.current = 0;
+            self.window_start = Some(now);
+        } else if elapsed >= DEMAND_WINDOW {
+            self.previous = self.current;
+            self.current = 0;
+            self.window_start = Some(start + DEMAND_WINDOW);
+        }
+    }
+
+    fn note(&mut self, now: Nanos) {
+        self.rotate(now);
+        self.current = self.current.saturating_add(1);
+    }
+
+    fn total(&mut self, now: Nanos) -> u32 {
+        self.rotate(now);
+        self.current.saturating_add(self.previous)
+    }
+}
+
+/// Counters of a run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SwarmStats {
+    pub events: u64,
+    pub peak_queue: usize,
+    /// Bytes that crossed host and origin uploads (ended flows, aborted ones in part).
+    pub sent_bytes: f64,
+    /// Bytes that crossed host downloads.
+    pub received_bytes: f64,
+    /// Bytes of whole pieces handed to receivers.
+    pub delivered_bytes: f64,
+    /// Bytes of flows cut short (cancels, departures).
+    pub aborted_bytes: f64,
+    /// Delivered bytes of pieces the receiver already had or no longer wanted.
+    pub wasted_bytes: f64,
+    pub origin_requests: u64,
+    pub origin_refusals: u64,
+    /// Peer requests answered Busy.
+    pub busy_refusals: u64,
+    pub sessions_opened: u64,
+    pub sessions_failed: u64,
+    /// Sessions closed by the rotation policy to make room for a fresh provider.
+    pub sessions_replaced: u64,
+    /// Hosts that left before completing.
+    pub left_early: u64,
+    /// Events handled, by kind.
+    pub events_by_kind: BTreeMap<&'static str, u64>,
+    #[serde(skip)]
+    kinds: [u64; 20],
+}
+
+impl SwarmStats {
+    fn count(&mut self, kind: usize) {
+        if let Some(k) = self.kinds.get_mut(kind) {
+            *k += 1;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.events_by_kind = Ev::KINDS
+            .iter()
+            .zip(self.kinds)
+            .filter(|(name, n)| !name.is_empty() && *n > 0)
+            .map(|(name, n)| (*name, n))
+            .collect();
+    }
+}
+
+/// What the swarm run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmOutcome {
+    /// Per host: seconds from its start to its last layer, if it got there.
+    pub completion: Vec<Option<f64>>,
+    /// Per host: whether it left during the run.
+    pub left: Vec<bool>,
+    pub origin_bytes: f64,
+    pub peer_upload_bytes: f64,
+    /// Bytes host downloads took in (equals origin plus peer uploads: nothing is created or lost).
+    pub host_download_bytes: f64,
+    /// Per site: bytes into and out of the site over its WAN, per layer.
+    pub wan_in: Vec<Vec<f64>>,
+    pub wan_out: Vec<Vec<f64>>,
+    pub origin_gone_s: Option<f64>,
+    /// Simulated time of the last event handled.
+    pub end_s: f64,
+    pub stats: SwarmStats,
+}
+
+/// The simulation state.
+pub(crate) struct Swarm<'f> {
+    fleet: &'f Fleet,
+    now: Nanos,
+    max_time: Nanos,
+    queue: Queue<Ev>,
+    net: Net<Tag>,
+    hosts: Vec<Host>,
+    tasks: Vec<Task>,
+    streams: Vec<Stream>,
+    blobs: Vec<Blob>,
+    origin: Origin,
+    rng: Rng,
+    cfg: Config,
+    /// Per site: a DHT lookup's duration, and an announcement's.
+    lookup_time: Vec<Nanos>,
+    announce_time: Vec<Nanos>,
+    single_site: bool,
+    wan_in: Vec<Vec<f64>>,
+    wan_out: Vec<Vec<f64>>,
+    due: Vec<(u32, u32, Nanos)>,
+    scratch: Vec<u32>,
+    stats: SwarmStats,
+}
+
+/// Runs the swarm simulation of `fleet` (assumed validated).
+pub fn run(fleet: &Fleet) -> SwarmOutcome {
+    let mut s = Swarm::new(fleet);
+    s.run();
+    s.outcome()
+}
+
+impl<'f> Swarm<'f> {
+    fn new(fleet: &'f Fleet) -> Self {
+        let net = Net::new(fleet);
+        let n_hosts = fleet.hosts.len();
+        let n_sites = fleet.sites.len();
+        // A lookup takes ~log2(N) hops, each a round trip to a random node.
+        let hops = (n_hosts as f64 + 1.0).log2().ceil().max(1.0);
+        let mut per_site = vec![0usize; n_sites];
+        for h in &fleet.hosts {
+            per_site[usize::from(h.site)] += 1;
+        }
+        let mean_rtt: Vec<f64> = (0..n_sites)
+            .map(|a| {
+                per_site
+                    .iter()
+                    .enumerate()
+                    .map(|(b, &k)| fleet.rtt[a][b] * k as f64)
+                    .sum::<f64>()
+                    / n_hosts as f64
+            })
+            .collect();
+        let lookup_time: Vec<Nanos> = mean_rtt.iter().map(|&r| nanos(hops * r)).collect();
+        // Announcing is a lookup for the closest nodes, then one more round trip to store.
+        let announce_time = mean_rtt.iter().map(|&r| nanos((hops + 1.0) * r)).collect();
+        let blobs: Vec<Blob> = fleet
+            .layers
+            .iter()
+            .map(|&size| {
+                let piece_size = piece_size_for(size);
+                let pieces = size.div_ceil(u64::from(piece_size)) as u32;
+                Blob {
+                    size,
+                    piece_size,
+                    pieces,
+                    providers: Vec::new(),
+                    copies: Bitfield::new(pieces),
+                }
+            })
+            .collect();
+        let n_blobs = blobs.len();
+        let hosts = fleet
+            .hosts
+            .iter()
+            .map(|h| Host {
+                alive: false,
+                left: false,
+                sends: 0,
+                streams_in: 0,
+                done_tasks: 0,
+                join: nanos(h.join_s),
+                done_at: None,
+            })
+            .collect();
+        let tasks = (0..n_hosts * n_blobs)
+            .map(|t| Task {
+                host: (t / n_blobs) as u32,
+                blob: (t % n_blobs) as u16,
+                state: State::Waiting,
+                sched: None,
+                sessions: Vec::new(),
+                connecting: Vec::new(),
+                subscribers: Vec::new(),
+                timer: None,
+                held: 0,
+                swarm_hint: 1,
+                read_pos: 0,
+                lookups: 0,
+                last_lookup: None,
+                lookup_running: false,
+                rotation: None,
+                grace_checked: false,
+            })
+            .collect();
+        let origin = Origin {
+            alive: true,
+            gone_at: None,
+            refuse_until: blobs.iter().map(|b| vec![0; b.pieces as usize]).collect(),
+            active: BTreeMap::new(),
+            queued: Default::default(),
+            next_free: vec![0; fleet.origins.len()],
+            service: nanos(1.0 / fleet.params.origin_rps).max(1),
+            requests: 0,
+            refusals: 0,
+            demand: vec![Demand::default(); n_blobs],
+        };
+        let single_site = fleet.hosts.iter().all(|h| h.site == fleet.hosts[0].site);
+        let mut s = Swarm {
+            fleet,
+            now: 0,
+            max_time: nanos(fleet.params.max_time_s),
+            queue: Queue::default(),
+            net,
+            hosts,
+            tasks,
+            streams: Vec::new(),
+            blobs,
+            origin,
+            rng: Rng::new(mix(fleet.params.seed)),
+            cfg: Config::default(),
+            lookup_time,
+            announce_time,
+            single_site,
+            wan_in: vec![vec![0.0; n_blobs]; n_sites],
+            wan_out: vec![vec![0.0; n_blobs]; n_sites],
+            due: Vec::new(),
+            scratch: Vec::new(),
+            stats: SwarmStats::default(),
+        };
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            s.push(nanos(h.join_s), Ev::Join(i as u32));
+            if let Some(l) = h.leave_s {
+                s.push(nanos(l), Ev::Leave(i as u32));
+            }
+        }
+        s
+    }
+
+    fn push(&mut self, at: Nanos, ev: Ev) {
+        self.queue.push(at, ev);
+    }
+
+    fn run(&mut self) {
+        while let Some((t, ev)) = self.queue.pop() {
+            if t > self.max_time {
+                break;
+            }
+            self.now = t;
+            self.stats.events += 1;
+            self.stats.count(ev.kind());
+            self.handle(ev);
+            if self.queue.next_time().is_none_or(|n| n > t) {
+                self.flush();
+            }
+            self.stats.peak_queue = self.stats.peak_queue.max(self.queue.len());
+        }
+    }
+
+    /// Re-rates flows whose resources changed and schedules their completions.
+    fn flush(&mut self) {
+        let mut due = std::mem::take(&mut self.due);
+        self.net
+            .engine
+            .flush(self.now, |f, v, at| due.push((f, v, at)));
+        for &(flow, version, at) in &due {
+            self.push(at, Ev::FlowEnd { flow, version });
+        }
+        due.clear();
+        self.due = due;
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Join(h) => self.join(h),
+            Ev::Leave(h) => self.leave(h),
+            Ev::Tick(t) => self.tick(t),
+            Ev::SwarmCount { task, nodes } => self.swarm_count(task, nodes),
+            Ev::LookupDone(t) => self.lookup_done(t),
+            Ev::Open { task, peer } => self.open(task, peer),
+            Ev::Announce(t) => self.announce(t),
+            Ev::PeerRequest { stream, piece } => self.peer_request(stream, piece),
+            Ev::PeerCancel { stream, piece } => {
+                let s = &mut self.streams[stream as usize];
+                if s.open {
+                    s.queue.retain(|&p| p != piece);
+                }
+            }
+            Ev::OriginRequest { task, piece } => self.origin_arrive(task, piece),
+            Ev::OriginAdmit { task, piece } => self.origin_admit(task, piece),
+            Ev::OriginCancel { task, piece } => self.origin_cancel(task, piece),
+            Ev::FlowEnd { flow, version } => self.flow_end(flow, version),
+            Ev::Deliver { task, src, piece } => self.deliver(task, src, piece),
+            Ev::Refused { task, src, piece } => {
+                let now = self.at();
+                if let Some(s) = self.sched(task) {
+                    s.request_refused(source(src), piece, now);
+                    if src != ORIGIN {
+                        self.busy(task, src);
+                    }
+                    self.drain(task);
+                }
+            }
+            Ev::Failed { task, src, piece } => {
+                let now = self.at();
+                if let Some(s) = self.sched(task) {
+                    s.request_failed(source(src), piece, now);
+                    self.drain(task);
+                }
+            }
+            Ev::PeerGone { task, peer } => self.peer_gone(task, peer),
+            Ev::Have { task, piece, site } => self.have(task, piece, site),
+            Ev::Timer(t) => self.timer(t),
+            Ev::OriginGone => self.origin_gone(),
+        }
+    }
+
+    fn sched(&mut self, task: u32) -> Option<&mut Scheduler<u32>> {
+        let t = &mut self.tasks[task as usize];
+        if t.state == State::Running {
+            t.sched.as_deref_mut()
+        } else {
+            None
+        }
+    }
+
+    fn at(&self) -> Duration {
+        Duration::from_nanos(self.now)
+    }
+
+    fn join(&mut self, h: u32) {
+        let host = &mut self.hosts[h as usize];
+        if host.alive || host.done_at.is_some() {
+            return;
+        }
+        host.alive = true;
+        let n_blobs = self.blobs.len() as u32;
+        for b in 0..n_blobs {
+            let t = h * n_blobs + b;
+            let cfg = Config {
+                seed: mix(self.fleet.params.seed ^ mix(u64::from(t))),
+                ..self.cfg.clone()
+            };
+
+            let have = Bitfield::new(self.blobs[b as usize].pieces);
+            let mut sched = Scheduler::new(h, have, cfg, self.at());
+            if self.fleet.params.streaming {
+                sched.set_read_position(0);
+            }
+            let hint = if self.fleet.params.fleet_size_hint {
+                let n = self.hosts.len() as u64;
+                sched.set_swarm_size(n);
+                n
+            } else {
+                1
+            };
+            let rotation = Rotation::new(RotationConfig::default(), mix(u64::from(t)), self.at());
+            let task = &mut self.tasks[t as usize];
+            task.swarm_hint = hint;
+            task.rotation = Some(Box::new(rotation));
+            task.sched = Some(Box::new(sched));
+            task.state = State::Running;
+            // The download starts by fetching the piece table: the gateway counts it.
+            self.origin.demand[b as usize].note(self.now);
+            self.push(self.now, Ev::Tick(t));
+            self.drain(t);
+        }
+    }
+
+    /// Carries out everything the task's scheduler wants now, then arms its timer.
+    fn drain(&mut self, t: u32) {
+        let now = self.now;
+        let host = self.tasks[t as usize].host;
+        let blob = self.tasks[t as usize].blob;
+        let mut done = false;
+        loop {
+            let Some(sched) = self.tasks[t as usize].sched.as_deref_mut() else {
+                return;
+            };
+            let Some(action) = sched.poll_action() else {
+                break;
+            };
+            match action {
+                Action::Request {
+                    source: Source::Origin,
+                    piece,
+                } => {
+                    let owd = self.net.owd_origin(self.server(blob, piece), host);
+                    self.push(now + owd, Ev::OriginRequest { task: t, piece });
+                }
+                Action::Cancel {
+                    source: Source::Origin,
+                    piece,
+                } => {
+                    let owd = self.net.owd_origin(self.server(blob, piece), host);
+                    self.push(now + owd, Ev::OriginCancel { task: t, piece });
+                }
+                Action::Request {
+                    source: Source::Peer(p),
+                    piece,
+                } => match self.stream_to(t, p) {
+                    Some(stream) => {
+                        let owd = self.net.owd_hosts(host, p);
+                        self.push(now + owd, Ev::PeerRequest { stream, piece });
+                    }
+                    // The session is gone; its PeerGone is on the way or was handled.
+                    None => self.push(
+                        now,
+                        Ev::Failed {
+                            task: t,
+                            src: p,
+                            piece,
+                        },
+                    ),
+                },
+                Action::Cancel {
+                    source: Source::Peer(p),
+                    piece,
+                } => {
+                    if let Some(stream) = self.stream_to(t, p) {
+                        let owd = self.net.owd_hosts(host, p);
+                        self.push(now + owd, Ev::PeerCancel { stream, piece });
+                    }
+                }
+                Action::Ban { .. } => {}
+                Action::Done => done = true,
+            }
+        }
+        if done {
+            self.complete(t);
+            return;
+        }
+        let next = self.tasks[t as usize]
+            .sched
+            .as_deref_mut()
+            .and_then(|s| s.poll_timeout());
+        if let Some(at) = next {
+            let at = (at.as_nanos() as Nanos).max(now);
+            let task = &mut self.tasks[t as usize];
+            if task.timer.is_none_or(|armed| at < armed) {
+                task.timer = Some(at);
+                self.push(at, Ev::Timer(t));
+            }
+        }
+    }
+
+    fn timer(&mut self, t: u32) {
+        let now = self.now;
+        let task = &mut self.tasks[t as usize];
+        if task.timer != Some(now) {
+            return;
+        }
+        task.timer = None;
+        let at = self.at();
+        if let Some(s) = self.sched(t) {
+            if s.poll_timeout().is_some_and(|d| d <= at) {
+                s.handle_timeout(at);
+            }
+            self.drain(t);
+        }
+    }
+
+    /// The origin server that holds `piece` of `blob`.
+    fn server(&self, blob: u16, piece: u32) -> usize {
+        let k = self.net.origin_servers() as u64;
+        ((u64::from(piece) + u64::from(blob) * 7) % k) as usize
+    }
+
+    /// Accounts the bytes of an ended flow on the WAN links it crossed.
+    fn account_wan(&mut self, tag: Tag, bytes: f64) {
+        let (from, to, blob) = match tag {
+            Tag::Peer { stream, .. } => {
+                let s = &self.streams[stream as usize];
+                let up = self.tasks[s.up as usize].host;
+                let down = &self.tasks[s.down as usize];
+                (
+                    self.net.host_site[up as usize],
+                    self.net.host_site[down.host as usize],
+                    down.blob,
+                )
+            }
+            Tag::Origin { task, piece } => {
+                let down = &self.tasks[task as usize];
+                let server = self.server(down.blob, piece);
+                (
+                    self.fleet.origins[server].site,
+                    self.net.host_site[down.host as usize],
+                    down.blob,
+                )
+            }
+        };
+        self.stats.sent_bytes += bytes;
+        self.stats.received_bytes += bytes;
+        if from != to {
+            self.wan_out[usize::from(from)][usize::from(blob)] += bytes;
+            self.wan_in[usize::from(to)][usize::from(blob)] += bytes;
+        }
+    }
+
+    fn flow_end(&mut self, flow: u32, version: u32) {
+        match self.net.engine.check(flow, version, self.now) {
+            Check::Stale => return,
+            Check::Later { version, at } => {
+                self.push(at, Ev::FlowEnd { flow, version });
+                return;
+            }
+            Check::Done => {}
+        }
+        let Some(ended) = self.net.engine.finish(flow) else {
+            return;
+        };
+        self.account_wan(ended.tag, ended.bytes);
+        match ended.tag {
+            Tag::Peer { stream, piece } => self.peer_sent(stream, piece),
+            Tag::Origin { task, piece } => self.origin_sent(task, piece),
+        }
+    }
+
+    fn outcome(self) -> SwarmOutcome {
+        let completion = self
+            .hosts
+            .iter()
+            .map(|h| h.done_at.map(|d| secs(d.saturating_sub(h.join))))
+            .collect();
+        let left = self.hosts.iter().map(|h| h.left).collect();
+        let mut stats = self.stats;
+        stats.origin_requests = self.origin.requests;
+        stats.finish();
+        stats.origin_refusals = self.origin.refusals;
+        SwarmOutcome {
+            completion,
+            left,
+            origin_bytes: self.net.origin_bytes(),
+            peer_upload_bytes: self.net.host_upload_bytes(),
+            host_download_bytes: self.net.host_download_bytes(),
+            wan_in: self.wan_in,
+            wan_out: self.wan_out,
+            origin_gone_s: self.origin.gone_at.map(secs),
+            end_s: secs(self.now),
+            stats,
+        }
+    }
+}
+
+pub(super) fn source(src: u32) -> Source<u32> {
+    if src == ORIGIN {
+        Source::Origin
+    } else {
+        Source::Peer(src)
+    }
+}

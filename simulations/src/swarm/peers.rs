@@ -1,0 +1,504 @@
+//! The peer side of the swarm: provider lookups and announcements (the DHT), transfer sessions
+//! with the node server's limits, and hosts leaving.
+//!
+//! A session is one stream from a downloader task to an uploader of the same layer. The
+//! uploader serves each stream's requests in order, one piece at a time, with at most
+//! `max_sends` pieces in flight over all its streams: a request reaching the front of its
+//! stream beyond that, or arriving at a stream with `max_requests_per_stream` queued, is
+//! answered Busy (the scheduler's `request_refused`). A cancel removes a queued request but
+//! never cuts a piece short, as in the node.
+
+use std::time::Duration;
+
+use flotilla_protocol::piece::Bitfield;
+
+use super::{Ev, Nanos, State, Stream, Swarm, Tag};
+
+impl Swarm<'_> {
+    /// The stream task `t` downloads from host `peer` through, if the session is up.
+    pub(super) fn stream_to(&self, t: u32, peer: u32) -> Option<u32> {
+        self.tasks[t as usize]
+            .sessions
+            .iter()
+            .copied()
+            .find(|&s| self.tasks[self.streams[s as usize].up as usize].host == peer)
+    }
+
+    /// The node's housekeeping tick (every `refresh`, at most 0.25 s apart): the swarm size goes to
+    /// the scheduler, and a provider lookup starts if none is running and one is due — 0.25 s
+    /// after the first, doubling up to `refresh` — together with a question to the gateway for
+    /// its count of nodes pulling the layer (during the first six lookups, and later only once
+    /// that count said the node is not alone), as `node/src/fetch/driver.rs` does.
+    pub(super) fn tick(&mut self, t: u32) {
+        let task = &self.tasks[t as usize];
+        if task.state != State::Running {
+            return;
+        }
+        let (host, blob) = (task.host, task.blob);
+        let refresh = crate::net::nanos(self.fleet.params.refresh_s);
+        let period = refresh.clamp(10_000_000, 250_000_000);
+        self.push(self.now + period, Ev::Tick(t));
+        let now = self.now;
+        self.set_swarm_size(t);
+        // The rotation policy: the slowest session, if far behind, makes room for a spare.
+        let at = self.at();
+        let task = &mut self.tasks[t as usize];
+        let stuck = task
+            .sched
+            .as_deref()
+            .is_some_and(|s| s.have().iter_zeros().all(|p| s.availability(p) == 0));
+        let slow = task.rotation.as_deref_mut().and_then(|r| r.tick(at, stuck));
+        if let Some(peer) = slow {
+            self.replace_session(t, peer);
+        }
+        self.fill(t);
+        let task = &mut self.tasks[t as usize];
+        // Short of sessions, look again every 0.25 s; else back off (see `lookup_due` in the
+        // node's driver).
+        let short = task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers;
+        let due = if short {
+            250_000_000u64.min(refresh)
+        } else {
+            (250_000_000u64 << task.lookups.min(16)).min(refresh)
+        };
+        let early = task
+            .rotation
+            .as_deref_mut()
+            .is_some_and(|r| !task.lookup_running && r.wants_lookup(at));
+        let lookup = !task.lookup_running
+            && (early
+                || task
+                    .last_lookup
+                    .is_none_or(|at| now.saturating_sub(at) >= due));
+        if lookup {
+            self.start_lookup(t, host, blob, now);
+        }
+        self.drain(t);
+    }
+
+    /// The swarm size the node's driver hands its scheduler: the largest count heard, at
+    /// least the sessions plus itself.
+    fn set_swarm_size(&mut self, t: u32) {
+        let task = &mut self.tasks[t as usize];
+        let size = task.swarm_hint.max(task.sessions.len() as u64 + 1);
+        if let Some(s) = task.sched.as_deref_mut() {
+            s.set_swarm_size(size);
+        }
+    }
+
+    fn start_lookup(&mut self, t: u32, host: u32, blob: u16, now: Nanos) {
+        let task = &mut self.tasks[t as usize];
+        task.lookup_running = true;
+        task.last_lookup = Some(now);
+        task.lookups = task.lookups.saturating_add(1);
+        let ask_gateway = task.lookups <= 6 || task.swarm_hint > 1;
+        let site = self.net.host_site[host as usize];
+        self.push(now + self.lookup_time[usize::from(site)], Ev::LookupDone(t));
+        if ask_gateway && self.origin.alive {
+            // One HTTP round trip to the gateway (its first server answers).
+            let nodes = self.origin.demand[usize::from(blob)].total(now);
+            let rtt = 2 * self.net.owd_origin(0, host);
+            self.push(now + rtt, Ev::SwarmCount { task: t, nodes });
+        }
+    }
+
+    /// `peer` answered one of task `t`'s requests Busy: the rotation policy may replace it.
+    pub(super) fn busy(&mut self, t: u32, peer: u32) {
+        let at = self.at();
+        let replace = self.tasks[t as usize]
+            .rotation
+            .as_deref_mut()
+            .and_then(|r| r.refused(peer, at));
+        if let Some(peer) = replace {
+            self.replace_session(t, peer);
+        }
+    }
+
+    /// Closes task `t`'s session to `peer` (the node drops it, which resets the stream) and
+    /// opens one to a spare provider.
+    fn replace_session(&mut self, t: u32, peer: u32) {
+        self.stats.sessions_replaced += 1;
+        if let Some(stream) = self.stream_to(t, peer) {
+            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.close_stream(stream, true);
+        }
+        let now = self.at();
+        if let Some(s) = self.sched(t) {
+            s.peer_removed(peer, now);
+        }
+        self.fill(t);
+    }
+
+    /// Opens sessions to spare providers (chosen at random by the rotation policy) until the
+    /// task has `max_peers`.
+    fn fill(&mut self, t: u32) {
+        let max_peers = self.fleet.params.max_peers;
+        let host = self.tasks[t as usize].host;
+        loop {
+            let task = &mut self.tasks[t as usize];
+            if task.state != State::Running
+                || task.sessions.len() + task.connecting.len() >= max_peers
+            {
+                return;
+            }
+            let Some(p) = task.rotation.as_deref_mut().and_then(|r| r.take_spare()) else {
+                return;
+            };
+            if task.connecting.contains(&p) || self.stream_to(t, p).is_some() {
+                continue;
+            }
+            self.tasks[t as usize].connecting.push(p);
+            // A connection handshake and the session's Hello/Welcome: two round trips.
+            let at = self.now + 4 * self.net.owd_hosts(host, p);
+            self.push(at, Ev::Open { task: t, peer: p });
+        }
+    }
+
+    /// The node's cold-start rule: once the first lookup's sessions are settled, if none of
+    /// them holds a piece (or none was found), the scheduler's origin grace ends.
+    fn check_cold_start(&mut self, t: u32) {
+        let task = &mut self.tasks[t as usize];
+        if task.grace_checked
+            || task.state != State::Running
+            || task.lookups == 0
+            || task.lookup_running
+            || !task.connecting.is_empty()
+        {
+            return;
+        }
+        task.grace_checked = true;
+        let now = Duration::from_nanos(self.now);
+        if let Some(s) = task.sched.as_deref_mut() {
+            let cold = s.have().iter_zeros().all(|p| s.availability(p) == 0);
+            if cold {
+                s.end_origin_grace(now);
+            }
+        }
+    }
+
+    /// The gateway's count of nodes pulling the layer arrived.
+    pub(super) fn swarm_count(&mut self, t: u32, nodes: u32) {
+        let task = &mut self.tasks[t as usize];
+        if task.state == State::Running {
+            task.swarm_hint = task.swarm_hint.max(u64::from(nodes));
+            // The node hands it on at once: the origin rule needs it before the grace ends.
+            self.set_swarm_size(t);
+            self.drain(t);
+        }
+    }
+
+    /// A lookup answered: learn the swarm size, open sessions to new providers.
+    pub(super) fn lookup_done(&mut self, t: u32) {
+        self.tasks[t as usize].lookup_running = false;
+        if self.tasks[t as usize].state != State::Running {
+            return;
+        }
+        let host = self.tasks[t as usize].host;
+        let blob = usize::from(self.tasks[t as usize].blob);
+        let limit = self.fleet.params.lookup_limit;
+        // The lookup's answer: up to `limit` random provider records other than our own.
+        let mut found = std::mem::take(&mut self.scratch);
+        found.clear();
+        let providers = &self.blobs[blob].providers;
+        if providers.len() <= limit + 1 {
+            found.extend(providers.iter().copied().filter(|&p| p != host));
+            for i in (1..found.len()).rev() {
+                let j = self.rng.below(i as u64 + 1) as usize;
+                found.swap(i, j);
+            }
+        } else {
+            let mut tries = limit * 4;
+            while found.len() < limit && tries > 0 {
+                tries -= 1;
+                let p = providers[self.rng.below(providers.len() as u64) as usize];
+                if p != host && !found.contains(&p) {
+                    found.push(p);
+                }
+            }
+        }
+        let task = &mut self.tasks[t as usize];
+        task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
+        found.retain(|&p| !task.connecting.contains(&p));
+        if let Some(r) = task.rotation.as_deref_mut() {
+            r.offer(found.iter().copied());
+        }
+        self.scratch = found;
+        self.fill(t);
+        self.check_cold_start(t);
+        self.drain(t);
+    }
+
+    /// A session to host `peer` is up, unless it left, is full or no longer has the layer.
+    pub(super) fn open(&mut self, t: u32, peer: u32) {
+        let task = &mut self.tasks[t as usize];
+        task.connecting.retain(|&p| p != peer);
+        if task.state != State::Running {
+            return;
+        }
+        let n_blobs = self.blobs.len() as u32;
+        let up = peer * n_blobs + u32::from(task.blob);
+        let pieces = self.blobs[usize::from(task.blob)].pieces;
+        let ph = &self.hosts[peer as usize];
+        let have = match self.tasks[up as usize].state {
+            _ if !ph.alive || ph.streams_in >= self.fleet.params.max_streams => None,
+            State::Done => Some(Bitfield::full(pieces)),
+            State::Running => self.tasks[up as usize]
+                .sched
+                .as_deref()
+                .map(|s| s.have().clone()),
+            State::Waiting | State::Gone => None,
+        };
+        let Some(have) = have else {
+            self.stats.sessions_failed += 1;
+            // The node tries a spare in its place.
+            self.fill(t);
+            self.check_cold_start(t);
+            self.drain(t);
+            return;
+        };
+        let stream = self.streams.len() as u32;
+        let slot = self.tasks[up as usize].subscribers.len() as u32;
+        self.streams.push(Stream {
+            down: t,
+            up,
+            queue: Default::default(),
+            active: None,
+            open: true,
+            slot,
+        });
+        self.tasks[up as usize].subscribers.push(stream);
+        self.tasks[t as usize].sessions.push(stream);
+        self.hosts[peer as usize].streams_in += 1;
+        self.stats.sessions_opened += 1;
+        let now = self.at();
+        let added = self.sched(t).is_some_and(|s| s.peer_added(peer, have, now));
+        if added {
+            if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
+                r.opened(peer, now);
+            }
+        } else {
+            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.close_stream(stream, true);
+        }
+        self.check_cold_start(t);
+        self.drain(t);
+    }
+
+    pub(super) fn announce(&mut self, t: u32) {
+        let task = &self.tasks[t as usize];
+        if matches!(task.state, State::Running | State::Done)
+            && self.hosts[task.host as usize].alive
+        {
+            self.blobs[usize::from(task.blob)].providers.push(task.host);
+        }
+    }
+
+    fn answer(&mut self, stream: u32, piece: u32, refused: bool) {
+        let s = &self.streams[stream as usize];
+        let up_host = self.tasks[s.up as usize].host;
+        let down = s.down;
+        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        let ev = if refused {
+            self.stats.busy_refusals += 1;
+            Ev::Refused {
+                task: down,
+                src: up_host,
+                piece,
+            }
+        } else {
+            Ev::Failed {
+                task: down,
+                src: up_host,
+                piece,
+            }
+        };
+        self.push(self.now + owd, ev);
+    }
+
+    pub(super) fn peer_request(&mut self, stream: u32, piece: u32) {
+        let s = &mut self.streams[stream as usize];
+        if !s.open {
+            return;
+        }
+        if s.queue.len() >= self.fleet.params.max_requests_per_stream {
+            self.answer(stream, piece, true);
+            return;
+        }
+        s.queue.push_back(piece);
+        if s.active.is_none() {
+            self.start_next(stream);
+        }
+    }
+
+    /// Serves the stream's next request: sends it, or answers Busy or Missing and moves on.
+    fn start_next(&mut self, stream: u32) {
+        loop {
+            let s = &mut self.streams[stream as usize];
+            if !s.open || s.active.is_some() {
+                return;
+            }
+            let Some(piece) = s.queue.pop_front() else {
+                return;
+            };
+            let (up, down) = (s.up, s.down);
+            let held = match self.tasks[up as usize].state {
+                State::Done => true,
+                State::Running => self.tasks[up as usize]
+                    .sched
+                    .as_deref()
+                    .is_some_and(|x| x.have().get(piece)),
+                State::Waiting | State::Gone => false,
+            };
+            if !held {
+                self.answer(stream, piece, false);
+                continue;
+            }
+            let up_host = self.tasks[up as usize].host;
+            if self.hosts[up_host as usize].sends >= self.fleet.params.max_sends {
+                self.answer(stream, piece, true);
+                continue;
+            }
+            self.hosts[up_host as usize].sends += 1;
+            let down_host = self.tasks[down as usize].host;
+            let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
+            let flow = self.net.start_peer(
+                up_host,
+                down_host,
+                len,
+                Tag::Peer { stream, piece },
+                self.now,
+            );
+            self.streams[stream as usize].active = Some(flow);
+            return;
+        }
+    }
+
+    /// A piece left the uploader completely: it reaches the downloader one delay later.
+    pub(super) fn peer_sent(&mut self, stream: u32, piece: u32) {
+        let s = &mut self.streams[stream as usize];
+        s.active = None;
+        let (up, down, open) = (s.up, s.down, s.open);
+        let up_host = self.tasks[up as usize].host;
+        let h = &mut self.hosts[up_host as usize];
+        h.sends = h.sends.saturating_sub(1);
+        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        self.push(
+            self.now + owd,
+            Ev::Deliver {
+                task: down,
+                src: up_host,
+                piece,
+            },
+        );
+        if open {
+            self.start_next(stream);
+        }
+    }
+
+    /// Closes a stream on both sides (the downloader's `sessions` is the caller's business).
+    /// A piece being sent runs to its end unless `abort`.
+    pub(super) fn close_stream(&mut self, stream: u32, abort: bool) {
+        let s = &mut self.streams[stream as usize];
+        if !s.open {
+            return;
+        }
+        s.open = false;
+        s.queue = Default::default();
+        let (up, slot) = (s.up, s.slot as usize);
+        let subs = &mut self.tasks[up as usize].subscribers;
+        if subs.get(slot) == Some(&stream) {
+            subs.swap_remove(slot);
+            if let Some(&moved) = subs.get(slot) {
+                self.streams[moved as usize].slot = slot as u32;
+            }
+        }
+        let up_host = self.tasks[up as usize].host;
+        let h = &mut self.hosts[up_host as usize];
+        h.streams_in = h.streams_in.saturating_sub(1);
+        if abort {
+            self.abort_stream_flow(stream);
+        }
+    }
+
+    fn abort_stream_flow(&mut self, stream: u32) {
+        let Some(flow) = self.streams[stream as usize].active.take() else {
+            return;
+        };
+        let up_host = self.tasks[self.streams[stream as usize].up as usize].host;
+        let h = &mut self.hosts[up_host as usize];
+        h.sends = h.sends.saturating_sub(1);
+        if let Some(ended) = self.net.engine.abort(flow, self.now) {
+            self.stats.aborted_bytes += ended.bytes;
+            self.account_wan(ended.tag, ended.bytes);
+        }
+    }
+
+    /// The downloader noticed that the uploader `peer` is gone.
+    pub(super) fn peer_gone(&mut self, t: u32, peer: u32) {
+        if let Some(stream) = self.stream_to(t, peer) {
+            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+        }
+        if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
+            r.closed(peer);
+        }
+        let now = self.at();
+        if let Some(s) = self.sched(t) {
+            s.peer_removed(peer, now);
+            self.drain(t);
+        }
+    }
+
+    /// Host `h` leaves for good: its uploads and downloads stop, its downloaders notice one
+    /// delay later, its provider records stay behind (stale) in the DHT.
+    pub(super) fn leave(&mut self, h: u32) {
+        let host = &mut self.hosts[h as usize];
+        if !host.alive {
+            return;
+        }
+        host.alive = false;
+        host.left = true;
+        if host.done_at.is_none() {
+            self.stats.left_early += 1;
+        }
+        let n_blobs = self.blobs.len() as u32;
+        for b in 0..n_blobs {
+            let t = h * n_blobs + b;
+            let subs = std::mem::take(&mut self.tasks[t as usize].subscribers);
+            for s in subs {
+                self.abort_stream_flow(s);
+                let stream = &mut self.streams[s as usize];
+                stream.open = false;
+                stream.queue = Default::default();
+                let down = stream.down;
+                let owd = self.net.owd_hosts(h, self.tasks[down as usize].host);
+                self.push(
+                    self.now + owd,
+                    Ev::PeerGone {
+                        task: down,
+                        peer: h,
+                    },
+                );
+            }
+            let sessions = std::mem::take(&mut self.tasks[t as usize].sessions);
+            for s in sessions {
+                self.close_stream(s, true);
+            }
+            let keys: Vec<(u32, u32)> = self
+                .origin
+                .active
+                .range((t, 0)..=(t, u32::MAX))
+                .map(|(&k, _)| k)
+                .collect();
+            for (task, piece) in keys {
+                self.abort_origin(task, piece);
+            }
+            let task = &mut self.tasks[t as usize];
+            task.sched = None;
+            task.rotation = None;
+            task.timer = None;
+            task.connecting.clear();
+            task.state = State::Gone;
+        }
+        self.hosts[h as usize].streams_in = 0;
+    }
+}

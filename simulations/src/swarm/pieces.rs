@@ -1,0 +1,150 @@
+//! Pieces arriving: a delivered piece goes to the receiver's scheduler, becomes a `have` for
+//! every session that subscribes to the receiver (one event per destination site, fanned out
+//! when it fires), starts the receiver's announcement with its first piece, and may complete
+//! the layer, which closes the receiver's download sessions and drops its scheduler.
+
+use super::{ALL_SITES, Ev, State, Swarm, source};
+
+impl Swarm<'_> {
+    pub(super) fn deliver(&mut self, t: u32, src: u32, piece: u32) {
+        let blob = self.tasks[t as usize].blob;
+        let len = self.blobs[usize::from(blob)].piece_len(piece);
+        self.stats.delivered_bytes += len;
+        let now = self.at();
+        let Some(sched) = self.sched(t) else {
+            self.stats.wasted_bytes += len;
+            return;
+        };
+        let new = !sched.have().get(piece);
+        sched.piece_received(source(src), piece, now);
+        if src != super::ORIGIN
+            && let Some(r) = self.tasks[t as usize].rotation.as_deref_mut()
+        {
+            r.delivered(src);
+        }
+        if !new {
+            self.stats.wasted_bytes += len;
+            self.drain(t);
+            return;
+        }
+        let streaming = self.fleet.params.streaming;
+        let task = &mut self.tasks[t as usize];
+        task.held += 1;
+        let first = task.held == 1;
+        if streaming
+            && piece == task.read_pos
+            && let Some(s) = task.sched.as_deref_mut()
+        {
+            let next = s.have().next_zero(piece).unwrap_or(s.have().len());
+            task.read_pos = next;
+            s.set_read_position(next);
+        }
+        let host = task.host;
+        if first {
+            let site = self.net.host_site[host as usize];
+            let at = self.now + self.announce_time[usize::from(site)];
+            self.push(at, Ev::Announce(t));
+        }
+        self.broadcast(t, piece);
+        let b = &mut self.blobs[usize::from(blob)];
+        if b.copies.set(piece) && self.fleet.params.origin_leaves && self.origin.alive {
+            let all = self.blobs.iter().all(|b| b.copies.is_complete());
+            if all && self.origin.gone_at.is_none() {
+                self.origin.gone_at = Some(self.now);
+                self.push(self.now, Ev::OriginGone);
+            }
+        }
+        self.drain(t);
+    }
+
+    /// Sends a `have` for `piece` to every subscriber of task `t`, one event per site.
+    pub(super) fn broadcast(&mut self, t: u32, piece: u32) {
+        let task = &self.tasks[t as usize];
+        if task.subscribers.is_empty() {
+            return;
+        }
+        let from = self.net.host_site[task.host as usize];
+        if self.single_site {
+            let at = self.now + self.net.owd_sites(from, from);
+            self.push(
+                at,
+                Ev::Have {
+                    task: t,
+                    piece,
+                    site: ALL_SITES,
+                },
+            );
+            return;
+        }
+        let mut sites: Vec<u16> = task
+            .subscribers
+            .iter()
+            .map(|&s| {
+                let down = self.streams[s as usize].down;
+                self.net.host_site[self.tasks[down as usize].host as usize]
+            })
+            .collect();
+        sites.sort_unstable();
+        sites.dedup();
+        for site in sites {
+            let at = self.now + self.net.owd_sites(from, site);
+            self.push(
+                at,
+                Ev::Have {
+                    task: t,
+                    piece,
+                    site,
+                },
+            );
+        }
+    }
+
+    pub(super) fn have(&mut self, t: u32, piece: u32, site: u16) {
+        let host = self.tasks[t as usize].host;
+        if !self.hosts[host as usize].alive {
+            return;
+        }
+        let mut subs = std::mem::take(&mut self.scratch);
+        subs.clear();
+        subs.extend_from_slice(&self.tasks[t as usize].subscribers);
+        let now = self.at();
+        for &s in &subs {
+            let stream = &self.streams[s as usize];
+            if !stream.open {
+                continue;
+            }
+            let down = stream.down;
+            let down_host = self.tasks[down as usize].host;
+            if site != ALL_SITES && self.net.host_site[down_host as usize] != site {
+                continue;
+            }
+            if let Some(sched) = self.sched(down) {
+                sched.peer_have(host, piece, now);
+                self.drain(down);
+            }
+        }
+        self.scratch = subs;
+    }
+
+    /// The task's layer is complete: record it, close its download sessions, drop the
+    /// scheduler (the host keeps serving).
+    pub(super) fn complete(&mut self, t: u32) {
+        let now = self.now;
+        let task = &mut self.tasks[t as usize];
+        task.state = State::Done;
+        task.sched = None;
+        task.rotation = None;
+        task.timer = None;
+        let host = task.host;
+        let sessions = std::mem::take(&mut task.sessions);
+        for s in sessions {
+            self.close_stream(s, false);
+        }
+        let n_blobs = self.blobs.len();
+        let h = &mut self.hosts[host as usize];
+        h.done_tasks += 1;
+        if h.done_tasks == n_blobs {
+            h.done_at = Some(now);
+        }
+    }
+}

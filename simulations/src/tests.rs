@@ -1,0 +1,265 @@
+//! The simulator's tests: hand-computed answers, determinism, conservation of bytes, the bound
+//! never beaten, and that the hosts run the protocol crate's scheduler.
+
+use crate::flow::Engine;
+use crate::model::{Fleet, HostSpec, MIB, OriginSpec, Params, Site};
+use crate::{
+    Baseline, HostScheduler, Overrides, RunOptions, Scenario, build_scenario, run, run_baseline,
+    run_swarm,
+};
+
+/// One site with `rtt`, one origin server of `origin_up`, and `hosts`.
+fn tiny(rtt: f64, origin_up: f64, hosts: Vec<HostSpec>, layers: Vec<u64>) -> Fleet {
+    Fleet {
+        name: "tiny".into(),
+        sites: vec![Site {
+            name: "dc".into(),
+            wan_up: None,
+            wan_down: None,
+        }],
+        rtt: vec![vec![rtt]],
+        hosts,
+        origins: vec![OriginSpec {
+            site: 0,
+            up: origin_up,
+        }],
+        layers,
+        params: Params::default(),
+        published: None,
+    }
+}
+
+fn host(up: f64, down: f64) -> HostSpec {
+    HostSpec {
+        site: 0,
+        up,
+        down,
+        disk: None,
+        join_s: 0.0,
+        leave_s: None,
+    }
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-6 * b.abs().max(1.0)
+}
+
+#[test]
+fn one_host_one_piece_from_the_origin() {
+    // The first lookup (one hop, one round trip) finds nobody: a cold start, so the origin
+    // grace ends then; the request takes half a round trip, the piece crosses at
+    // min(origin up, host down), and lands half a round trip after its last byte left.
+    let piece = 4 * MIB;
+    let fleet = tiny(0.010, 50e6, vec![host(100e6, 100e6)], vec![piece]);
+    let out = run_swarm(&fleet).unwrap();
+    let expected = 0.010 + 0.010 + piece as f64 / 50e6;
+    let got = out.completion[0].unwrap();
+    assert!(close(got, expected), "{got} vs {expected}");
+    assert!(close(out.origin_bytes, piece as f64));
+    // Downloads capped below the origin: the host's rate decides.
+    let fleet = tiny(0.010, 50e6, vec![host(100e6, 20e6)], vec![piece]);
+    let got = run_swarm(&fleet).unwrap().completion[0].unwrap();
+    assert!(close(got, 0.010 + 0.010 + piece as f64 / 20e6), "{got}");
+    // The registry baseline has no grace: one round trip plus the transfer.
+    let reg = run_baseline(&fleet, Baseline::Registry).unwrap();
+    let got = reg.completion[0].unwrap();
+    assert!(close(got, 0.005 + piece as f64 / 20e6 + 0.005), "{got}");
+}
+
+#[test]
+fn two_pieces_share_the_origin() {
+    // The origin window (2) sends both pieces at once; they share the origin's upload equally
+    // and finish together.
+    let fleet = tiny(0.010, 50e6, vec![host(100e6, 100e6)], vec![8 * MIB]);
+    let out = run_swarm(&fleet).unwrap();
+    let expected = 0.010 + 0.010 + (8 * MIB) as f64 / 50e6;
+    let got = out.completion[0].unwrap();
+    assert!(close(got, expected), "{got} vs {expected}");
+}
+
+#[test]
+fn flows_share_resources_equally_and_account_bytes() {
+    let mut e: Engine<u8> = Engine::new();
+    let a = e.add_resource(100.0);
+    let b = e.add_resource(30.0);
+    let c = e.add_resource(1000.0);
+    let f1 = e.start(&[a, b], 300.0, 1, 0);
+    let f2 = e.start(&[a, c], 300.0, 2, 0);
+    let mut due = Vec::new();
+    e.flush(0, |f, v, at| due.push((f, v, at)));
+    due.sort_by_key(|d| d.2);
+    // f1: min(100/2, 30) = 30 B/s → 10 s; f2: min(100/2, 1000) = 50 B/s → 6 s.
+    assert_eq!(due.len(), 2);
+    assert_eq!((due[0].0, due[0].2), (f2, 6_000_000_000));
+    assert_eq!((due[1].0, due[1].2), (f1, 10_000_000_000));
+    let ended = e.finish(f2).unwrap();
+    assert_eq!(ended.bytes, 300.0);
+    assert_eq!(e.load(a), 1);
+    // f1 alone on `a` now, still capped by `b`: its rate does not change, nothing is due.
+    due.clear();
+    e.flush(6_000_000_000, |f, v, at| due.push((f, v, at)));
+    assert!(due.is_empty());
+    let aborted = e.abort(f1, 7_000_000_000).unwrap();
+    assert!(close(aborted.bytes, 210.0), "{}", aborted.bytes);
+    assert_eq!(e.live_flows(), 0);
+    assert!(close(e.bytes_through(a), 510.0));
+    assert!(close(e.bytes_through(b), 210.0));
+}
+
+fn small(scenario: Scenario, seed: u64) -> Fleet {
+    let nodes = if scenario == Scenario::Edge20x50 {
+        60
+    } else {
+        40
+    };
+    build_scenario(
+        scenario,
+        &Overrides {
+            nodes: Some(nodes),
+            seed: Some(seed),
+            size: Some(48 * MIB),
+            refresh_s: Some(2.0),
+            ..Overrides::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn same_seed_same_results() {
+    let fleet = small(Scenario::Churn, 7);
+    let mut a = run(&fleet, RunOptions::default()).unwrap();
+    let mut b = run(&fleet, RunOptions::default()).unwrap();
+    a.wall_s = 0.0;
+    b.wall_s = 0.0;
+    assert_eq!(a, b);
+    assert_eq!(
+        serde_json::to_string(&a).unwrap(),
+        serde_json::to_string(&b).unwrap()
+    );
+    assert_eq!(a.markdown(), b.markdown());
+    assert_eq!(a.csv(), b.csv());
+    assert_eq!(crate::svg(&a).unwrap(), crate::svg(&b).unwrap());
+    // A different seed is a different run.
+    let c = run_swarm(&small(Scenario::Churn, 8)).unwrap();
+    let a = run_swarm(&fleet).unwrap();
+    assert_ne!(a.completion, c.completion);
+}
+
+#[test]
+fn bytes_are_conserved() {
+    for scenario in [Scenario::Cold, Scenario::Churn, Scenario::Edge20x50] {
+        let fleet = small(scenario, 3);
+        let out = run_swarm(&fleet).unwrap();
+        let s = &out.stats;
+        let sent = out.origin_bytes + out.peer_upload_bytes;
+        assert!(close(sent, out.host_download_bytes), "{scenario}: {out:?}");
+        assert!(close(sent, s.sent_bytes), "{scenario}");
+        assert!(close(s.sent_bytes, s.received_bytes), "{scenario}");
+        // Every byte sent either arrived in a whole piece or was cut short.
+        assert!(
+            close(s.delivered_bytes + s.aborted_bytes, s.sent_bytes),
+            "{scenario}: {s:?}"
+        );
+        // Each host that finished received at least the image.
+        let finished = out.completion.iter().filter(|c| c.is_some()).count() as f64;
+        let image = fleet.image_bytes() as f64;
+        assert!(s.delivered_bytes - s.wasted_bytes >= finished * image * (1.0 - 1e-9));
+    }
+}
+
+#[test]
+fn no_scenario_beats_the_bound() {
+    for scenario in Scenario::ALL {
+        let fleet = small(scenario, 5);
+        let report = run(&fleet, RunOptions::default()).unwrap();
+        let t = report.bound_s;
+        assert!(t > 0.0, "{scenario}");
+        assert_eq!(
+            report.times.incomplete,
+            0,
+            "{scenario}: {}",
+            report.markdown()
+        );
+        let max = report.times.max_s.unwrap();
+        assert!(max >= t * (1.0 - 1e-9), "{scenario}: max {max} < bound {t}");
+        let f = fleet.image_bytes() as f64;
+        let u_s: f64 = fleet.origins.iter().map(|o| o.up).sum();
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            let Some(c) = report.hosts[i].swarm_s else {
+                continue;
+            };
+            // No host takes in the image faster than its download allows, nor (starting with
+            // everyone else) faster than the origin can send one copy.
+            assert!(
+                c >= f / h.effective_down() * (1.0 - 1e-9),
+                "{scenario}: host {i}"
+            );
+            if !report.bound.staggered {
+                assert!(c >= f / u_s * (1.0 - 1e-9), "{scenario}: host {i}");
+            }
+        }
+        let bl = report.baselines.as_ref().unwrap();
+        for b in [&bl.registry, &bl.whole_blob_peer] {
+            let max = b.times.max_s.unwrap();
+            assert!(max >= t * (1.0 - 1e-9), "{scenario}: baseline {max} < {t}");
+        }
+    }
+}
+
+#[test]
+fn the_gateway_can_leave_once_every_piece_is_out() {
+    let fleet = small(Scenario::GatewayGone, 2);
+    let report = run(&fleet, RunOptions { baselines: false }).unwrap();
+    let gone = report.origin_gone_s.unwrap();
+    assert!(gone > 0.0);
+    assert_eq!(report.times.incomplete, 0);
+    assert!(report.times.max_s.unwrap() > gone);
+}
+
+#[test]
+fn hosts_run_the_nodes_scheduler() {
+    use std::marker::PhantomData;
+
+    use flotilla_protocol::scheduler::{Config, Scheduler};
+
+    // Compile-time: the simulated hosts' type is the protocol crate's generic `Scheduler`
+    // (the node's driver holds a `Scheduler<PeerId>` of it), and the configuration the node
+    // hands its scheduler is the protocol crate's `Config` type.
+    fn is_protocol_scheduler<P>(_: PhantomData<Scheduler<P>>) {}
+    is_protocol_scheduler(PhantomData::<HostScheduler>);
+    let node_cfg: Config = flotilla_node::fetch::FetchConfig::new("http://gateway").scheduler;
+    // Run time: with the same values the simulator gives every host (the seed aside).
+    assert_eq!(
+        format!("{node_cfg:?}"),
+        format!("{:?}", Config::default()),
+        "the node's default scheduler configuration differs from the simulator's"
+    );
+    // The world around the scheduler mirrors the node's defaults too.
+    let fetch = flotilla_node::fetch::FetchConfig::new("http://gateway");
+    let limits = flotilla_node::transfer::ServerLimits::default();
+    let p = Params::default();
+    assert_eq!(p.max_peers, fetch.max_peers_per_blob);
+    assert_eq!(p.lookup_limit, (fetch.max_peers_per_blob * 2).max(8));
+    assert_eq!(p.refresh_s, fetch.provider_refresh.as_secs_f64());
+    assert_eq!(usize::from(p.max_streams), limits.max_streams);
+    assert_eq!(usize::from(p.max_sends), limits.max_concurrent_sends);
+    assert_eq!(p.max_requests_per_stream, limits.max_requests_per_stream);
+    // Requests only come from the scheduler's actions: a run that completed made some.
+    let out = run_swarm(&small(Scenario::Cold, 1)).unwrap();
+    assert!(out.stats.origin_requests > 0);
+    assert!(out.completion.iter().all(|c| c.is_some()));
+}
+
+#[test]
+fn scenario_names_round_trip() {
+    for s in Scenario::ALL {
+        assert_eq!(s.name().parse::<Scenario>().unwrap(), s);
+    }
+    assert!("nope".parse::<Scenario>().is_err());
+    assert_eq!(crate::parse_size("1GiB").unwrap(), 1 << 30);
+    assert_eq!(crate::parse_size("3GB").unwrap(), 3_000_000_000);
+    assert_eq!(crate::parse_size("512MiB").unwrap(), 512 << 20);
+    assert!(crate::parse_size("12parsecs").is_err());
+    assert!(crate::parse_size("0").is_err());
+}

@@ -1,0 +1,140 @@
+//! The two-node run behind `piece_mb_s`: a gateway with no swarm (so it can only be the HTTP
+//! origin), node A that pulls one blob from it, then node B, whose only peer is A, pulling the
+//! same blob. B's pull measures the piece transfer between two nodes over QUIC; the gateway's
+//! HTTP egress during it shows whether B fell back to the origin.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use flotilla_node::NodeStats;
+
+use super::image::{Blob, PullOptions, get_blob, push_blob};
+use super::procs::{GatewayStats, Proc, free_udp_port, stop_all};
+use super::report::Pair;
+use crate::bench::data::human_bytes;
+
+const PAIR_REPO: &str = "bench/pair";
+
+fn progress(msg: impl AsRef<str>) {
+    eprintln!("[bench] {}", msg.as_ref());
+}
+
+/// Runs the two-node transfer of `blob` with processes under `dir`.
+pub async fn run(
+    bin: &Path,
+    dir: &Path,
+    http: &reqwest::Client,
+    blob: &Blob,
+    opts: PullOptions<'_>,
+    log: &str,
+    probe: impl AsyncFnMut() -> anyhow::Result<f64>,
+) -> anyhow::Result<Pair> {
+    let gateway = Proc::gateway(bin, &dir.join("gateway"), false, log, http).await?;
+    let mut procs = vec![gateway];
+    let result = run_with(bin, dir, http, blob, opts, log, probe, &mut procs).await;
+    let stopped = stop_all(procs).await;
+    let pair = result?;
+    stopped?;
+    Ok(pair)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_with(
+    bin: &Path,
+    dir: &Path,
+    http: &reqwest::Client,
+    blob: &Blob,
+    opts: PullOptions<'_>,
+    log: &str,
+    mut probe: impl AsyncFnMut() -> anyhow::Result<f64>,
+    procs: &mut Vec<Proc>,
+) -> anyhow::Result<Pair> {
+    let gw = procs[0].base.clone();
+    push_blob(http, &gw, PAIR_REPO, blob)
+        .await
+        .context("pushing the pair blob")?;
+
+    // A's identity is made here so that B can be told A's full address before either starts.
+    let a_dir = dir.join("a");
+    let a_id = flotilla_node::identity::load_or_create(&a_dir.join("data"))
+        .context("creating node A's identity")?
+        .public()
+        .to_peer_id();
+    let a_port = free_udp_port()?;
+    let a_addr = format!("/ip4/127.0.0.1/udp/{a_port}/quic-v1");
+    let a = Proc::node(
+        bin,
+        &a_dir,
+        0,
+        &gw,
+        std::slice::from_ref(&a_addr),
+        &[],
+        log,
+        http,
+    )
+    .await?;
+    procs.push(a);
+    progress(format!(
+        "pair: node A pulls the {} blob from the gateway (HTTP only)",
+        human_bytes(blob.size)
+    ));
+    let start = Instant::now();
+    get_blob(http, &procs[1].base, PAIR_REPO, blob, opts)
+        .await
+        .context("node A's pull from the gateway")?;
+    let seed_time = start.elapsed();
+
+    // QUIC only on B as on A: the figure is compared with plain quinn.
+    let b = Proc::node(
+        bin,
+        &dir.join("b"),
+        1,
+        &gw,
+        &["/ip4/127.0.0.1/udp/0/quic-v1".to_owned()],
+        &[format!("{a_addr}/p2p/{a_id}")],
+        log,
+        http,
+    )
+    .await?;
+    procs.push(b);
+    let quinn_before = probe().await?;
+    let (gateway, a, b) = (&procs[0], &procs[1], &procs[2]);
+    let g0: GatewayStats = gateway.stats(http).await?;
+    let a0: NodeStats = a.stats(http).await?;
+    let cpu0 = a.cpu_time()? + b.cpu_time()?;
+    progress("pair: node B pulls it from node A");
+    let start = Instant::now();
+    get_blob(http, &b.base, PAIR_REPO, blob, opts)
+        .await
+        .context("node B's pull from node A")?;
+    let time = start.elapsed();
+    let cpu = (a.cpu_time()? + b.cpu_time()?).saturating_sub(cpu0);
+    let g1: GatewayStats = gateway.stats(http).await?;
+    let a1: NodeStats = a.stats(http).await?;
+    let bs: NodeStats = b.stats(http).await?;
+    let peak_rss = (a.peak_rss()?, b.peak_rss()?);
+    let quinn_after = probe().await?;
+    let pair = Pair {
+        seed_time,
+        time,
+        egress: g1.since(&g0),
+        b_peer_bytes: bs.peer_bytes,
+        b_origin_bytes: bs.origin_bytes,
+        b_wasted_bytes: bs.wasted_bytes,
+        a_served_bytes: a1.served_bytes.saturating_sub(a0.served_bytes),
+        cpu,
+        peak_rss,
+        quinn_around: (quinn_before, quinn_after),
+    };
+    progress(format!(
+        "pair: {:.0} MB/s from A ({:.1} MiB from A, {:.1} MiB from the gateway over HTTP)",
+        pair.mb_s(blob.size),
+        pair.b_peer_bytes as f64 / f64::from(1u32 << 20),
+        pair.egress.http_blob_bytes as f64 / f64::from(1u32 << 20),
+    ));
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
+    Ok(pair)
+}

@@ -1,0 +1,192 @@
+//! Fleet membership end to end (SPEC §5.3) against the real `flotilla gateway` binary: nodes
+//! given the fleet token enroll and pull through each other; a node started with a wrong token
+//! is a stranger that gets no piece from any member and leaves no provider record; the join
+//! endpoint refuses wrong tokens; a gateway without a configured token makes one, private.
+
+use std::time::{Duration, Instant};
+
+use flotilla_node::NodeOptions;
+use flotilla_node::ports::Network as _;
+use flotilla_node::swarm::SwarmHandle;
+use flotilla_node::transfer::{self, TransferError};
+use flotilla_protocol::Digest;
+use flotilla_protocol::wire::ErrorCode;
+
+use crate::fleet::{FLEET_TOKEN, FleetGateway, Image, InNode, client, pull, settled_stats};
+use crate::support::Gateway;
+
+const MIB: usize = 1 << 20;
+
+/// Waits (at most `limit`) until `cond` holds, polling.
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "{what} not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn connected(from: &SwarmHandle, to: &SwarmHandle) -> bool {
+    from.connected_peers()
+        .await
+        .unwrap_or_default()
+        .contains(&to.local_peer_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_pull_and_a_stranger_gets_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gw = FleetGateway::start();
+    let http = client();
+    let info = gw.info(&http).await;
+    let img = Image::push(
+        &http,
+        &gw.url(),
+        "fleet/members",
+        "v1",
+        &[6 * MIB, 3 * MIB],
+        7,
+    )
+    .await;
+
+    // Enrollment needs the token.
+    let join = format!("{}/flotilla/v1/join", gw.url());
+    for auth in [None, Some("Bearer wrong")] {
+        let mut req = http.post(&join).body("{}");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+    }
+
+    let a = InNode::start(&gw.url(), &tmp.path().join("a"), NodeOptions::default()).await;
+    let b = InNode::start(&gw.url(), &tmp.path().join("b"), NodeOptions::default()).await;
+    let stranger = InNode::start_with_token(
+        &gw.url(),
+        "not-the-fleet-token",
+        &tmp.path().join("stranger"),
+        NodeOptions::default(),
+    )
+    .await;
+    assert!(
+        a.swarm.certificate().is_some(),
+        "a member holds a certificate"
+    );
+    assert!(b.swarm.certificate().is_some());
+    assert!(
+        stranger.swarm.certificate().is_none(),
+        "the wrong token got a certificate"
+    );
+    assert!(
+        tmp.path().join("a").join("member.cert").is_file(),
+        "the certificate is kept for restarts"
+    );
+    assert_eq!(
+        a.swarm.fleet().map(|p| p.to_string()),
+        info["peer_id"].as_str().map(str::to_owned)
+    );
+
+    // Members pull; the second gets pieces from the first.
+    pull(&http, &a.url, &img).await;
+    pull(&http, &b.url, &img).await;
+    let sb = settled_stats(&http, &b.url).await;
+    assert!(sb.peer_bytes > 0, "b got nothing from a: {sb:?}");
+    let sa_before = settled_stats(&http, &a.url).await;
+
+    // The stranger reaches `a` and asks it for a layer over the piece protocol: refused.
+    for addr in a.swarm.listen_addrs() {
+        stranger
+            .swarm
+            .add_address(a.swarm.local_peer_id(), addr)
+            .await
+            .unwrap();
+    }
+    let layer: Digest = img.blobs[1].0.parse().unwrap();
+    // It may have met `a` in a lookup already; a fresh connection keeps the refusal well inside
+    // the grace period. Its own swarm lets it open (it verified `a`'s certificate); `a`
+    // answers with a refusal.
+    stranger
+        .swarm
+        .disconnect(a.swarm.local_peer_id())
+        .await
+        .unwrap();
+    wait_until(
+        "the stranger's own disconnect",
+        Duration::from_secs(10),
+        || {
+            let (a, s) = (a.swarm.clone(), stranger.swarm.clone());
+            async move { !connected(&s, &a).await }
+        },
+    )
+    .await;
+    let stream = stranger
+        .swarm
+        .open_stream(a.swarm.local_peer_id())
+        .await
+        .expect("the stranger reaches a member");
+    match transfer::fetch_table(stream, &layer).await {
+        Err(TransferError::Remote { code, .. }) => assert_eq!(code, ErrorCode::NOT_MEMBER),
+        other => panic!("a stranger got {other:?}"),
+    }
+    assert!(
+        !a.swarm.is_member(&stranger.swarm.local_peer_id()),
+        "the stranger became a member"
+    );
+
+    // It announces a blob; the record is dropped and it is disconnected after the grace period.
+    let poisoned = Digest::sha256_of(b"a stranger's blob");
+    let _ = stranger.swarm.provide(&poisoned).await;
+    wait_until(
+        "the stranger's disconnection",
+        Duration::from_secs(30),
+        || {
+            let (a, s) = (a.swarm.clone(), stranger.swarm.clone());
+            async move { !connected(&a, &s).await }
+        },
+    )
+    .await;
+    for member in [&a, &b] {
+        let found = member
+            .swarm
+            .find_providers(&poisoned, 8)
+            .await
+            .unwrap_or_default();
+        assert!(
+            !found.contains(&stranger.swarm.local_peer_id()),
+            "stranger's provider record kept: {found:?}"
+        );
+    }
+    // Members still find each other.
+    let found = b.swarm.find_providers(&layer, 8).await.unwrap();
+    assert!(found.contains(&a.swarm.local_peer_id()), "{found:?}");
+
+    let ss = settled_stats(&http, &stranger.url).await;
+    assert_eq!(ss.peer_bytes, 0, "the stranger got pieces: {ss:?}");
+    let sa = settled_stats(&http, &a.url).await;
+    assert_eq!(
+        sa.served_bytes, sa_before.served_bytes,
+        "a served the stranger"
+    );
+
+    for n in [a, b, stranger] {
+        n.stop().await;
+    }
+}
+
+#[test]
+fn a_gateway_without_a_token_makes_a_private_one() {
+    let gw = Gateway::start();
+    let path = gw.data_dir.join("fleet.token");
+    let token = std::fs::read_to_string(&path).expect("fleet.token created");
+    assert_eq!(token.trim().len(), 64, "{token:?}");
+    assert_ne!(token.trim(), FLEET_TOKEN);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(gw.log().contains("fleet.token"), "{}", gw.log());
+}
