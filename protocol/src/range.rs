@@ -187,6 +187,7 @@ mod tests {
         assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Full);
         assert_eq!(parse_range("bytes=x-1", 100), RangeAnswer::Unsatisfiable);
         assert_eq!(parse_range("bytes=-0", 100), RangeAnswer::Unsatisfiable);
+        assert_eq!(parse_range("bytes=9-1", 100), RangeAnswer::Unsatisfiable);
     }
 
     #[test]

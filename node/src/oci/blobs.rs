@@ -228,37 +228,3 @@ fn body(download: Download, source: Arc<dyn PieceSource>, start: u64, end: u64) 
         Ok::<_, io::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
     }))
 }
-
-#[cfg(test)]
-mod range_tests {
-    use super::*;
-
-    #[test]
-    fn ranges() {
-        assert_eq!(
-            parse_range("bytes=0-9", 100),
-            RangeAnswer::Partial { start: 0, end: 9 }
-        );
-        assert_eq!(
-            parse_range("bytes=90-", 100),
-            RangeAnswer::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            parse_range("bytes=-10", 100),
-            RangeAnswer::Partial { start: 90, end: 99 }
-        );
-        assert_eq!(
-            parse_range("bytes=50-500", 100),
-            RangeAnswer::Partial { start: 50, end: 99 }
-        );
-        assert_eq!(parse_range("bytes=100-", 100), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range("bytes=9-1", 100), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range("bytes=x-1", 100), RangeAnswer::Unsatisfiable);
-        assert_eq!(parse_range("items=0-1", 100), RangeAnswer::Full);
-        assert_eq!(parse_range("bytes=0-1,5-6", 100), RangeAnswer::Full);
-        assert_eq!(
-            parse_range("bytes=0-99999999999999999999999", 100),
-            RangeAnswer::Partial { start: 0, end: 99 }
-        );
-    }
-}
