@@ -198,13 +198,13 @@ fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-fn fmt(v: Option<f64>, decimals: usize) -> String {
+pub(in crate::bench) fn fmt(v: Option<f64>, decimals: usize) -> String {
     v.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
 }
 
 /// Renders rows as an aligned Markdown table; the first row is the header, column 0 is
 /// left-aligned and the rest right-aligned.
-fn markdown(rows: &[Vec<String>]) -> String {
+pub(in crate::bench) fn markdown(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let width = |c: usize| {
         rows.iter()

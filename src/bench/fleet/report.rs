@@ -1,6 +1,7 @@
 //! The figures of a `bench fleet` run, the targets they are judged against, and their two
 //! renderings: Markdown tables and one JSON object.
 
+use crate::bench::report::{fmt, markdown};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -254,53 +255,8 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 20)
 }
 
-fn fmt(v: Option<f64>, decimals: usize) -> String {
-    v.map_or_else(|| "—".to_owned(), |v| format!("{v:.decimals$}"))
-}
-
 fn mb_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
-}
-
-/// A Markdown table, first column left-aligned, the others right-aligned, padded to line up.
-fn markdown(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-                .max(3)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, row) in rows.iter().enumerate() {
-        out.push('|');
-        for (c, w) in widths.iter().enumerate() {
-            let cell = row.get(c).map_or("", String::as_str);
-            if c == 0 {
-                out.push_str(&format!(" {cell:<w$} |"));
-            } else {
-                out.push_str(&format!(" {cell:>w$} |"));
-            }
-        }
-        out.push('\n');
-        if i == 0 {
-            out.push('|');
-            for (c, w) in widths.iter().enumerate() {
-                let dashes = "-".repeat(*w);
-                if c == 0 {
-                    out.push_str(&format!(" {dashes} |"));
-                } else {
-                    out.push_str(&format!(" {}: |", &dashes[1..]));
-                }
-            }
-            out.push('\n');
-        }
-    }
-    out
 }
 
 impl Pair {
