@@ -272,14 +272,7 @@ impl Server {
 
     /// The last lines the server wrote, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(20);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log.display(),
-            lines[from..].join("\n")
-        )
+        log_tail(&self.log)
     }
 
     fn status_field_kib(&self, field: &str) -> anyhow::Result<u64> {
@@ -331,4 +324,16 @@ impl Server {
         self.child.wait().await?;
         Ok(())
     }
+}
+
+/// The last 20 lines of a log file, headed by its path, for error messages.
+pub(in crate::bench) fn log_tail(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(20);
+    format!(
+        "--- last lines of {} ---\n{}",
+        log.display(),
+        lines[from..].join("\n")
+    )
 }

@@ -236,14 +236,7 @@ impl Proc {
 
     /// The last lines of the process's log, for error messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let from = lines.len().saturating_sub(20);
-        format!(
-            "--- last lines of {} ---\n{}",
-            self.log.display(),
-            lines[from..].join("\n")
-        )
+        crate::bench::servers::log_tail(&self.log)
     }
 
     /// Lines of the log at level WARN or ERROR, how many there are and the first few, for the
