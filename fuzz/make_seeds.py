@@ -123,3 +123,27 @@ for i, (size, header) in enumerate([
     (0, "bytes=5-9"), (0, "10-9"),
 ]):
     write("range", f"seed{i:02}", struct.pack("<Q", size) + header.encode())
+
+# member_header: `v1 <ts> <cert hex> <key hex> <sig hex>` (protocol::membership::http)
+def ed25519_key(seed_byte):
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed_byte]) * 32)
+    raw = key.public_key().public_bytes_raw()
+    proto = bytes([0x08, 0x01, 0x12, 0x20]) + raw  # libp2p PublicKey protobuf: Ed25519
+    peer = bytes([0x00, len(proto)]) + proto  # identity multihash
+    return key, proto, peer
+
+
+fleet, fleet_proto, fleet_peer = ed25519_key(1)
+node, node_proto, node_peer = ed25519_key(2)
+TS = 1_800_000_000
+body = bytes([1]) + struct.pack(">H", len(node_peer)) + node_peer + struct.pack(">QQ", TS, TS + 3600)
+cert_sig = fleet.sign(b"flotilla-member-v1" + body)
+cert = (body + struct.pack(">H", len(fleet_proto)) + fleet_proto
+        + struct.pack(">H", len(cert_sig)) + cert_sig)
+path = "/flotilla/v1/blobs/sha256:" + "ab" * 32
+req_sig = node.sign(b"flotilla-http-v1" + fleet_peer + node_peer + struct.pack(">Q", TS)
+                    + b"GET\x00" + path.encode())
+header = f"v1 {TS} {cert.hex()} {node_proto.hex()} {req_sig.hex()}"
+write("member_header", "valid", header)
+write("member_header", "zeros", "v1 0 00 00 00")
+write("member_header", "uppercase_hex", header.upper().replace("V1", "v1", 1))

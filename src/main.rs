@@ -121,6 +121,12 @@ struct NodeArgs {
     /// A file holding the fleet join token.
     #[arg(long, env = "FLOTILLA_FLEET_TOKEN_FILE")]
     fleet_token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https:// gateway (besides the system's).
+    #[arg(long, env = "FLOTILLA_GATEWAY_CA_FILE")]
+    gateway_ca_file: Option<PathBuf>,
+    /// The gateway's expected peer id; a gateway with another identity is refused.
+    #[arg(long, env = "FLOTILLA_GATEWAY_PEER_ID")]
+    gateway_peer_id: Option<String>,
 }
 
 impl NodeArgs {
@@ -146,6 +152,12 @@ impl NodeArgs {
         }
         if let Some(v) = self.fleet_token_file {
             cfg.fleet_token_file = Some(v);
+        }
+        if let Some(v) = self.gateway_ca_file {
+            cfg.gateway_ca_file = Some(v);
+        }
+        if let Some(v) = self.gateway_peer_id {
+            cfg.gateway_peer_id = Some(v);
         }
         if let Some(v) = self.cache_bytes {
             cfg.cache_bytes = v;
@@ -316,6 +328,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS provider for the whole process (aws-lc-rs, as libp2p's QUIC uses), so nothing
+    // that asks rustls for the default can find none.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

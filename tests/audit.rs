@@ -349,7 +349,15 @@ async fn webhooks_get_distributions_envelope() {
     assert_eq!(events[1]["target"]["digest"], digest(&layer));
     assert_eq!(events[1]["target"]["mediaType"], "application/octet-stream");
     assert_eq!(events[3]["target"]["digest"], d);
-    let s = stats(&gw).await;
+    // The receiver has the events; the sender counts a delivery once it has read the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let s = loop {
+        let s = stats(&gw).await;
+        if s["notifications"][0]["delivered"] == 4 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let n = &s["notifications"][0];
     assert_eq!(
         (

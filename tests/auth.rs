@@ -7,6 +7,8 @@
 pub(crate) mod harness;
 /// Basic and anonymous access: `/v2/`, pulls and pushes per rule, 401 vs 403, catalog, mounts.
 mod http;
+/// A node behind an HTTPS gateway with access control: private CA, pinned identity, member reads.
+mod node;
 /// HTTPS with a TLS client, graceful shutdown, and docker login/push/pull over TLS.
 mod tls;
 /// The token flow: challenge, token endpoint, claims, scopes, expiry and forgeries.

@@ -59,7 +59,10 @@ pub fn get(url: &str, accept: Option<&str>) -> Answer {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new().get(url);
+        let mut req = flotilla_node::gateway_http::client_builder()
+            .build()
+            .unwrap()
+            .get(url);
         if let Some(a) = accept {
             req = req.header("Accept", a);
         }

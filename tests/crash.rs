@@ -210,7 +210,9 @@ fn stalling_body(data: Bytes) -> Body {
 /// acknowledged chunk and a second chunk cut off mid-body, an upload with nothing sent, and a
 /// monolithic push cut off mid-body (its temporary file must be gone after the restart).
 async fn staller(base: String, blob: Bytes, ledger: Arc<Mutex<Ledger>>) {
-    let c = Client::new();
+    let c = flotilla_node::gateway_http::client_builder()
+        .build()
+        .unwrap();
     let repo = "crash/stalled";
     let uploads = format!("{base}/v2/{repo}/blobs/uploads/");
     let d = digest_of(&blob);
@@ -283,7 +285,7 @@ async fn pusher(
     pool: Bytes,
     ledger: Arc<Mutex<Ledger>>,
 ) {
-    let c = Client::builder()
+    let c = flotilla_node::gateway_http::client_builder()
         .timeout(Duration::from_secs(60))
         .build()
         .unwrap();
@@ -551,7 +553,7 @@ async fn kill9_during_concurrent_pushes_loses_nothing_acknowledged() {
 
         let check = Checker {
             verified: Mutex::new(HashSet::new()),
-            c: Client::builder()
+            c: flotilla_node::gateway_http::client_builder()
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),

@@ -47,7 +47,7 @@ pub fn loopback_p2p() -> Vec<String> {
 
 /// An HTTP client for the tests: no proxy, generous limits (debug builds are slow).
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    flotilla_node::gateway_http::client_builder()
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(300))
@@ -513,9 +513,21 @@ impl InNode {
             ..NodeConfig::default()
         };
         tune(&mut config);
-        let node = Node::start_with(config, options)
-            .await
-            .unwrap_or_else(|e| panic!("node on {} did not start: {e}", data_dir.display()));
+        // A node stopped moments ago in this process may still hold its database lock while
+        // its aborted tasks are dropped (a process's exit releases it at once).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let node = loop {
+            match Node::start_with(config.clone(), options.clone()).await {
+                Ok(node) => break node,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("node on {} did not start: {e}", data_dir.display()),
+            }
+        };
         let url = format!("http://{}", node.oci_addr());
         let peer_id = node.peer_id().to_string();
         let swarm = node.swarm().clone();

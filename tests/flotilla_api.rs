@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::Gateway;
+use crate::support::{Gateway, Member};
 
 /// One answer, fully read.
 struct Resp {
@@ -57,14 +57,16 @@ impl Resp {
     }
 }
 
-/// A client bound to one gateway process.
+/// A client bound to one gateway process; once [`Api::joined`], it signs every request as a
+/// fleet member.
 struct Api {
     gw: Gateway,
     http: reqwest::Client,
+    member: Option<Member>,
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    flotilla_node::gateway_http::client_builder()
         .no_proxy()
         .timeout(Duration::from_secs(60))
         .build()
@@ -76,7 +78,15 @@ impl Api {
         Api {
             gw: Gateway::start(),
             http: client(),
+            member: None,
         }
+    }
+
+    /// The same client, enrolled in the gateway's fleet with its token.
+    async fn joined(mut self) -> Api {
+        let token = self.gw.fleet_token();
+        self.member = Some(Member::enroll(&self.http, &self.gw.url(), &token).await);
+        self
     }
 
     /// SIGKILLs the gateway and starts it again on the same data directory; connections pooled
@@ -87,8 +97,12 @@ impl Api {
     }
 
     fn req(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.gw.url()))
+        let url = format!("{}{path}", self.gw.url());
+        let rb = self.http.request(method.clone(), &url);
+        match &self.member {
+            Some(m) => m.sign(rb, &method, &url),
+            None => rb,
+        }
     }
 
     async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
@@ -211,7 +225,7 @@ async fn info_names_a_persistent_identity() {
 
 #[tokio::test]
 async fn piece_tables_are_signed_by_the_gateway_and_describe_the_blob() {
-    let mut api = Api::start();
+    let mut api = Api::start().joined().await;
     let id = api.peer_id().await;
     let data = blob(1, (4 << 20) * 2 + 12345);
     let d = api.push("lib/app", &data).await;
@@ -266,7 +280,7 @@ async fn piece_tables_are_signed_by_the_gateway_and_describe_the_blob() {
 
 #[tokio::test]
 async fn blobs_are_served_without_a_repository() {
-    let api = Api::start();
+    let api = Api::start().joined().await;
     let data = blob(2, 100_000);
     let d = api.push("some/repo", &data).await;
     let path = format!("/flotilla/v1/blobs/{d}");
@@ -324,7 +338,7 @@ async fn blobs_are_served_without_a_repository() {
 
 #[tokio::test]
 async fn stats_count_blob_bytes_sent_over_http() {
-    let api = Api::start();
+    let api = Api::start().joined().await;
     let zero = api.stats().await;
     for k in ["http_blob_bytes", "swarm_bytes", "tables_computed"] {
         assert_eq!(zero[k], 0, "{k}");
@@ -362,8 +376,7 @@ async fn stats_count_blob_bytes_sent_over_http() {
     let big_d = api.push("r", &big).await;
     let before = api.settled("http_blob_bytes").await;
     let res = api
-        .http
-        .get(format!("{}/flotilla/v1/blobs/{big_d}", api.gw.url()))
+        .req(Method::GET, &format!("/flotilla/v1/blobs/{big_d}"))
         .send()
         .await
         .expect("request");
@@ -378,4 +391,104 @@ async fn stats_count_blob_bytes_sent_over_http() {
         "an abandoned download counted {sent} bytes of {}",
         big.len()
     );
+}
+
+#[tokio::test]
+async fn origin_endpoints_serve_fleet_members_only() {
+    let api = Api::start();
+    let data = blob(5, 50_000);
+    let d = api.push("open/repo", &data).await;
+    let tag_manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": d, "size": data.len()},
+        "layers": []
+    });
+    api.send(
+        api.req(Method::PUT, "/v2/open/repo/manifests/v1")
+            .header("content-type", "application/vnd.oci.image.manifest.v1+json")
+            .body(serde_json::to_vec(&tag_manifest).unwrap()),
+    )
+    .await
+    .expect(201);
+    let member_only = [
+        format!("/flotilla/v1/blobs/{d}"),
+        format!("/flotilla/v1/pieces/{d}"),
+        format!("/flotilla/v1/swarm/{d}"),
+        "/flotilla/v1/tags/open/repo/v1".to_owned(),
+    ];
+
+    // A stranger: no header, a garbage header, or a certificate it signed itself.
+    let stranger = libp2p_identity::Keypair::generate_ed25519();
+    let own_cert = flotilla_protocol::membership::MemberCertificate::issue(
+        &stranger,
+        stranger.public().to_peer_id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+        3600,
+    )
+    .unwrap();
+    let fleet: libp2p_identity::PeerId = api.peer_id().await.parse().unwrap();
+    let self_signed = flotilla_node::gateway_http::MemberSigner::new();
+    self_signed.set(stranger, own_cert, fleet);
+    for path in &member_only {
+        for method in [Method::GET, Method::HEAD] {
+            let r = api.send(api.req(method.clone(), path)).await;
+            r.expect(401);
+            assert_eq!(
+                r.header("www-authenticate"),
+                "Flotilla-Member realm=\"flotilla-fleet\""
+            );
+            if method == Method::GET {
+                r.expect_error(401, "UNAUTHORIZED");
+            }
+        }
+        api.send(
+            api.req(Method::GET, path)
+                .header("flotilla-member", "v1 1 00 00 00"),
+        )
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+        let url = format!("{}{path}", api.gw.url());
+        let r = api
+            .send(self_signed.sign(api.http.get(&url), &Method::GET, &url))
+            .await;
+        r.expect_error(401, "UNAUTHORIZED");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("fleet key"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(
+        api.settled("http_blob_bytes").await,
+        0,
+        "a stranger got bytes"
+    );
+    // How a node finds and joins the fleet stays open.
+    api.get("/flotilla/v1/info").await.expect(200);
+    api.get("/flotilla/v1/stats").await.expect(200);
+
+    // A member: every endpoint answers; a signature made for one blob does not open another.
+    let api = api.joined().await;
+    for path in &member_only {
+        api.get(path).await.expect(200);
+    }
+    let other = api.push("open/repo", &blob(6, 1000)).await;
+    let url = format!("{}/flotilla/v1/blobs/{d}", api.gw.url());
+    let signed = api
+        .member
+        .as_ref()
+        .unwrap()
+        .get(&api.http, &url)
+        .build()
+        .unwrap();
+    let header = signed.headers()["flotilla-member"].clone();
+    let replayed = format!("{}/flotilla/v1/blobs/{other}", api.gw.url());
+    api.send(api.http.get(&replayed).header("flotilla-member", header))
+        .await
+        .expect_error(401, "UNAUTHORIZED");
+    assert_eq!(api.settled("http_blob_bytes").await, data.len() as u64);
 }

@@ -137,6 +137,18 @@ async fn members_pull_and_a_stranger_gets_nothing() {
         !a.swarm.is_member(&stranger.swarm.local_peer_id()),
         "the stranger became a member"
     );
+    // Nor does the gateway's HTTP origin serve it the layer or its table.
+    for path in [
+        format!("/flotilla/v1/blobs/{layer}"),
+        format!("/flotilla/v1/pieces/{layer}"),
+    ] {
+        let r = http
+            .get(format!("{}{path}", gw.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+    }
 
     // It announces a blob; the record is dropped and it is disconnected after the grace period.
     let poisoned = Digest::sha256_of(b"a stranger's blob");

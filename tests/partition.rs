@@ -16,8 +16,9 @@ use flotilla_node::NodeOptions;
 use flotilla_protocol::tagrecord::SignedTagRecord;
 
 use crate::fleet::{
-    FleetGateway, Image, InNode, LogFile, client, log_runtime, pull, settled_stats,
+    FLEET_TOKEN, FleetGateway, Image, InNode, LogFile, client, log_runtime, pull, settled_stats,
 };
+use crate::support::Member;
 
 const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -67,6 +68,7 @@ async fn manifest_at(
 /// The sequence number of the gateway's signed record of `edge/app:<tag>`, after checking that
 /// it verifies against the gateway's peer id.
 async fn tag_record(http: &reqwest::Client, gateway: &str, tag: &str) -> u64 {
+    let member = Member::enroll(http, gateway, FLEET_TOKEN).await;
     let info: serde_json::Value = http
         .get(format!("{gateway}/flotilla/v1/info"))
         .send()
@@ -75,8 +77,8 @@ async fn tag_record(http: &reqwest::Client, gateway: &str, tag: &str) -> u64 {
         .json()
         .await
         .unwrap();
-    let r = http
-        .get(format!("{gateway}/flotilla/v1/tags/edge/app/{tag}"))
+    let r = member
+        .get(http, &format!("{gateway}/flotilla/v1/tags/edge/app/{tag}"))
         .send()
         .await
         .unwrap();
@@ -103,12 +105,23 @@ async fn partition(dir: &Path) {
     )
     .await;
     let stable_seq = tag_record(&http, &gw.url(), "stable").await;
-    let never = http
-        .get(format!("{}/flotilla/v1/tags/edge/app/never", gw.url()))
+    let member = Member::enroll(&http, &gw.url(), FLEET_TOKEN).await;
+    let never = member
+        .get(
+            &http,
+            &format!("{}/flotilla/v1/tags/edge/app/never", gw.url()),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(never.status(), 404);
+    // Tag records are for members only.
+    let anonymous = http
+        .get(format!("{}/flotilla/v1/tags/edge/app/stable", gw.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
     let mut nodes = Vec::new();
     for name in ["a", "b", "c"] {
         nodes.push(InNode::start(&gw.url(), &dir.join(name), NodeOptions::default()).await);
@@ -172,6 +185,47 @@ async fn partition(dir: &Path) {
     assert_eq!(body, v2.manifest);
     // A learns v2 from B (its own record is older) and pulls the whole image from peers.
     pull(&http, &a.url, &v2).await;
+
+    // C restarts during the outage, bootstrapping from A and B as an edge site's config would
+    // list them: it takes the fleet key from its tag records and its kept certificate, so the
+    // others serve it, and pulls v2 from them.
+    let mut nodes = nodes;
+    let c = nodes.pop().expect("node C");
+    let bootstrap: Vec<String> = nodes
+        .iter()
+        .flat_map(|n| {
+            let id = n.swarm.local_peer_id();
+            n.swarm
+                .listen_addrs()
+                .into_iter()
+                .map(move |a| format!("{a}/p2p/{id}"))
+        })
+        .collect();
+    c.stop().await;
+    let c = InNode::start_tuned(
+        &gw.url(),
+        FLEET_TOKEN,
+        &dir.join("c"),
+        NodeOptions::default(),
+        |cfg| cfg.bootstrap = bootstrap,
+    )
+    .await;
+    // It answers from what it knows as soon as it is up; v2's record arrives with its first
+    // member connection.
+    let members: Vec<_> = nodes.iter().map(|n| n.swarm.local_peer_id()).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !members.iter().any(|m| c.swarm.is_member(m)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node C never verified a peer after its restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = tokio::time::timeout(Duration::from_secs(90), pull(&http, &c.url, &v2))
+        .await
+        .expect("node C, restarted in the outage, pulled v2 in time");
+    println!("[partition] node C, restarted during the outage, pulled v2 in {took:?}");
+    nodes.push(c);
 
     for n in nodes {
         n.stop().await;

@@ -130,6 +130,14 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
+    /// The fleet join token the gateway created in its data directory.
+    pub fn fleet_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("fleet.token"))
+            .expect("the gateway's fleet.token")
+            .trim()
+            .to_owned()
+    }
+
     /// `127.0.0.1:PORT`, the registry host part of an image reference.
     pub fn host(&self) -> String {
         self.addr.to_string()
@@ -232,4 +240,57 @@ pub fn noise(n: usize, seed: u64) -> Vec<u8> {
     }
     v.truncate(n);
     v
+}
+
+/// A fleet member for tests that call the gateway's member-only endpoints (`/flotilla/v1/blobs`,
+/// `pieces`, `swarm`, `tags`) themselves: a fresh key, enrolled with the fleet token, signing
+/// each request it is given.
+pub struct Member {
+    signer: flotilla_node::gateway_http::MemberSigner,
+    /// Its peer id.
+    pub peer: libp2p_identity::PeerId,
+}
+
+impl Member {
+    /// Enrolls a new key with the gateway at `gateway_url` (its `/flotilla/v1/info` names the
+    /// fleet key) using `token`.
+    pub async fn enroll(http: &reqwest::Client, gateway_url: &str, token: &str) -> Member {
+        let info: serde_json::Value = http
+            .get(format!("{gateway_url}/flotilla/v1/info"))
+            .send()
+            .await
+            .expect("info request")
+            .json()
+            .await
+            .expect("info JSON");
+        let gateway: libp2p_identity::PeerId = info["peer_id"]
+            .as_str()
+            .expect("peer_id")
+            .parse()
+            .expect("gateway peer id");
+        let key = libp2p_identity::Keypair::generate_ed25519();
+        let cert =
+            flotilla_node::identity::membership::enroll(http, gateway_url, &gateway, &key, token)
+                .await
+                .expect("enrollment with the fleet token");
+        let peer = key.public().to_peer_id();
+        let signer = flotilla_node::gateway_http::MemberSigner::new();
+        signer.set(key, cert, gateway);
+        Member { signer, peer }
+    }
+
+    /// `rb`, a `method` request to `url`, signed as this member.
+    pub fn sign(
+        &self,
+        rb: reqwest::RequestBuilder,
+        method: &reqwest::Method,
+        url: &str,
+    ) -> reqwest::RequestBuilder {
+        self.signer.sign(rb, method, url)
+    }
+
+    /// A signed `GET` of `url`.
+    pub fn get(&self, http: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+        self.sign(http.get(url), &reqwest::Method::GET, url)
+    }
 }

@@ -15,7 +15,8 @@
 //!
 //! With access control on ([`crate::auth`]), a routed `/v2/…` request is authorised between
 //! routing and its handler, and `GET /auth/token` answers docker's token requests;
-//! `/flotilla/v1/…` stays anonymous.
+//! a fleet member's signed read (`Flotilla-Member`, see [`crate::fleet::Fleet::member`]) is
+//! allowed without credentials. `/flotilla/v1/…` checks membership itself.
 //!
 //! Every routed request gets an [`Origin`] (who, from where; see [`crate::audit`]) before it is
 //! authorised; handlers that change something report it with it to [`Events`] (the audit log
@@ -125,6 +126,17 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             }
             (Ok(route), Some(a)) => {
                 let mut origin = st.events.origin(&req);
+                match member_read(&st, &req) {
+                    Ok(Some(member)) => {
+                        origin.actor = Some(format!("member:{member}"));
+                        return finish(handle(st, route, req, Arc::new(origin)).await, head);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        flotilla::record_refusal(&st, origin, &e).await;
+                        return finish(Err(e), head);
+                    }
+                }
                 match a.authorize(&route, req, &st.events, &mut origin).await {
                     Ok(req) => handle(st, route, req, Arc::new(origin)).await,
                     Err(e) => Err(e),
@@ -133,8 +145,30 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
             (Err(e), _) => Err(e),
         },
     };
+    finish(res, head)
+}
+
+/// The response to send for a handler's result.
+fn finish(res: ApiResult, head: bool) -> Response {
     let res = res.unwrap_or_else(IntoResponse::into_response);
     if head { strip_body(res) } else { res }
+}
+
+/// A fleet member reads (`GET`/`HEAD`) under `/v2/` without credentials: it holds every layer
+/// through the swarm anyway, and its node resolves tags and manifests here for its local
+/// clients. `Ok(None)` when the request is not a member's read (access control decides).
+fn member_read(st: &AppState, req: &Request) -> Result<Option<libp2p_identity::PeerId>, ApiError> {
+    let read = req.method() == Method::GET || req.method() == Method::HEAD;
+    if !read || st.fleet.is_none() {
+        return Ok(None);
+    }
+    crate::fleet::Fleet::member(
+        req.headers(),
+        req.method().as_str(),
+        req.uri().path(),
+        &st.registry.seed().peer_id(),
+        crate::fleet::unix_now(),
+    )
 }
 
 /// A `HEAD` answer: the `GET` headers (including the length the body would have), no body.

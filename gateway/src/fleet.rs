@@ -6,6 +6,10 @@
 //! fleet token (`Authorization: Bearer <token>`) and proving it holds the key of the peer id it
 //! asks for (a signed [`JoinProof`]).
 //!
+//! Members then sign their HTTP requests to the origin endpoints (`Flotilla-Member`,
+//! [`flotilla_protocol::membership::http`]); [`Fleet::member`] checks that header, so a stranger
+//! fetches neither blobs nor piece tables over HTTP, as it cannot over the swarm.
+//!
 //! The token is `fleet_token` from the config, else `<data_dir>/fleet.token`, created with a
 //! random token (32 bytes, hex) on first start: the gateway is never open to strangers by
 //! default. The file is written like `identity.key` (0600, temp file, fsync, rename).
@@ -16,7 +20,8 @@ use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use flotilla_node::identity::membership::{JoinRequest, JoinResponse};
 use flotilla_protocol::membership::MemberCertificate;
-use libp2p_identity::Keypair;
+use flotilla_protocol::membership::http::{MEMBER_HEADER, MemberHeader};
+use libp2p_identity::{Keypair, PeerId};
 
 use crate::config::Config;
 use crate::error::{ApiError, ErrorCode};
@@ -210,6 +215,44 @@ impl Fleet {
         tracing::info!(%member, not_after = cert.not_after, "fleet member enrolled");
         Ok(JoinResponse::new(&cert))
     }
+
+    /// The member that signed this request (`Flotilla-Member`) for the fleet `fleet` (the
+    /// gateway's peer id): `Ok(None)` when the request carries no such header, `401
+    /// UNAUTHORIZED` when it carries one that does not verify (wrong fleet, expired, another
+    /// request's signature, too old or malformed).
+    ///
+    /// # Errors
+    /// The [`ApiError`] to answer.
+    pub fn member(
+        headers: &HeaderMap,
+        method: &str,
+        path: &str,
+        fleet: &PeerId,
+        now: u64,
+    ) -> Result<Option<PeerId>, ApiError> {
+        let Some(value) = headers.get(MEMBER_HEADER) else {
+            return Ok(None);
+        };
+        let checked = value
+            .to_str()
+            .map_err(|_| flotilla_protocol::membership::MembershipError::Malformed("not ASCII"))
+            .and_then(MemberHeader::decode)
+            .and_then(|h| h.verify(fleet, method, path, now));
+        match checked {
+            Ok(member) => Ok(Some(member)),
+            Err(e) => Err(member_required().with_detail(e.to_string())),
+        }
+    }
+}
+
+/// `401 UNAUTHORIZED` for an origin endpoint asked without (valid) fleet membership.
+pub fn member_required() -> ApiError {
+    ApiError::new(ErrorCode::Unauthorized)
+        .with_message("fleet membership is required (a valid Flotilla-Member header)")
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Flotilla-Member realm=\"flotilla-fleet\""),
+        )
 }
 
 #[cfg(test)]

@@ -53,6 +53,16 @@ pub struct NodeConfig {
     /// [`NodeConfig::fleet_token`] is absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_token_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an `https://` gateway, besides the system's
+    /// (a private CA's). Absent: the system's CAs only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_ca_file: Option<PathBuf>,
+    /// The gateway's peer id (base58), when known in advance: the node then refuses a gateway
+    /// that answers with another identity (which would make it the fleet key). Absent: the node
+    /// trusts the identity the gateway's `/flotilla/v1/info` gives on first contact, and keeps
+    /// it (signed tag records and the certificate are bound to it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway_peer_id: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -73,6 +83,8 @@ impl Default for NodeConfig {
             peer_stall_secs: 10,
             fleet_token: None,
             fleet_token_file: None,
+            gateway_ca_file: None,
+            gateway_peer_id: None,
         }
     }
 }

@@ -85,6 +85,10 @@ pub struct FetchConfig {
     /// The scheduler's tunables; the seed is replaced by one derived from this node's peer id and
     /// the digest, so nodes break ties differently.
     pub scheduler: scheduler::Config,
+    /// TLS trust for an `https://` gateway.
+    pub tls: crate::gateway_http::HttpTls,
+    /// Signs origin requests as a fleet member (the gateway refuses unsigned ones).
+    pub member: crate::gateway_http::MemberSigner,
 }
 
 impl FetchConfig {
@@ -101,6 +105,8 @@ impl FetchConfig {
             connect_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(10),
             scheduler: scheduler::Config::default(),
+            tls: crate::gateway_http::HttpTls::default(),
+            member: crate::gateway_http::MemberSigner::new(),
         }
     }
 }
@@ -363,7 +369,13 @@ impl Fetcher {
         sink: Arc<dyn PieceSink>,
         source: Arc<dyn PieceSource>,
     ) -> Result<Self, FetchError> {
-        let gateway = GatewayClient::new(&cfg.gateway_url, cfg.connect_timeout, cfg.http_timeout)?;
+        let gateway = GatewayClient::new(
+            &cfg.gateway_url,
+            &cfg.tls,
+            cfg.member.clone(),
+            cfg.connect_timeout,
+            cfg.http_timeout,
+        )?;
         Ok(Fetcher {
             inner: Arc::new(Inner {
                 cfg,

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod fetch;
+pub mod gateway_http;
 pub mod identity;
 pub mod meta;
 mod node;

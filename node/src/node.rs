@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::NodeConfig;
 use crate::fetch::{FetchConfig, Fetcher, TransferStats};
+use crate::gateway_http::{HttpClientError, HttpTls, MemberSigner};
 use crate::identity;
 use crate::identity::membership::{Enrollment, MembershipConfig};
 use crate::oci::{self, OciState};
@@ -173,8 +174,63 @@ impl Node {
         })
         .await?;
 
+        let tls = HttpTls {
+            ca_file: config.gateway_ca_file.clone(),
+        };
+        let tls_err = |e: HttpClientError| NodeError::Config(e.to_string());
+        let http = tls
+            .builder()
+            .map_err(tls_err)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| NodeError::Config(format!("HTTP client: {e}")))?;
+        let pinned_gateway = config
+            .gateway_peer_id
+            .as_deref()
+            .map(|p| {
+                PeerId::from_str(p.trim())
+                    .map_err(|e| NodeError::Config(format!("gateway_peer_id {p:?}: {e}")))
+            })
+            .transpose()?;
+        // Signed tag records and kept manifests: pulls of known tags through a gateway outage.
+        let tags = Arc::new(crate::tags::TagStore::open(
+            &config.data_dir.join("tags"),
+            crate::tags::DEFAULT_MANIFEST_CACHE_BYTES,
+        )?);
+        // The gateway's identity is learned once (it signs tables); its addresses are re-read
+        // in the background until the swarm has joined it.
+        let gateway = match gateway_info(&http, &gateway_url).await {
+            Ok((peer, addrs)) => {
+                check_pinned(pinned_gateway, peer, &gateway_url)?;
+                Some((peer, addrs))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, url = %gateway_url, "gateway unreachable at start");
+                None
+            }
+        };
+        // Started during an outage, the fleet key is the configured or last seen gateway
+        // identity. It and a kept certificate go into the swarm before it dials anyone, so the
+        // first handshakes with the bootstrap peers already succeed.
+        let fleet = gateway
+            .as_ref()
+            .map(|(p, _)| *p)
+            .or(pinned_gateway)
+            .or_else(|| tags.gateway_peer());
+        let signer = MemberSigner::new();
+        let mut fleet_cfg = FleetConfig::new(fleet);
+        if let Some(f) = fleet {
+            let kept = identity::membership::load_certificate(&config.data_dir, &f, &peer_id)
+                .filter(|c| c.not_after > swarm::unix_now());
+            if let Some(cert) = kept {
+                signer.set(keypair.clone(), cert.clone(), f);
+                fleet_cfg.certificate = Some(cert);
+            }
+        }
+
         let mut swarm_cfg = SwarmConfig::new(keypair.clone());
-        swarm_cfg.fleet = Some(FleetConfig::new(None));
+        swarm_cfg.fleet = Some(fleet_cfg);
         swarm_cfg.listen = p2p_listen;
         swarm_cfg.bootstrap = bootstrap;
         swarm_cfg.udp_buffer_bytes = config.udp_buffer_bytes;
@@ -193,25 +249,20 @@ impl Node {
             ServerLimits::default(),
         )));
 
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| NodeError::Config(format!("HTTP client: {e}")))?;
-        // The gateway's identity is learned once (it signs tables); its addresses are re-read
-        // in the background until the swarm has joined it.
-        let gateway_peer = gateway_info(&http, &gateway_url).await.ok();
         let mut fetch_cfg = FetchConfig::new(gateway_url.clone());
         fetch_cfg.peer_stall = Duration::from_secs(config.peer_stall_secs.max(1));
+        fetch_cfg.tls = tls.clone();
+        fetch_cfg.member = signer.clone();
+        fetch_cfg.gateway_peer = fleet;
         let membership = MembershipConfig {
             http: http.clone(),
             gateway_url: gateway_url.clone(),
             key: keypair,
             token: fleet_token,
             data_dir: config.data_dir.clone(),
+            signer: signer.clone(),
         };
-        if let Some((peer, addrs)) = &gateway_peer {
-            fetch_cfg.gateway_peer = Some(*peer);
+        if let Some((peer, addrs)) = &gateway {
             let enrollment = membership.for_gateway(*peer);
             let cert = join_fleet(&swarm, &enrollment).await;
             join_gateway(&swarm, *peer, addrs).await;
@@ -222,6 +273,7 @@ impl Node {
                 gateway_url.clone(),
                 swarm.clone(),
                 membership,
+                fleet,
             )));
         }
         let network: Arc<dyn Network> = Arc::new(swarm.clone());
@@ -242,11 +294,6 @@ impl Node {
             )));
         }
 
-        // Signed tag records and kept manifests: pulls of known tags through a gateway outage.
-        let tags = Arc::new(crate::tags::TagStore::open(
-            &config.data_dir.join("tags"),
-            crate::tags::DEFAULT_MANIFEST_CACHE_BYTES,
-        )?);
         let (meta, announcer) = crate::meta::Meta::start(tags, Arc::new(swarm.clone()));
         background.push(announcer);
         let meta_inbound =
@@ -259,7 +306,10 @@ impl Node {
         background.push(tokio::spawn(meta.clone().serve(meta_inbound, admit)));
 
         let source: Arc<dyn PieceSource> = store.clone();
-        let state = OciState::new(fetcher.clone(), gateway_url, source)?.with_meta(meta);
+        let oci_http = tls.client(Duration::from_secs(10)).map_err(tls_err)?;
+        let state = OciState::new(fetcher.clone(), gateway_url, source)?
+            .with_meta(meta)
+            .with_gateway_http(oci_http, signer);
         let stats_state = StatsState {
             fetcher: fetcher.clone(),
             store: store.clone(),
@@ -487,17 +537,36 @@ async fn join_fleet(
     }
 }
 
+/// `Err` if the gateway at `url` is `peer` while the config pins another identity.
+fn check_pinned(pinned: Option<PeerId>, peer: PeerId, url: &str) -> Result<(), NodeError> {
+    match pinned {
+        Some(p) if p != peer => Err(NodeError::Config(format!(
+            "the gateway at {url} is {peer}, not the configured gateway_peer_id {p}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Retries `GET /flotilla/v1/info` (1 s doubling to 30 s) until the gateway answers, then
-/// enrolls, joins it, and keeps the membership certificate fresh.
+/// enrolls, joins it, and keeps the membership certificate fresh. `expected`: the identity the
+/// node already trusts (pinned, or seen before), which the gateway must still have.
 async fn keep_joining_gateway(
     http: reqwest::Client,
     gateway_url: String,
     swarm: SwarmHandle,
     membership: MembershipConfig,
+    expected: Option<PeerId>,
 ) {
     let mut wait = Duration::from_secs(1);
     loop {
         match gateway_info(&http, &gateway_url).await {
+            Ok((peer, _)) if expected.is_some_and(|e| e != peer) => tracing::error!(
+                %peer,
+                expected = ?expected.map(|e| e.to_string()),
+                url = %gateway_url,
+                "the gateway answers with another identity than the one this node trusts; not \
+                 joining it (check gateway_peer_id, or restart the node to trust a re-keyed gateway)"
+            ),
             Ok((peer, addrs)) => {
                 let enrollment = membership.for_gateway(peer);
                 let cert = join_fleet(&swarm, &enrollment).await;

@@ -67,6 +67,9 @@ pub struct OciState {
     /// Tag records and kept manifests, for pulls while the gateway is unreachable. `None`:
     /// manifests are only proxied.
     pub meta: Option<Meta>,
+    /// Signs the requests sent on to the gateway as a fleet member's (so the gateway serves
+    /// this node's clients without their credentials; SPEC §5.3).
+    pub member: crate::gateway_http::MemberSigner,
 }
 
 impl OciState {
@@ -81,9 +84,8 @@ impl OciState {
         source: Arc<dyn PieceSource>,
     ) -> Result<Self, FetchError> {
         let gateway_url = gateway_url.into();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
+        let http = crate::gateway_http::HttpTls::default()
+            .client(Duration::from_secs(10))
             .map_err(|e| FetchError::BadGatewayUrl {
                 url: gateway_url.clone(),
                 reason: e.to_string(),
@@ -94,7 +96,21 @@ impl OciState {
             http,
             source,
             meta: None,
+            member: crate::gateway_http::MemberSigner::new(),
         })
+    }
+
+    /// Talks to the gateway with `http` (an HTTPS-capable client, see
+    /// [`crate::gateway_http::HttpTls`]) and signs as `member`.
+    #[must_use]
+    pub fn with_gateway_http(
+        mut self,
+        http: reqwest::Client,
+        member: crate::gateway_http::MemberSigner,
+    ) -> Self {
+        self.http = http;
+        self.member = member;
+        self
     }
 
     /// Answers manifests from signed tag records and kept manifests while the gateway is

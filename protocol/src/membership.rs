@@ -16,6 +16,11 @@
 //! The signature covers [`CERT_SIGNING_CONTEXT`] followed by the bytes from `version` through
 //! `not_after`. Times are Unix seconds. Decoding is strict: nothing may follow, the member must
 //! be a valid peer id, `issued_at <= not_after`, and no field is longer than its limit.
+//!
+//! Over HTTP (the gateway's origin endpoints), a member signs each request with its key and
+//! sends its certificate along: see [`http`].
+
+pub mod http;
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 

@@ -9,6 +9,8 @@
 
 #[path = "fuzz_regressions/manifest.rs"]
 mod manifest;
+#[path = "fuzz_regressions/member_header.rs"]
+mod member_header;
 #[path = "fuzz_regressions/piece_table.rs"]
 mod piece_table;
 #[path = "fuzz_regressions/range.rs"]
@@ -342,6 +344,42 @@ fn range_nasty_inputs() {
     }
 }
 
+#[test]
+fn member_header_nasty_inputs() {
+    let valid = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/member_header/valid"),
+    )
+    .expect("the valid seed");
+    // The seed, made by fuzz/make_seeds.py with Python's ed25519, verifies here: the format in
+    // SPEC §5.3 is what the code does.
+    let fleet = libp2p_identity::Keypair::ed25519_from_bytes([1; 32]).unwrap();
+    let node = libp2p_identity::Keypair::ed25519_from_bytes([2; 32]).unwrap();
+    let path = format!("/flotilla/v1/blobs/sha256:{}", "ab".repeat(32));
+    let h = flotilla_protocol::membership::http::MemberHeader::decode(&valid).unwrap();
+    assert_eq!(
+        h.verify(&fleet.public().to_peer_id(), "GET", &path, 1_800_000_000)
+            .unwrap(),
+        node.public().to_peer_id()
+    );
+    let mut cases: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"v1".to_vec(),
+        b"v1 ".to_vec(),
+        b"v1  1 00 00 00".to_vec(),
+        b"v1 18446744073709551616 00 00 00".to_vec(),
+        b"v1 1 0 0 0".to_vec(),
+        b"v1 1 \xff\xfe 00 00".to_vec(),
+        format!("v1 1 {} 00 00", "ff".repeat(5000)).into_bytes(),
+        vec![b' '; 100_000],
+    ];
+    for n in 0..valid.len() {
+        cases.push(valid.as_bytes()[..n].to_vec());
+    }
+    for case in &cases {
+        member_header::check(case);
+    }
+}
+
 /// One target's property check.
 type Property = fn(&[u8]);
 
@@ -349,7 +387,8 @@ type Property = fn(&[u8]);
 #[test]
 fn fuzz_seeds() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
-    let checks: [(&str, Property); 5] = [
+    let checks: [(&str, Property); 6] = [
+        ("member_header", member_header::check),
         ("reference", reference::check),
         ("manifest", manifest::check),
         ("piece_table", piece_table::check),

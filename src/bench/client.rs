@@ -28,7 +28,7 @@ const OCTET_STREAM: &str = "application/octet-stream";
 
 /// The HTTP client: HTTP/1.1 keep-alive, no proxies, no timeouts that a slow 1 GiB push could hit.
 pub fn new_client() -> anyhow::Result<Client> {
-    Client::builder()
+    flotilla_node::gateway_http::client_builder()
         .no_proxy()
         .tcp_nodelay(true)
         .pool_max_idle_per_host(4)

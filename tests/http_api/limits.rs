@@ -134,7 +134,9 @@ async fn a_stalled_body_is_cut_off_and_its_bytes_stay_resumable() {
     });
     let t0 = Instant::now();
     let url = api.url(&loc);
-    let res = reqwest::Client::new()
+    let res = flotilla_node::gateway_http::client_builder()
+        .build()
+        .unwrap()
         .patch(&url)
         .body(reqwest::Body::wrap_stream(body))
         .timeout(Duration::from_secs(20))

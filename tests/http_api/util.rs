@@ -168,7 +168,7 @@ pub struct Api {
 
 /// The HTTP client: no proxies from the environment, no redirects followed.
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    flotilla_node::gateway_http::client_builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(60))

@@ -24,6 +24,12 @@
 //!   `lines_dropped`, `write_errors`) and one entry per notification endpoint
 //!   (`notifications`: `name`, `delivered`, `failed`, `dropped`, `expired`, `pending`).
 //!
+//! With a fleet (a join token configured, which is the default), `pieces`, `blobs`, `swarm` and
+//! `tags` serve members only: the request must carry a valid `Flotilla-Member` header
+//! ([`crate::fleet::Fleet::member`]), else `401 UNAUTHORIZED` with
+//! `WWW-Authenticate: Flotilla-Member realm="flotilla-fleet"` (audited as `auth.failure`).
+//! `info`, `join` and `stats` stay open: they are how a node finds the fleet and joins it.
+//!
 //! Errors use the OCI error bodies of the rest of the API: a malformed digest is
 //! `400 DIGEST_INVALID`, an unknown path `404 UNSUPPORTED`, another method
 //! `405 UNSUPPORTED` with `Allow`. `HEAD` is accepted wherever `GET` is.
@@ -55,6 +61,15 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
     let rest = path.strip_prefix(PREFIX).ok_or_else(not_found)?;
     let m = req.method().clone();
     let get = m == Method::GET || m == Method::HEAD;
+    let member_only = matches!(
+        rest.split_once('/'),
+        Some(("pieces" | "blobs" | "swarm" | "tags", _))
+    );
+    if member_only && let Err(refused) = require_member(st, &req) {
+        let (e, origin) = *refused;
+        record_refusal(st, origin, &e).await;
+        return Err(e);
+    }
     match rest.split_once('/') {
         None if rest == "info" && get => Ok(info(st)),
         None if rest == "stats" && get => Ok(json_response(StatusCode::OK, &stats(st))),
@@ -107,6 +122,35 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
     let now = crate::fleet::unix_now();
     let answer = fleet.join(&parts.headers, &body, st.registry.seed().keypair(), now)?;
     Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// With a fleet, `Ok` only for a request a member signed (see the module docs); a refusal
+/// comes with the request's origin, for the audit line.
+type Refusal = Box<(ApiError, crate::audit::Origin)>;
+
+fn require_member(st: &AppState, req: &Request) -> Result<(), Refusal> {
+    if st.fleet.is_none() {
+        return Ok(());
+    }
+    crate::fleet::Fleet::member(
+        req.headers(),
+        req.method().as_str(),
+        req.uri().path(),
+        &st.registry.seed().peer_id(),
+        crate::fleet::unix_now(),
+    )
+    .and_then(|m| m.ok_or_else(crate::fleet::member_required))
+    .map(|_| ())
+    .map_err(|e| Box::new((e, st.events.origin(req))))
+}
+
+/// Audits a request (from `origin`) refused for want of fleet membership as `auth.failure`.
+pub(super) async fn record_refusal(st: &AppState, origin: crate::audit::Origin, e: &ApiError) {
+    let origin = std::sync::Arc::new(origin);
+    let mut ev = crate::audit::Event::new(crate::audit::Action::AuthFailure, &origin);
+    ev.status = Some(e.status().as_u16());
+    ev.reason = Some(format!("{} (fleet membership)", e.message()));
+    st.events.record(ev).await;
 }
 
 /// A digest from the path, as `400 DIGEST_INVALID` if malformed.

@@ -14,6 +14,7 @@ use reqwest::{StatusCode, header};
 use serde::Deserialize;
 
 use super::FetchError;
+use crate::gateway_http::{HttpTls, MemberSigner};
 use crate::ports::{PieceSink, Verdict};
 
 /// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
@@ -56,12 +57,19 @@ pub(crate) enum OriginOutcome {
 pub(crate) struct GatewayClient {
     base: String,
     http: reqwest::Client,
+    member: MemberSigner,
     timeout: Duration,
 }
 
 impl GatewayClient {
     /// A client for the gateway at `url` (`http://host:port`, an optional trailing `/`).
-    pub(crate) fn new(url: &str, connect: Duration, timeout: Duration) -> Result<Self, FetchError> {
+    pub(crate) fn new(
+        url: &str,
+        tls: &HttpTls,
+        member: MemberSigner,
+        connect: Duration,
+        timeout: Duration,
+    ) -> Result<Self, FetchError> {
         let bad = |reason: String| FetchError::BadGatewayUrl {
             url: url.to_owned(),
             reason,
@@ -70,19 +78,24 @@ impl GatewayClient {
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(bad("not an http(s) URL".to_owned()));
         }
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .build()
-            .map_err(|e| bad(e.to_string()))?;
+        let http = tls.client(connect).map_err(|e| bad(e.to_string()))?;
         Ok(GatewayClient {
             base: url.trim_end_matches('/').to_owned(),
             http,
+            member,
             timeout,
         })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A member-signed `GET` of `path`.
+    fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        let url = self.url(path);
+        self.member
+            .sign(self.http.get(&url), &reqwest::Method::GET, &url)
     }
 
     /// The gateway's peer id, from `/flotilla/v1/info`.
@@ -114,8 +127,7 @@ impl GatewayClient {
     /// The signed piece table bytes of `digest`, or `None` if the gateway does not know it.
     pub(crate) async fn table(&self, digest: &Digest) -> Result<Option<Vec<u8>>, GatewayError> {
         let res = self
-            .http
-            .get(self.url(&format!("/flotilla/v1/pieces/{digest}")))
+            .get(&format!("/flotilla/v1/pieces/{digest}"))
             .timeout(self.timeout)
             .send()
             .await?;
@@ -134,8 +146,7 @@ impl GatewayClient {
             fetchers: u32,
         }
         let res = self
-            .http
-            .get(self.url(&format!("/flotilla/v1/swarm/{digest}")))
+            .get(&format!("/flotilla/v1/swarm/{digest}"))
             .timeout(self.timeout)
             .send()
             .await?;
@@ -162,8 +173,7 @@ impl GatewayClient {
         let failed = |reason: String| OriginOutcome::Failed { reason };
         let want = range.end - range.start;
         let res = match self
-            .http
-            .get(self.url(&format!("/flotilla/v1/blobs/{digest}")))
+            .get(&format!("/flotilla/v1/blobs/{digest}"))
             .header(
                 header::RANGE,
                 format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),

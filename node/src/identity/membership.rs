@@ -12,6 +12,7 @@ use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 
 use super::write_private;
+use crate::gateway_http::MemberSigner;
 use crate::swarm::SwarmHandle;
 
 /// File name of the stored certificate inside a data directory.
@@ -204,6 +205,8 @@ pub struct MembershipConfig {
     pub token: String,
     /// Where the certificate is kept.
     pub data_dir: PathBuf,
+    /// Signs the node's HTTP requests to the gateway with the current certificate.
+    pub signer: MemberSigner,
 }
 
 impl MembershipConfig {
@@ -216,6 +219,7 @@ impl MembershipConfig {
             key: self.key.clone(),
             token: self.token.clone(),
             data_dir: self.data_dir.clone(),
+            signer: self.signer.clone(),
         }
     }
 }
@@ -234,6 +238,8 @@ pub struct Enrollment {
     pub token: String,
     /// Where the certificate is kept.
     pub data_dir: PathBuf,
+    /// Signs the node's HTTP requests to the gateway with the current certificate.
+    pub signer: MemberSigner,
 }
 
 impl Enrollment {
@@ -245,19 +251,30 @@ impl Enrollment {
     pub async fn once(&self, swarm: &SwarmHandle) -> Result<MemberCertificate, EnrollError> {
         let local = self.key.public().to_peer_id();
         let now = crate::swarm::unix_now();
-        let stored = load_certificate(&self.data_dir, &self.gateway, &local)
-            .filter(|c| now < c.renew_at() && c.not_after > now);
-        let cert = match stored {
+        let stored =
+            load_certificate(&self.data_dir, &self.gateway, &local).filter(|c| c.not_after > now);
+        let cert = match stored.clone().filter(|c| now < c.renew_at()) {
             Some(c) => c,
             None => {
-                let c = enroll(
+                let asked = enroll(
                     &self.http,
                     &self.gateway_url,
                     &self.gateway,
                     &self.key,
                     &self.token,
                 )
-                .await?;
+                .await;
+                let c = match (asked, stored) {
+                    (Ok(c), _) => c,
+                    // The gateway is away (or refuses) while the kept certificate is still
+                    // valid: keep using it, so a restart during an outage still exchanges
+                    // pieces; the caller retries the renewal.
+                    (Err(e), Some(old)) => {
+                        self.install(swarm, &old).await?;
+                        return Err(e);
+                    }
+                    (Err(e), None) => return Err(e),
+                };
                 if let Err(e) = store_certificate(&self.data_dir, &c) {
                     tracing::warn!(error = %e, "cannot keep the membership certificate");
                 }
@@ -269,11 +286,23 @@ impl Enrollment {
                 c
             }
         };
+        self.install(swarm, &cert).await?;
+        Ok(cert)
+    }
+
+    /// Hands `cert` to the swarm (handshakes) and to the HTTP signer.
+    async fn install(
+        &self,
+        swarm: &SwarmHandle,
+        cert: &MemberCertificate,
+    ) -> Result<(), EnrollError> {
         swarm
             .set_certificate(cert.clone())
             .await
             .map_err(|e| EnrollError::BadCertificate(e.to_string()))?;
-        Ok(cert)
+        self.signer
+            .set(self.key.clone(), cert.clone(), self.gateway);
+        Ok(())
     }
 
     /// Keeps a valid certificate in the swarm for as long as it runs: renews half way through

@@ -83,7 +83,10 @@ fn is_proxy_failure(s: StatusCode) -> bool {
 /// The tag's signed record from the gateway, if it gives one (not verified yet).
 async fn gateway_record(st: &OciState, repo: &RepoName, tag: &Tag) -> Option<SignedTagRecord> {
     let url = format!("{}/flotilla/v1/tags/{repo}/{tag}", st.gateway_url);
-    let mut res = tokio::time::timeout(proxy::HEADERS_TIMEOUT, st.http.get(&url).send())
+    let rb = st
+        .member
+        .sign(st.http.get(&url), &reqwest::Method::GET, &url);
+    let mut res = tokio::time::timeout(proxy::HEADERS_TIMEOUT, rb.send())
         .await
         .ok()?
         .ok()?;

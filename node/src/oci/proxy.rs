@@ -70,7 +70,9 @@ pub(super) async fn send(st: &OciState, req: &Parts) -> Result<reqwest::Response
     } else {
         reqwest::Method::GET
     };
-    let mut out = st.http.request(method, &url);
+    let mut out = st
+        .member
+        .sign(st.http.request(method.clone(), &url), &method, &url);
     for name in FORWARDED {
         for v in req.headers.get_all(&name) {
             out = out.header(name.clone(), v.clone());

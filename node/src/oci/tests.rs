@@ -34,7 +34,7 @@ impl Node {
         });
         Node {
             addr,
-            http: reqwest::Client::new(),
+            http: crate::gateway_http::client_builder().build().unwrap(),
             server,
         }
     }
@@ -370,7 +370,11 @@ async fn an_unreachable_gateway_is_unavailable() {
     let server = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    let res = reqwest::get(format!("http://{addr}/v2/library/alpine/manifests/latest"))
+    let res = crate::gateway_http::client_builder()
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}/v2/library/alpine/manifests/latest"))
+        .send()
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);

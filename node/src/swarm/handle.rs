@@ -418,8 +418,10 @@ impl Network for SwarmHandle {
         self.shared.local_peer_id
     }
 
-    /// Looks providers up for at most [`FIND_PROVIDERS_TIMEOUT`](super::FIND_PROVIDERS_TIMEOUT); their addresses from the
-    /// answers are kept, so [`Network::open_stream`] can reach them.
+    /// Looks providers up for at most [`FIND_PROVIDERS_TIMEOUT`](super::FIND_PROVIDERS_TIMEOUT),
+    /// answering `limit` holders at once, else what turned up within 0.5 s of the first one (a
+    /// dead peer in the routing table would hold the query for its dial timeout); their
+    /// addresses from the answers are kept, so [`Network::open_stream`] can reach them.
     fn find_providers(
         &self,
         digest: &Digest,

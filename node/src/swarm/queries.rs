@@ -15,6 +15,10 @@ use super::task::Task;
 use super::{FIND_PROVIDERS_TIMEOUT, SwarmError, addr};
 use crate::ports::NetworkError;
 
+/// How long a provider lookup keeps collecting after its first holder turned up (unless it
+/// reaches its limit first).
+const FIND_SETTLE: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A provider lookup in progress.
 pub(super) struct Find {
     key: RecordKey,
@@ -91,7 +95,17 @@ impl Task {
         let Some(find) = self.finds.get_mut(&id) else {
             return;
         };
+        let first = find.found.is_empty() && !fresh.is_empty();
         find.found.extend(fresh);
+        if first && find.found.len() < find.limit {
+            // The query itself ends only when every peer it asked has answered or timed out,
+            // and a dead peer (the gateway, in an outage) holds it for the whole dial timeout:
+            // answer with what came in shortly after the first holder instead.
+            self.find_deadlines.push(Box::pin(async move {
+                tokio::time::sleep(FIND_SETTLE).await;
+                id
+            }));
+        }
         if find.found.len() >= find.limit {
             if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 query.finish();
