@@ -492,3 +492,32 @@ async fn origin_endpoints_serve_fleet_members_only() {
         .expect_error(401, "UNAUTHORIZED");
     assert_eq!(api.settled("http_blob_bytes").await, data.len() as u64);
 }
+
+#[tokio::test]
+async fn a_piece_just_sent_to_one_member_is_refused_to_another() {
+    let a = Api::start().joined().await;
+    let token = a.gw.fleet_token();
+    let b = Member::enroll(&a.http, &a.gw.url(), &token).await;
+    let data = blob(7, 300_000);
+    let d = a.push("dedup/repo", &data).await;
+    let path = format!("/flotilla/v1/blobs/{d}");
+    let url = format!("{}{path}", a.gw.url());
+    let piece = |rb: reqwest::RequestBuilder| rb.header("Range", "bytes=0-99999");
+
+    a.send(piece(a.req(Method::GET, &path))).await.expect(206);
+    // The same member again (a retry) is served; another member is sent to the swarm.
+    a.send(piece(a.req(Method::GET, &path))).await.expect(206);
+    let r = a.send(piece(b.get(&a.http, &url))).await;
+    r.expect_error(429, "TOOMANYREQUESTS");
+    assert_eq!(r.header("retry-after"), "2");
+    // It names the member that has it, so b can ask that peer.
+    let a_id = a.member.as_ref().unwrap().peer.to_string();
+    assert_eq!(r.header("flotilla-holder"), a_id);
+    // Another range, or the whole blob (what a registry client would ask), is not held back.
+    a.send(b.get(&a.http, &url).header("Range", "bytes=100000-199999"))
+        .await
+        .expect(206);
+    a.send(b.get(&a.http, &url)).await.expect(200);
+    assert_eq!(a.stats().await["origin_refused"], 1);
+    // (When the window ends the range is anyone's again: gateway/src/api/dedup.rs tests it.)
+}

@@ -35,6 +35,7 @@
 
 mod access_log;
 mod blobs;
+mod dedup;
 mod flotilla;
 pub mod headers;
 mod listing;
@@ -70,6 +71,8 @@ pub(crate) struct AppState {
     pub(crate) events: Events,
     /// Fleet enrollment (`POST /flotilla/v1/join`), when a fleet token is configured.
     pub(crate) fleet: Option<crate::fleet::Fleet>,
+    /// The origin's refusal window for piece ranges just sent to another member.
+    pub(crate) origin_dedup: Arc<dedup::OriginDedup>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
@@ -97,6 +100,9 @@ pub fn router_with_events(
         auth,
         events,
         fleet: crate::fleet::Fleet::from_config(config),
+        origin_dedup: Arc::new(dedup::OriginDedup::new(std::time::Duration::from_millis(
+            config.origin_dedup_ms,
+        ))),
     };
     Router::new()
         .fallback(dispatch)

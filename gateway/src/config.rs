@@ -45,6 +45,10 @@ pub struct Config {
     pub max_blob_bytes: u64,
     /// Most upload sessions open at once; more get `429 TOOMANYREQUESTS`. Absent: 1024.
     pub max_uploads: usize,
+    /// Milliseconds during which a piece range the gateway began sending to one fleet member
+    /// over `/flotilla/v1/blobs` is refused to the others (`429`; they take it from the swarm).
+    /// 0 turns it off. Absent: 2000.
+    pub origin_dedup_ms: u64,
     /// Seconds a request body may pause before it is cut off (the bytes that arrived stay in
     /// the upload, which can resume). Absent: 60.
     pub body_idle_secs: u64,
@@ -245,6 +249,7 @@ impl Default for Config {
             upload_ttl_secs: 3600,
             max_blob_bytes: 1 << 40,
             max_uploads: 1024,
+            origin_dedup_ms: 8000,
             body_idle_secs: 60,
             max_connections: 4096,
             header_timeout_secs: 30,

@@ -47,6 +47,8 @@ use crate::registry::RegistryError;
 
 /// Header on a piece table: nodes that fetched it in the last 30–60 s.
 const SWARM_SIZE: &str = "flotilla-swarm-size";
+/// Header on an origin refusal: the member that was sent the range.
+const HOLDER: axum::http::HeaderName = axum::http::HeaderName::from_static("flotilla-holder");
 
 /// The path prefix of these endpoints.
 const PREFIX: &str = "/flotilla/v1/";
@@ -65,11 +67,15 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
         rest.split_once('/'),
         Some(("pieces" | "blobs" | "swarm" | "tags", _))
     );
-    if member_only && let Err(refused) = require_member(st, &req) {
-        let (e, origin) = *refused;
-        record_refusal(st, origin, &e).await;
-        return Err(e);
-    }
+    let member = match require_member(st, &req) {
+        Ok(m) => m,
+        Err(refused) if member_only => {
+            let (e, origin) = *refused;
+            record_refusal(st, origin, &e).await;
+            return Err(e);
+        }
+        Err(_) => None,
+    };
     match rest.split_once('/') {
         None if rest == "info" && get => Ok(info(st)),
         None if rest == "stats" && get => Ok(json_response(StatusCode::OK, &stats(st))),
@@ -97,7 +103,31 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
             Method::GET => {
                 let d = parse_digest(d)?;
                 let (file, size) = st.registry.seed().blob_open(&d).await?;
-                blobs::send(st, &d, file, size, req.headers())
+                let guard = match (member, piece_range(req.headers(), size)) {
+                    (Some(m), Some((start, end))) => {
+                        st.origin_dedup.admit(&d, start, end, m).map_err(|holder| {
+                            ApiError::new(ErrorCode::TooManyRequests)
+                                .with_message(
+                                    "being sent, or just sent, to another member: take it from \
+                                     the swarm",
+                                )
+                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
+                                .with_header(HOLDER, headers::value(&holder.to_string()))
+                        })?
+                    }
+                    _ => None,
+                };
+                let res = blobs::send(st, &d, file, size, req.headers())?;
+                Ok(match guard {
+                    // The window starts when the body ends (or the member goes away).
+                    Some(guard) => res.map(|body| {
+                        Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                            let _held = &guard;
+                            f
+                        }))
+                    }),
+                    None => res,
+                })
             }
             _ => Err(method_not_allowed("GET, HEAD")),
         },
@@ -128,9 +158,22 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
 /// comes with the request's origin, for the audit line.
 type Refusal = Box<(ApiError, crate::audit::Origin)>;
 
-fn require_member(st: &AppState, req: &Request) -> Result<(), Refusal> {
+/// The byte range a `Range` header asks of a blob of `size`, if it asks for one satisfiable
+/// range.
+fn piece_range(h: &axum::http::HeaderMap, size: u64) -> Option<(u64, u64)> {
+    let r = h.get(header::RANGE)?.to_str().ok()?;
+    match headers::parse_range(r, size) {
+        headers::RangeAnswer::Partial { start, end } => Some((start, end)),
+        _ => None,
+    }
+}
+
+fn require_member(
+    st: &AppState,
+    req: &Request,
+) -> Result<Option<libp2p_identity::PeerId>, Refusal> {
     if st.fleet.is_none() {
-        return Ok(());
+        return Ok(None);
     }
     crate::fleet::Fleet::member(
         req.headers(),
@@ -140,7 +183,7 @@ fn require_member(st: &AppState, req: &Request) -> Result<(), Refusal> {
         crate::fleet::unix_now(),
     )
     .and_then(|m| m.ok_or_else(crate::fleet::member_required))
-    .map(|_| ())
+    .map(Some)
     .map_err(|e| Box::new((e, st.events.origin(req))))
 }
 
@@ -167,6 +210,8 @@ struct Stats {
     seed: crate::seed::SeedStats,
     audit: crate::audit::AuditStats,
     notifications: Vec<crate::notify::NotifyStats>,
+    /// Piece ranges refused because another member was sent them moments ago.
+    origin_refused: u64,
 }
 
 fn stats(st: &AppState) -> Stats {
@@ -174,6 +219,7 @@ fn stats(st: &AppState) -> Stats {
         seed: st.registry.seed().stats(),
         audit: st.events.audit_stats(),
         notifications: st.events.notify_stats(),
+        origin_refused: st.origin_dedup.refused(),
     }
 }
 

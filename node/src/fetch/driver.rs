@@ -36,6 +36,10 @@ use super::{Counters, FetchError, Inner, Outcome, Ready, State};
 use crate::ports::{NetworkError, SourceError, Verdict};
 use crate::transfer::{Opened, Session, SessionEvent, SessionEventKind, TransferError};
 
+/// Sessions a download may open beyond `max_peers_per_blob` to holders the gateway names
+/// when it refuses a piece (see `connect_to_holder`).
+const HOLDER_EXTRA: usize = 4;
+
 /// Session events buffered between the sessions and the driver.
 const EVENT_QUEUE: usize = 256;
 /// Longest wait, after the last piece, for answers already arriving.
@@ -511,6 +515,29 @@ impl Driver {
         self.fill();
     }
 
+    /// The gateway refused a piece because it just went to `peer`: that peer holds pieces
+    /// nobody else has yet, and this node may have no session to it (sessions go to a few
+    /// providers, not the whole swarm), so it would never see the piece announced. Opens one,
+    /// beyond the per-blob limit if need be, by at most [`HOLDER_EXTRA`] sessions.
+    fn connect_to_holder(&mut self, peer: PeerId) {
+        if peer == self.local
+            || Some(peer) == self.gateway
+            || self.sessions.contains_key(&peer)
+            || self.connecting.contains_key(&peer)
+            || self.banned.contains(&peer)
+            || self.inner.is_banned(&peer)
+            || self.refused.contains(&peer)
+        {
+            return;
+        }
+        let limit = self.inner.cfg.max_peers_per_blob + HOLDER_EXTRA;
+        if self.sessions.len() + self.connecting.len() >= limit {
+            return;
+        }
+        debug!(digest = %self.digest, %peer, "opening a session to the holder the gateway named");
+        self.open_session(peer);
+    }
+
     /// Starts opening a session to `peer`.
     fn open_session(&mut self, peer: PeerId) {
         self.connecting.insert(peer, Vec::new());
@@ -917,10 +944,13 @@ impl Driver {
                     }
                 }
             },
-            OriginOutcome::Refused => {
+            OriginOutcome::Refused { holder } => {
                 self.last_origin_ok = Instant::now();
                 if current {
                     self.sched.request_refused(Source::Origin, piece, now);
+                }
+                if let Some(peer) = holder {
+                    self.connect_to_holder(peer);
                 }
             }
             OriginOutcome::Failed { reason } => {

@@ -15,6 +15,9 @@ use serde::Deserialize;
 
 use super::FetchError;
 use crate::gateway_http::{HttpTls, MemberSigner};
+
+/// The header naming the member an origin refusal's piece went to.
+const HOLDER: &str = "flotilla-holder";
 use crate::ports::{PieceSink, Verdict};
 
 /// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
@@ -46,8 +49,9 @@ pub(crate) enum GatewayError {
 pub(crate) enum OriginOutcome {
     /// The store judged the piece (`bytes` were received).
     Received { verdict: Verdict, bytes: u64 },
-    /// 429 or 503: the gateway is busy or sent that piece to the swarm moments ago.
-    Refused,
+    /// 429 or 503: the gateway is busy or sent that piece to the swarm moments ago; `holder` is
+    /// the member it went to, when the gateway says (`Flotilla-Holder`).
+    Refused { holder: Option<PeerId> },
     /// Anything else (no answer, an error status, a truncated body, a store error).
     Failed { reason: String },
 }
@@ -190,7 +194,12 @@ impl GatewayClient {
             // blob is one piece.
             StatusCode::OK if range.start == 0 && range.end == blob_size => {}
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
-                return OriginOutcome::Refused;
+                let holder = res
+                    .headers()
+                    .get(HOLDER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                return OriginOutcome::Refused { holder };
             }
             s => return failed(format!("gateway answered {s} for piece {index}")),
         }

@@ -304,7 +304,13 @@ impl Proc {
                     .ok()
             })
             .map(|kib| kib * 1024)
-            .with_context(|| format!("no VmHWM in {path}"))
+            // A process that exited is a zombie until reaped: no memory, so no VmHWM.
+            .with_context(|| {
+                format!(
+                    "no VmHWM in {path}: the process has exited; its log ends:\n{}",
+                    self.log_tail()
+                )
+            })
     }
 
     /// Resets the kernel's peak-RSS mark to the current RSS.
