@@ -95,9 +95,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// The piece to ask peer `i` for: the read window first, then rarest first.
     fn pick_for_peer(&self, i: usize, roll: u64) -> Option<u32> {
         let p = &self.peers[i];
+        // A far peer only for what the site should fetch across the WAN through us.
+        let ok = |x: u32| p.can_serve(x) && (p.near || self.far_allowed(x));
         if let Some(x) = self
             .read_window()
-            .find(|&x| self.rarity.contains(x) && p.can_serve(x))
+            .find(|&x| self.rarity.contains(x) && ok(x))
         {
             return Some(x);
         }
@@ -106,7 +108,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // field makes it ascending), and every node asking a seeder for pieces 0, 1, 2… in
         // the same order would waste it.
         let seen = self.rarity.seen();
-        let first = seen.iter().position(|&x| p.can_serve(x))?;
+        let first = seen.iter().position(|&x| ok(x))?;
         let offset = self.rarity.unseen().len();
         let end = self
             .rarity
@@ -117,7 +119,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .iter()
             .chain(&seen[first..start])
             .copied()
-            .find(|&x| p.can_serve(x))
+            .find(|&x| ok(x))
     }
 
     /// An in-flight piece to duplicate at peer `i`: the oldest request it could also serve.
@@ -132,6 +134,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 self.sources[r.piece as usize] < limit
                     && p.can_serve(r.piece)
                     && !p.source.has_request(r.piece)
+                    // Never a second copy across the WAN: that link is what a site is short of.
+                    && (p.near || !self.locality())
             })
             .min_by_key(|r| (r.sent, r.piece))
             .map(|r| r.piece)
@@ -243,7 +247,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // Expected number of nodes ahead of us for `x` among those we cannot see, if we are
         // ahead of every candidate (or stalled); `None` if a candidate outranks us.
         let ahead = |x: u32| -> Option<(f64, u64)> {
-            if !self.rarity.contains(x) || self.rarity.availability(x) != 0 || self.origin_held(x) {
+            if !self.rarity.contains(x)
+                || self.rarity.availability(x) != 0
+                || self.origin_held(x)
+                || !self.far_allowed(x)
+            {
                 return None;
             }
             let mine = rank(self.local_hash, x);
@@ -286,6 +294,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         for r in &self.origin.requests {
             consider(r.deadline);
+        }
+        if let Some(d) = self.near_timer() {
+            consider(d);
         }
         if !self.rarity.unseen().is_empty() {
             let stall = self.stalled_since();
