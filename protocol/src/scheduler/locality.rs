@@ -152,6 +152,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.far_peers > 0 || !self.near_nodes.is_empty()
     }
 
+    /// Members of our site we know of, ourselves included (1 without locality).
+    pub(super) fn site_size(&self) -> f64 {
+        if !self.locality() {
+            return 1.0;
+        }
+        let near_peers = self.peers.iter().filter(|p| p.near).count();
+        (1 + near_peers.max(self.near_nodes.len())) as f64
+    }
+
     fn near_patience(&self) -> Duration {
         self.cfg.near_patience.max(Duration::from_millis(1))
     }

@@ -147,6 +147,20 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .map_or(0, |n| n.saturating_sub(1 + self.peers.len() as u64))
     }
 
+    /// Who else may fetch a piece from the origin that we fetch: the nodes we cannot see, or
+    /// with locality the winners of the other sites (nodes we cannot see over the size of a
+    /// site): the origin serves a site about once per piece — what crosses its WAN link
+    /// anyway — rather than once per swarm, which held each site back behind the allowance
+    /// (simulated, 20 sites knowing their members: p99 117 s, against a 43 s bound).
+    fn origin_contenders(&self) -> f64 {
+        let unseen = self.unseen_nodes() as f64;
+        if self.locality() {
+            unseen / self.site_size()
+        } else {
+            unseen
+        }
+    }
+
     /// How long without anything new means the swarm is stuck: 8 × the usual gap between new
     /// pieces, within 1 s ..= [`Config::origin_stall`].
     ///
@@ -242,10 +256,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         {
             self.origin_hold.pop_front();
         }
-        let unseen_nodes = self.unseen_nodes() as f64;
+        let unseen_nodes = self.origin_contenders();
         let allowance = self.origin_allowance();
+        let locality = self.locality();
+        let site = self.site_size();
         // Expected number of nodes ahead of us for `x` among those we cannot see, if we are
-        // ahead of every candidate (or stalled); `None` if a candidate outranks us.
+        // ahead of every candidate (or stalled); `None` if a candidate outranks us. With
+        // locality the contenders are the other sites' winners (`origin_contenders`), and a
+        // far candidate is no rival: it defers to its own site's winner, not to us.
         let ahead = |x: u32| -> Option<(f64, u64)> {
             if !self.rarity.contains(x)
                 || self.rarity.availability(x) != 0
@@ -255,10 +273,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 return None;
             }
             let mine = rank(self.local_hash, x);
-            if !stalled && self.peers.iter().any(|p| rank(p.hash, x) > mine) {
+            if !stalled
+                && self
+                    .peers
+                    .iter()
+                    .any(|p| (p.near || !locality) && rank(p.hash, x) > mine)
+            {
                 return None;
             }
-            let ahead = (1.0 - mine as f64 / RANK_SPAN) * unseen_nodes;
+            // A site winner ranks above its `site` members: another site's winner is ahead
+            // of us with probability 1 − u^site (u: our rank as a fraction).
+            let below = (mine as f64 / RANK_SPAN).powf(site);
+            let ahead = (1.0 - below) * unseen_nodes;
             (ahead < allowance || unseen_nodes == 0.0).then_some((ahead, mine))
         };
         if let Some(x) = self.read_window().find(|&x| ahead(x).is_some()) {
@@ -314,7 +340,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     consider(d);
                 }
             }
-            let unseen_nodes = self.unseen_nodes() as f64;
+            let unseen_nodes = self.origin_contenders();
             let open = self.origin_open();
             if now >= open && unseen_nodes > 0.0 && self.origin_allowance() < unseen_nodes {
                 let step = self.origin_step();
