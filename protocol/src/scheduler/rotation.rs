@@ -118,6 +118,8 @@ pub struct Rotation<P> {
     known_order: VecDeque<P>,
     /// The caller reports bytes ([`Rotation::progress`]): sessions are compared by bytes.
     by_bytes: bool,
+    /// Entries of `known` that are far.
+    far_known: usize,
 }
 
 impl<P: Copy + Eq + Ord> Rotation<P> {
@@ -137,6 +139,7 @@ impl<P: Copy + Eq + Ord> Rotation<P> {
             known: BTreeMap::new(),
             known_order: VecDeque::new(),
             by_bytes: false,
+            far_known: 0,
         }
     }
 
@@ -154,9 +157,11 @@ impl<P: Copy + Eq + Ord> Rotation<P> {
     /// open a session to. Those without a session and not replaced recently become the spares
     /// (the freshest answer wins: older spares may have filled up or left).
     pub fn offer(&mut self, providers: impl IntoIterator<Item = P>) {
-        // Near spares stay: they are what a random lookup rarely finds.
+        // Near spares stay when the fleet spans sites: they are what a random lookup rarely
+        // finds there. (In one site every provider is near, and the freshest answer wins.)
         let mut kept = std::mem::take(&mut self.spares);
-        kept.retain(|&p| self.is_near(p) == Some(true));
+        let keep_near = self.knows_far();
+        kept.retain(|&p| keep_near && self.is_near(p) == Some(true));
         kept.truncate(self.cfg.max_spares);
         self.spares = kept;
         for p in providers {
@@ -220,13 +225,24 @@ impl<P: Copy + Eq + Ord> Rotation<P> {
     /// choice of spares and as near when sessions are compared (as before round trips).
     pub fn peer_rtt(&mut self, peer: P, rtt: Duration) {
         let near = rtt <= self.cfg.near_rtt;
-        if self.known.insert(peer, near).is_none() {
-            self.known_order.push_back(peer);
-            if self.known_order.len() > self.cfg.max_known.max(1)
-                && let Some(old) = self.known_order.pop_front()
-            {
-                self.known.remove(&old);
+        match self.known.insert(peer, near) {
+            Some(was) => {
+                if !was {
+                    self.far_known = self.far_known.saturating_sub(1);
+                }
             }
+            None => {
+                self.known_order.push_back(peer);
+                if self.known_order.len() > self.cfg.max_known.max(1)
+                    && let Some(old) = self.known_order.pop_front()
+                    && self.known.remove(&old) == Some(false)
+                {
+                    self.far_known = self.far_known.saturating_sub(1);
+                }
+            }
+        }
+        if !near {
+            self.far_known += 1;
         }
     }
 
@@ -237,7 +253,7 @@ impl<P: Copy + Eq + Ord> Rotation<P> {
 
     /// Whether a provider is known to be far: the fleet spans sites, locality matters.
     pub fn knows_far(&self) -> bool {
-        self.known.values().any(|&near| !near)
+        self.far_known > 0
     }
 
     /// The near providers remembered (the caller passes them to
@@ -551,6 +567,19 @@ mod tests {
         assert_eq!(r.take_spare(), Some(13));
         assert_eq!(r.near_providers().collect::<Vec<_>>(), vec![10]);
         assert!(r.knows_far());
+    }
+
+    #[test]
+    fn in_one_site_the_freshest_lookup_wins() {
+        let mut r = Rotation::new(RotationConfig::default(), 3, ms(0));
+        for p in [10u32, 11] {
+            r.peer_rtt(p, NEAR);
+        }
+        r.offer([10]);
+        r.offer([11]);
+        assert_eq!(r.spares(), 1);
+        assert_eq!(r.take_spare(), Some(11));
+        assert!(!r.knows_far());
     }
 
     #[test]
