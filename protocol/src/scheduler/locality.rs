@@ -145,6 +145,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
+    /// Requests in flight at far peers.
+    pub(super) fn far_in_flight(&self) -> u32 {
+        self.peers
+            .iter()
+            .filter(|p| !p.near)
+            .map(|p| p.source.in_flight())
+            .sum()
+    }
+
     /// Whether the locality rules apply: some candidate is known to be far, or the caller
     /// named near nodes. A fleet in one site (or a node that passes no round trips) has
     /// neither, so for it nothing changes.

@@ -60,10 +60,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let fastest = self.fastest_service();
         let end_game = self.end_game();
         let fallback = self.latency;
+        let far_full = self.locality() && self.far_in_flight() >= self.cfg.far_window;
         let mut order = std::mem::take(&mut self.scratch);
         order.clear();
         for (i, p) in self.peers.iter().enumerate() {
-            if (p.pickable > 0 || end_game) && p.source.ready(now, self.window_of(i, fastest)) {
+            if (p.near || !far_full)
+                && (p.pickable > 0 || end_game)
+                && p.source.ready(now, self.window_of(i, fastest))
+            {
                 order.push((p.source.cost(fallback), i));
             }
         }

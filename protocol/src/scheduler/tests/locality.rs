@@ -1,6 +1,7 @@
 //! The locality rules: near peers first, one fetch across the WAN per site and piece (the
-//! rendezvous winner among the near nodes), its fallback, far requests cancelled once a near
-//! peer holds the piece, patient far timeouts, and round trips heard before a peer is added.
+//! rendezvous winner among the near nodes), its fallback, one far request at a time, far
+//! requests cancelled once a near peer holds the piece, patient far timeouts, and round trips
+//! heard before a peer is added.
 
 use super::*;
 use crate::scheduler::peer::{rank, stable_hash};
@@ -88,6 +89,24 @@ fn without_news_from_near_peers_the_next_node_of_the_site_steps_in() {
         r.iter()
             .all(|r| r.0 == Source::Peer(2) && lost.contains(&r.1))
     );
+}
+
+#[test]
+fn one_far_request_at_a_time() {
+    let n = 32;
+    let c = Config {
+        initial_window: 4,
+        ..cfg()
+    };
+    let mut s = Scheduler::new(0, Bitfield::new(n), c, ms(0));
+    s.peer_rtt(2, FAR, ms(0));
+    s.peer_rtt(3, FAR, ms(0));
+    s.peer_added(2, full(n), ms(0));
+    s.peer_added(3, full(n), ms(0));
+    let r = sources(&drain(&mut s));
+    assert_eq!(r.len(), 1, "{r:?}");
+    s.piece_received(r[0].0, r[0].1, ms(10));
+    assert_eq!(sources(&drain(&mut s)).len(), 1);
 }
 
 #[test]
