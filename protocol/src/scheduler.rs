@@ -109,7 +109,28 @@
 //!   forgotten, and refused if added again.
 //! - **Candidates.** At most [`Config::max_peers`] (32); a new peer replaces one that has
 //!   nothing we can request and nothing in flight, or is refused.
+//! - **Locality** (`locality.rs`). Given round trips ([`Scheduler::peer_rtt`]), a candidate
+//!   within [`Config::near_rtt`] (10 ms) is *near* (same site); one never measured counts as
+//!   near, so without round trips nothing below applies. Once a candidate is known to be far
+//!   (or the caller names near nodes, [`Scheduler::set_near_nodes`]): a far peer is asked only
+//!   for pieces no near candidate holds, and — like the origin — only by the site's
+//!   rendezvous winner for that piece: the node that ranks highest for it among itself, its
+//!   near candidates and the named near nodes. The others wait for it to show up at a near
+//!   peer and take it over the LAN, so each piece crosses a site's WAN link about once. If
+//!   nothing we miss appears at a near peer for [`Config::near_patience`] (30 s), one more near
+//!   node may outrank us per patience elapsed (a winner that left or stalls). A far request is
+//!   cancelled as soon as a near candidate holds its piece, is never duplicated in the end
+//!   game, and times out like an origin request (deadline doubling up to `max_timeout`): an
+//!   uploader finishes a piece it started, so a cancelled far piece crossed the link anyway
+//!   and its requeued copy crossed it again. At most [`Config::far_window`] (1) far requests
+//!   are in flight: with per-peer windows, hundreds of far pieces were in flight into one site
+//!   at once, all slowed to a crawl on its shared link, and most were then had over the LAN
+//!   first and aborted (20 × 50 hosts: p99 313 → 116 s, worst crossings 7.4 → 2.6). Simulated, 20 sites × 50 hosts behind 100 Mbit/s
+//!   WAN links: each layer crossed each site's link 44–51 times before; with complete site
+//!   membership (`--site-discovery`) exactly once; with what lookups and incoming sessions
+//!   reveal of it, 1.7–2.6 times (see `simulations/README.md`).
 
+mod locality;
 mod peer;
 mod pick;
 mod rarity;
@@ -204,6 +225,18 @@ pub struct Config {
     pub max_peers: usize,
     /// Most banned peers remembered.
     pub max_banned: usize,
+    /// A peer whose round trip ([`Scheduler::peer_rtt`]) is at most this is *near* (same site);
+    /// see the locality policy in the module docs.
+    pub near_rtt: Duration,
+    /// With no new piece at a near peer for this long, one more near node may outrank us for a
+    /// piece we then fetch from afar (per elapsed patience): the fallback when the node that
+    /// should fetch it for the site is gone or slow.
+    pub near_patience: Duration,
+    /// Most near nodes remembered from [`Scheduler::set_near_nodes`].
+    pub max_near_nodes: usize,
+    /// Most requests in flight at far peers in total, once locality applies: the site's WAN
+    /// link is shared by all its members, and every extra far request only slows the others.
+    pub far_window: u32,
 }
 
 impl Default for Config {
@@ -233,6 +266,10 @@ impl Default for Config {
             ban_threshold: 2,
             max_peers: 32,
             max_banned: 1024,
+            near_rtt: Duration::from_millis(10),
+            near_patience: Duration::from_secs(30),
+            max_near_nodes: 256,
+            far_window: 1,
         }
     }
 }
@@ -279,6 +316,18 @@ pub struct Scheduler<P> {
     done: bool,
     /// Reused by the peer ranking, so a decision allocates nothing.
     scratch: Vec<(Duration, usize)>,
+    /// Per piece: near candidates holding it (all candidates until round trips are known).
+    near_avail: Vec<u16>,
+    /// Candidates known to be far (beyond [`Config::near_rtt`]): locality rules apply only
+    /// while there is one.
+    far_peers: u32,
+    /// Rendezvous hashes of near nodes that download this blob without being candidates.
+    near_nodes: Vec<u64>,
+    /// Last time a piece we miss first appeared at a near candidate, or arrived.
+    last_near_new: Duration,
+    /// Round trips heard for peers not (yet) candidates, newest last: a connection measures
+    /// one before the session's bit field arrives.
+    pending_rtt: VecDeque<(P, Duration)>,
     /// Seeded tie-breaks among equally rare pieces.
     rng: XorShift,
 }
@@ -330,6 +379,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             timer_dirty: true,
             done: false,
             scratch: Vec::new(),
+            near_avail: vec![0; n as usize],
+            far_peers: 0,
+            near_nodes: Vec::new(),
+            last_near_new: now,
+            pending_rtt: VecDeque::new(),
             rng,
             have,
             cfg: config,
@@ -420,8 +474,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             source: SourceState::new(self.cfg.initial_window),
             strikes: 0,
             bad: Vec::new(),
+            near: true,
         });
         let i = self.peers.len() - 1;
+        self.apply_pending_rtt(i);
         for piece in have.iter_ones() {
             self.note_have(i, piece);
         }
@@ -439,6 +495,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if missing && self.rarity.availability(piece) == 0 {
             self.note_new_piece();
         }
+        if self.peers[i].near {
+            self.near_gained(piece, missing);
+        }
         let was_pickable = self.rarity.contains(piece);
         self.rarity.increment(piece);
         if self.origin.has_request(piece) {
@@ -450,6 +509,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             });
             // Counts it as pickable at every holder, peer `i` included.
             self.release(piece);
+        }
+        if missing && self.peers[i].near && self.locality() {
+            // Likewise (after `was_pickable`): it may become pickable, counted at peer `i`.
+            self.cancel_far(piece);
         }
         if was_pickable {
             self.peers[i].pickable += 1;
@@ -509,6 +572,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         for piece in state.have.iter_ones() {
             self.rarity.decrement(piece);
         }
+        self.forget_locality(&state);
         self.wake();
     }
 
@@ -597,6 +661,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if self.rarity.availability(piece) == 0 {
             self.note_new_piece();
         }
+        self.last_near_new = self.now;
         self.set_pickable(piece, false);
         if self.sources[piece as usize] > 0 {
             // Cancel the duplicates that lost the race.
@@ -659,6 +724,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     state.pickable -= 1;
                 }
                 self.rarity.decrement(piece);
+                if state.near {
+                    let a = &mut self.near_avail[piece as usize];
+                    *a = a.saturating_sub(1);
+                }
                 self.wake();
             }
         }
@@ -728,16 +797,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.tick(now);
         self.wake();
         let mut expired: Vec<(Source<P>, u32)> = Vec::new();
-        for p in &self.peers {
-            for r in p.source.requests.iter().filter(|r| r.deadline <= now) {
-                expired.push((Source::Peer(p.key), r.piece));
+        let hard_limit = self.cfg.max_timeout;
+        // A far peer's request (locality applies) is patient like the origin's, below: it
+        // shares the site's WAN link with the whole site, and an uploader finishes a piece it
+        // has started, so a cancelled one still crosses the link and the requeued copy crosses
+        // it again (simulated, 20 sites × 10 hosts: a third of all WAN deliveries were such
+        // second copies).
+        let locality = self.locality();
+        for p in &mut self.peers {
+            let patient = locality && !p.near;
+            for r in p.source.requests.iter_mut().filter(|r| r.deadline <= now) {
+                let waited = now.saturating_sub(r.sent);
+                if patient && waited < hard_limit {
+                    r.deadline = r.sent + (waited * 2).min(hard_limit);
+                    self.timer_dirty = true;
+                } else {
+                    expired.push((Source::Peer(p.key), r.piece));
+                }
             }
         }
         // The origin is trusted and shared by the whole swarm: a request overdue there is most
         // likely queued behind everyone else's, and cancelling it would only lose its place.
         // Its deadline doubles instead, up to `max_timeout` after it was sent; errors still
         // arrive through `request_failed`.
-        let hard_limit = self.cfg.max_timeout;
         for r in self
             .origin
             .requests

@@ -1,9 +1,11 @@
 //! The simulator without the rest of the `flotilla` binary: `cargo run --release -p
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
-//! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]`. It prints what
-//! `flotilla sim` prints (both call the same library functions), and builds in a fraction of
-//! the time, since it needs neither the node nor the gateway.
+//! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
+//! [--site-discovery]`. It prints what `flotilla sim` prints (both call the same library
+//! functions), and builds in a fraction of the time, since it needs neither the node nor the
+//! gateway. `--site-discovery` is a what-if only this example offers (`Params::site_discovery`:
+//! every node knows its site's members, which the node cannot learn yet).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut o = Overrides::default();
     let mut opts = RunOptions::default();
     let mut json = false;
+    let mut site_discovery = false;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -42,6 +45,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--out-dir" => out_dir = PathBuf::from(value()?),
             "--fleet-size-hint" => o.fleet_size_hint = true,
             "--streaming" => o.streaming = true,
+            "--site-discovery" => site_discovery = true,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -49,7 +53,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let scenario = scenario.ok_or("name a scenario with --scenario NAME")?;
-    let fleet = flotilla_simulations::build_scenario(scenario, &o)?;
+    let mut fleet = flotilla_simulations::build_scenario(scenario, &o)?;
+    fleet.params.site_discovery = site_discovery;
     eprintln!(
         "simulating {scenario} ({}): {} hosts ...",
         scenario.describe(),

@@ -208,6 +208,15 @@ impl<T: Copy> Engine<T> {
         }
     }
 
+    /// Bytes of live flow `flow` that have crossed by `now` (0 for an ended one).
+    pub fn moved(&self, flow: u32, now: Nanos) -> f64 {
+        let Some(f) = self.flows.get(flow as usize).filter(|f| f.live) else {
+            return 0.0;
+        };
+        let dt = now.saturating_sub(f.since) as f64 / 1e9;
+        f.total - (f.left - f.rate * dt).max(0.0)
+    }
+
     /// Ends a flow whose completion event fired: all its bytes crossed.
     pub fn finish(&mut self, flow: u32) -> Option<Ended<T>> {
         let f = self.flows.get_mut(flow as usize).filter(|f| f.live)?;

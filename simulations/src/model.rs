@@ -83,6 +83,10 @@ pub struct Params {
     pub fleet_size_hint: bool,
     /// The origin leaves once every piece of every layer is held by some host.
     pub origin_leaves: bool,
+    /// Every node knows the live members of its own site (as a site-scoped provider key or
+    /// LAN discovery would tell it) and passes them to its scheduler and rotation policy as
+    /// near nodes. The node has no such discovery yet: off by default.
+    pub site_discovery: bool,
     /// A client reads each blob in order as it arrives (the scheduler's read position follows
     /// the first missing piece).
     pub streaming: bool,
@@ -104,6 +108,7 @@ impl Default for Params {
             origin_rps: 20_000.0,
             fleet_size_hint: false,
             origin_leaves: false,
+            site_discovery: false,
             streaming: false,
             max_time_s: 3600.0,
         }

@@ -226,6 +226,8 @@ struct Stream {
     open: bool,
     /// Index in the uploader's `subscribers`.
     slot: u32,
+    /// Bytes of the piece being sent already reported to the downloader's rotation policy.
+    reported: f64,
 }
 
 #[derive(Debug)]
@@ -393,6 +395,8 @@ pub(crate) struct Swarm<'f> {
     lookup_time: Vec<Nanos>,
     announce_time: Vec<Nanos>,
     single_site: bool,
+    /// Hosts of each site.
+    site_hosts: Vec<Vec<u32>>,
     wan_in: Vec<Vec<f64>>,
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
@@ -493,6 +497,10 @@ impl<'f> Swarm<'f> {
             demand: vec![Demand::default(); n_blobs],
         };
         let single_site = fleet.hosts.iter().all(|h| h.site == fleet.hosts[0].site);
+        let mut site_hosts = vec![Vec::new(); n_sites];
+        for (i, h) in fleet.hosts.iter().enumerate() {
+            site_hosts[usize::from(h.site)].push(i as u32);
+        }
         let mut s = Swarm {
             fleet,
             now: 0,
@@ -509,6 +517,7 @@ impl<'f> Swarm<'f> {
             lookup_time,
             announce_time,
             single_site,
+            site_hosts,
             wan_in: vec![vec![0.0; n_blobs]; n_sites],
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),

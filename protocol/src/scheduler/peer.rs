@@ -246,6 +246,9 @@ pub(super) struct PeerState<P> {
     pub(super) strikes: u32,
     /// Pieces it sent corrupted: never asked of it again (at most ban threshold − 1 entries).
     pub(super) bad: Vec<u32>,
+    /// Within [`Config::near_rtt`](super::Config::near_rtt), or its round trip is not known
+    /// (see `locality.rs`).
+    pub(super) near: bool,
 }
 
 impl<P> PeerState<P> {

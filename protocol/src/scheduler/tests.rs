@@ -1,6 +1,7 @@
 //! Scheduler rules one at a time, a 20-leecher virtual-time swarm, and proptest invariants.
 
 mod driver;
+mod locality;
 mod scale;
 
 use std::collections::{HashMap, HashSet};

@@ -40,6 +40,8 @@ impl Swarm<'_> {
         self.push(self.now + period, Ev::Tick(t));
         let now = self.now;
         self.set_swarm_size(t);
+        self.report_progress(t);
+        self.share_near_nodes(t);
         // The rotation policy: the slowest session, if far behind, makes room for a spare.
         let at = self.at();
         let task = &mut self.tasks[t as usize];
@@ -74,6 +76,82 @@ impl Swarm<'_> {
             self.start_lookup(t, host, blob, now);
         }
         self.drain(t);
+    }
+
+    /// Round trip between two hosts.
+    fn rtt_hosts(&self, a: u32, b: u32) -> Duration {
+        Duration::from_nanos(2 * self.net.owd_hosts(a, b))
+    }
+
+    /// Tells the rotation policy how far each session's piece in progress got (the node counts
+    /// piece bytes as they stream in).
+    fn report_progress(&mut self, t: u32) {
+        let now = self.now;
+        for k in 0..self.tasks[t as usize].sessions.len() {
+            let stream = self.tasks[t as usize].sessions[k];
+            let s = &self.streams[stream as usize];
+            let Some(flow) = s.active else {
+                continue;
+            };
+            let moved = self.net.engine.moved(flow, now);
+            let new = (moved - s.reported).max(0.0);
+            let peer = self.tasks[s.up as usize].host;
+            self.streams[stream as usize].reported = moved;
+            if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
+                r.progress(peer, new as u64);
+            }
+        }
+    }
+
+    /// Hands the scheduler the near nodes the driver knows download the layer: near providers
+    /// found by lookups and near hosts with a session to us (only once a far provider was
+    /// seen: in a fleet of one site every node is near and the rule has nothing to decide).
+    fn share_near_nodes(&mut self, t: u32) {
+        let task = &self.tasks[t as usize];
+        let Some(r) = task.rotation.as_deref() else {
+            return;
+        };
+        let discovery = self.fleet.params.site_discovery && !self.single_site;
+        if !(r.knows_far() || discovery) {
+            return;
+        }
+        let host = task.host;
+        // Near hosts downloading from us: remembered as near, and candidates for a session.
+        let mut subs = Vec::new();
+        for &s in &task.subscribers {
+            let down = self.tasks[self.streams[s as usize].down as usize].host;
+            let rtt = self.rtt_hosts(host, down);
+            if rtt <= self.cfg.near_rtt {
+                subs.push((down, rtt));
+            }
+        }
+        let task = &mut self.tasks[t as usize];
+        let Some(r) = task.rotation.as_deref_mut() else {
+            return;
+        };
+        for (p, rtt) in subs {
+            r.peer_rtt(p, rtt);
+            if !task.connecting.contains(&p) {
+                r.add_spare(p);
+            }
+        }
+        if self.fleet.params.site_discovery {
+            // The what-if: the live members of our site, as site-scoped discovery would list.
+            let site = usize::from(self.net.host_site[host as usize]);
+            for &h in &self.site_hosts[site] {
+                if h != host && self.hosts[h as usize].alive {
+                    let rtt = Duration::from_nanos(2 * self.net.owd_hosts(host, h));
+                    r.peer_rtt(h, rtt);
+                    if !task.connecting.contains(&h) {
+                        r.add_spare(h);
+                    }
+                }
+            }
+        }
+        let near: Vec<u32> = r.near_providers().collect();
+        if let Some(s) = task.sched.as_deref_mut() {
+            s.set_near_nodes(near);
+        }
     }
 
     /// The swarm size the node's driver hands its scheduler: the largest count heard, at
@@ -216,13 +294,22 @@ impl Swarm<'_> {
                 }
             }
         }
+        // The node learns each provider's round trip as it dials it (modelled as known with
+        // the answer; see the README).
+        let rtts: Vec<Duration> = found.iter().map(|&p| self.rtt_hosts(host, p)).collect();
         let task = &mut self.tasks[t as usize];
         task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
+        if let Some(r) = task.rotation.as_deref_mut() {
+            for (&p, &rtt) in found.iter().zip(&rtts) {
+                r.peer_rtt(p, rtt);
+            }
+        }
         found.retain(|&p| !task.connecting.contains(&p));
         if let Some(r) = task.rotation.as_deref_mut() {
             r.offer(found.iter().copied());
         }
         self.scratch = found;
+        self.share_near_nodes(t);
         self.fill(t);
         self.check_cold_start(t);
         self.drain(t);
@@ -265,15 +352,22 @@ impl Swarm<'_> {
             active: None,
             open: true,
             slot,
+            reported: 0.0,
         });
         self.tasks[up as usize].subscribers.push(stream);
         self.tasks[t as usize].sessions.push(stream);
         self.hosts[peer as usize].streams_in += 1;
         self.stats.sessions_opened += 1;
         let now = self.at();
-        let added = self.sched(t).is_some_and(|s| s.peer_added(peer, have, now));
+        // The session's connection measured the round trip (QUIC's RTT estimate, a ping).
+        let rtt = self.rtt_hosts(self.tasks[t as usize].host, peer);
+        let added = self.sched(t).is_some_and(|s| {
+            s.peer_rtt(peer, rtt, now);
+            s.peer_added(peer, have, now)
+        });
         if added {
             if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
+                r.peer_rtt(peer, rtt);
                 r.opened(peer, now);
             }
         } else {
@@ -368,7 +462,9 @@ impl Swarm<'_> {
                 Tag::Peer { stream, piece },
                 self.now,
             );
-            self.streams[stream as usize].active = Some(flow);
+            let s = &mut self.streams[stream as usize];
+            s.active = Some(flow);
+            s.reported = 0.0;
             return;
         }
     }
@@ -379,6 +475,11 @@ impl Swarm<'_> {
         s.active = None;
         let (up, down, open) = (s.up, s.down, s.open);
         let up_host = self.tasks[up as usize].host;
+        let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
+        let rest = (len - std::mem::take(&mut s.reported)).max(0.0);
+        if let Some(r) = self.tasks[down as usize].rotation.as_deref_mut() {
+            r.progress(up_host, rest as u64);
+        }
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
         let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
