@@ -54,6 +54,9 @@ pub struct SimArgs {
     /// Clients read each layer in order as it arrives (the scheduler's read position).
     #[arg(long)]
     streaming: bool,
+    /// What-if: every host knows the members of its site (the node cannot learn them yet).
+    #[arg(long)]
+    site_discovery: bool,
     /// Stop the swarm run at this simulated time [default: 3600].
     #[arg(long)]
     max_time_s: Option<f64>,
@@ -95,8 +98,9 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         origin_rps: args.origin_rps,
         fleet_size_hint: args.fleet_size_hint,
     };
-    let fleet = flotilla_simulations::build_scenario(scenario, &overrides)
+    let mut fleet = flotilla_simulations::build_scenario(scenario, &overrides)
         .context("building the scenario")?;
+    fleet.params.site_discovery = args.site_discovery;
     eprintln!(
         "simulating {} ({}): {} hosts ...",
         scenario,

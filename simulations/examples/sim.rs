@@ -4,7 +4,7 @@
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
 //! [--site-discovery]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
-//! gateway. `--site-discovery` is a what-if only this example offers (`Params::site_discovery`:
+//! gateway. `--site-discovery` is a what-if (`Params::site_discovery`:
 //! every node knows its site's members, which the node cannot learn yet).
 
 use std::path::PathBuf;
