@@ -168,13 +168,7 @@ fn member_read(st: &AppState, req: &Request) -> Result<Option<libp2p_identity::P
     if !read || st.fleet.is_none() {
         return Ok(None);
     }
-    crate::fleet::Fleet::member(
-        req.headers(),
-        req.method().as_str(),
-        req.uri().path(),
-        &st.registry.seed().peer_id(),
-        crate::fleet::unix_now(),
-    )
+    flotilla::signed_by(st, req)
 }
 
 /// A `HEAD` answer: the `GET` headers (including the length the body would have), no body.

@@ -175,6 +175,18 @@ fn require_member(
     if st.fleet.is_none() {
         return Ok(None);
     }
+    signed_by(st, req)
+        .and_then(|m| m.ok_or_else(crate::fleet::member_required))
+        .map(Some)
+        .map_err(|e| Box::new((e, st.events.origin(req))))
+}
+
+/// The member whose `Flotilla-Member` header signs `req` for this gateway; `Ok(None)` without
+/// one, `401` for one that does not verify (see [`crate::fleet::Fleet::member`]).
+pub(super) fn signed_by(
+    st: &AppState,
+    req: &Request,
+) -> Result<Option<libp2p_identity::PeerId>, ApiError> {
     crate::fleet::Fleet::member(
         req.headers(),
         req.method().as_str(),
@@ -182,9 +194,6 @@ fn require_member(
         &st.registry.seed().peer_id(),
         crate::fleet::unix_now(),
     )
-    .and_then(|m| m.ok_or_else(crate::fleet::member_required))
-    .map(Some)
-    .map_err(|e| Box::new((e, st.events.origin(req))))
 }
 
 /// Audits a request (from `origin`) refused for want of fleet membership as `auth.failure`.

@@ -447,15 +447,9 @@ impl Driver {
             let Some(peer) = self.rotation.take_spare() else {
                 break;
             };
-            if self.sessions.contains_key(&peer)
-                || self.connecting.contains_key(&peer)
-                || self.banned.contains(&peer)
-                || self.inner.is_banned(&peer)
-                || self.refused.contains(&peer)
-            {
-                continue;
+            if self.may_open(peer) {
+                self.open_session(peer);
             }
-            self.open_session(peer);
         }
     }
 
@@ -499,17 +493,9 @@ impl Driver {
     fn connect_to(&mut self, peers: Vec<PeerId>) {
         let mut usable = Vec::with_capacity(peers.len());
         for peer in peers {
-            if peer == self.local
-                || Some(peer) == self.gateway
-                || self.sessions.contains_key(&peer)
-                || self.connecting.contains_key(&peer)
-                || self.banned.contains(&peer)
-                || self.inner.is_banned(&peer)
-                || self.refused.contains(&peer)
-            {
-                continue;
+            if self.may_open(peer) {
+                usable.push(peer);
             }
-            usable.push(peer);
         }
         self.rotation.offer(usable);
         self.fill();
@@ -520,14 +506,7 @@ impl Driver {
     /// providers, not the whole swarm), so it would never see the piece announced. Opens one,
     /// beyond the per-blob limit if need be, by at most [`HOLDER_EXTRA`] sessions.
     fn connect_to_holder(&mut self, peer: PeerId) {
-        if peer == self.local
-            || Some(peer) == self.gateway
-            || self.sessions.contains_key(&peer)
-            || self.connecting.contains_key(&peer)
-            || self.banned.contains(&peer)
-            || self.inner.is_banned(&peer)
-            || self.refused.contains(&peer)
-        {
+        if !self.may_open(peer) {
             return;
         }
         let limit = self.inner.cfg.max_peers_per_blob + HOLDER_EXTRA;
@@ -536,6 +515,18 @@ impl Driver {
         }
         debug!(digest = %self.digest, %peer, "opening a session to the holder the gateway named");
         self.open_session(peer);
+    }
+
+    /// Whether a session to `peer` may be opened: not ourselves, not the gateway (the origin),
+    /// not one we have or are opening, nor one banned or refused.
+    fn may_open(&self, peer: PeerId) -> bool {
+        !(peer == self.local
+            || Some(peer) == self.gateway
+            || self.sessions.contains_key(&peer)
+            || self.connecting.contains_key(&peer)
+            || self.banned.contains(&peer)
+            || self.inner.is_banned(&peer)
+            || self.refused.contains(&peer))
     }
 
     /// Starts opening a session to `peer`.
