@@ -2,10 +2,13 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--site-discovery]`. It prints what `flotilla sim` prints (both call the same library
+//! [--site-discovery] [--origin-max-sends K [--origin-queue-excess]]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--site-discovery` is a what-if (`Params::site_discovery`:
-//! every node knows its site's members, which the node cannot learn yet).
+//! every node knows its site's members, which the node cannot learn yet); so is
+//! `--origin-max-sends K` (`Params::origin_max_sends`: each origin server runs at most K piece
+//! sends at once and refuses the rest, or with `--origin-queue-excess` holds them until a send
+//! slot frees).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = RunOptions::default();
     let mut json = false;
     let mut site_discovery = false;
+    let mut origin_max_sends = None;
+    let mut origin_queue_excess = false;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -46,6 +51,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--fleet-size-hint" => o.fleet_size_hint = true,
             "--streaming" => o.streaming = true,
             "--site-discovery" => site_discovery = true,
+            "--origin-max-sends" => origin_max_sends = Some(value()?.parse()?),
+            "--origin-queue-excess" => origin_queue_excess = true,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -55,6 +62,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = scenario.ok_or("name a scenario with --scenario NAME")?;
     let mut fleet = flotilla_simulations::build_scenario(scenario, &o)?;
     fleet.params.site_discovery = site_discovery;
+    fleet.params.origin_max_sends = origin_max_sends;
+    fleet.params.origin_queue_excess = origin_queue_excess;
     eprintln!(
         "simulating {scenario} ({}): {} hosts ...",
         scenario.describe(),

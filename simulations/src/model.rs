@@ -78,6 +78,14 @@ pub struct Params {
     /// Requests per second one origin server can answer (served or refused); requests beyond
     /// that wait in its accept queue, first come, first answered.
     pub origin_rps: f64,
+    /// Most piece sends one origin server runs at once; a request it answers while that many
+    /// are in progress is refused (the node hears `request_refused`, as from the dedup window).
+    /// `None`: no cap (every accepted transfer runs at once, sharing the server's upload).
+    pub origin_max_sends: Option<usize>,
+    /// With `origin_max_sends`: a request beyond the cap waits (first come, first served) for
+    /// a send slot instead of being refused, as an HTTP server with a bounded worker pool
+    /// would hold it.
+    pub origin_queue_excess: bool,
     /// Give every scheduler the fleet's size as its swarm size from the start, instead of the
     /// number of providers its lookups found (the node's behaviour).
     pub fleet_size_hint: bool,
@@ -106,6 +114,8 @@ impl Default for Params {
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),
             origin_rps: 20_000.0,
+            origin_max_sends: None,
+            origin_queue_excess: false,
             fleet_size_hint: false,
             origin_leaves: false,
             site_discovery: false,
@@ -217,6 +227,9 @@ impl Fleet {
         }
         if !p.origin_rps.is_finite() || p.origin_rps <= 0.0 {
             return bad(format!("origin request rate {}", p.origin_rps));
+        }
+        if p.origin_max_sends == Some(0) {
+            return bad("origin_max_sends 0 (no send could ever start)".to_string());
         }
         if p.origin_dedup_s.is_some_and(|d| !d.is_finite() || d < 0.0) {
             return bad("origin dedup window must be non-negative".into());

@@ -262,8 +262,23 @@ struct Origin {
     next_free: Vec<Nanos>,
     /// Time to answer one request.
     service: Nanos,
+    /// Per server: piece sends in progress (entries of `active` it serves).
+    sending: Vec<usize>,
+    /// Per server, with `origin_queue_excess`: requests waiting for a send slot, oldest first
+    /// (an entry no longer in `parked` was cancelled).
+    waiting: Vec<std::collections::VecDeque<(u32, u32)>>,
+    parked: std::collections::BTreeSet<(u32, u32)>,
+    /// Requests taken off `waiting` and queued to be answered: already past the dedup window.
+    unparked: std::collections::BTreeSet<(u32, u32)>,
     requests: u64,
     refusals: u64,
+    /// Refusals because the server was at `Params::origin_max_sends`.
+    cap_refusals: u64,
+    /// Most sends one server had in progress at once.
+    peak_sends: usize,
+    /// Per layer and piece: sent whole at least once; and how many pieces are not yet.
+    sent_once: Vec<Vec<bool>>,
+    unsent: usize,
     /// Per layer: the gateway's count of nodes that fetched its piece table recently.
     demand: Vec<Demand>,
 }
@@ -326,6 +341,15 @@ pub struct SwarmStats {
     pub wasted_bytes: f64,
     pub origin_requests: u64,
     pub origin_refusals: u64,
+    /// Origin refusals because the server was at `Params::origin_max_sends` (also counted in
+    /// `origin_refusals`).
+    pub origin_cap_refusals: u64,
+    /// Most piece sends one origin server had in progress at once.
+    pub origin_peak_sends: usize,
+    /// Simulated seconds when the origin finished its first piece send, and when every piece
+    /// of every layer had been sent whole at least once.
+    pub origin_first_piece_s: Option<f64>,
+    pub origin_all_pieces_s: Option<f64>,
     /// Peer requests answered Busy.
     pub busy_refusals: u64,
     pub sessions_opened: u64,
@@ -492,8 +516,19 @@ impl<'f> Swarm<'f> {
             queued: Default::default(),
             next_free: vec![0; fleet.origins.len()],
             service: nanos(1.0 / fleet.params.origin_rps).max(1),
+            sending: vec![0; fleet.origins.len()],
+            waiting: vec![Default::default(); fleet.origins.len()],
+            parked: Default::default(),
+            unparked: Default::default(),
             requests: 0,
             refusals: 0,
+            cap_refusals: 0,
+            peak_sends: 0,
+            sent_once: blobs
+                .iter()
+                .map(|b| vec![false; b.pieces as usize])
+                .collect(),
+            unsent: blobs.iter().map(|b| b.pieces as usize).sum(),
             demand: vec![Demand::default(); n_blobs],
         };
         let single_site = fleet.hosts.iter().all(|h| h.site == fleet.hosts[0].site);
@@ -823,6 +858,8 @@ impl<'f> Swarm<'f> {
         stats.origin_requests = self.origin.requests;
         stats.finish();
         stats.origin_refusals = self.origin.refusals;
+        stats.origin_cap_refusals = self.origin.cap_refusals;
+        stats.origin_peak_sends = self.origin.peak_sends;
         SwarmOutcome {
             completion,
             left,

@@ -296,3 +296,39 @@ fn each_layer_crosses_each_sites_wan_about_once() {
     let full = worst_crossings(&fleet);
     assert!(full <= 1.15, "{full}");
 }
+
+#[test]
+fn the_origin_send_cap_holds_and_runs_repeat() {
+    // 40 hosts pull 48 MiB (12 pieces) cold from one origin server. Uncapped, the server runs
+    // more than 2 sends at once; capped at 2 it never does, whether it refuses the requests
+    // beyond the cap (the node hears `request_refused`) or holds them for a free slot, every
+    // host still completes, and the same fleet gives the same run.
+    let mut fleet = build_scenario(
+        Scenario::Cold,
+        &Overrides {
+            nodes: Some(40),
+            size: Some(48 * MIB),
+            ..Overrides::default()
+        },
+    )
+    .unwrap();
+    let free = run_swarm(&fleet).unwrap();
+    assert!(free.stats.origin_peak_sends > 2, "{:?}", free.stats);
+    assert_eq!(free.stats.origin_cap_refusals, 0);
+    fleet.params.origin_max_sends = Some(2);
+    for queue in [false, true] {
+        fleet.params.origin_queue_excess = queue;
+        let a = run_swarm(&fleet).unwrap();
+        let b = run_swarm(&fleet).unwrap();
+        assert_eq!(a, b);
+        assert!(
+            a.stats.origin_peak_sends <= 2,
+            "queue {queue}: {:?}",
+            a.stats
+        );
+        assert!(a.completion.iter().all(Option::is_some), "queue {queue}");
+        assert_eq!(a.stats.origin_cap_refusals > 0, !queue, "{:?}", a.stats);
+    }
+    fleet.params.origin_max_sends = Some(0);
+    assert!(fleet.validate().is_err());
+}

@@ -4,7 +4,9 @@
 //! sharing its upload. With a dedup window the origin refuses a piece it is sending or sent that
 //! recently, which the scheduler hears as `request_refused`; a cancel drops a queued request or
 //! aborts the transfer (the HTTP request is dropped), and an aborted piece counts as sent for the
-//! window.
+//! window. With `Params::origin_max_sends` a server runs at most that many sends at once and
+//! refuses requests it answers beyond them, the same way — or, with
+//! `Params::origin_queue_excess`, holds them (first come, first served) until a send ends.
 
 use super::{Ev, ORIGIN, State, Swarm, Tag};
 
@@ -20,18 +22,25 @@ impl Swarm<'_> {
         self.push(at, Ev::OriginAdmit { task: t, piece });
     }
 
-    /// The server answers a request: refuses it, fails it (gone) or starts the transfer.
+    /// The server answers a request: refuses it, fails it (gone), parks it (at its send cap,
+    /// with `origin_queue_excess`) or starts the transfer.
     pub(super) fn origin_admit(&mut self, t: u32, piece: u32) {
         if !self.origin.queued.remove(&(t, piece)) {
             // Cancelled while it waited.
             return;
         }
+        // Taken off the send queue: the dedup window was checked (and claimed) when it parked.
+        let unparked = self.origin.unparked.remove(&(t, piece));
         let task = &self.tasks[t as usize];
-        if task.state != State::Running {
-            return;
-        }
         let (host, blob) = (task.host, task.blob);
         let server = self.server(blob, piece);
+        if task.state != State::Running {
+            if unparked {
+                self.origin.refuse_until[usize::from(blob)][piece as usize] = self.now;
+                self.origin_unpark(server);
+            }
+            return;
+        }
         let back = self.now + self.net.owd_origin(server, host);
         if !self.origin.alive {
             let ev = Ev::Failed {
@@ -42,18 +51,39 @@ impl Swarm<'_> {
             self.push(back, ev);
             return;
         }
+        // A repeat of a request still being served takes over its send slot.
+        let repeat = self.origin.active.contains_key(&(t, piece));
+        let full = !repeat
+            && self
+                .fleet
+                .params
+                .origin_max_sends
+                .is_some_and(|k| self.origin.sending[server] >= k);
         let until = &mut self.origin.refuse_until[usize::from(blob)][piece as usize];
-        if let Some(_window) = self.fleet.params.origin_dedup_s {
-            if self.now < *until {
-                self.origin.refusals += 1;
-                let ev = Ev::Refused {
-                    task: t,
-                    src: ORIGIN,
-                    piece,
-                };
-                self.push(back, ev);
-                return;
+        let dedup = self.fleet.params.origin_dedup_s.is_some();
+        let recent = !unparked && dedup && self.now < *until;
+        if full && !recent && self.fleet.params.origin_queue_excess {
+            if dedup {
+                *until = u64::MAX;
             }
+            self.origin.parked.insert((t, piece));
+            self.origin.waiting[server].push_back((t, piece));
+            return;
+        }
+        if recent || full {
+            self.origin.refusals += 1;
+            if full && !recent {
+                self.origin.cap_refusals += 1;
+            }
+            let ev = Ev::Refused {
+                task: t,
+                src: ORIGIN,
+                piece,
+            };
+            self.push(back, ev);
+            return;
+        }
+        if dedup {
             *until = u64::MAX;
         }
         let len = self.blobs[usize::from(blob)].piece_len(piece);
@@ -65,6 +95,30 @@ impl Swarm<'_> {
             if let Some(ended) = self.net.engine.abort(old, self.now) {
                 self.stats.aborted_bytes += ended.bytes;
                 self.account_wan(ended.tag, ended.bytes);
+            }
+        } else {
+            let sending = &mut self.origin.sending[server];
+            *sending += 1;
+            self.origin.peak_sends = self.origin.peak_sends.max(*sending);
+        }
+    }
+
+    /// A send of `piece` to task `t` stopped: its server has one more slot.
+    fn origin_slot_freed(&mut self, t: u32, piece: u32) {
+        let server = self.server(self.tasks[t as usize].blob, piece);
+        self.origin.sending[server] -= 1;
+        self.origin_unpark(server);
+    }
+
+    /// Answers the oldest request waiting for a send slot of `server`, if any.
+    fn origin_unpark(&mut self, server: usize) {
+        while let Some(key) = self.origin.waiting[server].pop_front() {
+            if self.origin.parked.remove(&key) {
+                self.origin.queued.insert(key);
+                self.origin.unparked.insert(key);
+                let (task, piece) = key;
+                self.push(self.now, Ev::OriginAdmit { task, piece });
+                return;
             }
         }
     }
@@ -78,7 +132,17 @@ impl Swarm<'_> {
     }
 
     pub(super) fn origin_cancel(&mut self, t: u32, piece: u32) {
-        if !self.origin.queued.remove(&(t, piece)) {
+        if self.origin.queued.remove(&(t, piece)) {
+            if self.origin.unparked.remove(&(t, piece)) {
+                // Its send slot goes to the next in line; nothing was sent.
+                let blob = self.tasks[t as usize].blob;
+                self.origin.refuse_until[usize::from(blob)][piece as usize] = self.now;
+                self.origin_unpark(self.server(blob, piece));
+            }
+        } else if self.origin.parked.remove(&(t, piece)) {
+            let blob = usize::from(self.tasks[t as usize].blob);
+            self.origin.refuse_until[blob][piece as usize] = self.now;
+        } else {
             self.abort_origin(t, piece);
         }
     }
@@ -88,6 +152,7 @@ impl Swarm<'_> {
         let Some(flow) = self.origin.active.remove(&(t, piece)) else {
             return false;
         };
+        self.origin_slot_freed(t, piece);
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
             self.stats.aborted_bytes += ended.bytes;
             self.account_wan(ended.tag, ended.bytes);
@@ -98,9 +163,21 @@ impl Swarm<'_> {
 
     /// An origin transfer ended: the piece reaches the host one delay later.
     pub(super) fn origin_sent(&mut self, t: u32, piece: u32) {
-        self.origin.active.remove(&(t, piece));
+        if self.origin.active.remove(&(t, piece)).is_some() {
+            self.origin_slot_freed(t, piece);
+        }
         self.origin_window(t, piece);
         let task = &self.tasks[t as usize];
+        let sent = &mut self.origin.sent_once[usize::from(task.blob)][piece as usize];
+        if !*sent {
+            *sent = true;
+            self.origin.unsent -= 1;
+            let now = crate::net::secs(self.now);
+            self.stats.origin_first_piece_s.get_or_insert(now);
+            if self.origin.unsent == 0 {
+                self.stats.origin_all_pieces_s = Some(now);
+            }
+        }
         let server = self.server(task.blob, piece);
         let at = self.now + self.net.owd_origin(server, task.host);
         self.push(
@@ -116,6 +193,12 @@ impl Swarm<'_> {
     /// The gateway leaves: its transfers stop and their requests fail; later requests fail too.
     pub(super) fn origin_gone(&mut self) {
         self.origin.alive = false;
+        // Requests waiting for a send slot are answered now, and fail.
+        for server in 0..self.origin.waiting.len() {
+            while !self.origin.waiting[server].is_empty() {
+                self.origin_unpark(server);
+            }
+        }
         let keys: Vec<(u32, u32)> = self.origin.active.keys().copied().collect();
         for (t, piece) in keys {
             if self.abort_origin(t, piece) {
