@@ -40,6 +40,14 @@ impl GatewayStats {
 
 /// `GET <base>/flotilla/v1/stats` of a gateway.
 pub async fn gateway_stats(http: &reqwest::Client, base: &str) -> anyhow::Result<GatewayStats> {
+    stats_at(http, base).await
+}
+
+/// `GET <base>/flotilla/v1/stats` of a gateway or a node, decoded as `T`.
+async fn stats_at<T: serde::de::DeserializeOwned>(
+    http: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<T> {
     let url = format!("{base}/flotilla/v1/stats");
     let resp = http
         .get(&url)
@@ -257,18 +265,9 @@ impl Proc {
         &self,
         http: &reqwest::Client,
     ) -> anyhow::Result<T> {
-        let url = format!("{}/flotilla/v1/stats", self.base);
-        let resp = http
-            .get(&url)
-            .send()
+        stats_at(http, &self.base)
             .await
-            .with_context(|| format!("GET {url}"))?;
-        if !resp.status().is_success() {
-            bail!("GET {url}: {}", resp.status());
-        }
-        resp.json()
-            .await
-            .with_context(|| format!("decoding {url} from {}", self.name))
+            .with_context(|| format!("stats of {}", self.name))
     }
 
     /// User + system CPU time used so far, all threads.
