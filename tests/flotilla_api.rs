@@ -519,5 +519,28 @@ async fn a_piece_just_sent_to_one_member_is_refused_to_another() {
         .expect(206);
     a.send(b.get(&a.http, &url)).await.expect(200);
     assert_eq!(a.stats().await["origin_refused"], 1);
+
+    // With alternatives, a refused range is answered with the first one nobody was sent
+    // lately (b's own 100000-199999 included), and Content-Range says which.
+    let alternatives = "bytes=100000-199999, 200000-299999";
+    let r = a
+        .send(piece(b.get(&a.http, &url)).header("flotilla-alternatives", alternatives))
+        .await;
+    r.expect(206);
+    assert_eq!(r.header("content-range"), "bytes 200000-299999/300000");
+    assert_eq!(&r.body[..], &data[200_000..300_000]);
+    // None left: refused as before, naming the holder of the range asked for.
+    let r = a
+        .send(piece(b.get(&a.http, &url)).header("flotilla-alternatives", alternatives))
+        .await;
+    r.expect_error(429, "TOOMANYREQUESTS");
+    assert_eq!(r.header("flotilla-holder"), a_id);
+    // A malformed header is an error, not ignored.
+    for bad in ["bytes=5-1", "bytes=0-300000", "items=0-9"] {
+        a.send(piece(b.get(&a.http, &url)).header("flotilla-alternatives", bad))
+            .await
+            .expect_error(400, "RANGE_INVALID");
+    }
+    assert_eq!(a.stats().await["origin_refused"], 2);
     // (When the window ends the range is anyone's again: gateway/src/api/dedup.rs tests it.)
 }

@@ -97,6 +97,65 @@ pub fn parse_range(header: &str, size: u64) -> RangeAnswer {
     }
 }
 
+/// Most ranges one `Flotilla-Alternatives` header may offer.
+pub const MAX_ALTERNATIVES: usize = 32;
+
+/// Why a `Flotilla-Alternatives` header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AlternativesError {
+    /// Not `bytes=<first>-<last>[,<first>-<last>…]` with each range inside the blob.
+    #[error("malformed Flotilla-Alternatives; expected bytes=<first>-<last>,… inside the blob")]
+    Malformed,
+    /// More than [`MAX_ALTERNATIVES`] ranges.
+    #[error("Flotilla-Alternatives offers more than {MAX_ALTERNATIVES} ranges")]
+    TooMany,
+}
+
+/// Parses a `Flotilla-Alternatives` header (SPEC §3.7): byte ranges of a blob of `size` bytes
+/// that an origin request would take in place of its `Range`, in order of preference. Only
+/// closed ranges (`first-last`, inclusive) that lie inside the blob are accepted.
+///
+/// # Errors
+/// [`AlternativesError::Malformed`] for anything else, [`AlternativesError::TooMany`] beyond
+/// [`MAX_ALTERNATIVES`] ranges.
+pub fn parse_alternatives(header: &str, size: u64) -> Result<Vec<(u64, u64)>, AlternativesError> {
+    let (unit, set) = header
+        .trim()
+        .split_once('=')
+        .ok_or(AlternativesError::Malformed)?;
+    if !unit.trim().eq_ignore_ascii_case("bytes") {
+        return Err(AlternativesError::Malformed);
+    }
+    let mut out = Vec::new();
+    for spec in set.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if out.len() == MAX_ALTERNATIVES {
+            return Err(AlternativesError::TooMany);
+        }
+        let (first, last) = spec.split_once('-').ok_or(AlternativesError::Malformed)?;
+        let first = digits(first.trim()).ok_or(AlternativesError::Malformed)?;
+        let last = digits(last.trim()).ok_or(AlternativesError::Malformed)?;
+        if last < first || last >= size {
+            return Err(AlternativesError::Malformed);
+        }
+        out.push((first, last));
+    }
+    Ok(out)
+}
+
+/// The `Flotilla-Alternatives` value offering `ranges` (inclusive byte ranges, at most
+/// [`MAX_ALTERNATIVES`] of them are written); `None` for none.
+pub fn format_alternatives(ranges: &[(u64, u64)]) -> Option<String> {
+    if ranges.is_empty() {
+        return None;
+    }
+    let parts: Vec<String> = ranges
+        .iter()
+        .take(MAX_ALTERNATIVES)
+        .map(|(a, b)| format!("{a}-{b}"))
+        .collect();
+    Some(format!("bytes={}", parts.join(",")))
+}
+
 /// Why an upload chunk's `Content-Range` was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ContentRangeError {
@@ -163,6 +222,49 @@ pub fn parse_content_range(header: &str) -> Result<(u64, u64), ContentRangeError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alternatives() {
+        assert_eq!(
+            parse_alternatives("bytes=0-9, 20-29,", 100),
+            Ok(vec![(0, 9), (20, 29)])
+        );
+        assert_eq!(parse_alternatives("bytes=", 100), Ok(vec![]));
+        for bad in [
+            "0-9",
+            "items=0-9",
+            "bytes=9-0",
+            "bytes=0-100",
+            "bytes=-5",
+            "bytes=5-",
+            "bytes=a-b",
+        ] {
+            assert_eq!(
+                parse_alternatives(bad, 100),
+                Err(AlternativesError::Malformed),
+                "{bad}"
+            );
+        }
+        let many: Vec<(u64, u64)> = (0..=MAX_ALTERNATIVES as u64).map(|i| (i, i)).collect();
+        let text = format!(
+            "bytes={}",
+            many.iter()
+                .map(|(a, b)| format!("{a}-{b}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        assert_eq!(
+            parse_alternatives(&text, 100),
+            Err(AlternativesError::TooMany)
+        );
+        // Writing keeps the first MAX_ALTERNATIVES.
+        let written = format_alternatives(&many).expect("some");
+        assert_eq!(
+            parse_alternatives(&written, 100).map(|v| v.len()),
+            Ok(MAX_ALTERNATIVES)
+        );
+        assert_eq!(format_alternatives(&[]), None);
+    }
 
     #[test]
     fn single_ranges() {

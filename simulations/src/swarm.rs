@@ -107,11 +107,17 @@ enum Ev {
     },
     Timer(u32),
     OriginGone,
+    /// The origin's answer to the request for `asked` carries `got` instead (an alternative).
+    OriginSubst {
+        task: u32,
+        asked: u32,
+        got: u32,
+    },
 }
 
 impl Ev {
     /// Names of the kinds, in [`Ev::kind`] order.
-    const KINDS: [&'static str; 20] = [
+    const KINDS: [&'static str; 21] = [
         "join",
         "leave",
         "tick",
@@ -132,6 +138,7 @@ impl Ev {
         "timer",
         "origin_gone",
         "swarm_count",
+        "origin_subst",
     ];
 
     fn kind(&self) -> usize {
@@ -156,6 +163,7 @@ impl Ev {
             Ev::Timer(_) => 17,
             Ev::OriginGone => 18,
             Ev::SwarmCount { .. } => 19,
+            Ev::OriginSubst { .. } => 20,
         }
     }
 }
@@ -270,6 +278,13 @@ struct Origin {
     parked: std::collections::BTreeSet<(u32, u32)>,
     /// Requests taken off `waiting` and queued to be answered: already past the dedup window.
     unparked: std::collections::BTreeSet<(u32, u32)>,
+    /// Per request in flight (task, piece asked): the alternatives its scheduler offered.
+    alternatives: std::collections::HashMap<(u32, u32), Vec<u32>>,
+    /// Requests answered with an alternative whose task has not heard so yet: (task, piece
+    /// asked) → piece sent, so that a cancel of the piece asked stops the right transfer.
+    substituted: std::collections::HashMap<(u32, u32), u32>,
+    /// Requests answered with an alternative.
+    substitutions: u64,
     requests: u64,
     refusals: u64,
     /// Refusals because the server was at `Params::origin_max_sends`.
@@ -344,6 +359,8 @@ pub struct SwarmStats {
     /// Origin refusals because the server was at `Params::origin_max_sends` (also counted in
     /// `origin_refusals`).
     pub origin_cap_refusals: u64,
+    /// Origin requests answered with one of the alternatives offered.
+    pub origin_substitutions: u64,
     /// Most piece sends one origin server had in progress at once.
     pub origin_peak_sends: usize,
     /// Simulated seconds when the origin finished its first piece send, and when every piece
@@ -520,6 +537,9 @@ impl<'f> Swarm<'f> {
             waiting: vec![Default::default(); fleet.origins.len()],
             parked: Default::default(),
             unparked: Default::default(),
+            alternatives: Default::default(),
+            substituted: Default::default(),
+            substitutions: 0,
             requests: 0,
             refusals: 0,
             cap_refusals: 0,
@@ -622,6 +642,10 @@ impl<'f> Swarm<'f> {
             Ev::OriginCancel { task, piece } => self.origin_cancel(task, piece),
             Ev::FlowEnd { flow, version } => self.flow_end(flow, version),
             Ev::Deliver { task, src, piece } => self.deliver(task, src, piece),
+            // The refusal of a request whose piece is streaming to the task as another
+            // request's alternative: the node aborted that request (see OriginSubst).
+            Ev::Refused { task, src, piece }
+                if src == ORIGIN && self.origin.active.contains_key(&(task, piece)) => {}
             Ev::Refused { task, src, piece } => {
                 let now = self.at();
                 if let Some(s) = self.sched(task) {
@@ -643,6 +667,19 @@ impl<'f> Swarm<'f> {
             Ev::Have { task, piece, site } => self.have(task, piece, site),
             Ev::Timer(t) => self.timer(t),
             Ev::OriginGone => self.origin_gone(),
+            Ev::OriginSubst { task, asked, got } => {
+                self.origin.substituted.remove(&(task, asked));
+                let now = self.at();
+                if let Some(s) = self.sched(task) {
+                    // As the node's driver does: our own request for `got` is refused by the
+                    // origin while this copy streams (its refusal, when it comes, is stale).
+                    if s.is_requested(Source::Origin, got) {
+                        s.request_refused(Source::Origin, got, now);
+                    }
+                    s.origin_substituted(asked, got, now);
+                    self.drain(task);
+                }
+            }
         }
     }
 
@@ -716,6 +753,12 @@ impl<'f> Swarm<'f> {
                     source: Source::Origin,
                     piece,
                 } => {
+                    let alts = sched.origin_alternatives(piece);
+                    if alts.is_empty() {
+                        self.origin.alternatives.remove(&(t, piece));
+                    } else {
+                        self.origin.alternatives.insert((t, piece), alts.to_vec());
+                    }
                     let owd = self.net.owd_origin(self.server(blob, piece), host);
                     self.push(now + owd, Ev::OriginRequest { task: t, piece });
                 }
@@ -858,6 +901,7 @@ impl<'f> Swarm<'f> {
         stats.origin_requests = self.origin.requests;
         stats.finish();
         stats.origin_refusals = self.origin.refusals;
+        stats.origin_substitutions = self.origin.substitutions;
         stats.origin_cap_refusals = self.origin.cap_refusals;
         stats.origin_peak_sends = self.origin.peak_sends;
         SwarmOutcome {

@@ -9,8 +9,15 @@
 //! image's bytes left the gateway for 16 nodes on two cores, and the simulator's cold start of
 //! 1000 hosts shows 3.3 × without the window and 1.03 × with it.
 //!
-//! The member asking again for a range it was sent (a retry after a lost answer) is never
-//! refused. Requests without a member identity (a gateway without a fleet) are not deduplicated.
+//! A request may offer alternatives (`Flotilla-Alternatives`): when its range is refused, the
+//! first alternative nobody is being sent or was sent within the window is sent instead, so
+//! the members whose guesses collide on a piece still take distinct pieces from the origin
+//! (simulated, 1000 hosts: the last first copy left the origin at 5.9 s without them, at
+//! 0.86 s — the origin's own bound — with them).
+//!
+//! The member asking again for a range it was sent (a retry after a lost answer) is not
+//! refused, unless that range is still streaming to it (another of its requests took it as an
+//! alternative). Requests without a member identity (a gateway without a fleet) are not deduplicated.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -82,27 +89,58 @@ impl OriginDedup {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Whether `member` may be sent bytes `start..=end` of `digest` now: `Ok(guard)` if so
-    /// (keep it with the answer's body; `None` when refusals are off), else `Err(holder)`: the
-    /// member being sent that range, or sent it within the window.
-    pub(crate) fn admit(
+    /// Whether `member` may be sent bytes `start..=end` of `digest` now: `Ok` with a guard to
+    /// keep with the answer's body (`None` when refusals are off) if so. When it is refused
+    /// (another member is being sent that range or was sent it within the window), the first of
+    /// `alternatives` (byte ranges of the same blob, the member's order of preference) that
+    /// nobody is being sent or was sent within the window is admitted instead: `Ok` carries the
+    /// range admitted. `Err(holder)` only when every one of them is taken.
+    pub(crate) fn admit_any(
         self: &Arc<Self>,
         digest: &Digest,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
+        alternatives: &[(u64, u64)],
         member: PeerId,
-    ) -> Result<Option<SendGuard>, PeerId> {
+    ) -> Result<(Option<SendGuard>, (u64, u64)), PeerId> {
         if self.window.is_zero() {
-            return Ok(None);
+            return Ok((None, (start, end)));
         }
+        let now = Instant::now();
         let key = (digest.clone(), start, end);
-        match self.admit_at(&key, member, Instant::now()) {
-            None => Ok(Some(SendGuard {
-                dedup: self.clone(),
-                key,
-            })),
-            Some(holder) => Err(holder),
+        let holder = match self.admit_at(&key, member, now) {
+            None => {
+                let guard = SendGuard {
+                    dedup: self.clone(),
+                    key,
+                };
+                return Ok((Some(guard), (start, end)));
+            }
+            Some(holder) => holder,
+        };
+        for &(s, e) in alternatives {
+            let key = (digest.clone(), s, e);
+            if self.claim_unsent(&key, member, now) {
+                return Ok((
+                    Some(SendGuard {
+                        dedup: self.clone(),
+                        key,
+                    }),
+                    (s, e),
+                ));
+            }
         }
+        self.lock().refused += 1;
+        Err(holder)
+    }
+
+    /// Claims `key` for `member` if no one (the member included: its own copy may be on the
+    /// way under another request) is being sent it or was sent it within the window.
+    fn claim_unsent(&self, key: &Key, member: PeerId, now: Instant) -> bool {
+        let taken = self.lock().sent.get(key).is_some_and(|s| {
+            s.done
+                .is_none_or(|d| now.saturating_duration_since(d) < self.window)
+        });
+        !taken && self.admit_at(key, member, now).is_none()
     }
 
     /// `None` if admitted, else the holder.
@@ -118,10 +156,9 @@ impl OriginDedup {
             st.last_prune = now;
         }
         match st.sent.get(key).copied() {
-            Some(s) if !expired(&s) && s.to != member => {
-                st.refused += 1;
-                Some(s.to)
-            }
+            // Another member's copy, or our own still streaming (under a request whose answer
+            // carries it as an alternative): it is on its way.
+            Some(s) if !expired(&s) && (s.to != member || s.done.is_none()) => Some(s.to),
             _ => {
                 if st.sent.len() >= MAX_RANGES
                     && !st.sent.contains_key(key)
@@ -146,7 +183,7 @@ impl OriginDedup {
         }
     }
 
-    /// Requests refused since start.
+    /// Requests refused since start (answered 429: neither their range nor an alternative).
     pub(crate) fn refused(&self) -> u64 {
         self.lock().refused
     }
@@ -179,12 +216,11 @@ mod tests {
         let t0 = Instant::now();
         let k = key(&d, 0);
         assert!(dedup.admit_at(&k, a, t0).is_none());
-        // The same member again (a retry): yes. Another member: no, while it streams (however
-        // long) and until the window after it ended has passed.
-        assert!(
-            dedup
-                .admit_at(&k, a, t0 + Duration::from_millis(10))
-                .is_none()
+        // The same member again while it streams: no (it is on its way). Another member: no,
+        // while it streams (however long) and until the window after it ended has passed.
+        assert_eq!(
+            dedup.admit_at(&k, a, t0 + Duration::from_millis(10)),
+            Some(a)
         );
         assert_eq!(dedup.admit_at(&k, b, t0 + Duration::from_secs(30)), Some(a));
         finish(&dedup, &k, t0 + Duration::from_secs(30));
@@ -192,7 +228,6 @@ mod tests {
             dedup.admit_at(&k, b, t0 + Duration::from_millis(31_999)),
             Some(a)
         );
-        assert_eq!(dedup.refused(), 2);
         // Other ranges and other blobs are independent.
         assert!(dedup.admit_at(&key(&d, 100), b, t0).is_none());
         assert!(dedup.admit_at(&key(&other, 0), b, t0).is_none());
@@ -211,16 +246,50 @@ mod tests {
         let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600)));
         let (a, b) = (peer(), peer());
         let guard = dedup
-            .admit(&d, 0, 9, a)
+            .admit_any(&d, (0, 9), &[], a)
             .expect("first send")
+            .0
             .expect("a guard");
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_none());
         drop(guard);
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_some());
-        assert_eq!(dedup.admit(&d, 0, 9, b).err(), Some(a));
+        assert_eq!(dedup.admit_any(&d, (0, 9), &[], b).err(), Some(a));
         let off = Arc::new(OriginDedup::new(Duration::ZERO));
-        assert!(matches!(off.admit(&d, 0, 9, a), Ok(None)));
-        assert!(matches!(off.admit(&d, 0, 9, b), Ok(None)));
+        assert!(matches!(off.admit_any(&d, (0, 9), &[], a), Ok((None, _))));
+        assert!(matches!(off.admit_any(&d, (0, 9), &[], b), Ok((None, _))));
+    }
+
+    #[test]
+    fn a_refused_range_is_answered_with_the_first_unsent_alternative() {
+        let d = Digest::sha256_of(b"blob");
+        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600)));
+        let (a, b) = (peer(), peer());
+        let (_g0, r) = dedup.admit_any(&d, (0, 9), &[], a).expect("first");
+        assert_eq!(r, (0, 9));
+        let (_g1, r) = dedup.admit_any(&d, (10, 19), &[], a).expect("second");
+        assert_eq!(r, (10, 19));
+        // b asks for 0-9 (being sent to a): 10-19 is taken too, 20-29 is free.
+        let (_g2, r) = dedup
+            .admit_any(&d, (0, 9), &[(10, 19), (20, 29), (30, 39)], b)
+            .expect("an alternative");
+        assert_eq!(r, (20, 29));
+        // a itself is not given a range it is already being sent under another request.
+        let (_g3, r) = dedup
+            .admit_any(&d, (20, 29), &[(10, 19), (30, 39)], a)
+            .expect("an alternative");
+        assert_eq!(r, (30, 39));
+        // Nothing left: refused, naming the holder of the range asked for (only this answer
+        // counts as a refusal).
+        assert_eq!(
+            dedup.admit_any(&d, (0, 9), &[(10, 19), (20, 29)], b).err(),
+            Some(a)
+        );
+        assert_eq!(dedup.refused(), 1);
+        // Off: everything is admitted as asked.
+        let off = Arc::new(OriginDedup::new(Duration::ZERO));
+        let (g, r) = off.admit_any(&d, (0, 9), &[(10, 19)], b).expect("off");
+        assert!(g.is_none());
+        assert_eq!(r, (0, 9));
     }
 
     #[test]

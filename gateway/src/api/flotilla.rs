@@ -7,7 +7,11 @@
 //!   needed; `404 BLOB_UNKNOWN` if no blob file of that digest is held.
 //! - `GET`/`HEAD /flotilla/v1/blobs/<digest>`: the blob, as `GET /v2/<name>/blobs/<digest>`
 //!   answers it (`Range`, `If-None-Match`, `If-Range`), whatever repositories link it: the
-//!   origin fallback for pieces no peer serves.
+//!   origin fallback for pieces no peer serves. For a member, a piece range another member
+//!   is being sent or was sent within the refusal window is answered `429` with
+//!   `Flotilla-Holder`, unless the request offers `Flotilla-Alternatives: bytes=a-b,c-d,…`
+//!   (at most 32 closed ranges) and one of them is free: that one is sent, with its
+//!   `Content-Range` (SPEC §3.7; `400 RANGE_INVALID` for a malformed header).
 //!   The answer carries `Flotilla-Swarm-Size`: how many table fetches of this blob the gateway
 //!   saw in the last 30–60 s, this one included (nodes pulling it now).
 //! - `GET /flotilla/v1/swarm/<digest>`: `{"fetchers": n}`, the same count without adding one;
@@ -49,6 +53,10 @@ use crate::registry::RegistryError;
 const SWARM_SIZE: &str = "flotilla-swarm-size";
 /// Header on an origin refusal: the member that was sent the range.
 const HOLDER: axum::http::HeaderName = axum::http::HeaderName::from_static("flotilla-holder");
+
+/// Header on an origin request: other byte ranges the member would take instead (SPEC §3.7).
+const ALTERNATIVES: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("flotilla-alternatives");
 
 /// The path prefix of these endpoints.
 const PREFIX: &str = "/flotilla/v1/";
@@ -103,21 +111,43 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
             Method::GET => {
                 let d = parse_digest(d)?;
                 let (file, size) = st.registry.seed().blob_open(&d).await?;
+                let alternatives = alternatives(req.headers(), size)?;
+                let mut substituted = None;
                 let guard = match (member, piece_range(req.headers(), size)) {
-                    (Some(m), Some((start, end))) => {
-                        st.origin_dedup.admit(&d, start, end, m).map_err(|holder| {
-                            ApiError::new(ErrorCode::TooManyRequests)
-                                .with_message(
-                                    "being sent, or just sent, to another member: take it from \
-                                     the swarm",
-                                )
-                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
-                                .with_header(HOLDER, headers::value(&holder.to_string()))
-                        })?
+                    (Some(m), Some(asked)) => {
+                        let (guard, sent) = st
+                            .origin_dedup
+                            .admit_any(&d, asked, &alternatives, m)
+                            .map_err(|holder| {
+                                ApiError::new(ErrorCode::TooManyRequests)
+                                    .with_message(
+                                        "being sent, or just sent, to another member: take it \
+                                         from the swarm",
+                                    )
+                                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
+                                    .with_header(HOLDER, headers::value(&holder.to_string()))
+                            })?;
+                        if sent != asked {
+                            substituted = Some(sent);
+                        }
+                        guard
                     }
                     _ => None,
                 };
-                let res = blobs::send(st, &d, file, size, req.headers())?;
+                let res = match substituted {
+                    // An alternative: answered as if it had been the `Range` asked for; its
+                    // `Content-Range` says which one it is.
+                    Some((start, end)) => {
+                        let mut h = req.headers().clone();
+                        h.insert(
+                            header::RANGE,
+                            headers::value(&format!("bytes={start}-{end}")),
+                        );
+                        h.remove(header::IF_RANGE);
+                        blobs::send(st, &d, file, size, &h)?
+                    }
+                    None => blobs::send(st, &d, file, size, req.headers())?,
+                };
                 Ok(match guard {
                     // The window starts when the body ends (or the member goes away).
                     Some(guard) => res.map(|body| {
@@ -157,6 +187,23 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
 /// With a fleet, `Ok` only for a request a member signed (see the module docs); a refusal
 /// comes with the request's origin, for the audit line.
 type Refusal = Box<(ApiError, crate::audit::Origin)>;
+
+/// The ranges a `Flotilla-Alternatives` header offers (none without one); `400 RANGE_INVALID`
+/// for one that is malformed.
+fn alternatives(h: &axum::http::HeaderMap, size: u64) -> Result<Vec<(u64, u64)>, ApiError> {
+    let Some(v) = h.get(ALTERNATIVES) else {
+        return Ok(Vec::new());
+    };
+    let bad = |why: String| {
+        ApiError::new(ErrorCode::RangeInvalid)
+            .with_status(StatusCode::BAD_REQUEST)
+            .with_message(why)
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| bad("Flotilla-Alternatives is not text".to_owned()))?;
+    flotilla_protocol::range::parse_alternatives(text, size).map_err(|e| bad(e.to_string()))
+}
 
 /// The byte range a `Range` header asks of a blob of `size`, if it asks for one satisfiable
 /// range.

@@ -18,6 +18,7 @@
 //! the others is replaced (the fleet simulator runs the same policy).
 
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +136,7 @@ async fn drive(
     let rotation = Rotation::new(RotationConfig::default(), cfg.seed, Duration::ZERO);
     let sched = Scheduler::new(local, have.clone(), cfg, Duration::ZERO);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+    let (subst_tx, subst_rx) = mpsc::channel(SUBSTITUTION_QUEUE);
     let driver = Driver {
         local,
         gateway,
@@ -158,6 +160,7 @@ async fn drive(
         lookup_running: false,
         last_lookup: None,
         events_tx,
+        subst_tx,
         provided: false,
         reconcile: true,
         last_progress: start,
@@ -170,7 +173,7 @@ async fn drive(
         grace_checked: false,
         inner,
     };
-    driver.run(events_rx, read_pos).await
+    driver.run(events_rx, subst_rx, read_pos).await
 }
 
 /// A seed for the scheduler's tie-breaks, different per node and blob (FNV-1a).
@@ -193,12 +196,26 @@ enum Internal {
         peer: PeerId,
         result: Result<(Session, Opened), String>,
     },
+    /// An origin request for `piece` ended; `got` is the piece its answer carried (an
+    /// alternative, SPEC §3.7, or `piece`).
     Origin {
         piece: u32,
+        got: u32,
         seq: u64,
         outcome: OriginOutcome,
     },
 }
+
+/// An origin request's answer carries an alternative (told before its body streams).
+struct Substitution {
+    asked: u32,
+    seq: u64,
+    got: u32,
+}
+
+/// Substitutions buffered: at most one per origin request, which the scheduler's origin window
+/// keeps to a few.
+const SUBSTITUTION_QUEUE: usize = 16;
 
 /// The state of one running download (see the module docs).
 struct Driver {
@@ -240,6 +257,7 @@ struct Driver {
     lookup_running: bool,
     last_lookup: Option<Instant>,
     events_tx: mpsc::Sender<SessionEvent>,
+    subst_tx: mpsc::Sender<Substitution>,
     provided: bool,
     /// The store's bits may hold pieces the scheduler has not heard of.
     reconcile: bool,
@@ -283,6 +301,7 @@ impl Driver {
     async fn run(
         mut self,
         mut events: mpsc::Receiver<SessionEvent>,
+        mut substitutions: mpsc::Receiver<Substitution>,
         mut read_pos: watch::Receiver<Option<u32>>,
     ) -> Result<(), FetchError> {
         let period = self
@@ -311,6 +330,7 @@ impl Driver {
             let wake = self.sched.poll_timeout().map(|t| self.start + t);
             tokio::select! {
                 Some(ev) = events.recv() => self.on_event(ev),
+                Some(s) = substitutions.recv() => self.on_substituted(s.asked, s.seq, s.got),
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     self.on_task(done);
                 }
@@ -634,18 +654,36 @@ impl Driver {
             self.sched.request_failed(Source::Origin, piece, now);
             return;
         };
+        // Pieces the gateway may send instead, if another member has this one (SPEC §3.7).
+        let alternatives: Vec<(u32, Range<u64>)> = self
+            .sched
+            .origin_alternatives(piece)
+            .iter()
+            .filter_map(|&x| table.piece_range(x).map(|r| (x, r)))
+            .collect();
         self.origin_seq += 1;
         let seq = self.origin_seq;
         let gateway = self.inner.gateway.clone();
         let sink = self.inner.sink.clone();
         let digest = self.digest.clone();
         let size = table.size;
+        let subst = self.subst_tx.clone();
         let task = self.tasks.spawn(async move {
-            let outcome = gateway
-                .fetch_piece(&*sink, &digest, piece, range, size)
+            let tell = |got: u32| async move {
+                // Bounded and drained by the driver's loop; a full queue is reported with the
+                // outcome instead.
+                let _ = subst.try_send(Substitution {
+                    asked: piece,
+                    seq,
+                    got,
+                });
+            };
+            let (got, outcome) = gateway
+                .fetch_piece(&*sink, &digest, (piece, range), &alternatives, size, tell)
                 .await;
             Internal::Origin {
                 piece,
+                got,
                 seq,
                 outcome,
             }
@@ -859,9 +897,15 @@ impl Driver {
             Internal::Connected { peer, result } => self.on_connected(peer, result),
             Internal::Origin {
                 piece,
+                got,
                 seq,
                 outcome,
-            } => self.on_origin(piece, seq, outcome),
+            } => {
+                if got != piece {
+                    self.on_substituted(piece, seq, got);
+                }
+                self.on_origin(got, seq, outcome);
+            }
         }
     }
 
@@ -895,6 +939,29 @@ impl Driver {
             self.on_event(ev);
         }
         self.check_cold_start();
+    }
+
+    /// The origin answers the request for `asked` (sequence `seq`) with piece `got`: the
+    /// request stands for `got` from now on. Told once by the request's task before the body
+    /// streams, and again with its outcome; a request no longer running (cancelled, or told
+    /// already) is left alone.
+    fn on_substituted(&mut self, asked: u32, seq: u64, got: u32) {
+        if self.origin_tasks.get(&asked).is_none_or(|(s, _)| *s != seq) {
+            return;
+        }
+        let now = self.now();
+        if let Some((_, other)) = self.origin_tasks.remove(&got) {
+            // Another request of ours asked for `got` itself (the gateway refuses it while
+            // this copy streams): it is answered by this one.
+            other.abort();
+            self.sched.request_refused(Source::Origin, got, now);
+        }
+        if let Some(task) = self.origin_tasks.remove(&asked) {
+            self.origin_tasks.insert(got, task);
+        }
+        self.outstanding.remove(&(Source::Origin, asked));
+        self.outstanding.insert((Source::Origin, got));
+        self.sched.origin_substituted(asked, got, now);
     }
 
     fn on_origin(&mut self, piece: u32, seq: u64, outcome: OriginOutcome) {

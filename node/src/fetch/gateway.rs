@@ -18,6 +18,8 @@ use crate::gateway_http::{HttpTls, MemberSigner};
 
 /// The header naming the member an origin refusal's piece went to.
 const HOLDER: &str = "flotilla-holder";
+/// Header on an origin request: the other pieces (byte ranges) the gateway may send instead.
+const ALTERNATIVES: &str = "flotilla-alternatives";
 use crate::ports::{PieceSink, Verdict};
 
 /// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
@@ -164,50 +166,107 @@ impl GatewayClient {
         }
     }
 
-    /// Fetches bytes `range` (one piece) of `digest` and streams them into the store as piece
-    /// `index`.
-    pub(crate) async fn fetch_piece(
+    /// Fetches piece `index` (bytes `range`) of `digest` and streams it into the store. With
+    /// `alternatives` (other pieces, best first, SPEC §3.7) the gateway may send one of those
+    /// instead when another member has `index`: `tell` hears which before the body streams, and
+    /// the piece that came is returned with the outcome.
+    pub(crate) async fn fetch_piece<F: Future<Output = ()>>(
         &self,
         sink: &dyn PieceSink,
         digest: &Digest,
-        index: u32,
-        range: Range<u64>,
+        (index, range): (u32, Range<u64>),
+        alternatives: &[(u32, Range<u64>)],
         blob_size: u64,
-    ) -> OriginOutcome {
+        tell: impl FnOnce(u32) -> F,
+    ) -> (u32, OriginOutcome) {
         let failed = |reason: String| OriginOutcome::Failed { reason };
-        let want = range.end - range.start;
-        let res = match self
-            .get(&format!("/flotilla/v1/blobs/{digest}"))
-            .header(
-                header::RANGE,
-                format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),
-            )
-            .send()
-            .await
-        {
+        let offered: Vec<(u64, u64)> = alternatives
+            .iter()
+            .map(|(_, r)| (r.start, r.end.saturating_sub(1)))
+            .collect();
+        let mut req = self.get(&format!("/flotilla/v1/blobs/{digest}")).header(
+            header::RANGE,
+            format!("bytes={}-{}", range.start, range.end.saturating_sub(1)),
+        );
+        if let Some(v) = flotilla_protocol::range::format_alternatives(&offered) {
+            req = req.header(ALTERNATIVES, v);
+        }
+        let res = match req.send().await {
             Ok(res) => res,
-            Err(e) => return failed(e.to_string()),
+            Err(e) => return (index, failed(e.to_string())),
         };
-        match res.status() {
-            StatusCode::PARTIAL_CONTENT => {}
+        let (index, range) = match res.status() {
+            StatusCode::PARTIAL_CONTENT => {
+                let start = res
+                    .headers()
+                    .get(header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| flotilla_protocol::range::parse_content_range(v).ok())
+                    .map(|(start, _)| start);
+                match start {
+                    Some(s) if s == range.start => (index, range),
+                    Some(s) => match alternatives.iter().find(|(_, r)| r.start == s) {
+                        Some((alt, r)) => {
+                            tell(*alt).await;
+                            (*alt, r.clone())
+                        }
+                        None => {
+                            return (
+                                index,
+                                failed(format!(
+                                    "gateway sent bytes from {s}, neither piece {index} nor an \
+                                     alternative"
+                                )),
+                            );
+                        }
+                    },
+                    None => {
+                        return (
+                            index,
+                            failed("gateway sent 206 without a valid Content-Range".to_owned()),
+                        );
+                    }
+                }
+            }
             // A server may ignore `Range`; the whole blob is then exactly this piece only if the
             // blob is one piece.
-            StatusCode::OK if range.start == 0 && range.end == blob_size => {}
+            StatusCode::OK if range.start == 0 && range.end == blob_size => (index, range),
             StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
                 let holder = res
                     .headers()
                     .get(HOLDER)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse().ok());
-                return OriginOutcome::Refused { holder };
+                return (index, OriginOutcome::Refused { holder });
             }
-            s => return failed(format!("gateway answered {s} for piece {index}")),
-        }
+            s => {
+                return (
+                    index,
+                    failed(format!("gateway answered {s} for piece {index}")),
+                );
+            }
+        };
+        (
+            index,
+            self.stream_piece(sink, digest, index, range, res).await,
+        )
+    }
+
+    /// Streams the body of `res` into the store as piece `index` (bytes `range`).
+    async fn stream_piece(
+        &self,
+        sink: &dyn PieceSink,
+        digest: &Digest,
+        index: u32,
+        range: Range<u64>,
+        mut res: reqwest::Response,
+    ) -> OriginOutcome {
+        let failed = |reason: String| OriginOutcome::Failed { reason };
+        let want = range.end - range.start;
         let mut receiver = match sink.receive(digest, index) {
             Ok(r) => r,
             Err(e) => return failed(format!("store refused piece {index}: {e}")),
         };
-        let mut res = res;
         let mut got = 0u64;
         loop {
             match res.chunk().await {

@@ -303,6 +303,37 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .map(|(_, x)| x)
     }
 
+    /// Up to [`Config::origin_alternatives`] pieces to offer the origin besides `piece` (see
+    /// [`Scheduler::origin_alternatives`]): the read window first, then the pieces we rank
+    /// highest for, which are those the rendezvous would next send us to the origin for.
+    pub(super) fn pick_alternatives(&self, piece: u32) -> Vec<u32> {
+        let max = self.cfg.origin_alternatives;
+        let eligible = |x: u32| {
+            x != piece
+                && self.rarity.contains(x)
+                && self.rarity.availability(x) == 0
+                && !self.origin_held(x)
+                && self.far_allowed(x)
+        };
+        let mut alts: Vec<u32> = self.read_window().filter(|&x| eligible(x)).collect();
+        alts.truncate(max);
+        let mut ranked: Vec<(u64, u32)> = self
+            .rarity
+            .unseen()
+            .iter()
+            .filter(|&&x| eligible(x) && !alts.contains(&x))
+            .map(|&x| (rank(self.local_hash, x), x))
+            .collect();
+        let room = max - alts.len();
+        if ranked.len() > room && room > 0 {
+            ranked.select_nth_unstable_by(room - 1, |a, b| b.cmp(a));
+            ranked.truncate(room);
+        }
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        alts.extend(ranked.into_iter().take(room).map(|(_, x)| x));
+        alts
+    }
+
     /// When the next timed event is due: a request deadline, a blocked peer that has something
     /// for us becoming ready, or a change in what the origin rule allows.
     pub(super) fn next_timer(&self) -> Option<Duration> {

@@ -415,9 +415,12 @@ fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
 
 #[test]
 fn refusals_requeue_without_penalty() {
+    // (Without alternatives: a refusal holds back the one piece; with them, see
+    // `origin_requests_offer_alternatives_and_take_the_substitute`.)
     let c = Config {
         origin_grace: ms(0),
         origin_window: 1,
+        origin_alternatives: 0,
         ..Config::default()
     };
     let mut s = Scheduler::new(0u32, Bitfield::new(3), c, ms(0));
@@ -452,6 +455,66 @@ fn refusals_requeue_without_penalty() {
     assert_eq!(s.poll_timeout(), Some(resume));
     s.handle_timeout(resume);
     assert_eq!(requests(&drain(&mut s)).len(), 2, "same window as before");
+}
+
+#[test]
+fn origin_requests_offer_alternatives_and_take_the_substitute() {
+    let c = Config {
+        origin_grace: ms(0),
+        origin_window: 1,
+        origin_alternatives: 3,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(8), c, ms(0));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    let asked = r[0].1;
+    let alts = s.origin_alternatives(asked).to_vec();
+    assert_eq!(alts.len(), 3, "{alts:?}");
+    assert!(!alts.contains(&asked), "{alts:?}");
+    assert!(s.origin_alternatives(99).is_empty());
+    // The origin sends the second alternative instead: the request stands for it (the window
+    // of one stays full), and the piece asked for is free again.
+    let got = alts[1];
+    s.origin_substituted(asked, got, ms(1));
+    assert!(
+        drain(&mut s).is_empty(),
+        "window of one, taken by the substitute"
+    );
+    s.piece_received(Source::Origin, got, ms(2));
+    assert!(s.have().get(got));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].0, Source::Origin);
+    // A refusal holds back the piece asked for and every alternative offered with it.
+    let next = r[0].1;
+    let offered = s.origin_alternatives(next).to_vec();
+    s.request_refused(Source::Origin, next, ms(3));
+    let r = requests(&drain(&mut s));
+    for (_, x) in &r {
+        assert!(*x != next && !offered.contains(x), "{x} was held: {r:?}");
+    }
+    // A substitute that a peer holds by then is cancelled at once.
+    let c = Config {
+        origin_grace: ms(0),
+        origin_window: 1,
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(4), c, ms(0));
+    let asked = requests(&drain(&mut s))[0].1;
+    let got = s.origin_alternatives(asked)[0];
+    s.peer_added(1, some(4, [got]), ms(1));
+    let before = requests(&drain(&mut s)).len();
+    s.origin_substituted(asked, got, ms(2));
+    let a = drain(&mut s);
+    assert!(
+        a.contains(&Action::Cancel {
+            source: Source::Origin,
+            piece: got
+        }),
+        "{a:?}"
+    );
+    assert_eq!(s.in_flight(), before + requests(&a).len());
 }
 
 #[test]
@@ -598,6 +661,7 @@ enum Op {
     Read(u32),
     Refuse(usize),
     Swarm(u64),
+    Substitute(usize, usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -612,6 +676,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0u32..12).prop_map(Op::Read),
         any::<usize>().prop_map(Op::Refuse),
         (0u64..100_000).prop_map(Op::Swarm),
+        (any::<usize>(), any::<usize>()).prop_map(|(k, a)| Op::Substitute(k, a)),
     ]
 }
 
@@ -678,6 +743,28 @@ proptest! {
                     s.request_refused(src, x, now);
                 }
                 Op::Swarm(n) => s.set_swarm_size(n),
+                Op::Substitute(k, a) => {
+                    let origin: Vec<usize> = (0..outstanding.len())
+                        .filter(|&i| outstanding[i].0 == Source::Origin)
+                        .collect();
+                    if !origin.is_empty() {
+                        let i = origin[k % origin.len()];
+                        let asked = outstanding[i].1;
+                        let alts = s.origin_alternatives(asked).to_vec();
+                        if !alts.is_empty() {
+                            let got = alts[a % alts.len()];
+                            // As the node's driver does: our other request for `got` itself
+                            // is refused by the gateway while this copy streams.
+                            if let Some(j) = outstanding.iter().position(|r| *r == (Source::Origin, got)) {
+                                outstanding.remove(j);
+                                s.request_refused(Source::Origin, got, now);
+                            }
+                            let i = outstanding.iter().position(|r| *r == (Source::Origin, asked)).unwrap();
+                            outstanding[i].1 = got;
+                            s.origin_substituted(asked, got, now);
+                        }
+                    }
+                }
                 _ => {}
             }
             while let Some(a) = s.poll_action() {
@@ -696,6 +783,13 @@ proptest! {
                                 prop_assert!(peers.values().all(|b| !b.get(piece)),
                                     "origin asked for {piece} that a peer has");
                                 prop_assert!(in_flight < origin_window, "origin window overrun");
+                                for &x in s.origin_alternatives(piece) {
+                                    prop_assert!(x != piece && !held.get(x), "alternative {x}");
+                                    prop_assert!(peers.values().all(|b| !b.get(x)),
+                                        "alternative {x} that a peer has");
+                                    prop_assert!(!outstanding.iter().any(|r| r.1 == x),
+                                        "alternative {x} already requested");
+                                }
                             }
                         }
                         outstanding.push((source, piece));

@@ -2,11 +2,16 @@
 //! `Content-Range` (upload chunks) never panic on any header text; a partial answer lies inside
 //! the blob with `start <= end`; an accepted Content-Range has `start <= end` and, when it states
 //! the blob's total length, ends before it. Both parsers give the same answer again for the
-//! canonical form of what they returned.
+//! canonical form of what they returned. `Flotilla-Alternatives` never panics either; what it
+//! accepts is at most `MAX_ALTERNATIVES` ranges inside the blob, each with `start <= end`, and
+//! formatting them and parsing again gives them back.
 //!
 //! Input: 8 bytes of blob size (little-endian), then the header text.
 
-use flotilla_protocol::range::{ContentRangeError, RangeAnswer, parse_content_range, parse_range};
+use flotilla_protocol::range::{
+    ContentRangeError, MAX_ALTERNATIVES, RangeAnswer, format_alternatives, parse_alternatives,
+    parse_content_range, parse_range,
+};
 
 /// Checks the properties above on one input; panics on a violation.
 pub fn check(data: &[u8]) {
@@ -30,6 +35,18 @@ pub fn check(data: &[u8]) {
         }
         // Surrounding whitespace is not significant.
         assert_eq!(parse_range(&format!(" {header}\t"), size), answer);
+
+        if let Ok(ranges) = parse_alternatives(header, size) {
+            assert!(ranges.len() <= MAX_ALTERNATIVES, "{header:?}");
+            for &(start, end) in &ranges {
+                assert!(start <= end && end < size, "{header:?} on {size}");
+            }
+            let again = format_alternatives(&ranges).map(|h| parse_alternatives(&h, size));
+            match again {
+                Some(again) => assert_eq!(again, Ok(ranges), "{header:?} on {size}"),
+                None => assert!(ranges.is_empty()),
+            }
+        }
     }
 
     match parse_content_range(header) {

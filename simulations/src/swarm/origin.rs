@@ -24,11 +24,14 @@ impl Swarm<'_> {
 
     /// The server answers a request: refuses it, fails it (gone), parks it (at its send cap,
     /// with `origin_queue_excess`) or starts the transfer.
-    pub(super) fn origin_admit(&mut self, t: u32, piece: u32) {
-        if !self.origin.queued.remove(&(t, piece)) {
+    pub(super) fn origin_admit(&mut self, t: u32, asked: u32) {
+        if !self.origin.queued.remove(&(t, asked)) {
             // Cancelled while it waited.
+            self.origin.alternatives.remove(&(t, asked));
             return;
         }
+        let alternatives = self.origin.alternatives.remove(&(t, asked));
+        let mut piece = asked;
         // Taken off the send queue: the dedup window was checked (and claimed) when it parked.
         let unparked = self.origin.unparked.remove(&(t, piece));
         let task = &self.tasks[t as usize];
@@ -59,9 +62,34 @@ impl Swarm<'_> {
                 .params
                 .origin_max_sends
                 .is_some_and(|k| self.origin.sending[server] >= k);
-        let until = &mut self.origin.refuse_until[usize::from(blob)][piece as usize];
         let dedup = self.fleet.params.origin_dedup_s.is_some();
-        let recent = !unparked && dedup && self.now < *until;
+        let mut recent = !unparked
+            && dedup
+            && self.now < self.origin.refuse_until[usize::from(blob)][piece as usize];
+        if recent && !repeat {
+            // SPEC §3.7: the first alternative this server holds and has not sent lately.
+            let now = self.now;
+            let found = alternatives.iter().flatten().copied().find(|&x| {
+                self.server(blob, x) == server
+                    && now >= self.origin.refuse_until[usize::from(blob)][x as usize]
+                    && !self.origin.active.contains_key(&(t, x))
+            });
+            if let Some(x) = found {
+                piece = x;
+                recent = false;
+                self.origin.substitutions += 1;
+                self.origin.substituted.insert((t, asked), x);
+                self.push(
+                    back,
+                    Ev::OriginSubst {
+                        task: t,
+                        asked,
+                        got: x,
+                    },
+                );
+            }
+        }
+        let until = &mut self.origin.refuse_until[usize::from(blob)][piece as usize];
         if full && !recent && self.fleet.params.origin_queue_excess {
             if dedup {
                 *until = u64::MAX;
@@ -132,7 +160,10 @@ impl Swarm<'_> {
     }
 
     pub(super) fn origin_cancel(&mut self, t: u32, piece: u32) {
+        // Dropping the request stops whatever the origin answered it with.
+        let piece = self.origin.substituted.remove(&(t, piece)).unwrap_or(piece);
         if self.origin.queued.remove(&(t, piece)) {
+            self.origin.alternatives.remove(&(t, piece));
             if self.origin.unparked.remove(&(t, piece)) {
                 // Its send slot goes to the next in line; nothing was sent.
                 let blob = self.tasks[t as usize].blob;
