@@ -56,6 +56,12 @@ pub const MAX_OUTSTANDING: usize = 256;
 pub struct ServerLimits {
     /// Streams served at once; more are refused with an Error frame (code overloaded).
     pub max_streams: usize,
+    /// Streams served at once for one blob; more are refused the same way once their Hello
+    /// names the blob, and the downloader opens a session to another provider. Without it, a
+    /// fleet starting together piles onto the few providers its first lookups found: simulated,
+    /// 1000 hosts pulling 1 GiB kept 8000 sessions on the 218 hosts that held a piece first
+    /// and the other 782 never uploaded (p99 7.1 × the bound; with 12, 3.6 ×).
+    pub max_streams_per_blob: usize,
     /// Requests queued per stream; more are answered Busy.
     pub max_requests_per_stream: usize,
     /// Pieces being sent at once over all streams; a request reaching the front of its queue
@@ -67,6 +73,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_streams: 256,
+            max_streams_per_blob: 12,
             max_requests_per_stream: 32,
             max_concurrent_sends: 16,
         }

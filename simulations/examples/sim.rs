@@ -33,6 +33,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut site_discovery = false;
     let mut origin_max_sends = None;
     let mut origin_queue_excess = false;
+    let mut max_sessions_per_blob = None;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -53,6 +54,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--site-discovery" => site_discovery = true,
             "--origin-max-sends" => origin_max_sends = Some(value()?.parse()?),
             "--origin-queue-excess" => origin_queue_excess = true,
+            "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -64,6 +66,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.site_discovery = site_discovery;
     fleet.params.origin_max_sends = origin_max_sends;
     fleet.params.origin_queue_excess = origin_queue_excess;
+    if let Some(m) = max_sessions_per_blob {
+        fleet.params.max_sessions_per_blob = m;
+    }
     eprintln!(
         "simulating {scenario} ({}): {} hosts ...",
         scenario.describe(),

@@ -71,6 +71,9 @@ pub struct Params {
     pub max_sends: u16,
     /// Sessions a host serves at once; more fail to open.
     pub max_streams: u16,
+    /// Sessions a host serves at once for one blob; more fail to open (the downloader tries
+    /// another provider).
+    pub max_sessions_per_blob: u16,
     /// Requests queued per stream; more are refused (Busy).
     pub max_requests_per_stream: usize,
     /// The origin refuses a piece it is sending or sent this many seconds ago.
@@ -111,6 +114,7 @@ impl Default for Params {
             refresh_s: 10.0,
             max_sends: 16,
             max_streams: 256,
+            max_sessions_per_blob: 12,
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),
             origin_rps: 20_000.0,

@@ -243,6 +243,10 @@ fn hosts_run_the_nodes_scheduler() {
     assert_eq!(p.lookup_limit, (fetch.max_peers_per_blob * 2).max(8));
     assert_eq!(p.refresh_s, fetch.provider_refresh.as_secs_f64());
     assert_eq!(usize::from(p.max_streams), limits.max_streams);
+    assert_eq!(
+        usize::from(p.max_sessions_per_blob),
+        limits.max_streams_per_blob
+    );
     assert_eq!(usize::from(p.max_sends), limits.max_concurrent_sends);
     assert_eq!(p.max_requests_per_stream, limits.max_requests_per_stream);
     // Requests only come from the scheduler's actions: a run that completed made some.

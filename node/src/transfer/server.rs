@@ -10,10 +10,10 @@
 //! buffers kept for as long as the stream has work. The stream is flushed at piece ends and
 //! when the writer runs out of work.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::pin::pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_protocol::Digest;
@@ -76,6 +76,7 @@ pub(crate) async fn run_server_with(
     let streams = Arc::new(Semaphore::new(config.limits.max_streams));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
+    let per_blob = Arc::new(BlobStreams::default());
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -86,6 +87,7 @@ pub(crate) async fn run_server_with(
                         peer,
                         source: source.clone(),
                         sends: sends.clone(),
+                        per_blob: per_blob.clone(),
                         config,
                     };
                     tasks.spawn(async move {
@@ -124,7 +126,55 @@ struct Conn {
     peer: PeerId,
     source: Arc<dyn PieceSource>,
     sends: Arc<Semaphore>,
+    per_blob: Arc<BlobStreams>,
     config: ServerConfig,
+}
+
+/// Streams being served per blob (entries only while non-zero: bounded by `max_streams`).
+#[derive(Default)]
+struct BlobStreams(Mutex<HashMap<Digest, usize>>);
+
+impl BlobStreams {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more stream of `digest`, if fewer than `max` are served.
+    fn try_take(self: &Arc<Self>, digest: &Digest, max: usize) -> Option<BlobSlot> {
+        let mut m = self.lock();
+        let n = m.entry(digest.clone()).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(digest);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(BlobSlot {
+            streams: self.clone(),
+            digest: digest.clone(),
+        })
+    }
+}
+
+/// One stream's place among its blob's; dropping it frees the place.
+struct BlobSlot {
+    streams: Arc<BlobStreams>,
+    digest: Digest,
+}
+
+impl Drop for BlobSlot {
+    fn drop(&mut self) {
+        let mut m = self.streams.lock();
+        if let Some(n) = m.get_mut(&self.digest) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.digest);
+            }
+        }
+    }
 }
 
 /// From the reader half to the writer half.
@@ -140,7 +190,7 @@ impl Conn {
         let peer = self.peer;
         let (read, mut write) = stream.split();
         let mut reader = FrameReader::new(read);
-        let Some((digest, held, sent)) = self.welcome(&mut reader, &mut write).await else {
+        let Some((digest, held, sent, _slot)) = self.welcome(&mut reader, &mut write).await else {
             return;
         };
         tracing::debug!(%peer, digest = digest.short(), "serving pieces");
@@ -174,7 +224,7 @@ impl Conn {
         &self,
         reader: &mut FrameReader<R>,
         write: &mut W,
-    ) -> Option<(Digest, Held, Bitfield)> {
+    ) -> Option<(Digest, Held, Bitfield, BlobSlot)> {
         let hello = match timeout(self.config.hello_timeout, reader.next_frame()).await {
             Err(_) => {
                 self.bye(write, ErrorCode::TIMEOUT, "no Hello in time")
@@ -196,6 +246,18 @@ impl Conn {
         let Frame::Hello { digest, want_table } = hello else {
             let msg = format!("expected Hello, got {}", hello.name());
             self.bye(write, ErrorCode::PROTOCOL, &msg).await;
+            return None;
+        };
+        let Some(slot) = self
+            .per_blob
+            .try_take(&digest, self.config.limits.max_streams_per_blob)
+        else {
+            self.bye(
+                write,
+                ErrorCode::OVERLOADED,
+                "too many streams for this blob",
+            )
+            .await;
             return None;
         };
         let held = match self.source.held(&digest).await {
@@ -242,7 +304,7 @@ impl Conn {
             }
             return None;
         }
-        Some((digest, held, have))
+        Some((digest, held, have, slot))
     }
 
     async fn bye<W: AsyncWrite + Unpin>(&self, write: &mut W, code: ErrorCode, message: &str) {

@@ -579,6 +579,48 @@ async fn busy_over_limits() {
 }
 
 #[tokio::test]
+async fn streams_per_blob_are_capped_and_freed_when_one_ends() {
+    let data = blob(4 * 10_000);
+    let source = FakeSource::new(signed_table(&data, 10_000), &data, Bitfield::full(4));
+    let digest = source.table.table.digest.clone();
+    let sink = FakeSink::new(&source.table);
+    let limits = ServerLimits {
+        max_streams_per_blob: 2,
+        ..ServerLimits::default()
+    };
+    let mut server = start_server(source.clone(), config(limits));
+    let first = open(&mut server, &digest, sink.clone(), 8).await;
+    let _second = open(&mut server, &digest, sink.clone(), 8).await;
+    let try_open = |stream| {
+        let (tx, _rx) = mpsc::channel(1);
+        Session::open(peer(3), stream, digest.clone(), sink.clone(), tx)
+    };
+    let err = try_open(connect(&mut server).await).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransferError::Remote {
+                code: ErrorCode::OVERLOADED,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // The first session ends: its place is free again (once the server has seen it go).
+    drop(first);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match try_open(connect(&mut server).await).await {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < deadline, "still refused: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn corrupted_piece_is_invalid() {
     let data = blob(4 * 10_000);
     let table = signed_table(&data, 10_000);

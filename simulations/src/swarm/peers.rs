@@ -327,7 +327,13 @@ impl Swarm<'_> {
         let pieces = self.blobs[usize::from(task.blob)].pieces;
         let ph = &self.hosts[peer as usize];
         let have = match self.tasks[up as usize].state {
-            _ if !ph.alive || ph.streams_in >= self.fleet.params.max_streams => None,
+            _ if !ph.alive
+                || ph.streams_in >= self.fleet.params.max_streams
+                || self.tasks[up as usize].subscribers.len()
+                    >= usize::from(self.fleet.params.max_sessions_per_blob) =>
+            {
+                None
+            }
             State::Done => Some(Bitfield::full(pieces)),
             State::Running => self.tasks[up as usize]
                 .sched
