@@ -34,6 +34,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut origin_max_sends = None;
     let mut origin_queue_excess = false;
     let mut max_sessions_per_blob = None;
+    let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -55,6 +56,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--origin-max-sends" => origin_max_sends = Some(value()?.parse()?),
             "--origin-queue-excess" => origin_queue_excess = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
+            "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -66,6 +68,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.site_discovery = site_discovery;
     fleet.params.origin_max_sends = origin_max_sends;
     fleet.params.origin_queue_excess = origin_queue_excess;
+    fleet.params.announce_at_start = !announce_at_first_piece;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
     }

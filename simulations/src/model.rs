@@ -101,6 +101,9 @@ pub struct Params {
     /// A client reads each blob in order as it arrives (the scheduler's read position follows
     /// the first missing piece).
     pub streaming: bool,
+    /// Hosts announce a blob when their download starts, holding nothing yet, as the node's
+    /// driver does; `false`: at their first piece (the model before 2026-12-03).
+    pub announce_at_start: bool,
     /// The run stops at this simulated time, finished or not.
     pub max_time_s: f64,
 }
@@ -124,6 +127,7 @@ impl Default for Params {
             origin_leaves: false,
             site_discovery: false,
             streaming: false,
+            announce_at_start: true,
             max_time_s: 3600.0,
         }
     }

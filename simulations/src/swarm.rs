@@ -728,8 +728,15 @@ impl<'f> Swarm<'f> {
             task.rotation = Some(Box::new(rotation));
             task.sched = Some(Box::new(sched));
             task.state = State::Running;
+            let host = task.host;
             // The download starts by fetching the piece table: the gateway counts it.
             self.origin.demand[b as usize].note(self.now);
+            if self.fleet.params.announce_at_start {
+                // As the node's driver does (`provide` at the start): holding nothing yet.
+                let site = self.net.host_site[host as usize];
+                let at = self.now + self.announce_time[usize::from(site)];
+                self.push(at, Ev::Announce(t));
+            }
             self.push(self.now, Ev::Tick(t));
             self.drain(t);
         }

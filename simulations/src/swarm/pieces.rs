@@ -39,9 +39,8 @@ impl Swarm<'_> {
             task.read_pos = next;
             s.set_read_position(next);
         }
-        let host = task.host;
-        if first {
-            let site = self.net.host_site[host as usize];
+        if first && !self.fleet.params.announce_at_start {
+            let site = self.net.host_site[task.host as usize];
             let at = self.now + self.announce_time[usize::from(site)];
             self.push(at, Ev::Announce(t));
         }
