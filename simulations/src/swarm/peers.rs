@@ -44,11 +44,10 @@ impl Swarm<'_> {
         self.share_near_nodes(t);
         // The rotation policy: the slowest session, if far behind, makes room for a spare.
         let at = self.at();
-        let task = &mut self.tasks[t as usize];
-        let stuck = task
-            .sched
+        let stuck = self.scheds[t as usize]
             .as_deref()
             .is_some_and(|s| s.have().iter_zeros().all(|p| s.availability(p) == 0));
+        let task = &mut self.tasks[t as usize];
         let slow = task.rotation.as_deref_mut().and_then(|r| r.tick(at, stuck));
         if let Some(peer) = slow {
             self.replace_session(t, peer);
@@ -118,8 +117,8 @@ impl Swarm<'_> {
         let host = task.host;
         // Near hosts downloading from us: remembered as near, and candidates for a session.
         let mut subs = Vec::new();
-        for &s in &task.subscribers {
-            let down = self.tasks[self.streams[s as usize].down as usize].host;
+        for sub in &task.subscribers {
+            let down = self.tasks[sub.down as usize].host;
             let rtt = self.rtt_hosts(host, down);
             if rtt <= self.cfg.near_rtt {
                 subs.push((down, rtt));
@@ -149,7 +148,7 @@ impl Swarm<'_> {
             }
         }
         let near: Vec<u32> = r.near_providers().collect();
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             s.set_near_nodes(near);
         }
     }
@@ -157,9 +156,9 @@ impl Swarm<'_> {
     /// The swarm size the node's driver hands its scheduler: the largest count heard, at
     /// least the sessions plus itself.
     fn set_swarm_size(&mut self, t: u32) {
-        let task = &mut self.tasks[t as usize];
+        let task = &self.tasks[t as usize];
         let size = task.swarm_hint.max(task.sessions.len() as u64 + 1);
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             s.set_swarm_size(size);
         }
     }
@@ -246,7 +245,7 @@ impl Swarm<'_> {
         }
         task.grace_checked = true;
         let now = Duration::from_nanos(self.now);
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             let cold = s.have().iter_zeros().all(|p| s.availability(p) == 0);
             if cold {
                 s.end_origin_grace(now);
@@ -329,8 +328,7 @@ impl Swarm<'_> {
         let have = match self.tasks[up as usize].state {
             _ if !ph.alive || ph.streams_in >= self.fleet.params.max_streams => None,
             State::Done => Some(Bitfield::full(pieces)),
-            State::Running => self.tasks[up as usize]
-                .sched
+            State::Running => self.scheds[up as usize]
                 .as_deref()
                 .map(|s| s.have().clone()),
             State::Waiting | State::Gone => None,
@@ -350,11 +348,13 @@ impl Swarm<'_> {
             up,
             queue: Default::default(),
             active: None,
-            open: true,
             slot,
             reported: 0.0,
         });
-        self.tasks[up as usize].subscribers.push(stream);
+        self.stream_open.push(true);
+        self.tasks[up as usize]
+            .subscribers
+            .push(super::Sub { stream, down: t });
         self.tasks[t as usize].sessions.push(stream);
         self.hosts[peer as usize].streams_in += 1;
         self.stats.sessions_opened += 1;
@@ -410,10 +410,10 @@ impl Swarm<'_> {
     }
 
     pub(super) fn peer_request(&mut self, stream: u32, piece: u32) {
-        let s = &mut self.streams[stream as usize];
-        if !s.open {
+        if !self.stream_open[stream as usize] {
             return;
         }
+        let s = &mut self.streams[stream as usize];
         if s.queue.len() >= self.fleet.params.max_requests_per_stream {
             self.answer(stream, piece, true);
             return;
@@ -427,21 +427,21 @@ impl Swarm<'_> {
     /// Serves the stream's next request: sends it, or answers Busy or Missing and moves on.
     fn start_next(&mut self, stream: u32) {
         loop {
+            if !self.stream_open[stream as usize] {
+                return;
+            }
             let s = &mut self.streams[stream as usize];
-            if !s.open || s.active.is_some() {
+            if s.active.is_some() {
                 return;
             }
             let Some(piece) = s.queue.pop_front() else {
                 return;
             };
             let (up, down) = (s.up, s.down);
-            let held = match self.tasks[up as usize].state {
-                State::Done => true,
-                State::Running => self.tasks[up as usize]
-                    .sched
-                    .as_deref()
-                    .is_some_and(|x| x.have().get(piece)),
-                State::Waiting | State::Gone => false,
+            // A running task has a scheduler; otherwise only a finished one holds the piece.
+            let held = match self.scheds[up as usize].as_deref() {
+                Some(x) => x.have().get(piece),
+                None => self.tasks[up as usize].state == State::Done,
             };
             if !held {
                 self.answer(stream, piece, false);
@@ -473,7 +473,7 @@ impl Swarm<'_> {
     pub(super) fn peer_sent(&mut self, stream: u32, piece: u32) {
         let s = &mut self.streams[stream as usize];
         s.active = None;
-        let (up, down, open) = (s.up, s.down, s.open);
+        let (up, down, open) = (s.up, s.down, self.stream_open[stream as usize]);
         let up_host = self.tasks[up as usize].host;
         let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
         let rest = (len - std::mem::take(&mut s.reported)).max(0.0);
@@ -499,18 +499,18 @@ impl Swarm<'_> {
     /// Closes a stream on both sides (the downloader's `sessions` is the caller's business).
     /// A piece being sent runs to its end unless `abort`.
     pub(super) fn close_stream(&mut self, stream: u32, abort: bool) {
-        let s = &mut self.streams[stream as usize];
-        if !s.open {
+        if !self.stream_open[stream as usize] {
             return;
         }
-        s.open = false;
+        self.stream_open[stream as usize] = false;
+        let s = &mut self.streams[stream as usize];
         s.queue = Default::default();
         let (up, slot) = (s.up, s.slot as usize);
         let subs = &mut self.tasks[up as usize].subscribers;
-        if subs.get(slot) == Some(&stream) {
+        if subs.get(slot).is_some_and(|x| x.stream == stream) {
             subs.swap_remove(slot);
-            if let Some(&moved) = subs.get(slot) {
-                self.streams[moved as usize].slot = slot as u32;
+            if let Some(moved) = subs.get(slot) {
+                self.streams[moved.stream as usize].slot = slot as u32;
             }
         }
         let up_host = self.tasks[up as usize].host;
@@ -565,10 +565,11 @@ impl Swarm<'_> {
         for b in 0..n_blobs {
             let t = h * n_blobs + b;
             let subs = std::mem::take(&mut self.tasks[t as usize].subscribers);
-            for s in subs {
+            for sub in subs {
+                let s = sub.stream;
                 self.abort_stream_flow(s);
+                self.stream_open[s as usize] = false;
                 let stream = &mut self.streams[s as usize];
-                stream.open = false;
                 stream.queue = Default::default();
                 let down = stream.down;
                 let owd = self.net.owd_hosts(h, self.tasks[down as usize].host);
@@ -593,10 +594,10 @@ impl Swarm<'_> {
             for (task, piece) in keys {
                 self.abort_origin(task, piece);
             }
+            self.scheds[t as usize] = None;
+            self.timers[t as usize] = None;
             let task = &mut self.tasks[t as usize];
-            task.sched = None;
             task.rotation = None;
-            task.timer = None;
             task.connecting.clear();
             task.state = State::Gone;
         }
