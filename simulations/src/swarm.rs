@@ -195,7 +195,8 @@ struct Task {
     blob: u16,
     state: State,
     /// Streams this task downloads through.
-    sessions: Vec<u32>,
+    /// With the host at the other end (so finding a peer's stream touches no stream).
+    sessions: Vec<(u32, u32)>,
     /// Hosts a session is being opened to.
     connecting: Vec<u32>,
     /// Streams this task's host serves this layer on.
@@ -818,7 +819,7 @@ impl<'f> Swarm<'f> {
         let (from, to, blob) = match tag {
             Tag::Peer { stream, .. } => {
                 let s = &self.streams[stream as usize];
-                let up = self.tasks[s.up as usize].host;
+                let up = self.host_blob(s.up).0;
                 let down = &self.tasks[s.down as usize];
                 (
                     self.net.host_site[up as usize],

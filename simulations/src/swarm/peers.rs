@@ -20,8 +20,8 @@ impl Swarm<'_> {
         self.tasks[t as usize]
             .sessions
             .iter()
-            .copied()
-            .find(|&s| self.tasks[self.streams[s as usize].up as usize].host == peer)
+            .find(|&&(_, p)| p == peer)
+            .map(|&(s, _)| s)
     }
 
     /// The node's housekeeping tick (every `refresh`, at most 0.25 s apart): the swarm size goes to
@@ -87,14 +87,14 @@ impl Swarm<'_> {
     fn report_progress(&mut self, t: u32) {
         let now = self.now;
         for k in 0..self.tasks[t as usize].sessions.len() {
-            let stream = self.tasks[t as usize].sessions[k];
+            let stream = self.tasks[t as usize].sessions[k].0;
             let s = &self.streams[stream as usize];
             let Some(flow) = s.active else {
                 continue;
             };
             let moved = self.net.engine.moved(flow, now);
             let new = (moved - s.reported).max(0.0);
-            let peer = self.tasks[s.up as usize].host;
+            let peer = self.host_blob(s.up).0;
             self.streams[stream as usize].reported = moved;
             if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
                 r.progress(peer, new as u64);
@@ -118,7 +118,7 @@ impl Swarm<'_> {
         // Near hosts downloading from us: remembered as near, and candidates for a session.
         let mut subs = Vec::new();
         for sub in &task.subscribers {
-            let down = self.tasks[sub.down as usize].host;
+            let down = self.host_blob(sub.down).0;
             let rtt = self.rtt_hosts(host, down);
             if rtt <= self.cfg.near_rtt {
                 subs.push((down, rtt));
@@ -196,7 +196,7 @@ impl Swarm<'_> {
     fn replace_session(&mut self, t: u32, peer: u32) {
         self.stats.sessions_replaced += 1;
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         let now = self.at();
@@ -210,7 +210,7 @@ impl Swarm<'_> {
     /// task has `max_peers`.
     fn fill(&mut self, t: u32) {
         let max_peers = self.fleet.params.max_peers;
-        let host = self.tasks[t as usize].host;
+        let host = self.host_blob(t).0;
         loop {
             let task = &mut self.tasks[t as usize];
             if task.state != State::Running
@@ -270,8 +270,8 @@ impl Swarm<'_> {
         if self.tasks[t as usize].state != State::Running {
             return;
         }
-        let host = self.tasks[t as usize].host;
-        let blob = usize::from(self.tasks[t as usize].blob);
+        let host = self.host_blob(t).0;
+        let blob = usize::from(self.host_blob(t).1);
         let limit = self.fleet.params.lookup_limit;
         // The lookup's answer: up to `limit` random provider records other than our own.
         let mut found = std::mem::take(&mut self.scratch);
@@ -355,12 +355,12 @@ impl Swarm<'_> {
         self.tasks[up as usize]
             .subscribers
             .push(super::Sub { stream, down: t });
-        self.tasks[t as usize].sessions.push(stream);
+        self.tasks[t as usize].sessions.push((stream, peer));
         self.hosts[peer as usize].streams_in += 1;
         self.stats.sessions_opened += 1;
         let now = self.at();
         // The session's connection measured the round trip (QUIC's RTT estimate, a ping).
-        let rtt = self.rtt_hosts(self.tasks[t as usize].host, peer);
+        let rtt = self.rtt_hosts(self.host_blob(t).0, peer);
         let added = self.sched(t).is_some_and(|s| {
             s.peer_rtt(peer, rtt, now);
             s.peer_added(peer, have, now)
@@ -371,7 +371,7 @@ impl Swarm<'_> {
                 r.opened(peer, now);
             }
         } else {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         self.check_cold_start(t);
@@ -389,9 +389,9 @@ impl Swarm<'_> {
 
     fn answer(&mut self, stream: u32, piece: u32, refused: bool) {
         let s = &self.streams[stream as usize];
-        let up_host = self.tasks[s.up as usize].host;
+        let up_host = self.host_blob(s.up).0;
         let down = s.down;
-        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         let ev = if refused {
             self.stats.busy_refusals += 1;
             Ev::Refused {
@@ -447,14 +447,14 @@ impl Swarm<'_> {
                 self.answer(stream, piece, false);
                 continue;
             }
-            let up_host = self.tasks[up as usize].host;
+            let up_host = self.host_blob(up).0;
             if self.hosts[up_host as usize].sends >= self.fleet.params.max_sends {
                 self.answer(stream, piece, true);
                 continue;
             }
             self.hosts[up_host as usize].sends += 1;
-            let down_host = self.tasks[down as usize].host;
-            let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
+            let down_host = self.host_blob(down).0;
+            let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
                 up_host,
                 down_host,
@@ -471,18 +471,20 @@ impl Swarm<'_> {
 
     /// A piece left the uploader completely: it reaches the downloader one delay later.
     pub(super) fn peer_sent(&mut self, stream: u32, piece: u32) {
+        let open = self.stream_open[stream as usize];
         let s = &mut self.streams[stream as usize];
         s.active = None;
-        let (up, down, open) = (s.up, s.down, self.stream_open[stream as usize]);
-        let up_host = self.tasks[up as usize].host;
-        let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
-        let rest = (len - std::mem::take(&mut s.reported)).max(0.0);
+        let (up, down) = (s.up, s.down);
+        let reported = std::mem::take(&mut s.reported);
+        let up_host = self.host_blob(up).0;
+        let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
+        let rest = (len - reported).max(0.0);
         if let Some(r) = self.tasks[down as usize].rotation.as_deref_mut() {
             r.progress(up_host, rest as u64);
         }
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
-        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
             Ev::Deliver {
@@ -513,7 +515,7 @@ impl Swarm<'_> {
                 self.streams[moved.stream as usize].slot = slot as u32;
             }
         }
-        let up_host = self.tasks[up as usize].host;
+        let up_host = self.host_blob(up).0;
         let h = &mut self.hosts[up_host as usize];
         h.streams_in = h.streams_in.saturating_sub(1);
         if abort {
@@ -537,7 +539,7 @@ impl Swarm<'_> {
     /// The downloader noticed that the uploader `peer` is gone.
     pub(super) fn peer_gone(&mut self, t: u32, peer: u32) {
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
         }
         if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
             r.closed(peer);
@@ -572,7 +574,7 @@ impl Swarm<'_> {
                 let stream = &mut self.streams[s as usize];
                 stream.queue = Default::default();
                 let down = stream.down;
-                let owd = self.net.owd_hosts(h, self.tasks[down as usize].host);
+                let owd = self.net.owd_hosts(h, self.host_blob(down).0);
                 self.push(
                     self.now + owd,
                     Ev::PeerGone {
@@ -582,7 +584,7 @@ impl Swarm<'_> {
                 );
             }
             let sessions = std::mem::take(&mut self.tasks[t as usize].sessions);
-            for s in sessions {
+            for (s, _) in sessions {
                 self.close_stream(s, true);
             }
             let keys: Vec<(u32, u32)> = self

@@ -7,7 +7,7 @@ use super::{ALL_SITES, Ev, State, Swarm, source};
 
 impl Swarm<'_> {
     pub(super) fn deliver(&mut self, t: u32, src: u32, piece: u32) {
-        let blob = self.tasks[t as usize].blob;
+        let blob = self.host_blob(t).1;
         let len = self.blobs[usize::from(blob)].piece_len(piece);
         self.stats.delivered_bytes += len;
         let now = self.at();
@@ -79,7 +79,7 @@ impl Swarm<'_> {
         let mut sites: Vec<u16> = task
             .subscribers
             .iter()
-            .map(|sub| self.net.host_site[self.tasks[sub.down as usize].host as usize])
+            .map(|sub| self.net.host_site[self.host_blob(sub.down).0 as usize])
             .collect();
         sites.sort_unstable();
         sites.dedup();
@@ -146,7 +146,7 @@ impl Swarm<'_> {
         self.timers[t as usize] = None;
         let host = task.host;
         let sessions = std::mem::take(&mut task.sessions);
-        for s in sessions {
+        for (s, _) in sessions {
             self.close_stream(s, false);
         }
         let n_blobs = self.blobs.len();
