@@ -25,6 +25,9 @@ use crate::flow::Nanos;
 /// it is bit `b - 1`.
 const BUCKETS: usize = 129;
 
+/// Largest allocation (in entries) a drained bucket keeps.
+const KEEP: usize = 4096;
+
 /// Events in time order, ties in push order.
 pub struct Queue<E> {
     buckets: Vec<Vec<(u128, E)>>,
@@ -120,8 +123,9 @@ impl<E> Queue<E> {
         for (key, ev) in entries.drain(..) {
             self.put(key, ev);
         }
-        // Keep the emptied bucket's allocation.
-        if self.buckets[b].is_empty() {
+        // Keep the emptied bucket's allocation if it is small: a bucket keeps the most it
+        // ever held, and 129 of those at a million entries each would be memory for nothing.
+        if self.buckets[b].is_empty() && entries.capacity() <= KEEP {
             self.buckets[b] = entries;
         }
     }

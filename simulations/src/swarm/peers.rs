@@ -196,7 +196,9 @@ impl Swarm<'_> {
     fn replace_session(&mut self, t: u32, peer: u32) {
         self.stats.sessions_replaced += 1;
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         let now = self.at();
@@ -371,7 +373,9 @@ impl Swarm<'_> {
                 r.opened(peer, now);
             }
         } else {
-            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         self.check_cold_start(t);
@@ -539,7 +543,9 @@ impl Swarm<'_> {
     /// The downloader noticed that the uploader `peer` is gone.
     pub(super) fn peer_gone(&mut self, t: u32, peer: u32) {
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&(s, _)| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
         }
         if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
             r.closed(peer);
