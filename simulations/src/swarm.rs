@@ -5,7 +5,7 @@
 //! engine), latency, churn — as a discrete-event simulation in virtual time.
 //!
 //! # Determinism
-//! Events live in one binary heap ordered by (time, sequence number); every collection is a
+//! Events live in one queue ordered by (time, sequence number); every collection is a
 //! `Vec`, `VecDeque` or `BTreeMap`, and all randomness comes from one seeded [`Rng`]. The same
 //! fleet gives the same run, event for event.
 //!
@@ -13,7 +13,12 @@
 //! A `have` is one event per (piece, destination site), fanned out to the subscribers when it
 //! fires; a host's timer is re-armed only when the scheduler's next deadline moves earlier
 //! (a stale timer event is dropped when it fires); flows are re-rated once per distinct event
-//! time. A scheduler is dropped as soon as its blob is complete.
+//! time. A scheduler is dropped as soon as its blob is complete. At 100,000 hosts the state is
+//! a few GiB and most of an event's cost is cache misses, so what every event touches — a
+//! task's scheduler and timer, a stream's open flag — is kept in dense per-task and
+//! per-stream arrays rather than in [`Task`] and [`Stream`], a session and a subscriber entry
+//! carry the host and task at their other end, and the `have` fan-out touches all its
+//! subscribers' schedulers before handing any of them the `have` (the loads overlap).
 
 mod origin;
 mod peers;
@@ -202,15 +207,13 @@ struct Task {
     host: u32,
     blob: u16,
     state: State,
-    sched: Option<Box<Scheduler<u32>>>,
     /// Streams this task downloads through.
-    sessions: Vec<u32>,
+    /// With the host at the other end (so finding a peer's stream touches no stream).
+    sessions: Vec<(u32, u32)>,
     /// Hosts a session is being opened to.
     connecting: Vec<u32>,
     /// Streams this task's host serves this layer on.
-    subscribers: Vec<u32>,
-    /// Time of the pending timer event, if one is armed.
-    timer: Option<Nanos>,
+    subscribers: Vec<Sub>,
     held: u32,
     swarm_hint: u64,
     read_pos: u32,
@@ -224,14 +227,22 @@ struct Task {
     grace_checked: bool,
 }
 
-/// One transfer session: a downloader task and an uploader task of the same layer.
+/// A stream served by a task, with the task downloading through it (so the `have` fan-out
+/// need not look the stream up).
+#[derive(Debug, Clone, Copy)]
+struct Sub {
+    stream: u32,
+    down: u32,
+}
+
+/// One transfer session: a downloader task and an uploader task of the same layer. Whether it
+/// is open lives in [`Swarm::stream_open`].
 #[derive(Debug)]
 struct Stream {
     down: u32,
     up: u32,
     queue: VecDeque<u32>,
     active: Option<u32>,
-    open: bool,
     /// Index in the uploader's `subscribers`.
     slot: u32,
     /// Bytes of the piece being sent already reported to the downloader's rotation policy.
@@ -427,7 +438,15 @@ pub(crate) struct Swarm<'f> {
     net: Net<Tag>,
     hosts: Vec<Host>,
     tasks: Vec<Task>,
+    /// Per task, the scheduler while it runs (`Some` exactly when the task is
+    /// [`State::Running`]) and its pending timer event: kept apart from [`Task`] in dense
+    /// arrays, since every event touches them and a 100,000-host run's tasks do not fit in a
+    /// cache.
+    scheds: Vec<Option<Box<Scheduler<u32>>>>,
+    timers: Vec<Option<Nanos>>,
     streams: Vec<Stream>,
+    /// Per stream: open (see [`Swarm::scheds`] for why it is not in [`Stream`]).
+    stream_open: Vec<bool>,
     blobs: Vec<Blob>,
     origin: Origin,
     rng: Rng,
@@ -442,6 +461,7 @@ pub(crate) struct Swarm<'f> {
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
     scratch: Vec<u32>,
+    sub_scratch: Vec<Sub>,
     stats: SwarmStats,
 }
 
@@ -505,16 +525,14 @@ impl<'f> Swarm<'f> {
                 done_at: None,
             })
             .collect();
-        let tasks = (0..n_hosts * n_blobs)
+        let tasks: Vec<Task> = (0..n_hosts * n_blobs)
             .map(|t| Task {
                 host: (t / n_blobs) as u32,
                 blob: (t % n_blobs) as u16,
                 state: State::Waiting,
-                sched: None,
                 sessions: Vec::new(),
                 connecting: Vec::new(),
                 subscribers: Vec::new(),
-                timer: None,
                 held: 0,
                 swarm_hint: 1,
                 read_pos: 0,
@@ -563,8 +581,11 @@ impl<'f> Swarm<'f> {
             queue: Queue::default(),
             net,
             hosts,
+            scheds: (0..tasks.len()).map(|_| None).collect(),
+            timers: vec![None; tasks.len()],
             tasks,
             streams: Vec::new(),
+            stream_open: Vec::new(),
             blobs,
             origin,
             rng: Rng::new(mix(fleet.params.seed)),
@@ -577,6 +598,7 @@ impl<'f> Swarm<'f> {
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),
             scratch: Vec::new(),
+            sub_scratch: Vec::new(),
             stats: SwarmStats::default(),
         };
         for (i, h) in fleet.hosts.iter().enumerate() {
@@ -593,12 +615,27 @@ impl<'f> Swarm<'f> {
     }
 
     fn run(&mut self) {
+        // `FLOTILLA_SIM_PROGRESS=1`: a line on stderr every 2^24 events (simulated time, events,
+        // events/s), to see how far a long run gets.
+        let progress = std::env::var_os("FLOTILLA_SIM_PROGRESS").is_some();
+        let started = std::time::Instant::now();
         while let Some((t, ev)) = self.queue.pop() {
             if t > self.max_time {
                 break;
             }
             self.now = t;
             self.stats.events += 1;
+            if progress && self.stats.events.trailing_zeros() >= 24 {
+                let wall = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "progress: simulated {:.3} s, {} events, {:.0} s wall, {:.0} events/s, queue {}",
+                    secs(t),
+                    self.stats.events,
+                    wall,
+                    self.stats.events as f64 / wall,
+                    self.queue.len()
+                );
+            }
             self.stats.count(ev.kind());
             self.handle(ev);
             if self.queue.next_time().is_none_or(|n| n > t) {
@@ -632,9 +669,8 @@ impl<'f> Swarm<'f> {
             Ev::Announce(t) => self.announce(t),
             Ev::PeerRequest { stream, piece } => self.peer_request(stream, piece),
             Ev::PeerCancel { stream, piece } => {
-                let s = &mut self.streams[stream as usize];
-                if s.open {
-                    s.queue.retain(|&p| p != piece);
+                if self.stream_open[stream as usize] {
+                    self.streams[stream as usize].queue.retain(|&p| p != piece);
                 }
             }
             Ev::OriginRequest { task, piece } => self.origin_arrive(task, piece),
@@ -683,12 +719,19 @@ impl<'f> Swarm<'f> {
         }
     }
 
+    /// The task's scheduler, while it runs.
     fn sched(&mut self, task: u32) -> Option<&mut Scheduler<u32>> {
-        let t = &mut self.tasks[task as usize];
-        if t.state == State::Running {
-            t.sched.as_deref_mut()
+        self.scheds[task as usize].as_deref_mut()
+    }
+
+    /// The host and layer of task `t` (tasks are numbered host by host), without touching the
+    /// task.
+    fn host_blob(&self, t: u32) -> (u32, u16) {
+        let n = self.blobs.len() as u32;
+        if n == 1 {
+            (t, 0)
         } else {
-            None
+            (t / n, (t % n) as u16)
         }
     }
 
@@ -726,14 +769,13 @@ impl<'f> Swarm<'f> {
             let task = &mut self.tasks[t as usize];
             task.swarm_hint = hint;
             task.rotation = Some(Box::new(rotation));
-            task.sched = Some(Box::new(sched));
             task.state = State::Running;
-            let host = task.host;
+            self.scheds[t as usize] = Some(Box::new(sched));
             // The download starts by fetching the piece table: the gateway counts it.
             self.origin.demand[b as usize].note(self.now);
             if self.fleet.params.announce_at_start {
                 // As the node's driver does (`provide` at the start): holding nothing yet.
-                let site = self.net.host_site[host as usize];
+                let site = self.net.host_site[h as usize];
                 let at = self.now + self.announce_time[usize::from(site)];
                 self.push(at, Ev::Announce(t));
             }
@@ -745,11 +787,10 @@ impl<'f> Swarm<'f> {
     /// Carries out everything the task's scheduler wants now, then arms its timer.
     fn drain(&mut self, t: u32) {
         let now = self.now;
-        let host = self.tasks[t as usize].host;
-        let blob = self.tasks[t as usize].blob;
+        let (host, blob) = self.host_blob(t);
         let mut done = false;
         loop {
-            let Some(sched) = self.tasks[t as usize].sched.as_deref_mut() else {
+            let Some(sched) = self.scheds[t as usize].as_deref_mut() else {
                 return;
             };
             let Some(action) = sched.poll_action() else {
@@ -811,15 +852,14 @@ impl<'f> Swarm<'f> {
             self.complete(t);
             return;
         }
-        let next = self.tasks[t as usize]
-            .sched
+        let next = self.scheds[t as usize]
             .as_deref_mut()
             .and_then(|s| s.poll_timeout());
         if let Some(at) = next {
             let at = (at.as_nanos() as Nanos).max(now);
-            let task = &mut self.tasks[t as usize];
-            if task.timer.is_none_or(|armed| at < armed) {
-                task.timer = Some(at);
+            let timer = &mut self.timers[t as usize];
+            if timer.is_none_or(|armed| at < armed) {
+                *timer = Some(at);
                 self.push(at, Ev::Timer(t));
             }
         }
@@ -827,11 +867,11 @@ impl<'f> Swarm<'f> {
 
     fn timer(&mut self, t: u32) {
         let now = self.now;
-        let task = &mut self.tasks[t as usize];
-        if task.timer != Some(now) {
+        let timer = &mut self.timers[t as usize];
+        if *timer != Some(now) {
             return;
         }
-        task.timer = None;
+        *timer = None;
         let at = self.at();
         if let Some(s) = self.sched(t) {
             if s.poll_timeout().is_some_and(|d| d <= at) {
@@ -852,7 +892,7 @@ impl<'f> Swarm<'f> {
         let (from, to, blob) = match tag {
             Tag::Peer { stream, .. } => {
                 let s = &self.streams[stream as usize];
-                let up = self.tasks[s.up as usize].host;
+                let up = self.host_blob(s.up).0;
                 let down = &self.tasks[s.down as usize];
                 (
                     self.net.host_site[up as usize],

@@ -284,7 +284,9 @@ fn each_layer_crosses_each_sites_wan_about_once() {
     // 20 sites of 5 hosts, 128 MiB in 2 layers. Before the scheduler told near from far, each
     // layer crossed each site's link 6.9–8.7 times (seed 1). From what lookups and incoming
     // sessions reveal of a site's members it is 1.01–1.46; knowing them all, about once (1.00
-    // at 50 hosts a site; here a few cancelled transfers add their partial bytes: 1.07).
+    // at 50 hosts a site; here cancelled transfers add their partial bytes: 1.07 before origin
+    // alternatives, 1.12–1.21 with them, since a substituted origin piece is cancelled when a
+    // near peer gets it first — the full-size edge-20x50 with site discovery stays at 1.00).
     let mut fleet = build_scenario(
         Scenario::Edge20x50,
         &Overrides {
@@ -298,7 +300,7 @@ fn each_layer_crosses_each_sites_wan_about_once() {
     assert!(partial < 2.0, "{partial}");
     fleet.params.site_discovery = true;
     let full = worst_crossings(&fleet);
-    assert!(full <= 1.15, "{full}");
+    assert!(full <= 1.25, "{full}");
 }
 
 #[test]

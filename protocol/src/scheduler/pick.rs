@@ -268,15 +268,23 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         // ahead of every candidate (or stalled); `None` if a candidate outranks us. With
         // locality the contenders are the other sites' winners (`origin_contenders`), and a
         // far candidate is no rival: it defers to its own site's winner, not to us.
+        // (The tests are pure; the cheap one that fails for most pieces comes first.)
         let ahead = |x: u32| -> Option<(f64, u64)> {
-            if !self.rarity.contains(x)
-                || self.rarity.availability(x) != 0
+            if !self.rarity.contains(x) || self.rarity.availability(x) != 0 {
+                return None;
+            }
+            let mine = rank(self.local_hash, x);
+            // A site winner ranks above its `site` members: another site's winner is ahead
+            // of us with probability 1 − u^site (u: our rank as a fraction; u^1 is u).
+            let u = mine as f64 / RANK_SPAN;
+            let below = if site == 1.0 { u } else { u.powf(site) };
+            let ahead = (1.0 - below) * unseen_nodes;
+            if !(ahead < allowance || unseen_nodes == 0.0)
                 || self.origin_held(x)
                 || !self.far_allowed(x)
             {
                 return None;
             }
-            let mine = rank(self.local_hash, x);
             if !stalled
                 && self
                     .peers
@@ -285,11 +293,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             {
                 return None;
             }
-            // A site winner ranks above its `site` members: another site's winner is ahead
-            // of us with probability 1 − u^site (u: our rank as a fraction).
-            let below = (mine as f64 / RANK_SPAN).powf(site);
-            let ahead = (1.0 - below) * unseen_nodes;
-            (ahead < allowance || unseen_nodes == 0.0).then_some((ahead, mine))
+            Some((ahead, mine))
         };
         if let Some(x) = self.read_window().find(|&x| ahead(x).is_some()) {
             return Some(x);

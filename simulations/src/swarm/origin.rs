@@ -14,7 +14,7 @@ impl Swarm<'_> {
     /// A request reaches the origin server's accept queue.
     pub(super) fn origin_arrive(&mut self, t: u32, piece: u32) {
         self.origin.requests += 1;
-        let server = self.server(self.tasks[t as usize].blob, piece);
+        let server = self.server(self.host_blob(t).1, piece);
         let free = &mut self.origin.next_free[server];
         let at = self.now.max(*free);
         *free = at + self.origin.service;
@@ -133,7 +133,7 @@ impl Swarm<'_> {
 
     /// A send of `piece` to task `t` stopped: its server has one more slot.
     fn origin_slot_freed(&mut self, t: u32, piece: u32) {
-        let server = self.server(self.tasks[t as usize].blob, piece);
+        let server = self.server(self.host_blob(t).1, piece);
         self.origin.sending[server] -= 1;
         self.origin_unpark(server);
     }
@@ -154,7 +154,7 @@ impl Swarm<'_> {
     /// Starts the refusal window of a piece the origin finished (or stopped) sending.
     fn origin_window(&mut self, t: u32, piece: u32) {
         if let Some(window) = self.fleet.params.origin_dedup_s {
-            let blob = usize::from(self.tasks[t as usize].blob);
+            let blob = usize::from(self.host_blob(t).1);
             self.origin.refuse_until[blob][piece as usize] = self.now + crate::net::nanos(window);
         }
     }
@@ -166,12 +166,12 @@ impl Swarm<'_> {
             self.origin.alternatives.remove(&(t, piece));
             if self.origin.unparked.remove(&(t, piece)) {
                 // Its send slot goes to the next in line; nothing was sent.
-                let blob = self.tasks[t as usize].blob;
+                let blob = self.host_blob(t).1;
                 self.origin.refuse_until[usize::from(blob)][piece as usize] = self.now;
                 self.origin_unpark(self.server(blob, piece));
             }
         } else if self.origin.parked.remove(&(t, piece)) {
-            let blob = usize::from(self.tasks[t as usize].blob);
+            let blob = usize::from(self.host_blob(t).1);
             self.origin.refuse_until[blob][piece as usize] = self.now;
         } else {
             self.abort_origin(t, piece);

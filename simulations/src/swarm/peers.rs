@@ -20,8 +20,8 @@ impl Swarm<'_> {
         self.tasks[t as usize]
             .sessions
             .iter()
-            .copied()
-            .find(|&s| self.tasks[self.streams[s as usize].up as usize].host == peer)
+            .find(|&&(_, p)| p == peer)
+            .map(|&(s, _)| s)
     }
 
     /// The node's housekeeping tick (every `refresh`, at most 0.25 s apart): the swarm size goes to
@@ -44,11 +44,10 @@ impl Swarm<'_> {
         self.share_near_nodes(t);
         // The rotation policy: the slowest session, if far behind, makes room for a spare.
         let at = self.at();
-        let task = &mut self.tasks[t as usize];
-        let stuck = task
-            .sched
+        let stuck = self.scheds[t as usize]
             .as_deref()
             .is_some_and(|s| s.have().iter_zeros().all(|p| s.availability(p) == 0));
+        let task = &mut self.tasks[t as usize];
         let slow = task.rotation.as_deref_mut().and_then(|r| r.tick(at, stuck));
         if let Some(peer) = slow {
             self.replace_session(t, peer);
@@ -88,14 +87,14 @@ impl Swarm<'_> {
     fn report_progress(&mut self, t: u32) {
         let now = self.now;
         for k in 0..self.tasks[t as usize].sessions.len() {
-            let stream = self.tasks[t as usize].sessions[k];
+            let stream = self.tasks[t as usize].sessions[k].0;
             let s = &self.streams[stream as usize];
             let Some(flow) = s.active else {
                 continue;
             };
             let moved = self.net.engine.moved(flow, now);
             let new = (moved - s.reported).max(0.0);
-            let peer = self.tasks[s.up as usize].host;
+            let peer = self.host_blob(s.up).0;
             self.streams[stream as usize].reported = moved;
             if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
                 r.progress(peer, new as u64);
@@ -118,8 +117,8 @@ impl Swarm<'_> {
         let host = task.host;
         // Near hosts downloading from us: remembered as near, and candidates for a session.
         let mut subs = Vec::new();
-        for &s in &task.subscribers {
-            let down = self.tasks[self.streams[s as usize].down as usize].host;
+        for sub in &task.subscribers {
+            let down = self.host_blob(sub.down).0;
             let rtt = self.rtt_hosts(host, down);
             if rtt <= self.cfg.near_rtt {
                 subs.push((down, rtt));
@@ -149,7 +148,7 @@ impl Swarm<'_> {
             }
         }
         let near: Vec<u32> = r.near_providers().collect();
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             s.set_near_nodes(near);
         }
     }
@@ -157,9 +156,9 @@ impl Swarm<'_> {
     /// The swarm size the node's driver hands its scheduler: the largest count heard, at
     /// least the sessions plus itself.
     fn set_swarm_size(&mut self, t: u32) {
-        let task = &mut self.tasks[t as usize];
+        let task = &self.tasks[t as usize];
         let size = task.swarm_hint.max(task.sessions.len() as u64 + 1);
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             s.set_swarm_size(size);
         }
     }
@@ -197,7 +196,9 @@ impl Swarm<'_> {
     fn replace_session(&mut self, t: u32, peer: u32) {
         self.stats.sessions_replaced += 1;
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         let now = self.at();
@@ -211,7 +212,7 @@ impl Swarm<'_> {
     /// task has `max_peers`.
     fn fill(&mut self, t: u32) {
         let max_peers = self.fleet.params.max_peers;
-        let host = self.tasks[t as usize].host;
+        let host = self.host_blob(t).0;
         loop {
             let task = &mut self.tasks[t as usize];
             if task.state != State::Running
@@ -246,7 +247,7 @@ impl Swarm<'_> {
         }
         task.grace_checked = true;
         let now = Duration::from_nanos(self.now);
-        if let Some(s) = task.sched.as_deref_mut() {
+        if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             let cold = s.have().iter_zeros().all(|p| s.availability(p) == 0);
             if cold {
                 s.end_origin_grace(now);
@@ -271,8 +272,8 @@ impl Swarm<'_> {
         if self.tasks[t as usize].state != State::Running {
             return;
         }
-        let host = self.tasks[t as usize].host;
-        let blob = usize::from(self.tasks[t as usize].blob);
+        let host = self.host_blob(t).0;
+        let blob = usize::from(self.host_blob(t).1);
         let limit = self.fleet.params.lookup_limit;
         // The lookup's answer: up to `limit` random provider records other than our own.
         let mut found = std::mem::take(&mut self.scratch);
@@ -335,8 +336,7 @@ impl Swarm<'_> {
                 None
             }
             State::Done => Some(Bitfield::full(pieces)),
-            State::Running => self.tasks[up as usize]
-                .sched
+            State::Running => self.scheds[up as usize]
                 .as_deref()
                 .map(|s| s.have().clone()),
             State::Waiting | State::Gone => None,
@@ -356,17 +356,19 @@ impl Swarm<'_> {
             up,
             queue: Default::default(),
             active: None,
-            open: true,
             slot,
             reported: 0.0,
         });
-        self.tasks[up as usize].subscribers.push(stream);
-        self.tasks[t as usize].sessions.push(stream);
+        self.stream_open.push(true);
+        self.tasks[up as usize]
+            .subscribers
+            .push(super::Sub { stream, down: t });
+        self.tasks[t as usize].sessions.push((stream, peer));
         self.hosts[peer as usize].streams_in += 1;
         self.stats.sessions_opened += 1;
         let now = self.at();
         // The session's connection measured the round trip (QUIC's RTT estimate, a ping).
-        let rtt = self.rtt_hosts(self.tasks[t as usize].host, peer);
+        let rtt = self.rtt_hosts(self.host_blob(t).0, peer);
         let added = self.sched(t).is_some_and(|s| {
             s.peer_rtt(peer, rtt, now);
             s.peer_added(peer, have, now)
@@ -377,7 +379,9 @@ impl Swarm<'_> {
                 r.opened(peer, now);
             }
         } else {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
             self.close_stream(stream, true);
         }
         self.check_cold_start(t);
@@ -395,9 +399,9 @@ impl Swarm<'_> {
 
     fn answer(&mut self, stream: u32, piece: u32, refused: bool) {
         let s = &self.streams[stream as usize];
-        let up_host = self.tasks[s.up as usize].host;
+        let up_host = self.host_blob(s.up).0;
         let down = s.down;
-        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         let ev = if refused {
             self.stats.busy_refusals += 1;
             Ev::Refused {
@@ -416,10 +420,10 @@ impl Swarm<'_> {
     }
 
     pub(super) fn peer_request(&mut self, stream: u32, piece: u32) {
-        let s = &mut self.streams[stream as usize];
-        if !s.open {
+        if !self.stream_open[stream as usize] {
             return;
         }
+        let s = &mut self.streams[stream as usize];
         if s.queue.len() >= self.fleet.params.max_requests_per_stream {
             self.answer(stream, piece, true);
             return;
@@ -433,34 +437,34 @@ impl Swarm<'_> {
     /// Serves the stream's next request: sends it, or answers Busy or Missing and moves on.
     fn start_next(&mut self, stream: u32) {
         loop {
+            if !self.stream_open[stream as usize] {
+                return;
+            }
             let s = &mut self.streams[stream as usize];
-            if !s.open || s.active.is_some() {
+            if s.active.is_some() {
                 return;
             }
             let Some(piece) = s.queue.pop_front() else {
                 return;
             };
             let (up, down) = (s.up, s.down);
-            let held = match self.tasks[up as usize].state {
-                State::Done => true,
-                State::Running => self.tasks[up as usize]
-                    .sched
-                    .as_deref()
-                    .is_some_and(|x| x.have().get(piece)),
-                State::Waiting | State::Gone => false,
+            // A running task has a scheduler; otherwise only a finished one holds the piece.
+            let held = match self.scheds[up as usize].as_deref() {
+                Some(x) => x.have().get(piece),
+                None => self.tasks[up as usize].state == State::Done,
             };
             if !held {
                 self.answer(stream, piece, false);
                 continue;
             }
-            let up_host = self.tasks[up as usize].host;
+            let up_host = self.host_blob(up).0;
             if self.hosts[up_host as usize].sends >= self.fleet.params.max_sends {
                 self.answer(stream, piece, true);
                 continue;
             }
             self.hosts[up_host as usize].sends += 1;
-            let down_host = self.tasks[down as usize].host;
-            let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
+            let down_host = self.host_blob(down).0;
+            let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
                 up_host,
                 down_host,
@@ -477,18 +481,20 @@ impl Swarm<'_> {
 
     /// A piece left the uploader completely: it reaches the downloader one delay later.
     pub(super) fn peer_sent(&mut self, stream: u32, piece: u32) {
+        let open = self.stream_open[stream as usize];
         let s = &mut self.streams[stream as usize];
         s.active = None;
-        let (up, down, open) = (s.up, s.down, s.open);
-        let up_host = self.tasks[up as usize].host;
-        let len = self.blobs[usize::from(self.tasks[down as usize].blob)].piece_len(piece);
-        let rest = (len - std::mem::take(&mut s.reported)).max(0.0);
+        let (up, down) = (s.up, s.down);
+        let reported = std::mem::take(&mut s.reported);
+        let up_host = self.host_blob(up).0;
+        let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
+        let rest = (len - reported).max(0.0);
         if let Some(r) = self.tasks[down as usize].rotation.as_deref_mut() {
             r.progress(up_host, rest as u64);
         }
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
-        let owd = self.net.owd_hosts(up_host, self.tasks[down as usize].host);
+        let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
             Ev::Deliver {
@@ -505,21 +511,21 @@ impl Swarm<'_> {
     /// Closes a stream on both sides (the downloader's `sessions` is the caller's business).
     /// A piece being sent runs to its end unless `abort`.
     pub(super) fn close_stream(&mut self, stream: u32, abort: bool) {
-        let s = &mut self.streams[stream as usize];
-        if !s.open {
+        if !self.stream_open[stream as usize] {
             return;
         }
-        s.open = false;
+        self.stream_open[stream as usize] = false;
+        let s = &mut self.streams[stream as usize];
         s.queue = Default::default();
         let (up, slot) = (s.up, s.slot as usize);
         let subs = &mut self.tasks[up as usize].subscribers;
-        if subs.get(slot) == Some(&stream) {
+        if subs.get(slot).is_some_and(|x| x.stream == stream) {
             subs.swap_remove(slot);
-            if let Some(&moved) = subs.get(slot) {
-                self.streams[moved as usize].slot = slot as u32;
+            if let Some(moved) = subs.get(slot) {
+                self.streams[moved.stream as usize].slot = slot as u32;
             }
         }
-        let up_host = self.tasks[up as usize].host;
+        let up_host = self.host_blob(up).0;
         let h = &mut self.hosts[up_host as usize];
         h.streams_in = h.streams_in.saturating_sub(1);
         if abort {
@@ -543,7 +549,9 @@ impl Swarm<'_> {
     /// The downloader noticed that the uploader `peer` is gone.
     pub(super) fn peer_gone(&mut self, t: u32, peer: u32) {
         if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize].sessions.retain(|&s| s != stream);
+            self.tasks[t as usize]
+                .sessions
+                .retain(|&(s, _)| s != stream);
         }
         if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
             r.closed(peer);
@@ -571,13 +579,14 @@ impl Swarm<'_> {
         for b in 0..n_blobs {
             let t = h * n_blobs + b;
             let subs = std::mem::take(&mut self.tasks[t as usize].subscribers);
-            for s in subs {
+            for sub in subs {
+                let s = sub.stream;
                 self.abort_stream_flow(s);
+                self.stream_open[s as usize] = false;
                 let stream = &mut self.streams[s as usize];
-                stream.open = false;
                 stream.queue = Default::default();
                 let down = stream.down;
-                let owd = self.net.owd_hosts(h, self.tasks[down as usize].host);
+                let owd = self.net.owd_hosts(h, self.host_blob(down).0);
                 self.push(
                     self.now + owd,
                     Ev::PeerGone {
@@ -587,7 +596,7 @@ impl Swarm<'_> {
                 );
             }
             let sessions = std::mem::take(&mut self.tasks[t as usize].sessions);
-            for s in sessions {
+            for (s, _) in sessions {
                 self.close_stream(s, true);
             }
             let keys: Vec<(u32, u32)> = self
@@ -599,10 +608,10 @@ impl Swarm<'_> {
             for (task, piece) in keys {
                 self.abort_origin(task, piece);
             }
+            self.scheds[t as usize] = None;
+            self.timers[t as usize] = None;
             let task = &mut self.tasks[t as usize];
-            task.sched = None;
             task.rotation = None;
-            task.timer = None;
             task.connecting.clear();
             task.state = State::Gone;
         }

@@ -7,7 +7,7 @@ use super::{ALL_SITES, Ev, State, Swarm, source};
 
 impl Swarm<'_> {
     pub(super) fn deliver(&mut self, t: u32, src: u32, piece: u32) {
-        let blob = self.tasks[t as usize].blob;
+        let blob = self.host_blob(t).1;
         let len = self.blobs[usize::from(blob)].piece_len(piece);
         self.stats.delivered_bytes += len;
         let now = self.at();
@@ -33,7 +33,7 @@ impl Swarm<'_> {
         let first = task.held == 1;
         if streaming
             && piece == task.read_pos
-            && let Some(s) = task.sched.as_deref_mut()
+            && let Some(s) = self.scheds[t as usize].as_deref_mut()
         {
             let next = s.have().next_zero(piece).unwrap_or(s.have().len());
             task.read_pos = next;
@@ -78,10 +78,7 @@ impl Swarm<'_> {
         let mut sites: Vec<u16> = task
             .subscribers
             .iter()
-            .map(|&s| {
-                let down = self.streams[s as usize].down;
-                self.net.host_site[self.tasks[down as usize].host as usize]
-            })
+            .map(|sub| self.net.host_site[self.host_blob(sub.down).0 as usize])
             .collect();
         sites.sort_unstable();
         sites.dedup();
@@ -98,31 +95,43 @@ impl Swarm<'_> {
         }
     }
 
+    /// Hands a `have` to the subscribers of task `t` in `site`. This loop is most of a large
+    /// fleet's cost, and most of that is waiting for memory (each subscriber's scheduler is
+    /// somewhere else in a few GiB), so the subscribers' schedulers are first touched all
+    /// at once — independent loads the CPU overlaps — and then used one after the other.
     pub(super) fn have(&mut self, t: u32, piece: u32, site: u16) {
-        let host = self.tasks[t as usize].host;
+        let (host, _) = self.host_blob(t);
         if !self.hosts[host as usize].alive {
             return;
         }
-        let mut subs = std::mem::take(&mut self.scratch);
+        let mut subs = std::mem::take(&mut self.sub_scratch);
         subs.clear();
         subs.extend_from_slice(&self.tasks[t as usize].subscribers);
+        let mut warm = 0usize;
+        for sub in &subs {
+            if let Some(s) = self.scheds[sub.down as usize].as_deref() {
+                warm ^= s.peer_count() ^ s.have().len() as usize;
+            }
+        }
+        std::hint::black_box(warm);
         let now = self.at();
-        for &s in &subs {
-            let stream = &self.streams[s as usize];
-            if !stream.open {
+        for sub in &subs {
+            if !self.stream_open[sub.stream as usize] {
                 continue;
             }
-            let down = stream.down;
-            let down_host = self.tasks[down as usize].host;
-            if site != ALL_SITES && self.net.host_site[down_host as usize] != site {
-                continue;
+            let down = sub.down;
+            if site != ALL_SITES {
+                let (down_host, _) = self.host_blob(down);
+                if self.net.host_site[down_host as usize] != site {
+                    continue;
+                }
             }
             if let Some(sched) = self.sched(down) {
                 sched.peer_have(host, piece, now);
                 self.drain(down);
             }
         }
-        self.scratch = subs;
+        self.sub_scratch = subs;
     }
 
     /// The task's layer is complete: record it, close its download sessions, drop the
@@ -131,12 +140,12 @@ impl Swarm<'_> {
         let now = self.now;
         let task = &mut self.tasks[t as usize];
         task.state = State::Done;
-        task.sched = None;
         task.rotation = None;
-        task.timer = None;
+        self.scheds[t as usize] = None;
+        self.timers[t as usize] = None;
         let host = task.host;
         let sessions = std::mem::take(&mut task.sessions);
-        for s in sessions {
+        for (s, _) in sessions {
             self.close_stream(s, false);
         }
         let n_blobs = self.blobs.len();
