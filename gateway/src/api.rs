@@ -100,9 +100,10 @@ pub fn router_with_events(
         auth,
         events,
         fleet: crate::fleet::Fleet::from_config(config),
-        origin_dedup: Arc::new(dedup::OriginDedup::new(std::time::Duration::from_millis(
-            config.origin_dedup_ms,
-        ))),
+        origin_dedup: Arc::new(dedup::OriginDedup::new(
+            std::time::Duration::from_millis(config.origin_dedup_ms),
+            std::time::Duration::from_millis(config.origin_dedup_connected_ms),
+        )),
     };
     Router::new()
         .fallback(dispatch)

@@ -47,8 +47,12 @@ pub struct Config {
     pub max_uploads: usize,
     /// Milliseconds during which a piece range the gateway began sending to one fleet member
     /// over `/flotilla/v1/blobs` is refused to the others (`429`; they take it from the swarm).
-    /// 0 turns it off. Absent: 2000.
+    /// 0 turns it off. Absent: 8000.
     pub origin_dedup_ms: u64,
+    /// Milliseconds the refusal lasts instead while the member it went to is still connected to
+    /// the gateway's swarm (it can serve the range; the refusal names it). Not below
+    /// `origin_dedup_ms`; 0: no longer than that. Absent: 60000.
+    pub origin_dedup_connected_ms: u64,
     /// Seconds a request body may pause before it is cut off (the bytes that arrived stay in
     /// the upload, which can resume). Absent: 60.
     pub body_idle_secs: u64,
@@ -250,6 +254,7 @@ impl Default for Config {
             max_blob_bytes: 1 << 40,
             max_uploads: 1024,
             origin_dedup_ms: 8000,
+            origin_dedup_connected_ms: 60_000,
             body_idle_secs: 60,
             max_connections: 4096,
             header_timeout_secs: 30,

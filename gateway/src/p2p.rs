@@ -64,6 +64,7 @@ impl P2p {
             ServerLimits::default(),
         ))];
         tasks.push(tokio::spawn(announce(seed.clone(), swarm.clone())));
+        tasks.push(tokio::spawn(track_connected(seed.clone(), swarm.clone())));
         Ok(Some(P2p { swarm, tasks }))
     }
 
@@ -73,6 +74,24 @@ impl P2p {
             t.abort();
         }
         let _ = self.swarm.shutdown().await;
+    }
+}
+
+/// Keeps the seed's set of connected peers current (once a second): the origin's refusal window
+/// lasts longer for a member that is still connected (`crate::api::dedup`).
+async fn track_connected(seed: Seed, swarm: SwarmHandle) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match swarm.connected_peers().await {
+            Ok(peers) => seed.set_connected(peers),
+            // The swarm stopped: nobody counts as connected.
+            Err(_) => {
+                seed.set_connected([]);
+                return;
+            }
+        }
     }
 }
 

@@ -125,6 +125,8 @@ struct SeedInner {
     queue: mpsc::Sender<Digest>,
     /// Table fetches per blob: how many nodes are pulling it now.
     demand: demand::Demand,
+    /// Peers connected to the gateway's swarm, as last refreshed (`crate::p2p`).
+    connected: RwLock<std::collections::HashSet<PeerId>>,
 }
 
 /// A piece table ready to hand out: decoded for the transfer server, encoded for HTTP.
@@ -226,6 +228,7 @@ impl Seed {
                 core,
                 queue,
                 demand: demand::Demand::default(),
+                connected: RwLock::default(),
             }),
         }
     }
@@ -242,6 +245,26 @@ impl Seed {
     /// The gateway's peer id (the signer of its piece tables).
     pub fn peer_id(&self) -> PeerId {
         self.core().peer_id
+    }
+
+    /// Replaces the set of peers connected to the gateway's swarm (refreshed once a second).
+    pub fn set_connected(&self, peers: impl IntoIterator<Item = PeerId>) {
+        let mut set = self
+            .inner
+            .connected
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        set.clear();
+        set.extend(peers);
+    }
+
+    /// Whether `peer` was connected to the gateway's swarm at the last refresh.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.inner
+            .connected
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(peer)
     }
 
     /// The blob files as a [`PieceSource`] for the swarm's transfer server.

@@ -1,6 +1,7 @@
 //! The origin's refusal window (SPEC §3.7): a piece range of a blob that the gateway is sending
-//! to one member over `/flotilla/v1/blobs`, or finished sending within the last window (2 s by
-//! default), is refused to the other members, with `429 TOOMANYREQUESTS` and `Retry-After`: that copy will
+//! to one member over `/flotilla/v1/blobs`, or finished sending within the last window
+//! (`origin_dedup_ms`, 8 s by default; `origin_dedup_connected_ms`, 60 s, while that member is
+//! still connected to the gateway's swarm and so can serve it), is refused to the other members, with `429 TOOMANYREQUESTS` and `Retry-After`: that copy will
 //! be in the swarm moments later, and a node's scheduler treats the refusal as "not from the
 //! origin for now" (`request_refused`) and takes the piece from the peer that announces it.
 //!
@@ -14,6 +15,11 @@
 //! the members whose guesses collide on a piece still take distinct pieces from the origin
 //! (simulated, 1000 hosts: the last first copy left the origin at 5.9 s without them, at
 //! 0.86 s — the origin's own bound — with them).
+//!
+//! The longer window for a connected holder is for fleets slower than the window: 16 nodes on two
+//! cores spread a piece in tens of seconds, so after 8 s the others asked again and were sent
+//! it again (gateway egress 1.7 × the image); a holder that went away frees the range after
+//! the short window.
 //!
 //! The member asking again for a range it was sent (a retry after a lost answer) is not
 //! refused, unless that range is still streaming to it (another of its requests took it as an
@@ -43,6 +49,8 @@ struct Sent {
 #[derive(Debug)]
 pub(crate) struct OriginDedup {
     window: Duration,
+    /// How long the window lasts while the member sent the range is connected.
+    connected_window: Duration,
     state: Mutex<State>,
 }
 
@@ -71,10 +79,12 @@ impl Drop for SendGuard {
 }
 
 impl OriginDedup {
-    /// A window of `window` after each send ends; zero turns refusals off.
-    pub(crate) fn new(window: Duration) -> Self {
+    /// A window of `window` after each send ends, `connected_window` while the member it went
+    /// to is connected (never shorter than `window`); a zero `window` turns refusals off.
+    pub(crate) fn new(window: Duration, connected_window: Duration) -> Self {
         OriginDedup {
             window,
+            connected_window: connected_window.max(window),
             state: Mutex::new(State {
                 sent: HashMap::new(),
                 last_prune: Instant::now(),
@@ -101,13 +111,14 @@ impl OriginDedup {
         (start, end): (u64, u64),
         alternatives: &[(u64, u64)],
         member: PeerId,
+        connected: &dyn Fn(&PeerId) -> bool,
     ) -> Result<(Option<SendGuard>, (u64, u64)), PeerId> {
         if self.window.is_zero() {
             return Ok((None, (start, end)));
         }
         let now = Instant::now();
         let key = (digest.clone(), start, end);
-        let holder = match self.admit_at(&key, member, now) {
+        let holder = match self.admit_at(&key, member, now, connected) {
             None => {
                 let guard = SendGuard {
                     dedup: self.clone(),
@@ -119,7 +130,7 @@ impl OriginDedup {
         };
         for &(s, e) in alternatives {
             let key = (digest.clone(), s, e);
-            if self.claim_unsent(&key, member, now) {
+            if self.claim_unsent(&key, member, now, connected) {
                 return Ok((
                     Some(SendGuard {
                         dedup: self.clone(),
@@ -135,30 +146,55 @@ impl OriginDedup {
 
     /// Claims `key` for `member` if no one (the member included: its own copy may be on the
     /// way under another request) is being sent it or was sent it within the window.
-    fn claim_unsent(&self, key: &Key, member: PeerId, now: Instant) -> bool {
-        let taken = self.lock().sent.get(key).is_some_and(|s| {
-            s.done
-                .is_none_or(|d| now.saturating_duration_since(d) < self.window)
-        });
-        !taken && self.admit_at(key, member, now).is_none()
+    fn claim_unsent(
+        &self,
+        key: &Key,
+        member: PeerId,
+        now: Instant,
+        connected: &dyn Fn(&PeerId) -> bool,
+    ) -> bool {
+        let taken = self
+            .lock()
+            .sent
+            .get(key)
+            .is_some_and(|s| !self.expired(s, now, connected));
+        !taken && self.admit_at(key, member, now, connected).is_none()
+    }
+
+    /// Whether the refusal window of `s` is over: `window` after its send ended, or
+    /// `connected_window` if the member it went to is still connected (it can serve it).
+    fn expired(&self, s: &Sent, now: Instant, connected: &dyn Fn(&PeerId) -> bool) -> bool {
+        s.done.is_some_and(|d| {
+            let since = now.saturating_duration_since(d);
+            since >= self.connected_window || (since >= self.window && !connected(&s.to))
+        })
     }
 
     /// `None` if admitted, else the holder.
-    fn admit_at(&self, key: &Key, member: PeerId, now: Instant) -> Option<PeerId> {
-        let window = self.window;
+    fn admit_at(
+        &self,
+        key: &Key,
+        member: PeerId,
+        now: Instant,
+        connected: &dyn Fn(&PeerId) -> bool,
+    ) -> Option<PeerId> {
         let mut st = self.lock();
-        let expired = |s: &Sent| {
-            s.done
-                .is_some_and(|d| now.saturating_duration_since(d) >= window)
-        };
-        if now.saturating_duration_since(st.last_prune) >= window {
-            st.sent.retain(|_, s| !expired(s));
+        if now.saturating_duration_since(st.last_prune) >= self.window {
+            let horizon = self.connected_window;
+            st.sent.retain(|_, s| {
+                s.done
+                    .is_none_or(|d| now.saturating_duration_since(d) < horizon)
+            });
             st.last_prune = now;
         }
         match st.sent.get(key).copied() {
             // Another member's copy, or our own still streaming (under a request whose answer
             // carries it as an alternative): it is on its way.
-            Some(s) if !expired(&s) && (s.to != member || s.done.is_none()) => Some(s.to),
+            Some(s)
+                if !self.expired(&s, now, connected) && (s.to != member || s.done.is_none()) =>
+            {
+                Some(s.to)
+            }
             _ => {
                 if st.sent.len() >= MAX_RANGES
                     && !st.sent.contains_key(key)
@@ -193,6 +229,10 @@ impl OriginDedup {
 mod tests {
     use super::*;
 
+    fn nobody(_: &PeerId) -> bool {
+        false
+    }
+
     fn peer() -> PeerId {
         libp2p_identity::Keypair::generate_ed25519()
             .public()
@@ -211,96 +251,147 @@ mod tests {
     fn a_range_goes_to_one_member_while_it_streams_and_for_a_window_after() {
         let d = Digest::sha256_of(b"blob");
         let other = Digest::sha256_of(b"other");
-        let dedup = OriginDedup::new(Duration::from_secs(2));
+        let dedup = OriginDedup::new(Duration::from_secs(2), Duration::ZERO);
         let (a, b) = (peer(), peer());
         let t0 = Instant::now();
         let k = key(&d, 0);
-        assert!(dedup.admit_at(&k, a, t0).is_none());
+        assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
         // The same member again while it streams: no (it is on its way). Another member: no,
         // while it streams (however long) and until the window after it ended has passed.
         assert_eq!(
-            dedup.admit_at(&k, a, t0 + Duration::from_millis(10)),
+            dedup.admit_at(&k, a, t0 + Duration::from_millis(10), &nobody),
             Some(a)
         );
-        assert_eq!(dedup.admit_at(&k, b, t0 + Duration::from_secs(30)), Some(a));
+        assert_eq!(
+            dedup.admit_at(&k, b, t0 + Duration::from_secs(30), &nobody),
+            Some(a)
+        );
         finish(&dedup, &k, t0 + Duration::from_secs(30));
         assert_eq!(
-            dedup.admit_at(&k, b, t0 + Duration::from_millis(31_999)),
+            dedup.admit_at(&k, b, t0 + Duration::from_millis(31_999), &nobody),
             Some(a)
         );
         // Other ranges and other blobs are independent.
-        assert!(dedup.admit_at(&key(&d, 100), b, t0).is_none());
-        assert!(dedup.admit_at(&key(&other, 0), b, t0).is_none());
+        assert!(dedup.admit_at(&key(&d, 100), b, t0, &nobody).is_none());
+        assert!(dedup.admit_at(&key(&other, 0), b, t0, &nobody).is_none());
         assert!(
             dedup
-                .admit_at(&k, b, t0 + Duration::from_secs(32))
+                .admit_at(&k, b, t0 + Duration::from_secs(32), &nobody)
                 .is_none()
         );
         // Now b holds that range.
-        assert_eq!(dedup.admit_at(&k, a, t0 + Duration::from_secs(33)), Some(b));
+        assert_eq!(
+            dedup.admit_at(&k, a, t0 + Duration::from_secs(33), &nobody),
+            Some(b)
+        );
     }
 
     #[test]
     fn dropping_the_guard_starts_the_window() {
         let d = Digest::sha256_of(b"blob");
-        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600)));
+        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600), Duration::ZERO));
         let (a, b) = (peer(), peer());
         let guard = dedup
-            .admit_any(&d, (0, 9), &[], a)
+            .admit_any(&d, (0, 9), &[], a, &nobody)
             .expect("first send")
             .0
             .expect("a guard");
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_none());
         drop(guard);
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_some());
-        assert_eq!(dedup.admit_any(&d, (0, 9), &[], b).err(), Some(a));
-        let off = Arc::new(OriginDedup::new(Duration::ZERO));
-        assert!(matches!(off.admit_any(&d, (0, 9), &[], a), Ok((None, _))));
-        assert!(matches!(off.admit_any(&d, (0, 9), &[], b), Ok((None, _))));
+        assert_eq!(dedup.admit_any(&d, (0, 9), &[], b, &nobody).err(), Some(a));
+        let off = Arc::new(OriginDedup::new(Duration::ZERO, Duration::ZERO));
+        assert!(matches!(
+            off.admit_any(&d, (0, 9), &[], a, &nobody),
+            Ok((None, _))
+        ));
+        assert!(matches!(
+            off.admit_any(&d, (0, 9), &[], b, &nobody),
+            Ok((None, _))
+        ));
     }
 
     #[test]
     fn a_refused_range_is_answered_with_the_first_unsent_alternative() {
         let d = Digest::sha256_of(b"blob");
-        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600)));
+        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600), Duration::ZERO));
         let (a, b) = (peer(), peer());
-        let (_g0, r) = dedup.admit_any(&d, (0, 9), &[], a).expect("first");
+        let (_g0, r) = dedup.admit_any(&d, (0, 9), &[], a, &nobody).expect("first");
         assert_eq!(r, (0, 9));
-        let (_g1, r) = dedup.admit_any(&d, (10, 19), &[], a).expect("second");
+        let (_g1, r) = dedup
+            .admit_any(&d, (10, 19), &[], a, &nobody)
+            .expect("second");
         assert_eq!(r, (10, 19));
         // b asks for 0-9 (being sent to a): 10-19 is taken too, 20-29 is free.
         let (_g2, r) = dedup
-            .admit_any(&d, (0, 9), &[(10, 19), (20, 29), (30, 39)], b)
+            .admit_any(&d, (0, 9), &[(10, 19), (20, 29), (30, 39)], b, &nobody)
             .expect("an alternative");
         assert_eq!(r, (20, 29));
         // a itself is not given a range it is already being sent under another request.
         let (_g3, r) = dedup
-            .admit_any(&d, (20, 29), &[(10, 19), (30, 39)], a)
+            .admit_any(&d, (20, 29), &[(10, 19), (30, 39)], a, &nobody)
             .expect("an alternative");
         assert_eq!(r, (30, 39));
         // Nothing left: refused, naming the holder of the range asked for (only this answer
         // counts as a refusal).
         assert_eq!(
-            dedup.admit_any(&d, (0, 9), &[(10, 19), (20, 29)], b).err(),
+            dedup
+                .admit_any(&d, (0, 9), &[(10, 19), (20, 29)], b, &nobody)
+                .err(),
             Some(a)
         );
         assert_eq!(dedup.refused(), 1);
         // Off: everything is admitted as asked.
-        let off = Arc::new(OriginDedup::new(Duration::ZERO));
-        let (g, r) = off.admit_any(&d, (0, 9), &[(10, 19)], b).expect("off");
+        let off = Arc::new(OriginDedup::new(Duration::ZERO, Duration::ZERO));
+        let (g, r) = off
+            .admit_any(&d, (0, 9), &[(10, 19)], b, &nobody)
+            .expect("off");
         assert!(g.is_none());
         assert_eq!(r, (0, 9));
     }
 
     #[test]
+    fn the_window_lasts_longer_while_the_holder_is_connected() {
+        let d = Digest::sha256_of(b"blob");
+        let dedup = OriginDedup::new(Duration::from_secs(2), Duration::from_secs(60));
+        let (a, b) = (peer(), peer());
+        let t0 = Instant::now();
+        let k = key(&d, 0);
+        assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
+        finish(&dedup, &k, t0);
+        let up = |p: &PeerId| *p == a;
+        // a is connected: refused past the 2-s window, until 60 s.
+        assert_eq!(
+            dedup.admit_at(&k, b, t0 + Duration::from_secs(30), &up),
+            Some(a)
+        );
+        assert!(!dedup.claim_unsent(&k, b, t0 + Duration::from_secs(30), &up));
+        // a is gone: the 2-s window applies.
+        assert!(
+            dedup
+                .admit_at(&k, b, t0 + Duration::from_secs(3), &nobody)
+                .is_none()
+        );
+        // And past 60 s, connected or not, it is anyone's again.
+        let k2 = key(&d, 100);
+        assert!(dedup.admit_at(&k2, a, t0, &nobody).is_none());
+        finish(&dedup, &k2, t0);
+        assert!(
+            dedup
+                .admit_at(&k2, b, t0 + Duration::from_secs(61), &up)
+                .is_none()
+        );
+    }
+
+    #[test]
     fn memory_is_bounded() {
         let d = Digest::sha256_of(b"blob");
-        let dedup = OriginDedup::new(Duration::from_secs(3600));
+        let dedup = OriginDedup::new(Duration::from_secs(3600), Duration::ZERO);
         let a = peer();
         let t0 = Instant::now();
         for i in 0..(MAX_RANGES as u64 + 10) {
             let k = key(&d, i * 100);
-            assert!(dedup.admit_at(&k, a, t0).is_none());
+            assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
             finish(&dedup, &k, t0);
         }
         assert_eq!(dedup.lock().sent.len(), MAX_RANGES);

@@ -117,7 +117,9 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                     (Some(m), Some(asked)) => {
                         let (guard, sent) = st
                             .origin_dedup
-                            .admit_any(&d, asked, &alternatives, m)
+                            .admit_any(&d, asked, &alternatives, m, &|p| {
+                                st.registry.seed().is_connected(p)
+                            })
                             .map_err(|holder| {
                                 ApiError::new(ErrorCode::TooManyRequests)
                                     .with_message(
