@@ -326,6 +326,17 @@ impl Inner {
         }
     }
 
+    /// Up to `max` peers banned by any download.
+    fn banned_peers(&self, max: usize) -> Vec<PeerId> {
+        self.banned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .take(max)
+            .copied()
+            .collect()
+    }
+
     /// Whether `peer` was banned by any download.
     fn is_banned(&self, peer: &PeerId) -> bool {
         self.banned

@@ -11,7 +11,7 @@
 //! 1000 hosts shows 3.3 × without the window and 1.03 × with it.
 //!
 //! A request may offer alternatives (`Flotilla-Alternatives`): when its range is refused, the
-//! first alternative nobody is being sent or was sent within the window is sent instead, so
+//! first alternative NOBODY is being sent or was sent within the window is sent instead, so
 //! the members whose guesses collide on a piece still take distinct pieces from the origin
 //! (simulated, 1000 hosts: the last first copy left the origin at 5.9 s without them, at
 //! 0.86 s — the origin's own bound — with them).
@@ -43,6 +43,16 @@ type Key = (Digest, u64, u64);
 struct Sent {
     to: PeerId,
     done: Option<Instant>,
+}
+
+/// What the gateway knows of the members a range went to, for one request.
+pub(crate) struct Holders<'a> {
+    /// Whether a member is connected to the gateway's swarm now.
+    pub(crate) connected: &'a dyn Fn(&PeerId) -> bool,
+    /// Members the asker banned (`Flotilla-Banned`): their copies are no use to it, so a range
+    /// sent to them is not refused to it. Without this, a member that corrupts the pieces it
+    /// was sent would keep the others from the origin for as long as it stays connected.
+    pub(crate) distrusted: &'a [PeerId],
 }
 
 /// Which ranges went to whom recently (see the module docs).
@@ -103,7 +113,7 @@ impl OriginDedup {
     /// keep with the answer's body (`None` when refusals are off) if so. When it is refused
     /// (another member is being sent that range or was sent it within the window), the first of
     /// `alternatives` (byte ranges of the same blob, the member's order of preference) that
-    /// nobody is being sent or was sent within the window is admitted instead: `Ok` carries the
+    /// NOBODY is being sent or was sent within the window is admitted instead: `Ok` carries the
     /// range admitted. `Err(holder)` only when every one of them is taken.
     pub(crate) fn admit_any(
         self: &Arc<Self>,
@@ -111,14 +121,14 @@ impl OriginDedup {
         (start, end): (u64, u64),
         alternatives: &[(u64, u64)],
         member: PeerId,
-        connected: &dyn Fn(&PeerId) -> bool,
+        holders: &Holders<'_>,
     ) -> Result<(Option<SendGuard>, (u64, u64)), PeerId> {
         if self.window.is_zero() {
             return Ok((None, (start, end)));
         }
         let now = Instant::now();
         let key = (digest.clone(), start, end);
-        let holder = match self.admit_at(&key, member, now, connected) {
+        let holder = match self.admit_at(&key, member, now, holders) {
             None => {
                 let guard = SendGuard {
                     dedup: self.clone(),
@@ -130,7 +140,7 @@ impl OriginDedup {
         };
         for &(s, e) in alternatives {
             let key = (digest.clone(), s, e);
-            if self.claim_unsent(&key, member, now, connected) {
+            if self.claim_unsent(&key, member, now, holders) {
                 return Ok((
                     Some(SendGuard {
                         dedup: self.clone(),
@@ -146,24 +156,23 @@ impl OriginDedup {
 
     /// Claims `key` for `member` if no one (the member included: its own copy may be on the
     /// way under another request) is being sent it or was sent it within the window.
-    fn claim_unsent(
-        &self,
-        key: &Key,
-        member: PeerId,
-        now: Instant,
-        connected: &dyn Fn(&PeerId) -> bool,
-    ) -> bool {
+    fn claim_unsent(&self, key: &Key, member: PeerId, now: Instant, holders: &Holders<'_>) -> bool {
         let taken = self
             .lock()
             .sent
             .get(key)
-            .is_some_and(|s| !self.expired(s, now, connected));
-        !taken && self.admit_at(key, member, now, connected).is_none()
+            .is_some_and(|s| !self.expired(s, now, holders));
+        !taken && self.admit_at(key, member, now, holders).is_none()
     }
 
-    /// Whether the refusal window of `s` is over: `window` after its send ended, or
-    /// `connected_window` if the member it went to is still connected (it can serve it).
-    fn expired(&self, s: &Sent, now: Instant, connected: &dyn Fn(&PeerId) -> bool) -> bool {
+    /// Whether the refusal window of `s` is over for `asker`: `window` after its send ended,
+    /// or `connected_window` if the member it went to is still connected (it can serve it) —
+    /// at once if `asker` does not trust that member (see [`Holders`]).
+    fn expired(&self, s: &Sent, now: Instant, holders: &Holders<'_>) -> bool {
+        if holders.distrusted.contains(&s.to) {
+            return true;
+        }
+        let connected = holders.connected;
         s.done.is_some_and(|d| {
             let since = now.saturating_duration_since(d);
             since >= self.connected_window || (since >= self.window && !connected(&s.to))
@@ -176,7 +185,7 @@ impl OriginDedup {
         key: &Key,
         member: PeerId,
         now: Instant,
-        connected: &dyn Fn(&PeerId) -> bool,
+        holders: &Holders<'_>,
     ) -> Option<PeerId> {
         let mut st = self.lock();
         if now.saturating_duration_since(st.last_prune) >= self.window {
@@ -190,9 +199,7 @@ impl OriginDedup {
         match st.sent.get(key).copied() {
             // Another member's copy, or our own still streaming (under a request whose answer
             // carries it as an alternative): it is on its way.
-            Some(s)
-                if !self.expired(&s, now, connected) && (s.to != member || s.done.is_none()) =>
-            {
+            Some(s) if !self.expired(&s, now, holders) && (s.to != member || s.done.is_none()) => {
                 Some(s.to)
             }
             _ => {
@@ -229,9 +236,14 @@ impl OriginDedup {
 mod tests {
     use super::*;
 
-    fn nobody(_: &PeerId) -> bool {
+    fn none(_: &PeerId) -> bool {
         false
     }
+
+    const NOBODY: Holders<'static> = Holders {
+        connected: &none,
+        distrusted: &[],
+    };
 
     fn peer() -> PeerId {
         libp2p_identity::Keypair::generate_ed25519()
@@ -255,33 +267,33 @@ mod tests {
         let (a, b) = (peer(), peer());
         let t0 = Instant::now();
         let k = key(&d, 0);
-        assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
+        assert!(dedup.admit_at(&k, a, t0, &NOBODY).is_none());
         // The same member again while it streams: no (it is on its way). Another member: no,
         // while it streams (however long) and until the window after it ended has passed.
         assert_eq!(
-            dedup.admit_at(&k, a, t0 + Duration::from_millis(10), &nobody),
+            dedup.admit_at(&k, a, t0 + Duration::from_millis(10), &NOBODY),
             Some(a)
         );
         assert_eq!(
-            dedup.admit_at(&k, b, t0 + Duration::from_secs(30), &nobody),
+            dedup.admit_at(&k, b, t0 + Duration::from_secs(30), &NOBODY),
             Some(a)
         );
         finish(&dedup, &k, t0 + Duration::from_secs(30));
         assert_eq!(
-            dedup.admit_at(&k, b, t0 + Duration::from_millis(31_999), &nobody),
+            dedup.admit_at(&k, b, t0 + Duration::from_millis(31_999), &NOBODY),
             Some(a)
         );
         // Other ranges and other blobs are independent.
-        assert!(dedup.admit_at(&key(&d, 100), b, t0, &nobody).is_none());
-        assert!(dedup.admit_at(&key(&other, 0), b, t0, &nobody).is_none());
+        assert!(dedup.admit_at(&key(&d, 100), b, t0, &NOBODY).is_none());
+        assert!(dedup.admit_at(&key(&other, 0), b, t0, &NOBODY).is_none());
         assert!(
             dedup
-                .admit_at(&k, b, t0 + Duration::from_secs(32), &nobody)
+                .admit_at(&k, b, t0 + Duration::from_secs(32), &NOBODY)
                 .is_none()
         );
         // Now b holds that range.
         assert_eq!(
-            dedup.admit_at(&k, a, t0 + Duration::from_secs(33), &nobody),
+            dedup.admit_at(&k, a, t0 + Duration::from_secs(33), &NOBODY),
             Some(b)
         );
     }
@@ -292,21 +304,21 @@ mod tests {
         let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600), Duration::ZERO));
         let (a, b) = (peer(), peer());
         let guard = dedup
-            .admit_any(&d, (0, 9), &[], a, &nobody)
+            .admit_any(&d, (0, 9), &[], a, &NOBODY)
             .expect("first send")
             .0
             .expect("a guard");
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_none());
         drop(guard);
         assert!(dedup.lock().sent[&(d.clone(), 0, 9)].done.is_some());
-        assert_eq!(dedup.admit_any(&d, (0, 9), &[], b, &nobody).err(), Some(a));
+        assert_eq!(dedup.admit_any(&d, (0, 9), &[], b, &NOBODY).err(), Some(a));
         let off = Arc::new(OriginDedup::new(Duration::ZERO, Duration::ZERO));
         assert!(matches!(
-            off.admit_any(&d, (0, 9), &[], a, &nobody),
+            off.admit_any(&d, (0, 9), &[], a, &NOBODY),
             Ok((None, _))
         ));
         assert!(matches!(
-            off.admit_any(&d, (0, 9), &[], b, &nobody),
+            off.admit_any(&d, (0, 9), &[], b, &NOBODY),
             Ok((None, _))
         ));
     }
@@ -316,27 +328,27 @@ mod tests {
         let d = Digest::sha256_of(b"blob");
         let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600), Duration::ZERO));
         let (a, b) = (peer(), peer());
-        let (_g0, r) = dedup.admit_any(&d, (0, 9), &[], a, &nobody).expect("first");
+        let (_g0, r) = dedup.admit_any(&d, (0, 9), &[], a, &NOBODY).expect("first");
         assert_eq!(r, (0, 9));
         let (_g1, r) = dedup
-            .admit_any(&d, (10, 19), &[], a, &nobody)
+            .admit_any(&d, (10, 19), &[], a, &NOBODY)
             .expect("second");
         assert_eq!(r, (10, 19));
         // b asks for 0-9 (being sent to a): 10-19 is taken too, 20-29 is free.
         let (_g2, r) = dedup
-            .admit_any(&d, (0, 9), &[(10, 19), (20, 29), (30, 39)], b, &nobody)
+            .admit_any(&d, (0, 9), &[(10, 19), (20, 29), (30, 39)], b, &NOBODY)
             .expect("an alternative");
         assert_eq!(r, (20, 29));
         // a itself is not given a range it is already being sent under another request.
         let (_g3, r) = dedup
-            .admit_any(&d, (20, 29), &[(10, 19), (30, 39)], a, &nobody)
+            .admit_any(&d, (20, 29), &[(10, 19), (30, 39)], a, &NOBODY)
             .expect("an alternative");
         assert_eq!(r, (30, 39));
         // Nothing left: refused, naming the holder of the range asked for (only this answer
         // counts as a refusal).
         assert_eq!(
             dedup
-                .admit_any(&d, (0, 9), &[(10, 19), (20, 29)], b, &nobody)
+                .admit_any(&d, (0, 9), &[(10, 19), (20, 29)], b, &NOBODY)
                 .err(),
             Some(a)
         );
@@ -344,7 +356,7 @@ mod tests {
         // Off: everything is admitted as asked.
         let off = Arc::new(OriginDedup::new(Duration::ZERO, Duration::ZERO));
         let (g, r) = off
-            .admit_any(&d, (0, 9), &[(10, 19)], b, &nobody)
+            .admit_any(&d, (0, 9), &[(10, 19)], b, &NOBODY)
             .expect("off");
         assert!(g.is_none());
         assert_eq!(r, (0, 9));
@@ -357,9 +369,13 @@ mod tests {
         let (a, b) = (peer(), peer());
         let t0 = Instant::now();
         let k = key(&d, 0);
-        assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
+        assert!(dedup.admit_at(&k, a, t0, &NOBODY).is_none());
         finish(&dedup, &k, t0);
-        let up = |p: &PeerId| *p == a;
+        let is_a = |p: &PeerId| *p == a;
+        let up = Holders {
+            connected: &is_a,
+            distrusted: &[],
+        };
         // a is connected: refused past the 2-s window, until 60 s.
         assert_eq!(
             dedup.admit_at(&k, b, t0 + Duration::from_secs(30), &up),
@@ -369,12 +385,12 @@ mod tests {
         // a is gone: the 2-s window applies.
         assert!(
             dedup
-                .admit_at(&k, b, t0 + Duration::from_secs(3), &nobody)
+                .admit_at(&k, b, t0 + Duration::from_secs(3), &NOBODY)
                 .is_none()
         );
         // And past 60 s, connected or not, it is anyone's again.
         let k2 = key(&d, 100);
-        assert!(dedup.admit_at(&k2, a, t0, &nobody).is_none());
+        assert!(dedup.admit_at(&k2, a, t0, &NOBODY).is_none());
         finish(&dedup, &k2, t0);
         assert!(
             dedup
@@ -391,7 +407,7 @@ mod tests {
         let t0 = Instant::now();
         for i in 0..(MAX_RANGES as u64 + 10) {
             let k = key(&d, i * 100);
-            assert!(dedup.admit_at(&k, a, t0, &nobody).is_none());
+            assert!(dedup.admit_at(&k, a, t0, &NOBODY).is_none());
             finish(&dedup, &k, t0);
         }
         assert_eq!(dedup.lock().sent.len(), MAX_RANGES);

@@ -45,7 +45,7 @@ use axum::response::Response;
 use flotilla_protocol::{Digest, DigestError, ReferenceError, RepoName, Tag};
 
 use super::headers::{self, DOCKER_CONTENT_DIGEST};
-use super::{ApiResult, AppState, blobs, json_response, method_not_allowed, not_found};
+use super::{ApiResult, AppState, blobs, dedup, json_response, method_not_allowed, not_found};
 use crate::error::{ApiError, ErrorCode};
 use crate::registry::RegistryError;
 
@@ -57,6 +57,11 @@ const HOLDER: axum::http::HeaderName = axum::http::HeaderName::from_static("flot
 /// Header on an origin request: other byte ranges the member would take instead (SPEC §3.7).
 const ALTERNATIVES: axum::http::HeaderName =
     axum::http::HeaderName::from_static("flotilla-alternatives");
+
+/// Header on an origin request: members the asker banned (their copies are no use to it).
+const BANNED: axum::http::HeaderName = axum::http::HeaderName::from_static("flotilla-banned");
+/// Most members one `Flotilla-Banned` header may name.
+const MAX_BANNED: usize = 32;
 
 /// The path prefix of these endpoints.
 const PREFIX: &str = "/flotilla/v1/";
@@ -112,14 +117,18 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                 let d = parse_digest(d)?;
                 let (file, size) = st.registry.seed().blob_open(&d).await?;
                 let alternatives = alternatives(req.headers(), size)?;
+                let distrusted = banned_by_asker(req.headers())?;
+                let connected = |p: &libp2p_identity::PeerId| st.registry.seed().is_connected(p);
+                let holders = dedup::Holders {
+                    connected: &connected,
+                    distrusted: &distrusted,
+                };
                 let mut substituted = None;
                 let guard = match (member, piece_range(req.headers(), size)) {
                     (Some(m), Some(asked)) => {
                         let (guard, sent) = st
                             .origin_dedup
-                            .admit_any(&d, asked, &alternatives, m, &|p| {
-                                st.registry.seed().is_connected(p)
-                            })
+                            .admit_any(&d, asked, &alternatives, m, &holders)
                             .map_err(|holder| {
                                 ApiError::new(ErrorCode::TooManyRequests)
                                     .with_message(
@@ -205,6 +214,33 @@ fn alternatives(h: &axum::http::HeaderMap, size: u64) -> Result<Vec<(u64, u64)>,
         .to_str()
         .map_err(|_| bad("Flotilla-Alternatives is not text".to_owned()))?;
     flotilla_protocol::range::parse_alternatives(text, size).map_err(|e| bad(e.to_string()))
+}
+
+/// The members a `Flotilla-Banned` header names (comma-separated peer ids, at most
+/// [`MAX_BANNED`]); `400 UNSUPPORTED` for one that is malformed.
+fn banned_by_asker(h: &axum::http::HeaderMap) -> Result<Vec<libp2p_identity::PeerId>, ApiError> {
+    let Some(v) = h.get(BANNED) else {
+        return Ok(Vec::new());
+    };
+    let bad = || {
+        ApiError::new(ErrorCode::Unsupported)
+            .with_status(StatusCode::BAD_REQUEST)
+            .with_message(format!(
+                "Flotilla-Banned must be at most {MAX_BANNED} comma-separated peer ids"
+            ))
+    };
+    let text = v.to_str().map_err(|_| bad())?;
+    let ids: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.len() > MAX_BANNED {
+        return Err(bad());
+    }
+    ids.into_iter()
+        .map(|s| s.parse().map_err(|_| bad()))
+        .collect()
 }
 
 /// The byte range a `Range` header asks of a blob of `size`, if it asks for one satisfiable

@@ -31,7 +31,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::gateway::OriginOutcome;
+use super::gateway::{OriginAsk, OriginOutcome};
 use super::table;
 use super::{Counters, FetchError, Inner, Outcome, Ready, State};
 use crate::ports::{NetworkError, SourceError, Verdict};
@@ -668,6 +668,15 @@ impl Driver {
         let digest = self.digest.clone();
         let size = table.size;
         let subst = self.subst_tx.clone();
+        // Their copies are no use to us: the gateway should not refuse a piece because one of
+        // them has it. A ban by another download of this node counts too (it never opens a
+        // session to that peer either).
+        let mut banned: Vec<PeerId> = self.banned.iter().copied().collect();
+        for p in self.inner.banned_peers(32) {
+            if !banned.contains(&p) {
+                banned.push(p);
+            }
+        }
         let task = self.tasks.spawn(async move {
             let tell = |got: u32| async move {
                 // Bounded and drained by the driver's loop; a full queue is reported with the
@@ -679,7 +688,17 @@ impl Driver {
                 });
             };
             let (got, outcome) = gateway
-                .fetch_piece(&*sink, &digest, (piece, range), &alternatives, size, tell)
+                .fetch_piece(
+                    &*sink,
+                    &digest,
+                    OriginAsk {
+                        piece: (piece, range),
+                        alternatives: &alternatives,
+                        banned: &banned,
+                        blob_size: size,
+                    },
+                    tell,
+                )
                 .await;
             Internal::Origin {
                 piece,

@@ -20,6 +20,10 @@ use crate::gateway_http::{HttpTls, MemberSigner};
 const HOLDER: &str = "flotilla-holder";
 /// Header on an origin request: the other pieces (byte ranges) the gateway may send instead.
 const ALTERNATIVES: &str = "flotilla-alternatives";
+/// Header on an origin request: peers this download banned, whose copies are no use to it.
+const BANNED: &str = "flotilla-banned";
+/// Most banned peers named in one request (the gateway takes up to 32).
+const MAX_BANNED: usize = 32;
 use crate::ports::{PieceSink, Verdict};
 
 /// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
@@ -56,6 +60,15 @@ pub(crate) enum OriginOutcome {
     Refused { holder: Option<PeerId> },
     /// Anything else (no answer, an error status, a truncated body, a store error).
     Failed { reason: String },
+}
+
+/// One origin request: piece `index` (bytes `range`) of a blob of `blob_size` bytes, the pieces
+/// the gateway may send instead, and the peers whose copies are no use to us.
+pub(crate) struct OriginAsk<'a> {
+    pub(crate) piece: (u32, Range<u64>),
+    pub(crate) alternatives: &'a [(u32, Range<u64>)],
+    pub(crate) banned: &'a [PeerId],
+    pub(crate) blob_size: u64,
 }
 
 /// A client for one gateway.
@@ -169,16 +182,21 @@ impl GatewayClient {
     /// Fetches piece `index` (bytes `range`) of `digest` and streams it into the store. With
     /// `alternatives` (other pieces, best first, SPEC §3.7) the gateway may send one of those
     /// instead when another member has `index`: `tell` hears which before the body streams, and
-    /// the piece that came is returned with the outcome.
+    /// the piece that came is returned with the outcome. `banned` peers are named so that the
+    /// gateway does not refuse a piece because one of them holds it.
     pub(crate) async fn fetch_piece<F: Future<Output = ()>>(
         &self,
         sink: &dyn PieceSink,
         digest: &Digest,
-        (index, range): (u32, Range<u64>),
-        alternatives: &[(u32, Range<u64>)],
-        blob_size: u64,
+        ask: OriginAsk<'_>,
         tell: impl FnOnce(u32) -> F,
     ) -> (u32, OriginOutcome) {
+        let OriginAsk {
+            piece: (index, range),
+            alternatives,
+            banned,
+            blob_size,
+        } = ask;
         let failed = |reason: String| OriginOutcome::Failed { reason };
         let offered: Vec<(u64, u64)> = alternatives
             .iter()
@@ -190,6 +208,14 @@ impl GatewayClient {
         );
         if let Some(v) = flotilla_protocol::range::format_alternatives(&offered) {
             req = req.header(ALTERNATIVES, v);
+        }
+        if !banned.is_empty() {
+            let ids: Vec<String> = banned
+                .iter()
+                .take(MAX_BANNED)
+                .map(|p| p.to_string())
+                .collect();
+            req = req.header(BANNED, ids.join(","));
         }
         let res = match req.send().await {
             Ok(res) => res,
