@@ -542,5 +542,18 @@ async fn a_piece_just_sent_to_one_member_is_refused_to_another() {
             .expect_error(400, "RANGE_INVALID");
     }
     assert_eq!(a.stats().await["origin_refused"], 2);
+
+    // A member that banned the holder is not refused for its copy (it is no use to it).
+    let r = a
+        .send(piece(b.get(&a.http, &url)).header("flotilla-banned", a_id.as_str()))
+        .await;
+    r.expect(206);
+    assert_eq!(&r.body[..], &data[..100_000]);
+    for bad in ["not-a-peer-id", &vec![a_id.as_str(); 33].join(",")] {
+        a.send(piece(b.get(&a.http, &url)).header("flotilla-banned", bad))
+            .await
+            .expect_error(400, "UNSUPPORTED");
+    }
+    assert_eq!(a.stats().await["origin_refused"], 2);
     // (When the window ends the range is anyone's again: gateway/src/api/dedup.rs tests it.)
 }
