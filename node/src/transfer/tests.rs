@@ -566,6 +566,11 @@ async fn busy_over_limits() {
     let err = Session::open(peer(2), stream, digest.clone(), sink.clone(), tx)
         .await
         .unwrap_err();
+    assert_overloaded(&err);
+}
+
+/// Panics unless `err` is the uploader's Error frame with code overloaded.
+fn assert_overloaded(err: &TransferError) {
     assert!(
         matches!(
             err,
@@ -596,16 +601,7 @@ async fn streams_per_blob_are_capped_and_freed_when_one_ends() {
         Session::open(peer(3), stream, digest.clone(), sink.clone(), tx)
     };
     let err = try_open(connect(&mut server).await).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TransferError::Remote {
-                code: ErrorCode::OVERLOADED,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    assert_overloaded(&err);
     // The first session ends: its place is free again (once the server has seen it go).
     drop(first);
     let deadline = tokio::time::Instant::now() + WAIT;
