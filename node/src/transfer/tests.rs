@@ -586,7 +586,7 @@ fn assert_overloaded(err: &TransferError) {
 #[tokio::test]
 async fn streams_per_blob_are_capped_and_freed_when_one_ends() {
     let data = blob(4 * 10_000);
-    let source = FakeSource::new(signed_table(&data, 10_000), &data, Bitfield::full(4));
+    let source = FakeSource::seeder(&data, 10_000);
     let digest = source.table.table.digest.clone();
     let sink = FakeSink::new(&source.table);
     let limits = ServerLimits {
