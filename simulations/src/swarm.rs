@@ -49,6 +49,8 @@ enum Ev {
     /// A task's housekeeping tick: swarm size to the scheduler, a provider lookup when due.
     Tick(u32),
     LookupDone(u32),
+    /// A task short of sessions looks up providers again (see `Swarm::relookup`).
+    Relookup(u32),
     /// The gateway's count of nodes pulling the task's layer arrives.
     SwarmCount {
         task: u32,
@@ -122,7 +124,7 @@ enum Ev {
 
 impl Ev {
     /// Names of the kinds, in [`Ev::kind`] order.
-    const KINDS: [&'static str; 21] = [
+    const KINDS: [&'static str; 22] = [
         "join",
         "leave",
         "tick",
@@ -144,6 +146,7 @@ impl Ev {
         "origin_gone",
         "swarm_count",
         "origin_subst",
+        "relookup",
     ];
 
     fn kind(&self) -> usize {
@@ -169,6 +172,7 @@ impl Ev {
             Ev::OriginGone => 18,
             Ev::SwarmCount { .. } => 19,
             Ev::OriginSubst { .. } => 20,
+            Ev::Relookup(_) => 21,
         }
     }
 }
@@ -665,6 +669,7 @@ impl<'f> Swarm<'f> {
             Ev::Tick(t) => self.tick(t),
             Ev::SwarmCount { task, nodes } => self.swarm_count(task, nodes),
             Ev::LookupDone(t) => self.lookup_done(t),
+            Ev::Relookup(t) => self.relookup(t),
             Ev::Open { task, peer } => self.open(task, peer),
             Ev::Announce(t) => self.announce(t),
             Ev::PeerRequest { stream, piece } => self.peer_request(stream, piece),

@@ -159,6 +159,7 @@ async fn drive(
         tasks: JoinSet::new(),
         lookup_running: false,
         last_lookup: None,
+        relookup_at: None,
         events_tx,
         subst_tx,
         provided: false,
@@ -256,6 +257,9 @@ struct Driver {
     tasks: JoinSet<Internal>,
     lookup_running: bool,
     last_lookup: Option<Instant>,
+    /// When a download short of sessions looks for providers again (`Rotation::lookup_retry`),
+    /// sooner than the housekeeping tick would.
+    relookup_at: Option<Instant>,
     events_tx: mpsc::Sender<SessionEvent>,
     subst_tx: mpsc::Sender<Substitution>,
     provided: bool,
@@ -328,6 +332,7 @@ impl Driver {
             }
             self.expiry_sweep = false;
             let wake = self.sched.poll_timeout().map(|t| self.start + t);
+            let relookup = self.relookup_at;
             tokio::select! {
                 Some(ev) = events.recv() => self.on_event(ev),
                 Some(s) = substitutions.recv() => self.on_substituted(s.asked, s.seq, s.got),
@@ -358,6 +363,12 @@ impl Driver {
                     }
                 }
                 () = sleep_until(finish_by) => return Ok(()),
+                () = sleep_until(relookup) => {
+                    self.relookup_at = None;
+                    if !self.lookup_running && self.short_of_sessions() {
+                        self.lookup_providers();
+                    }
+                }
                 () = sleep_until(wake) => {
                     let now = self.now();
                     self.sched.handle_timeout(now);
@@ -436,15 +447,19 @@ impl Driver {
     /// the start and then waited the full refresh would pull everything from the origin alone.
     /// While short of sessions it stays at 0.25 s: in a cold start the first lookups find
     /// nobody (nodes are findable before they hold anything, but the first ones may not have
-    /// announced yet), and a backed-off lookup left nodes without a session for a second.
+    /// announced yet), and a backed-off lookup left nodes without a session for a second; after a
+    /// lookup that left it short it also looks again sooner (`relookup_at`: 25 ms doubling).
     fn lookup_due(&self) -> Duration {
-        let short = self.sessions.len() + self.connecting.len() < self.inner.cfg.max_peers_per_blob;
-        let quick = if short {
+        let quick = if self.short_of_sessions() {
             Duration::from_millis(250)
         } else {
             Duration::from_millis(250).saturating_mul(1 << self.lookups.min(16))
         };
         quick.min(self.inner.cfg.provider_refresh)
+    }
+
+    fn short_of_sessions(&self) -> bool {
+        self.sessions.len() + self.connecting.len() < self.inner.cfg.max_peers_per_blob
     }
 
     /// The swarm size the scheduler's origin rule uses: the largest count heard, at least the
@@ -905,6 +920,13 @@ impl Driver {
                         self.connect_to(peers)
                     }
                     Err(e) => debug!(digest = %self.digest, error = %e, "provider lookup failed"),
+                }
+                if self.short_of_sessions() {
+                    let retry = self
+                        .rotation
+                        .lookup_retry(self.lookups)
+                        .min(self.inner.cfg.provider_refresh);
+                    self.relookup_at = Some(Instant::now() + retry);
                 }
                 self.check_cold_start();
             }

@@ -445,3 +445,22 @@ async fn a_full_disk_stops_the_download_and_the_next_one_completes() {
         blob.data.as_slice()
     );
 }
+
+#[tokio::test]
+async fn a_download_that_found_nobody_looks_again_before_the_next_tick() {
+    // A fleet starting together looks up before the others have announced: the first lookup
+    // finds nobody. The housekeeping tick would look again only 0.25 s later; the driver looks
+    // 25 ms after such a lookup ends, then 50, 100 … (`Rotation::lookup_retry`).
+    let rig = Rig::new().await;
+    let blob = rig.blob(16 * 16384, 16384, 9);
+    // The origin refuses, so the download cannot finish before a peer turns up.
+    rig.gw.state.refuse_blobs.store(true, Ordering::Relaxed);
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lookups = rig.net.lookups.load(Ordering::Relaxed);
+    assert!(lookups >= 3, "{lookups} lookups in the first 0.2 s");
+    // A provider announces: a later lookup finds it and the download completes from it.
+    rig.peer(&blob, 0..blob.pieces()).await;
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(dl.stats().peer_bytes, blob.data.len() as u64);
+}

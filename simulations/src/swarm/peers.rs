@@ -312,8 +312,31 @@ impl Swarm<'_> {
         self.scratch = found;
         self.share_near_nodes(t);
         self.fill(t);
+        // Short of sessions: look again soon (`Rotation::lookup_retry`, as the node's driver).
+        let task = &self.tasks[t as usize];
+        if task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers
+            && let Some(r) = task.rotation.as_deref()
+        {
+            let retry = crate::net::nanos(r.lookup_retry(task.lookups).as_secs_f64())
+                .min(crate::net::nanos(self.fleet.params.refresh_s));
+            self.push(self.now + retry, Ev::Relookup(t));
+        }
         self.check_cold_start(t);
         self.drain(t);
+    }
+
+    /// A task still short of sessions after its last lookup looks again, unless a lookup is
+    /// already running (the tick started one) or sessions came meanwhile.
+    pub(super) fn relookup(&mut self, t: u32) {
+        let task = &self.tasks[t as usize];
+        if task.state != State::Running
+            || task.lookup_running
+            || task.sessions.len() + task.connecting.len() >= self.fleet.params.max_peers
+        {
+            return;
+        }
+        let (host, blob) = self.host_blob(t);
+        self.start_lookup(t, host, blob, self.now);
     }
 
     /// A session to host `peer` is up, unless it left, is full or no longer has the layer.
