@@ -63,6 +63,7 @@ struct Api {
     gw: Gateway,
     http: reqwest::Client,
     member: Option<Member>,
+    _config_dir: Option<tempfile::TempDir>,
 }
 
 fn client() -> reqwest::Client {
@@ -79,6 +80,20 @@ impl Api {
             gw: Gateway::start(),
             http: client(),
             member: None,
+            _config_dir: None,
+        }
+    }
+
+    /// A gateway started with `toml` as its config file.
+    fn start_with_config(toml: &str) -> Api {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, toml).expect("write config");
+        Api {
+            gw: Gateway::start_with_args(&["--config", path.to_str().expect("utf-8 path")]),
+            http: client(),
+            member: None,
+            _config_dir: Some(dir),
         }
     }
 
@@ -556,4 +571,69 @@ async fn a_piece_just_sent_to_one_member_is_refused_to_another() {
     }
     assert_eq!(a.stats().await["origin_refused"], 2);
     // (When the window ends the range is anyone's again: gateway/src/api/dedup.rs tests it.)
+}
+
+#[tokio::test]
+async fn piece_requests_beyond_origin_max_sends_wait_for_a_send_slot() {
+    let a = Api::start_with_config("origin_max_sends = 1\n")
+        .joined()
+        .await;
+    let b = Member::enroll(&a.http, &a.gw.url(), &a.gw.fleet_token()).await;
+    // Large enough that a's answer cannot sit whole in socket buffers while a does not read.
+    let half = 32 << 20;
+    let data = blob(11, 2 * half);
+    let d = a.push("pool/repo", &data).await;
+    let path = format!("/flotilla/v1/blobs/{d}");
+    let url = format!("{}{path}", a.gw.url());
+
+    let first = a
+        .http
+        .execute(
+            a.req(Method::GET, &path)
+                .header("Range", format!("bytes=0-{}", half - 1))
+                .build()
+                .expect("request"),
+        )
+        .await
+        .expect("first piece");
+    assert_eq!(first.status(), StatusCode::PARTIAL_CONTENT);
+    // Another member's piece (another range, so not refused) waits while a's streams.
+    let second = {
+        let rb = b
+            .get(&a.http, &url)
+            .header("Range", format!("bytes={half}-{}", 2 * half - 1));
+        let http = a.http.clone();
+        tokio::spawn(async move {
+            let res = http.execute(rb.build().expect("request")).await?;
+            Ok::<_, reqwest::Error>((res.status(), res.bytes().await?))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = a.stats().await;
+        if s["origin_waiting"] == 1 {
+            assert_eq!(s["origin_sending"], 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second request never queued: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!second.is_finished(), "sent while the only slot was taken");
+    // a reads its piece to the end: the slot goes to b.
+    assert_eq!(first.bytes().await.expect("first body")[..], data[..half]);
+    let (status, body) = second.await.expect("task").expect("second piece");
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body[..], data[half..]);
+    let s = a.stats().await;
+    assert_eq!(
+        (
+            &s["origin_waited"],
+            &s["origin_waiting"],
+            &s["origin_queue_full"]
+        ),
+        (&Value::from(1), &Value::from(0), &Value::from(0))
+    );
 }

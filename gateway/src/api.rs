@@ -40,6 +40,7 @@ mod flotilla;
 pub mod headers;
 mod listing;
 mod manifests;
+mod send_pool;
 mod uploads;
 
 use std::collections::HashMap;
@@ -73,6 +74,7 @@ pub(crate) struct AppState {
     pub(crate) fleet: Option<crate::fleet::Fleet>,
     /// The origin's refusal window for piece ranges just sent to another member.
     pub(crate) origin_dedup: Arc<dedup::OriginDedup>,
+    pub(crate) send_pool: Arc<send_pool::SendPool>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
@@ -103,6 +105,10 @@ pub fn router_with_events(
         origin_dedup: Arc::new(dedup::OriginDedup::new(
             std::time::Duration::from_millis(config.origin_dedup_ms),
             std::time::Duration::from_millis(config.origin_dedup_connected_ms),
+        )),
+        send_pool: Arc::new(send_pool::SendPool::new(
+            config.origin_max_sends,
+            send_pool::MAX_WAITING,
         )),
     };
     Router::new()

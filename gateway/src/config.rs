@@ -53,6 +53,10 @@ pub struct Config {
     /// the gateway's swarm (it can serve the range; the refusal names it). Not below
     /// `origin_dedup_ms`; 0: no longer than that. Absent: 60000.
     pub origin_dedup_connected_ms: u64,
+    /// Most piece answers of `/flotilla/v1/blobs` streaming at once; later piece requests wait
+    /// for one to end, first come first served (the first pieces of a fleet-wide pull land early
+    /// instead of all together). 0: no limit. Absent: 32.
+    pub origin_max_sends: usize,
     /// Seconds a request body may pause before it is cut off (the bytes that arrived stay in
     /// the upload, which can resume). Absent: 60.
     pub body_idle_secs: u64,
@@ -255,6 +259,7 @@ impl Default for Config {
             max_uploads: 1024,
             origin_dedup_ms: 8000,
             origin_dedup_connected_ms: 60_000,
+            origin_max_sends: 32,
             body_idle_secs: 60,
             max_connections: 4096,
             header_timeout_secs: 30,

@@ -2,13 +2,13 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--site-discovery] [--origin-max-sends K [--origin-queue-excess]]`. It prints what `flotilla sim` prints (both call the same library
+//! [--site-discovery] [--origin-max-sends K] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--site-discovery` is a what-if (`Params::site_discovery`:
 //! every node knows its site's members, which the node cannot learn yet); so is
-//! `--origin-max-sends K` (`Params::origin_max_sends`: each origin server runs at most K piece
-//! sends at once and refuses the rest, or with `--origin-queue-excess` holds them until a send
-//! slot frees).
+//! `--origin-refuse-excess` (`Params::origin_queue_excess` off: an origin server at its
+//! `--origin-max-sends K` piece sends — 32 as the gateway's `origin_max_sends`, 0 for no cap —
+//! refuses the rest instead of holding them until a send slot frees).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,7 +32,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut json = false;
     let mut site_discovery = false;
     let mut origin_max_sends = None;
-    let mut origin_queue_excess = false;
+    let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
     let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
@@ -53,8 +53,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--fleet-size-hint" => o.fleet_size_hint = true,
             "--streaming" => o.streaming = true,
             "--site-discovery" => site_discovery = true,
-            "--origin-max-sends" => origin_max_sends = Some(value()?.parse()?),
-            "--origin-queue-excess" => origin_queue_excess = true,
+            "--origin-max-sends" => origin_max_sends = Some(value()?.parse::<usize>()?),
+            "--origin-refuse-excess" => origin_refuse_excess = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
@@ -66,8 +66,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let scenario = scenario.ok_or("name a scenario with --scenario NAME")?;
     let mut fleet = flotilla_simulations::build_scenario(scenario, &o)?;
     fleet.params.site_discovery = site_discovery;
-    fleet.params.origin_max_sends = origin_max_sends;
-    fleet.params.origin_queue_excess = origin_queue_excess;
+    if let Some(k) = origin_max_sends {
+        fleet.params.origin_max_sends = (k > 0).then_some(k);
+    }
+    fleet.params.origin_queue_excess = !origin_refuse_excess;
     fleet.params.announce_at_start = !announce_at_first_piece;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;

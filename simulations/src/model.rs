@@ -81,13 +81,14 @@ pub struct Params {
     /// Requests per second one origin server can answer (served or refused); requests beyond
     /// that wait in its accept queue, first come, first answered.
     pub origin_rps: f64,
-    /// Most piece sends one origin server runs at once; a request it answers while that many
-    /// are in progress is refused (the node hears `request_refused`, as from the dedup window).
-    /// `None`: no cap (every accepted transfer runs at once, sharing the server's upload).
+    /// Most piece sends one origin server runs at once, as the gateway's `origin_max_sends`
+    /// (32); a request it answers while that many are in progress waits for a send slot, first
+    /// come first served (or, without `origin_queue_excess`, is refused: the node hears
+    /// `request_refused`, as from the dedup window). `None`: no cap (every accepted transfer
+    /// runs at once, sharing the server's upload).
     pub origin_max_sends: Option<usize>,
-    /// With `origin_max_sends`: a request beyond the cap waits (first come, first served) for
-    /// a send slot instead of being refused, as an HTTP server with a bounded worker pool
-    /// would hold it.
+    /// With `origin_max_sends`: a request beyond the cap waits for a send slot instead of being
+    /// refused, as the gateway holds it (the default; refusing is a what-if).
     pub origin_queue_excess: bool,
     /// Give every scheduler the fleet's size as its swarm size from the start, instead of the
     /// number of providers its lookups found (the node's behaviour).
@@ -121,8 +122,8 @@ impl Default for Params {
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),
             origin_rps: 20_000.0,
-            origin_max_sends: None,
-            origin_queue_excess: false,
+            origin_max_sends: Some(32),
+            origin_queue_excess: true,
             fleet_size_hint: false,
             origin_leaves: false,
             site_discovery: false,

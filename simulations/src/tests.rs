@@ -318,6 +318,10 @@ fn the_origin_send_cap_holds_and_runs_repeat() {
         },
     )
     .unwrap();
+    // The gateway's default: 32 sends, the rest held.
+    assert_eq!(fleet.params.origin_max_sends, Some(32));
+    assert!(fleet.params.origin_queue_excess);
+    fleet.params.origin_max_sends = None;
     let free = run_swarm(&fleet).unwrap();
     assert!(free.stats.origin_peak_sends > 2, "{:?}", free.stats);
     assert_eq!(free.stats.origin_cap_refusals, 0);

@@ -76,13 +76,42 @@ struct State {
 pub(crate) struct SendGuard {
     dedup: Arc<OriginDedup>,
     key: Key,
+    /// Waiting for a send slot ([`SendGuard::queued`]): dropped now, nothing was sent.
+    queued: bool,
+}
+
+impl SendGuard {
+    fn new(dedup: &Arc<OriginDedup>, key: Key) -> Self {
+        SendGuard {
+            dedup: Arc::clone(dedup),
+            key,
+            queued: false,
+        }
+    }
+
+    /// The answer waits for a send slot (`send_pool.rs`): others are still refused the range
+    /// (it is on its way), but if the request goes away before its send starts, the range is
+    /// free at once, as if never admitted.
+    pub(crate) fn queued(&mut self) {
+        self.queued = true;
+    }
+
+    /// The send started: from now on dropping the guard starts the window.
+    pub(crate) fn sending(&mut self) {
+        self.queued = false;
+    }
 }
 
 impl Drop for SendGuard {
     fn drop(&mut self) {
         let now = Instant::now();
         let mut st = self.dedup.lock();
-        if let Some(s) = st.sent.get_mut(&self.key) {
+        if self.queued {
+            // Still ours: no one else is admitted a range while its entry has no end.
+            if st.sent.get(&self.key).is_some_and(|s| s.done.is_none()) {
+                st.sent.remove(&self.key);
+            }
+        } else if let Some(s) = st.sent.get_mut(&self.key) {
             s.done = Some(now);
         }
     }
@@ -129,25 +158,13 @@ impl OriginDedup {
         let now = Instant::now();
         let key = (digest.clone(), start, end);
         let holder = match self.admit_at(&key, member, now, holders) {
-            None => {
-                let guard = SendGuard {
-                    dedup: self.clone(),
-                    key,
-                };
-                return Ok((Some(guard), (start, end)));
-            }
+            None => return Ok((Some(SendGuard::new(self, key)), (start, end))),
             Some(holder) => holder,
         };
         for &(s, e) in alternatives {
             let key = (digest.clone(), s, e);
             if self.claim_unsent(&key, member, now, holders) {
-                return Ok((
-                    Some(SendGuard {
-                        dedup: self.clone(),
-                        key,
-                    }),
-                    (s, e),
-                ));
+                return Ok((Some(SendGuard::new(self, key)), (s, e)));
             }
         }
         self.lock().refused += 1;
@@ -321,6 +338,29 @@ mod tests {
             off.admit_any(&d, (0, 9), &[], b, &NOBODY),
             Ok((None, _))
         ));
+    }
+
+    #[test]
+    fn a_request_that_leaves_while_queued_frees_its_range_at_once() {
+        let d = Digest::sha256_of(b"blob");
+        let dedup = Arc::new(OriginDedup::new(Duration::from_secs(3600), Duration::ZERO));
+        let (a, b) = (peer(), peer());
+        let admit = |m| dedup.admit_any(&d, (0, 9), &[], m, &NOBODY);
+        let mut guard = admit(a).expect("first").0.expect("a guard");
+        guard.queued();
+        // Waiting for a send slot, the range is on its way: others are refused.
+        assert_eq!(admit(b).err(), Some(a));
+        drop(guard);
+        // Its client went away before the send started: nothing went out.
+        let mut guard = admit(b).expect("free again").0.expect("a guard");
+        guard.queued();
+        guard.sending();
+        drop(guard);
+        assert_eq!(
+            admit(a).err(),
+            Some(b),
+            "a send that started starts the window"
+        );
     }
 
     #[test]

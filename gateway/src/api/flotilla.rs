@@ -118,32 +118,53 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                 let (file, size) = st.registry.seed().blob_open(&d).await?;
                 let alternatives = alternatives(req.headers(), size)?;
                 let distrusted = banned_by_asker(req.headers())?;
-                let connected = |p: &libp2p_identity::PeerId| st.registry.seed().is_connected(p);
-                let holders = dedup::Holders {
-                    connected: &connected,
-                    distrusted: &distrusted,
-                };
                 let mut substituted = None;
-                let guard = match (member, piece_range(req.headers(), size)) {
-                    (Some(m), Some(asked)) => {
-                        let (guard, sent) = st
-                            .origin_dedup
-                            .admit_any(&d, asked, &alternatives, m, &holders)
-                            .map_err(|holder| {
-                                ApiError::new(ErrorCode::TooManyRequests)
-                                    .with_message(
-                                        "being sent, or just sent, to another member: take it \
-                                         from the swarm",
-                                    )
-                                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("2"))
-                                    .with_header(HOLDER, headers::value(&holder.to_string()))
-                            })?;
-                        if sent != asked {
-                            substituted = Some(sent);
+                // In a block: `holders` is not `Send`, and the wait for a send slot follows.
+                let mut guard = {
+                    let connected =
+                        |p: &libp2p_identity::PeerId| st.registry.seed().is_connected(p);
+                    let holders = dedup::Holders {
+                        connected: &connected,
+                        distrusted: &distrusted,
+                    };
+                    match (member, piece_range(req.headers(), size)) {
+                        (Some(m), Some(asked)) => {
+                            let (guard, sent) = st
+                                .origin_dedup
+                                .admit_any(&d, asked, &alternatives, m, &holders)
+                                .map_err(|holder| {
+                                    ApiError::new(ErrorCode::TooManyRequests)
+                                        .with_message(
+                                            "being sent, or just sent, to another member: take \
+                                             it from the swarm",
+                                        )
+                                        .with_header(
+                                            header::RETRY_AFTER,
+                                            HeaderValue::from_static("2"),
+                                        )
+                                        .with_header(HOLDER, headers::value(&holder.to_string()))
+                                })?;
+                            if sent != asked {
+                                substituted = Some(sent);
+                            }
+                            guard
                         }
-                        guard
+                        _ => None,
                     }
-                    _ => None,
+                };
+                // A member's piece waits for a send slot (`send_pool.rs`); whole blobs do not.
+                let slot = match guard.as_mut() {
+                    Some(g) => {
+                        g.queued();
+                        let slot = st.send_pool.acquire().await.map_err(|_| {
+                            ApiError::new(ErrorCode::TooManyRequests)
+                                .with_message("too many piece requests waiting: try again")
+                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                        })?;
+                        g.sending();
+                        Some(slot)
+                    }
+                    None => None,
                 };
                 let res = match substituted {
                     // An alternative: answered as if it had been the `Range` asked for; its
@@ -160,10 +181,11 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                     None => blobs::send(st, &d, file, size, req.headers())?,
                 };
                 Ok(match guard {
-                    // The window starts when the body ends (or the member goes away).
+                    // The window starts, and the send slot frees, when the body ends (or the
+                    // member goes away).
                     Some(guard) => res.map(|body| {
                         Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
-                            let _held = &guard;
+                            let _held = (&guard, &slot);
                             f
                         }))
                     }),
@@ -306,6 +328,13 @@ struct Stats {
     notifications: Vec<crate::notify::NotifyStats>,
     /// Piece ranges refused because another member was sent them moments ago.
     origin_refused: u64,
+    /// Piece answers streaming now, and waiting for a send slot now (`send_pool.rs`).
+    origin_sending: usize,
+    origin_waiting: usize,
+    /// Piece requests that waited for a send slot, and that were refused because too many
+    /// waited, since start.
+    origin_waited: u64,
+    origin_queue_full: u64,
 }
 
 fn stats(st: &AppState) -> Stats {
@@ -314,6 +343,10 @@ fn stats(st: &AppState) -> Stats {
         audit: st.events.audit_stats(),
         notifications: st.events.notify_stats(),
         origin_refused: st.origin_dedup.refused(),
+        origin_sending: st.send_pool.sending(),
+        origin_waiting: st.send_pool.waiting(),
+        origin_waited: st.send_pool.waited(),
+        origin_queue_full: st.send_pool.overflowed(),
     }
 }
 
