@@ -575,9 +575,15 @@ async fn a_piece_just_sent_to_one_member_is_refused_to_another() {
 
 #[tokio::test]
 async fn piece_requests_beyond_origin_max_sends_wait_for_a_send_slot() {
-    let a = Api::start_with_config("origin_max_sends = 1\n")
-        .joined()
-        .await;
+    second_piece_waits_for_the_first("origin_max_sends = 1\n").await;
+    // The pool does not depend on the refusal window.
+    second_piece_waits_for_the_first("origin_max_sends = 1\norigin_dedup_ms = 0\n").await;
+}
+
+/// With one send slot, a second member's piece waits until the first member's piece has been
+/// read to the end.
+async fn second_piece_waits_for_the_first(config: &str) {
+    let a = Api::start_with_config(config).joined().await;
     let b = Member::enroll(&a.http, &a.gw.url(), &a.gw.fleet_token()).await;
     // Large enough that a's answer cannot sit whole in socket buffers while a does not read.
     let half = 32 << 20;

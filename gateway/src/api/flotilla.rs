@@ -119,6 +119,10 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                 let alternatives = alternatives(req.headers(), size)?;
                 let distrusted = banned_by_asker(req.headers())?;
                 let mut substituted = None;
+                let piece = piece_range(req.headers(), size);
+                // A member's piece waits for a send slot (`send_pool.rs`), with the refusal
+                // window on or off; whole blobs and requests without a member identity do not.
+                let pooled = member.is_some() && piece.is_some();
                 // In a block: `holders` is not `Send`, and the wait for a send slot follows.
                 let mut guard = {
                     let connected =
@@ -127,7 +131,7 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                         connected: &connected,
                         distrusted: &distrusted,
                     };
-                    match (member, piece_range(req.headers(), size)) {
+                    match (member, piece) {
                         (Some(m), Some(asked)) => {
                             let (guard, sent) = st
                                 .origin_dedup
@@ -152,19 +156,21 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                         _ => None,
                     }
                 };
-                // A member's piece waits for a send slot (`send_pool.rs`); whole blobs do not.
-                let slot = match guard.as_mut() {
-                    Some(g) => {
+                let slot = if pooled {
+                    if let Some(g) = guard.as_mut() {
                         g.queued();
-                        let slot = st.send_pool.acquire().await.map_err(|_| {
-                            ApiError::new(ErrorCode::TooManyRequests)
-                                .with_message("too many piece requests waiting: try again")
-                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
-                        })?;
-                        g.sending();
-                        Some(slot)
                     }
-                    None => None,
+                    let slot = st.send_pool.acquire().await.map_err(|_| {
+                        ApiError::new(ErrorCode::TooManyRequests)
+                            .with_message("too many piece requests waiting: try again")
+                            .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+                    })?;
+                    if let Some(g) = guard.as_mut() {
+                        g.sending();
+                    }
+                    Some(slot)
+                } else {
+                    None
                 };
                 let res = match substituted {
                     // An alternative: answered as if it had been the `Range` asked for; its
@@ -180,16 +186,17 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                     }
                     None => blobs::send(st, &d, file, size, req.headers())?,
                 };
-                Ok(match guard {
+                Ok(if guard.is_some() || slot.is_some() {
                     // The window starts, and the send slot frees, when the body ends (or the
                     // member goes away).
-                    Some(guard) => res.map(|body| {
+                    res.map(|body| {
                         Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
                             let _held = (&guard, &slot);
                             f
                         }))
-                    }),
-                    None => res,
+                    })
+                } else {
+                    res
                 })
             }
             _ => Err(method_not_allowed("GET, HEAD")),
