@@ -7,8 +7,8 @@
 //! same moment, ~ image size / upload later, and until then the swarm has nothing to pass
 //! around. Sent a few at a time, the first pieces land within milliseconds and spread while the
 //! rest are sent; the origin is as busy either way. Simulated (1000 hosts × 1 GiB at 10 Gbit/s,
-//! `simulations/README.md`): p99 completion 2.32 → 1.50 × the Kumar–Ross bound with 32 sends;
-//! 16 did better there (1.45 ×) but slowed edge sites, whose sends are held back by their WAN
+//! `simulations/README.md`): p99 completion 2.32 → 1.64 × the Kumar–Ross bound with 32 sends
+//! (1.50 × with the node's quick lookup retry); 16 did better there (1.45 ×) but slowed edge sites, whose sends are held back by their WAN
 //! links and so keep slots long (p99 4.17 × without the pool, 5.31 × with 16, 4.05 × with 32,
 //! 3.36 × with 64; 64 costs the one-site fleet 1.59 ×).
 //!
