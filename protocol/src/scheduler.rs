@@ -151,7 +151,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::piece::Bitfield;
-use peer::{Latency, PeerState, SourceState, XorShift, stable_hash};
+use peer::{Latency, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
 pub use rotation::{Rotation, RotationConfig};
 
@@ -296,6 +296,10 @@ pub struct Scheduler<P> {
     /// Number of sources each piece is currently requested from.
     sources: Vec<u8>,
     peers: Vec<PeerState<P>>,
+    /// Per candidate, in `peers` order: its key, earliest deadline and block (see
+    /// [`PeerTimes`]). Every change to a peer's requests or block goes through
+    /// [`Scheduler::update_source`] or is followed by a sync, so the copies stay exact.
+    peer_times: Vec<PeerTimes<P>>,
     origin: SourceState,
     banned: VecDeque<P>,
     actions: VecDeque<Action<P>>,
@@ -375,6 +379,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             rarity: RarityIndex::new(n, pickable),
             sources: vec![0; n as usize],
             peers: Vec::new(),
+            peer_times: Vec::new(),
             origin: SourceState::new(config.origin_window),
             banned: VecDeque::new(),
             actions: VecDeque::new(),
@@ -442,7 +447,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     fn peer_index(&self, p: P) -> Option<usize> {
-        self.peers.iter().position(|s| s.key == p)
+        self.peer_times.iter().position(|s| s.key == p)
     }
 
     /// Everything may have changed: re-evaluate requests and timers on the next poll.
@@ -483,12 +488,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 None => return false,
             }
         }
+        let source = SourceState::new(self.cfg.initial_window);
+        self.peer_times.push(PeerTimes::new(peer, &source));
         self.peers.push(PeerState {
             key: peer,
             hash: stable_hash(&peer),
             have: Bitfield::new(self.have.len()),
             pickable: 0,
-            source: SourceState::new(self.cfg.initial_window),
+            source,
             strikes: 0,
             bad: Vec::new(),
             near: true,
@@ -582,6 +589,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return;
         };
         let state = self.peers.swap_remove(i);
+        self.peer_times.swap_remove(i);
         self.peer_in_flight -= state.source.in_flight();
         for r in &state.source.requests {
             self.release(r.piece);
@@ -627,21 +635,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
-    fn source_mut(&mut self, source: Source<P>) -> Option<&mut SourceState> {
+    /// Applies `f` to `source`'s state (`None` for a peer that is not a candidate), keeping the
+    /// peer's [`PeerTimes`] in step.
+    fn update_source<R>(
+        &mut self,
+        source: Source<P>,
+        f: impl FnOnce(&mut SourceState) -> R,
+    ) -> Option<R> {
         match source {
-            Source::Origin => Some(&mut self.origin),
-            Source::Peer(p) => self
-                .peers
-                .iter_mut()
-                .find(|s| s.key == p)
-                .map(|s| &mut s.source),
+            Source::Origin => Some(f(&mut self.origin)),
+            Source::Peer(p) => {
+                let i = self.peer_index(p)?;
+                let st = &mut self.peers[i].source;
+                let r = f(st);
+                self.peer_times[i].sync(st);
+                Some(r)
+            }
         }
     }
 
     /// Takes the request for `piece` out of `source`'s in-flight list (the piece keeps its
     /// claim in `sources`; the caller releases or settles it).
     fn take_request(&mut self, source: Source<P>, piece: u32) -> Option<peer::InFlight> {
-        let r = self.source_mut(source)?.take(piece)?;
+        let r = self.update_source(source, |st| st.take(piece))??;
         match source {
             Source::Origin => self.poll_origin = true,
             Source::Peer(_) => {
@@ -666,7 +682,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 Source::Origin => self.cfg.origin_window,
                 Source::Peer(_) => self.cfg.max_window,
             };
-            let latency = self.source_mut(source).map(|st| st.success(&r, now, max));
+            let latency = self.update_source(source, |st| st.success(&r, now, max));
             if let (Source::Peer(_), Some(latency)) = (source, latency) {
                 self.latency.sample(latency);
                 self.total.deliver(r.total_mark, now);
@@ -758,9 +774,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         self.release(piece);
         let (lo, hi) = (self.cfg.min_backoff, self.cfg.max_backoff);
-        if let Some(st) = self.source_mut(source) {
-            st.failure(now, lo, hi);
-        }
+        self.update_source(source, |st| st.failure(now, lo, hi));
     }
 
     /// `source` answered "not now": a peer whose upload slots are full, or an origin that sent
@@ -807,11 +821,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 // 6 million Busy answers, p99 10 × the bound).
                 let (floor, ceiling) = (self.cfg.min_busy_pause, self.cfg.min_backoff);
                 let fallback = self.latency_fallback();
-                if let Some(st) = self.source_mut(source) {
+                self.update_source(source, |st| {
                     let latency = st.latency.srtt.or(fallback.srtt).unwrap_or(ceiling);
                     let pause = latency.clamp(floor, ceiling.max(floor));
                     st.blocked_until = st.blocked_until.max(now + pause);
-                }
+                });
             }
         }
     }
@@ -911,6 +925,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 }
             }
         }
+        for (t, p) in self.peer_times.iter_mut().zip(&self.peers) {
+            t.sync(&p.source);
+        }
         // The origin is trusted and shared by the whole swarm: a request overdue there is most
         // likely queued behind everyone else's, and cancelling it would only lose its place.
         // Its deadline doubles instead, up to `max_timeout` after it was sent; errors still
@@ -936,11 +953,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             self.release(piece);
             self.actions.push_back(Action::Cancel { source, piece });
             // One failure per source per expiry sweep, however many of its requests expired.
-            if last != Some(source)
-                && let Some(st) = self.source_mut(source)
-            {
-                st.failure(now, lo, hi);
-                st.timeouts = st.timeouts.saturating_add(1);
+            if last != Some(source) {
+                self.update_source(source, |st| {
+                    st.failure(now, lo, hi);
+                    st.timeouts = st.timeouts.saturating_add(1);
+                });
             }
             last = Some(source);
         }
@@ -1030,7 +1047,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if let Source::Peer(_) = source {
             self.peer_in_flight += 1;
         }
-        if let Some(st) = self.source_mut(source) {
+        self.update_source(source, |st| {
             let timeout = st.timeout(fallback, lo, hi);
             let mark = st.rate.mark(now, st.requests.is_empty());
             st.requests.push(peer::InFlight {
@@ -1040,7 +1057,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 mark,
                 total_mark,
             });
-        }
+        });
         if self.sources[piece as usize] == 0 {
             self.set_pickable(piece, false);
         }

@@ -232,6 +232,37 @@ impl SourceState {
     }
 }
 
+/// What the hot loops need of candidate peer `i`, kept in `Scheduler::peer_times[i]` beside
+/// `peers[i]`: looking a peer up by key and computing the next timer then read one dense array
+/// instead of a 240-byte [`PeerState`] and its request list per peer (at 100,000 simulated
+/// hosts every scheduler is cold in the cache, and those scans were a tenth of the run).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PeerTimes<P> {
+    pub(super) key: P,
+    /// The earliest deadline of its requests in flight, if any.
+    pub(super) deadline: Option<Duration>,
+    /// A copy of its [`SourceState::blocked_until`].
+    pub(super) blocked_until: Duration,
+}
+
+impl<P> PeerTimes<P> {
+    pub(super) fn new(key: P, source: &SourceState) -> Self {
+        let mut t = PeerTimes {
+            key,
+            deadline: None,
+            blocked_until: Duration::ZERO,
+        };
+        t.sync(source);
+        t
+    }
+
+    /// Brings the copy up to date after `source` changed.
+    pub(super) fn sync(&mut self, source: &SourceState) {
+        self.deadline = source.requests.iter().map(|r| r.deadline).min();
+        self.blocked_until = source.blocked_until;
+    }
+}
+
 /// One candidate peer.
 #[derive(Debug, Clone)]
 pub(super) struct PeerState<P> {

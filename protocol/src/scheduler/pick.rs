@@ -349,12 +349,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let mut consider = |d: Duration| {
             t = Some(t.map_or(d, |t| t.min(d)));
         };
-        for p in &self.peers {
-            for r in &p.source.requests {
-                consider(r.deadline);
+        for (i, p) in self.peer_times.iter().enumerate() {
+            if let Some(d) = p.deadline {
+                consider(d);
             }
-            if p.source.blocked_until > now && p.pickable > 0 {
-                consider(p.source.blocked_until);
+            if p.blocked_until > now && self.peers[i].pickable > 0 {
+                consider(p.blocked_until);
             }
         }
         for r in &self.origin.requests {
