@@ -208,6 +208,11 @@ impl<T: Copy> Engine<T> {
         }
     }
 
+    /// Reads what [`Engine::check`] of `flow` reads (see `Swarm::warm`); changes nothing.
+    pub fn warm(&self, flow: u32) -> u32 {
+        self.flows.get(flow as usize).map_or(0, |f| f.version)
+    }
+
     /// Bytes of live flow `flow` that have crossed by `now` (0 for an ended one).
     pub fn moved(&self, flow: u32, now: Nanos) -> f64 {
         let Some(f) = self.flows.get(flow as usize).filter(|f| f.live) else {
