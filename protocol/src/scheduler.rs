@@ -151,7 +151,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::piece::Bitfield;
-use peer::{Latency, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
+use peer::{Latency, PeerBits, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
 pub use rotation::{Rotation, RotationConfig};
 
@@ -300,6 +300,8 @@ pub struct Scheduler<P> {
     /// [`PeerTimes`]). Every change to a peer's requests or block goes through
     /// [`Scheduler::update_source`] or is followed by a sync, so the copies stay exact.
     peer_times: Vec<PeerTimes<P>>,
+    /// Per candidate, in `peers` order: the pieces it holds.
+    peer_bits: PeerBits,
     origin: SourceState,
     banned: VecDeque<P>,
     actions: VecDeque<Action<P>>,
@@ -380,6 +382,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             sources: vec![0; n as usize],
             peers: Vec::new(),
             peer_times: Vec::new(),
+            peer_bits: PeerBits::new(n),
             origin: SourceState::new(config.origin_window),
             banned: VecDeque::new(),
             actions: VecDeque::new(),
@@ -490,10 +493,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         let source = SourceState::new(self.cfg.initial_window);
         self.peer_times.push(PeerTimes::new(peer, &source));
+        self.peer_bits.push_row();
         self.peers.push(PeerState {
             key: peer,
             hash: stable_hash(&peer),
-            have: Bitfield::new(self.have.len()),
             pickable: 0,
             source,
             strikes: 0,
@@ -509,10 +512,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         true
     }
 
+    /// Whether candidate `i` may be asked for `piece` at all.
+    fn can_serve(&self, i: usize, piece: u32) -> bool {
+        self.peer_bits.get(i, piece) && !self.peers[i].bad.contains(&piece)
+    }
+
     /// Records that peer `i` holds `piece`, and raises the poll flags only if that can enable a
     /// request: this is the hot path of a large swarm.
     fn note_have(&mut self, i: usize, piece: u32) {
-        if !self.peers[i].have.set(piece) {
+        if !self.peer_bits.set(i, piece) {
             return;
         }
         let missing = !self.have.get(piece);
@@ -594,7 +602,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             ^ usize::from(self.sources[i]);
         if let Some(k) = self.peer_index(peer) {
             let p = &self.peers[k];
-            acc ^= usize::from(p.have.get(piece)) ^ p.pickable as usize ^ p.source.window as usize;
+            acc ^= usize::from(self.peer_bits.get(k, piece))
+                ^ p.pickable as usize
+                ^ p.source.window as usize;
         }
         acc
     }
@@ -609,16 +619,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let Some(i) = self.peer_index(peer) else {
             return;
         };
+        let held = self.peer_bits.ones(i);
         let state = self.peers.swap_remove(i);
         self.peer_times.swap_remove(i);
+        self.peer_bits.swap_remove_row(i);
         self.peer_in_flight -= state.source.in_flight();
         for r in &state.source.requests {
             self.release(r.piece);
         }
-        for piece in state.have.iter_ones() {
+        for &piece in &held {
             self.rarity.decrement(piece);
         }
-        self.forget_locality(&state);
+        self.forget_locality(&state, &held);
         self.wake();
     }
 
@@ -645,8 +657,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         } else {
             self.rarity.remove(piece);
         }
-        for p in &mut self.peers {
-            if p.have.get(piece) {
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            if self.peer_bits.get(i, piece) {
                 if pickable {
                     p.pickable += 1;
                 } else {
@@ -773,7 +785,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             // Its copy no longer counts: if it was the only holder, the piece must look unseen,
             // so the origin (or a later honest holder) is asked instead of waiting for ever.
-            if state.have.clear(piece) {
+            if self.peer_bits.clear(i, piece) {
                 if self.rarity.contains(piece) {
                     state.pickable -= 1;
                 }
