@@ -158,7 +158,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::piece::Bitfield;
-use peer::{Latency, PeerState, SourceState, XorShift, stable_hash};
+use peer::{Latency, PeerBits, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
 pub use rotation::{Rotation, RotationConfig};
 
@@ -303,6 +303,12 @@ pub struct Scheduler<P> {
     /// Number of sources each piece is currently requested from.
     sources: Vec<u8>,
     peers: Vec<PeerState<P>>,
+    /// Per candidate, in `peers` order: its key, earliest deadline and block (see
+    /// [`PeerTimes`]). Every change to a peer's requests or block goes through
+    /// [`Scheduler::update_source`] or is followed by a sync, so the copies stay exact.
+    peer_times: Vec<PeerTimes<P>>,
+    /// Per candidate, in `peers` order: the pieces it holds.
+    peer_bits: PeerBits,
     origin: SourceState,
     banned: VecDeque<P>,
     actions: VecDeque<Action<P>>,
@@ -382,6 +388,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             rarity: RarityIndex::new(n, pickable),
             sources: vec![0; n as usize],
             peers: Vec::new(),
+            peer_times: Vec::new(),
+            peer_bits: PeerBits::new(n),
             origin: SourceState::new(config.origin_window),
             banned: VecDeque::new(),
             actions: VecDeque::new(),
@@ -449,7 +457,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     }
 
     fn peer_index(&self, p: P) -> Option<usize> {
-        self.peers.iter().position(|s| s.key == p)
+        self.peer_times.iter().position(|s| s.key == p)
     }
 
     /// Everything may have changed: re-evaluate requests and timers on the next poll.
@@ -490,12 +498,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 None => return false,
             }
         }
+        let source = SourceState::new(self.cfg.initial_window);
+        self.peer_times.push(PeerTimes::new(peer, &source));
+        self.peer_bits.push_row();
         self.peers.push(PeerState {
             key: peer,
             hash: stable_hash(&peer),
-            have: Bitfield::new(self.have.len()),
             pickable: 0,
-            source: SourceState::new(self.cfg.initial_window),
+            source,
             strikes: 0,
             bad: Vec::new(),
             near: true,
@@ -509,10 +519,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         true
     }
 
+    /// Whether candidate `i` may be asked for `piece` at all.
+    fn can_serve(&self, i: usize, piece: u32) -> bool {
+        self.peer_bits.get(i, piece) && !self.peers[i].bad.contains(&piece)
+    }
+
     /// Records that peer `i` holds `piece`, and raises the poll flags only if that can enable a
     /// request: this is the hot path of a large swarm.
     fn note_have(&mut self, i: usize, piece: u32) {
-        if !self.peers[i].have.set(piece) {
+        if !self.peer_bits.set(i, piece) {
             return;
         }
         let missing = !self.have.get(piece);
@@ -578,6 +593,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
+    /// Reads what [`Scheduler::peer_have`] for `peer` and `piece` reads, and returns a value
+    /// made of it; it changes nothing. A caller handing one `have` to many schedulers calls
+    /// this for all of them first: the cache misses of cold schedulers then overlap instead of
+    /// coming one after the other (a 100,000-host simulation is mostly such misses).
+    pub fn warm_have(&self, peer: P, piece: u32) -> usize {
+        if piece >= self.have.len() {
+            return 0;
+        }
+        let i = piece as usize;
+        let mut acc = usize::from(self.have.get(piece))
+            ^ usize::from(self.rarity.availability(piece))
+            ^ usize::from(self.rarity.contains(piece))
+            ^ usize::from(self.near_avail[i])
+            ^ usize::from(self.sources[i]);
+        if let Some(k) = self.peer_index(peer) {
+            let p = &self.peers[k];
+            acc ^= usize::from(self.peer_bits.get(k, piece))
+                ^ p.pickable as usize
+                ^ p.source.window as usize;
+        }
+        acc
+    }
+
     /// `peer` went away: its requests are requeued (no cancel needed, the link is gone).
     pub fn peer_removed(&mut self, peer: P, now: Duration) {
         self.tick(now);
@@ -588,15 +626,18 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let Some(i) = self.peer_index(peer) else {
             return;
         };
+        let held = self.peer_bits.ones(i);
         let state = self.peers.swap_remove(i);
+        self.peer_times.swap_remove(i);
+        self.peer_bits.swap_remove_row(i);
         self.peer_in_flight -= state.source.in_flight();
         for r in &state.source.requests {
             self.release(r.piece);
         }
-        for piece in state.have.iter_ones() {
+        for &piece in &held {
             self.rarity.decrement(piece);
         }
-        self.forget_locality(&state);
+        self.forget_locality(&state, &held);
         self.wake();
     }
 
@@ -623,8 +664,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         } else {
             self.rarity.remove(piece);
         }
-        for p in &mut self.peers {
-            if p.have.get(piece) {
+        for (i, p) in self.peers.iter_mut().enumerate() {
+            if self.peer_bits.get(i, piece) {
                 if pickable {
                     p.pickable += 1;
                 } else {
@@ -634,21 +675,29 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
-    fn source_mut(&mut self, source: Source<P>) -> Option<&mut SourceState> {
+    /// Applies `f` to `source`'s state (`None` for a peer that is not a candidate), keeping the
+    /// peer's [`PeerTimes`] in step.
+    fn update_source<R>(
+        &mut self,
+        source: Source<P>,
+        f: impl FnOnce(&mut SourceState) -> R,
+    ) -> Option<R> {
         match source {
-            Source::Origin => Some(&mut self.origin),
-            Source::Peer(p) => self
-                .peers
-                .iter_mut()
-                .find(|s| s.key == p)
-                .map(|s| &mut s.source),
+            Source::Origin => Some(f(&mut self.origin)),
+            Source::Peer(p) => {
+                let i = self.peer_index(p)?;
+                let st = &mut self.peers[i].source;
+                let r = f(st);
+                self.peer_times[i].sync(st);
+                Some(r)
+            }
         }
     }
 
     /// Takes the request for `piece` out of `source`'s in-flight list (the piece keeps its
     /// claim in `sources`; the caller releases or settles it).
     fn take_request(&mut self, source: Source<P>, piece: u32) -> Option<peer::InFlight> {
-        let r = self.source_mut(source)?.take(piece)?;
+        let r = self.update_source(source, |st| st.take(piece))??;
         match source {
             Source::Origin => self.poll_origin = true,
             Source::Peer(_) => {
@@ -673,7 +722,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 Source::Origin => self.cfg.origin_window,
                 Source::Peer(_) => self.cfg.max_window,
             };
-            let latency = self.source_mut(source).map(|st| st.success(&r, now, max));
+            let latency = self.update_source(source, |st| st.success(&r, now, max));
             if let (Source::Peer(_), Some(latency)) = (source, latency) {
                 self.latency.sample(latency);
                 self.total.deliver(r.total_mark, now);
@@ -743,7 +792,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             }
             // Its copy no longer counts: if it was the only holder, the piece must look unseen,
             // so the origin (or a later honest holder) is asked instead of waiting for ever.
-            if state.have.clear(piece) {
+            if self.peer_bits.clear(i, piece) {
                 if self.rarity.contains(piece) {
                     state.pickable -= 1;
                 }
@@ -765,9 +814,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         self.release(piece);
         let (lo, hi) = (self.cfg.min_backoff, self.cfg.max_backoff);
-        if let Some(st) = self.source_mut(source) {
-            st.failure(now, lo, hi);
-        }
+        self.update_source(source, |st| st.failure(now, lo, hi));
     }
 
     /// `source` answered "not now": a peer whose upload slots are full, or an origin that sent
@@ -814,11 +861,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 // 6 million Busy answers, p99 10 × the bound).
                 let (floor, ceiling) = (self.cfg.min_busy_pause, self.cfg.min_backoff);
                 let fallback = self.latency_fallback();
-                if let Some(st) = self.source_mut(source) {
+                self.update_source(source, |st| {
                     let latency = st.latency.srtt.or(fallback.srtt).unwrap_or(ceiling);
                     let pause = latency.clamp(floor, ceiling.max(floor));
                     st.blocked_until = st.blocked_until.max(now + pause);
-                }
+                });
             }
         }
     }
@@ -918,6 +965,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 }
             }
         }
+        for (t, p) in self.peer_times.iter_mut().zip(&self.peers) {
+            t.sync(&p.source);
+        }
         // The origin is trusted and shared by the whole swarm: a request overdue there is most
         // likely queued behind everyone else's, and cancelling it would only lose its place.
         // Its deadline doubles instead, up to `max_timeout` after it was sent; errors still
@@ -943,11 +993,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             self.release(piece);
             self.actions.push_back(Action::Cancel { source, piece });
             // One failure per source per expiry sweep, however many of its requests expired.
-            if last != Some(source)
-                && let Some(st) = self.source_mut(source)
-            {
-                st.failure(now, lo, hi);
-                st.timeouts = st.timeouts.saturating_add(1);
+            if last != Some(source) {
+                self.update_source(source, |st| {
+                    st.failure(now, lo, hi);
+                    st.timeouts = st.timeouts.saturating_add(1);
+                });
             }
             last = Some(source);
         }
@@ -1037,7 +1087,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if let Source::Peer(_) = source {
             self.peer_in_flight += 1;
         }
-        if let Some(st) = self.source_mut(source) {
+        self.update_source(source, |st| {
             let timeout = st.timeout(fallback, lo, hi);
             let mark = st.rate.mark(now, st.requests.is_empty());
             st.requests.push(peer::InFlight {
@@ -1047,7 +1097,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 mark,
                 total_mark,
             });
-        }
+        });
         if self.sources[piece as usize] == 0 {
             self.set_pickable(piece, false);
         }

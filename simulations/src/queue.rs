@@ -152,6 +152,15 @@ impl<E> Queue<E> {
         self.buckets[0].last().map(|e| (e.0 >> 64) as Nanos)
     }
 
+    /// The earliest event, without taking it.
+    pub fn peek(&mut self) -> Option<&E> {
+        if !self.early.is_empty() {
+            return self.early.peek().map(|Reverse(e)| &e.1);
+        }
+        self.settle();
+        self.buckets[0].last().map(|e| &e.1)
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

@@ -55,7 +55,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         self.peers[i].near = near;
         // Rare (once per peer, normally), so the copy of its piece list is fine.
-        let pieces: Vec<u32> = self.peers[i].have.iter_ones().collect();
+        let pieces = self.peer_bits.ones(i);
         for piece in pieces {
             if near {
                 let missing = !self.have.get(piece);
@@ -134,10 +134,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
-    /// Undoes what candidate `state` contributed (it is gone).
-    pub(super) fn forget_locality(&mut self, state: &PeerState<P>) {
+    /// Undoes what candidate `state`, which held `held`, contributed (it is gone).
+    pub(super) fn forget_locality(&mut self, state: &PeerState<P>, held: &[u32]) {
         if state.near {
-            for piece in state.have.iter_ones() {
+            for &piece in held {
                 self.near_lost(piece);
             }
         } else {

@@ -100,7 +100,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     fn pick_for_peer(&self, i: usize, roll: u64) -> Option<u32> {
         let p = &self.peers[i];
         // A far peer only for what the site should fetch across the WAN through us.
-        let ok = |x: u32| p.can_serve(x) && (p.near || self.far_allowed(x));
+        let ok = |x: u32| self.can_serve(i, x) && (p.near || self.far_allowed(x));
         if let Some(x) = self
             .read_window()
             .find(|&x| self.rarity.contains(x) && ok(x))
@@ -136,7 +136,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             .chain(self.origin.requests.iter())
             .filter(|r| {
                 self.sources[r.piece as usize] < limit
-                    && p.can_serve(r.piece)
+                    && self.can_serve(i, r.piece)
                     && !p.source.has_request(r.piece)
                     // Never a second copy across the WAN: that link is what a site is short of.
                     && (p.near || !self.locality())
@@ -349,12 +349,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let mut consider = |d: Duration| {
             t = Some(t.map_or(d, |t| t.min(d)));
         };
-        for p in &self.peers {
-            for r in &p.source.requests {
-                consider(r.deadline);
+        for (i, p) in self.peer_times.iter().enumerate() {
+            if let Some(d) = p.deadline {
+                consider(d);
             }
-            if p.source.blocked_until > now && p.pickable > 0 {
-                consider(p.source.blocked_until);
+            if p.blocked_until > now && self.peers[i].pickable > 0 {
+                consider(p.blocked_until);
             }
         }
         for r in &self.origin.requests {

@@ -98,7 +98,9 @@ impl Swarm<'_> {
     /// Hands a `have` to the subscribers of task `t` in `site`. This loop is most of a large
     /// fleet's cost, and most of that is waiting for memory (each subscriber's scheduler is
     /// somewhere else in a few GiB), so the subscribers' schedulers are first touched all
-    /// at once — independent loads the CPU overlaps — and then used one after the other.
+    /// at once — independent loads the CPU overlaps — then what `peer_have` reads of each
+    /// ([`Scheduler::warm_have`](flotilla_protocol::scheduler::Scheduler::warm_have)), and
+    /// only then used one after the other.
     pub(super) fn have(&mut self, t: u32, piece: u32, site: u16) {
         let (host, _) = self.host_blob(t);
         if !self.hosts[host as usize].alive {
@@ -111,6 +113,12 @@ impl Swarm<'_> {
         for sub in &subs {
             if let Some(s) = self.scheds[sub.down as usize].as_deref() {
                 warm ^= s.peer_count() ^ s.have().len() as usize;
+            }
+        }
+        // Then what their `peer_have` reads, which the first pass found the addresses of.
+        for sub in &subs {
+            if let Some(s) = self.scheds[sub.down as usize].as_deref() {
+                warm ^= s.warm_have(host, piece);
             }
         }
         std::hint::black_box(warm);
