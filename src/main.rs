@@ -127,6 +127,10 @@ struct NodeArgs {
     /// The gateway's expected peer id; a gateway with another identity is refused.
     #[arg(long, env = "FLOTILLA_GATEWAY_PEER_ID")]
     gateway_peer_id: Option<String>,
+    /// This host's site label (1-63 of A-Z a-z 0-9 . _ -): nodes of one site find each other
+    /// and take each piece from outside the site about once [default: none].
+    #[arg(long, env = "FLOTILLA_NODE_SITE")]
+    site: Option<String>,
 }
 
 impl NodeArgs {
@@ -167,6 +171,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.udp_buffer_bytes {
             cfg.udp_buffer_bytes = v;
+        }
+        if let Some(v) = self.site {
+            cfg.site = Some(v);
         }
         Ok(cfg)
     }

@@ -54,9 +54,9 @@ pub struct SimArgs {
     /// Clients read each layer in order as it arrives (the scheduler's read position).
     #[arg(long)]
     streaming: bool,
-    /// What-if: every host knows the members of its site (the node cannot learn them yet).
+    /// What-if: hosts without site labels (the node's `site` unset), so without locality.
     #[arg(long)]
-    site_discovery: bool,
+    no_site_labels: bool,
     /// Stop the swarm run at this simulated time [default: 3600].
     #[arg(long)]
     max_time_s: Option<f64>,
@@ -100,7 +100,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     };
     let mut fleet = flotilla_simulations::build_scenario(scenario, &overrides)
         .context("building the scenario")?;
-    fleet.params.site_discovery = args.site_discovery;
+    fleet.params.site_labels = !args.no_site_labels;
     eprintln!(
         "simulating {} ({}): {} hosts ...",
         scenario,

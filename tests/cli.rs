@@ -85,6 +85,30 @@ fn bad_config_file_is_a_clear_error() {
 }
 
 #[test]
+fn a_bad_site_label_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(flotilla_bin())
+        .args([
+            "node",
+            "--site",
+            "rack 7",
+            "--fleet-token",
+            "t",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .env("FLOTILLA_NODE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("site \"rack 7\"") && err.contains("not ' '"),
+        "the error does not say what is wrong with the label: {err}"
+    );
+}
+
+#[test]
 fn sigterm_drains_and_exits_cleanly_and_requests_are_logged() {
     let mut g = Gateway::start();
     assert_eq!(http_status(g.addr, "GET", "/v2/"), Some(200));

@@ -18,6 +18,8 @@ mod docker;
 mod in_process;
 /// `flotilla node` processes: four at once, and a node killed mid-download that resumes.
 mod processes;
+/// Nodes with site labels: each site takes the image from outside about once.
+mod sites;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -354,8 +356,14 @@ pub async fn report_egress(
 /// Prints one node's counters.
 pub fn print_stats(what: &str, name: &str, s: &NodeStats) {
     println!(
-        "[{what}] {name}: peer {} origin {} wasted {} served {} stored {} known_peers {}",
-        s.peer_bytes, s.origin_bytes, s.wasted_bytes, s.served_bytes, s.stored_bytes, s.known_peers
+        "[{what}] {name}: peer {} (far {}) origin {} wasted {} served {} stored {} known_peers {}",
+        s.peer_bytes,
+        s.far_peer_bytes,
+        s.origin_bytes,
+        s.wasted_bytes,
+        s.served_bytes,
+        s.stored_bytes,
+        s.known_peers
     );
 }
 

@@ -62,6 +62,7 @@ impl P2p {
             incoming,
             seed.source(),
             ServerLimits::default(),
+            None,
         ))];
         tasks.push(tokio::spawn(announce(seed.clone(), swarm.clone())));
         tasks.push(tokio::spawn(track_connected(seed.clone(), swarm.clone())));

@@ -63,6 +63,13 @@ pub struct NodeConfig {
     /// it (signed tag records and the certificate are bound to it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gateway_peer_id: Option<String>,
+    /// This host's site: the name of the fast network it shares with some of the fleet (a data
+    /// centre, an edge location), 1 to 63 of `A-Z a-z 0-9 . _ -`. Nodes with the same label
+    /// find each other for every blob (SPEC §6.2) and take each piece from outside their site
+    /// about once; a peer with another label, or none, is far. Absent: no site (every peer
+    /// counts as near, as on one network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -85,6 +92,7 @@ impl Default for NodeConfig {
             fleet_token_file: None,
             gateway_ca_file: None,
             gateway_peer_id: None,
+            site: None,
         }
     }
 }
@@ -114,6 +122,13 @@ mod tests {
             toml::from_str("fleet_token = \"abc\"\nfleet_token_file = \"/t\"").unwrap();
         assert_eq!(cfg.fleet_token.as_deref(), Some("abc"));
         assert_eq!(cfg.fleet_token_file, Some(PathBuf::from("/t")));
+    }
+
+    #[test]
+    fn the_site_label_parses() {
+        let cfg: NodeConfig = toml::from_str("site = \"fra-1\"").unwrap();
+        assert_eq!(cfg.site.as_deref(), Some("fra-1"));
+        assert_eq!(NodeConfig::default().site, None);
     }
 
     #[test]

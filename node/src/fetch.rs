@@ -189,6 +189,9 @@ impl From<SourceError> for FetchError {
 pub struct TransferStats {
     /// Bytes of verified pieces received from peers.
     pub peer_bytes: u64,
+    /// The part of `peer_bytes` that came from peers of another site, or of none, when this
+    /// node has a site label (SPEC §6.2); 0 without one.
+    pub far_peer_bytes: u64,
     /// Bytes of verified pieces received from the gateway's HTTP origin.
     pub origin_bytes: u64,
     /// Bytes received but not kept: duplicates that lost a race, and pieces that failed
@@ -206,6 +209,7 @@ pub struct TransferStats {
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     peer_bytes: AtomicU64,
+    far_peer_bytes: AtomicU64,
     origin_bytes: AtomicU64,
     wasted_bytes: AtomicU64,
     peer_pieces: AtomicU64,
@@ -217,6 +221,7 @@ impl Counters {
     fn snapshot(&self) -> TransferStats {
         TransferStats {
             peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
+            far_peer_bytes: self.far_peer_bytes.load(Ordering::Relaxed),
             origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
             wasted_bytes: self.wasted_bytes.load(Ordering::Relaxed),
             peer_pieces: self.peer_pieces.load(Ordering::Relaxed),
@@ -228,6 +233,11 @@ impl Counters {
     fn peer(&self, bytes: u64) {
         self.peer_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.peer_pieces.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Peer bytes from another site (counted in `peer` too).
+    fn far(&self, bytes: u64) {
+        self.far_peer_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     fn origin(&self, bytes: u64) {

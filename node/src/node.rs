@@ -89,6 +89,10 @@ pub struct NodeOptions {
 pub struct NodeStats {
     /// Bytes of verified pieces received from peers.
     pub peer_bytes: u64,
+    /// The part of `peer_bytes` received from peers of another site (or none), when this node
+    /// has a site label; 0 without one.
+    #[serde(default)]
+    pub far_peer_bytes: u64,
     /// Bytes of verified pieces received from the gateway over HTTP.
     pub origin_bytes: u64,
     /// Bytes received and dropped (lost duplicates, failed verification).
@@ -153,6 +157,10 @@ impl Node {
             .iter()
             .map(|d| Digest::from_str(d).map_err(|e| NodeError::Config(format!("pin {d:?}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(site) = &config.site {
+            flotilla_protocol::site::check_site(site)
+                .map_err(|e| NodeError::Config(format!("site {site:?}: {e}")))?;
+        }
         let gateway_url = config.gateway.trim_end_matches('/').to_owned();
         if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
             return Err(NodeError::Config(format!(
@@ -234,6 +242,7 @@ impl Node {
         swarm_cfg.listen = p2p_listen;
         swarm_cfg.bootstrap = bootstrap;
         swarm_cfg.udp_buffer_bytes = config.udp_buffer_bytes;
+        swarm_cfg.site = config.site.clone();
         let (swarm, incoming) = swarm::spawn(swarm_cfg).await?;
         tracing::info!(%peer_id, addrs = ?swarm.listen_addrs(), "swarm listening");
 
@@ -247,6 +256,7 @@ impl Node {
             incoming,
             served,
             ServerLimits::default(),
+            config.site.clone(),
         )));
 
         let mut fetch_cfg = FetchConfig::new(gateway_url.clone());
@@ -444,6 +454,7 @@ struct StatsState {
 fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStats {
     let TransferStats {
         peer_bytes,
+        far_peer_bytes,
         origin_bytes,
         wasted_bytes,
         peers_banned,
@@ -451,6 +462,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
     } = fetcher.totals();
     NodeStats {
         peer_bytes,
+        far_peer_bytes,
         origin_bytes,
         wasted_bytes,
         peers_banned,

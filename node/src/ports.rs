@@ -160,4 +160,19 @@ pub trait Network: Send + Sync + 'static {
     fn unprovide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>>;
     /// How many nodes the routing table knows (a swarm-size estimate for the scheduler).
     fn known_peers(&self) -> usize;
+    /// This node's site label (SPEC §6.2), if it has one; [`Network::provide`] then announces
+    /// each blob under the site's key too.
+    fn site(&self) -> Option<&str> {
+        None
+    }
+    /// Providers of `digest` in this node's site (announced under its site key), at most
+    /// `limit`; none without a site.
+    fn find_site_providers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<PeerId>, NetworkError>> {
+        let _ = (digest, limit);
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }

@@ -112,6 +112,9 @@ pub struct SwarmConfig {
     /// Fleet membership. `None`: an open swarm where every peer counts as a member (tests and
     /// tools); nodes and the gateway always set it.
     pub fleet: Option<FleetConfig>,
+    /// This node's site label (checked by the caller, `flotilla_protocol::site::check_site`):
+    /// blobs are announced under their site key too, and downloads look it up.
+    pub site: Option<String>,
 }
 
 /// Who belongs to the fleet, as far as this swarm knows at start.
@@ -162,6 +165,7 @@ impl SwarmConfig {
             provider_ttl: Duration::from_secs(2 * 60 * 60),
             idle_timeout: Duration::from_secs(60),
             fleet: None,
+            site: None,
         }
     }
 }

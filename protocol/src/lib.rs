@@ -36,6 +36,7 @@ pub mod piece;
 pub mod range;
 pub mod reference;
 pub mod scheduler;
+pub mod site;
 pub mod tagrecord;
 pub mod wire;
 

@@ -143,8 +143,9 @@
 //!   at once, all slowed to a crawl on its shared link, and most were then had over the LAN
 //!   first and aborted (20 × 50 hosts: p99 313 → 116 s, worst crossings 7.4 → 2.6). Simulated, 20 sites × 50 hosts behind 100 Mbit/s
 //!   WAN links: each layer crossed each site's link 44–51 times before; with complete site
-//!   membership (`--site-discovery`) exactly once; with what lookups and incoming sessions
-//!   reveal of it, 1.7–2.6 times (see `simulations/README.md`).
+//!   membership exactly once; with the members the node's site labels reveal (SPEC §6.2: a
+//!   site key in the DHT, the site in every Welcome) also exactly once (see
+//!   `simulations/README.md`).
 
 mod config;
 mod locality;

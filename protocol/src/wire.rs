@@ -14,7 +14,7 @@
 //! | 0x01 | Hello | `u8 version (1)`, `u8 flags (bit 0: want table)`, `u8 algorithm (1 sha256, 2 sha512)`, digest (32 or 64 bytes) |
 //! | 0x02 | Request | `u32 piece` |
 //! | 0x03 | Cancel | `u32 piece` |
-//! | 0x81 | Welcome | `u8 version (1)`, `u8 flags (bit 0: table present)`, `u64 size`, `u32 piece_size`, [`u32 table_len`, signed table], bit field (`u32 count`, bytes) |
+//! | 0x81 | Welcome | `u8 version (1)`, `u8 flags (bit 0: table present, bit 1: site present)`, `u64 size`, `u32 piece_size`, [`u8 site_len`, site label], [`u32 table_len`, signed table], bit field (`u32 count`, bytes) |
 //! | 0x82 | NotHeld | — |
 //! | 0x83 | Have | `u32 piece` |
 //! | 0x84 | Piece | `u32 index`, `u32 len` (1..=[`MAX_PIECE_SIZE`]), then `len` raw bytes |
@@ -29,6 +29,7 @@
 
 use crate::digest::{Algorithm, Digest};
 use crate::piece::{Bitfield, MAX_PIECE_SIZE, PieceError};
+use crate::site::check_site;
 
 /// The libp2p protocol name.
 pub const PROTOCOL_NAME: &str = "/flotilla/pieces/1.0.0";
@@ -56,6 +57,7 @@ const T_ERROR: u8 = 0x87;
 
 const HELLO_WANT_TABLE: u8 = 0x01;
 const WELCOME_HAS_TABLE: u8 = 0x01;
+const WELCOME_HAS_SITE: u8 = 0x02;
 
 /// Why an uploader ends a conversation ([`Frame::Error`]). Unknown codes decode as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +124,9 @@ pub enum Frame {
         table: Option<Vec<u8>>,
         /// Pieces held now; covers exactly `ceil(size / piece_size)` pieces.
         have: Bitfield,
+        /// The uploader's site label ([`crate::site`]), if it has one: the downloader's
+        /// scheduler then knows whether this peer is near before it asks for anything.
+        site: Option<String>,
     },
     /// Uploader, answer to Hello: nothing of the blob is held. The uploader then closes.
     NotHeld,
@@ -245,20 +250,33 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
             piece_size,
             table,
             have,
+            site,
         } => {
             if let Err(e) = check_geometry(*size, *piece_size, have.len()) {
                 out.truncate(start);
                 return Err(e);
             }
+            if site.as_deref().is_some_and(|s| check_site(s).is_err()) {
+                out.truncate(start);
+                return Err(WireError::Malformed("bad site label"));
+            }
             out.push(T_WELCOME);
             out.push(VERSION);
-            out.push(if table.is_some() {
-                WELCOME_HAS_TABLE
-            } else {
-                0
-            });
+            let mut flags = 0;
+            if table.is_some() {
+                flags |= WELCOME_HAS_TABLE;
+            }
+            if site.is_some() {
+                flags |= WELCOME_HAS_SITE;
+            }
+            out.push(flags);
             out.extend_from_slice(&size.to_be_bytes());
             out.extend_from_slice(&piece_size.to_be_bytes());
+            if let Some(site) = site {
+                // check_site: at most MAX_SITE_LEN (63) bytes.
+                out.push(site.len() as u8);
+                out.extend_from_slice(site.as_bytes());
+            }
             if let Some(table) = table {
                 let Ok(len) = u32::try_from(table.len()) else {
                     out.truncate(start);
@@ -399,11 +417,20 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         T_WELCOME => {
             version(r.u8()?)?;
             let flags = r.u8()?;
-            if flags & !WELCOME_HAS_TABLE != 0 {
+            if flags & !(WELCOME_HAS_TABLE | WELCOME_HAS_SITE) != 0 {
                 return Err(WireError::Malformed("unknown Welcome flags"));
             }
             let size = u64::from_be_bytes(r.array()?);
             let piece_size = r.u32()?;
+            let site = if flags & WELCOME_HAS_SITE != 0 {
+                let len = usize::from(r.u8()?);
+                let label = std::str::from_utf8(r.take(len)?)
+                    .map_err(|_| WireError::Malformed("bad site label"))?;
+                check_site(label).map_err(|_| WireError::Malformed("bad site label"))?;
+                Some(label.to_owned())
+            } else {
+                None
+            };
             let table = if flags & WELCOME_HAS_TABLE != 0 {
                 let len = r.u32()?;
                 let len = usize::try_from(len).map_err(|_| WireError::Malformed("truncated"))?;
@@ -419,6 +446,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
                 piece_size,
                 table,
                 have,
+                site,
             }
         }
         T_NOT_HELD => Frame::NotHeld,

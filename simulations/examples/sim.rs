@@ -2,10 +2,10 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--site-discovery] [--origin-max-sends K] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
+//! [--no-site-labels] [--origin-max-sends K] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
-//! gateway. `--site-discovery` is a what-if (`Params::site_discovery`:
-//! every node knows its site's members, which the node cannot learn yet); so is
+//! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
+//! configured site, so without locality inputs); so is
 //! `--origin-refuse-excess` (`Params::origin_queue_excess` off: an origin server at its
 //! `--origin-max-sends K` piece sends — 32 as the gateway's `origin_max_sends`, 0 for no cap —
 //! refuses the rest instead of holding them until a send slot frees).
@@ -62,7 +62,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut o = Overrides::default();
     let mut opts = RunOptions::default();
     let mut json = false;
-    let mut site_discovery = false;
+    let mut site_labels = true;
     let mut origin_max_sends = None;
     let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
@@ -84,7 +84,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--out-dir" => out_dir = PathBuf::from(value()?),
             "--fleet-size-hint" => o.fleet_size_hint = true,
             "--streaming" => o.streaming = true,
-            "--site-discovery" => site_discovery = true,
+            "--no-site-labels" => site_labels = false,
             "--origin-max-sends" => origin_max_sends = Some(value()?.parse::<usize>()?),
             "--origin-refuse-excess" => origin_refuse_excess = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
@@ -97,7 +97,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let scenario = scenario.ok_or("name a scenario with --scenario NAME")?;
     let mut fleet = flotilla_simulations::build_scenario(scenario, &o)?;
-    fleet.params.site_discovery = site_discovery;
+    fleet.params.site_labels = site_labels;
     if let Some(k) = origin_max_sends {
         fleet.params.origin_max_sends = (k > 0).then_some(k);
     }

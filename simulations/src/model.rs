@@ -95,10 +95,11 @@ pub struct Params {
     pub fleet_size_hint: bool,
     /// The origin leaves once every piece of every layer is held by some host.
     pub origin_leaves: bool,
-    /// Every node knows the live members of its own site (as a site-scoped provider key or
-    /// LAN discovery would tell it) and passes them to its scheduler and rotation policy as
-    /// near nodes. The node has no such discovery yet: off by default.
-    pub site_discovery: bool,
+    /// In a fleet of more than one site, every host is configured with its site's label (the
+    /// node's `site`, SPEC §6.2): it announces each layer under its site key too, looks that key
+    /// up with every lookup, and tells its site in every Welcome. `false`: hosts without
+    /// labels, as an unconfigured node runs (no locality inputs at all).
+    pub site_labels: bool,
     /// A client reads each blob in order as it arrives (the scheduler's read position follows
     /// the first missing piece).
     pub streaming: bool,
@@ -126,7 +127,7 @@ impl Default for Params {
             origin_queue_excess: true,
             fleet_size_hint: false,
             origin_leaves: false,
-            site_discovery: false,
+            site_labels: true,
             streaming: false,
             announce_at_start: true,
             max_time_s: 3600.0,

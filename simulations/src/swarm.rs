@@ -260,6 +260,8 @@ struct Blob {
     pieces: u32,
     /// Hosts announced as providers, in announcement order (records outlive their hosts).
     providers: Vec<u32>,
+    /// Per site, the hosts announced under its site key (with labels only, else empty).
+    site_providers: Vec<Vec<u32>>,
     /// Pieces some host has received.
     copies: Bitfield,
 }
@@ -459,12 +461,14 @@ pub(crate) struct Swarm<'f> {
     lookup_time: Vec<Nanos>,
     announce_time: Vec<Nanos>,
     single_site: bool,
-    /// Hosts of each site.
-    site_hosts: Vec<Vec<u32>>,
+    /// Hosts carry site labels (`Params::site_labels` in a fleet of more than one site).
+    labels: bool,
     wan_in: Vec<Vec<f64>>,
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
     scratch: Vec<u32>,
+    /// How many of `scratch`'s first entries a lookup of the site key returned.
+    site_members: usize,
     sub_scratch: Vec<Sub>,
     stats: SwarmStats,
 }
@@ -500,7 +504,7 @@ impl<'f> Swarm<'f> {
         let lookup_time: Vec<Nanos> = mean_rtt.iter().map(|&r| nanos(hops * r)).collect();
         // Announcing is a lookup for the closest nodes, then one more round trip to store.
         let announce_time = mean_rtt.iter().map(|&r| nanos((hops + 1.0) * r)).collect();
-        let blobs: Vec<Blob> = fleet
+        let mut blobs: Vec<Blob> = fleet
             .layers
             .iter()
             .map(|&size| {
@@ -511,6 +515,7 @@ impl<'f> Swarm<'f> {
                     piece_size,
                     pieces,
                     providers: Vec::new(),
+                    site_providers: Vec::new(),
                     copies: Bitfield::new(pieces),
                 }
             })
@@ -574,9 +579,11 @@ impl<'f> Swarm<'f> {
             demand: vec![Demand::default(); n_blobs],
         };
         let single_site = fleet.hosts.iter().all(|h| h.site == fleet.hosts[0].site);
-        let mut site_hosts = vec![Vec::new(); n_sites];
-        for (i, h) in fleet.hosts.iter().enumerate() {
-            site_hosts[usize::from(h.site)].push(i as u32);
+        let labels = fleet.params.site_labels && !single_site;
+        if labels {
+            for b in &mut blobs {
+                b.site_providers = vec![Vec::new(); n_sites];
+            }
         }
         let mut s = Swarm {
             fleet,
@@ -597,11 +604,12 @@ impl<'f> Swarm<'f> {
             lookup_time,
             announce_time,
             single_site,
-            site_hosts,
+            labels,
             wan_in: vec![vec![0.0; n_blobs]; n_sites],
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),
             scratch: Vec::new(),
+            site_members: 0,
             sub_scratch: Vec::new(),
             stats: SwarmStats::default(),
         };

@@ -281,12 +281,12 @@ fn worst_crossings(fleet: &Fleet) -> f64 {
 
 #[test]
 fn each_layer_crosses_each_sites_wan_about_once() {
-    // 20 sites of 5 hosts, 128 MiB in 2 layers. Before the scheduler told near from far, each
-    // layer crossed each site's link 6.9–8.7 times (seed 1). From what lookups and incoming
-    // sessions reveal of a site's members it is 1.01–1.46; knowing them all, about once (1.00
-    // at 50 hosts a site; here cancelled transfers add their partial bytes: 1.07 before origin
-    // alternatives, 1.12–1.21 with them, since a substituted origin piece is cancelled when a
-    // near peer gets it first — the full-size edge-20x50 with site discovery stays at 1.00).
+    // 20 sites of 5 hosts, 128 MiB in 2 layers. Without site labels (no locality inputs) each
+    // layer crosses each site's link several times (6.9–8.7 before the scheduler told near
+    // from far). With labels each host finds its site's members through the site key and
+    // tells far from near by the Welcome: about once (1.00 at 50 hosts a site; here cancelled
+    // transfers add their partial bytes, since a substituted origin piece is cancelled when a
+    // near peer gets it first).
     let mut fleet = build_scenario(
         Scenario::Edge20x50,
         &Overrides {
@@ -296,11 +296,12 @@ fn each_layer_crosses_each_sites_wan_about_once() {
         },
     )
     .unwrap();
-    let partial = worst_crossings(&fleet);
-    assert!(partial < 2.0, "{partial}");
-    fleet.params.site_discovery = true;
-    let full = worst_crossings(&fleet);
-    assert!(full <= 1.25, "{full}");
+    assert!(fleet.params.site_labels, "labels are the default");
+    let labelled = worst_crossings(&fleet);
+    assert!(labelled <= 1.25, "{labelled}");
+    fleet.params.site_labels = false;
+    let unlabelled = worst_crossings(&fleet);
+    assert!(unlabelled >= 1.5, "{unlabelled} (labelled: {labelled})");
 }
 
 #[test]

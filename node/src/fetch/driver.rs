@@ -25,6 +25,7 @@ use std::time::Duration;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
 use flotilla_protocol::scheduler::{Action, Rotation, RotationConfig, Scheduler, Source};
+use flotilla_protocol::site::{SITE_LOOKUP_LIMIT, label_rtt};
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::{AbortHandle, JoinError, JoinSet};
@@ -139,6 +140,9 @@ async fn drive(
     let (subst_tx, subst_rx) = mpsc::channel(SUBSTITUTION_QUEUE);
     let driver = Driver {
         local,
+        site: inner.network.site().map(str::to_owned),
+        reported: HashMap::new(),
+        far: HashSet::new(),
         gateway,
         swarm_hint: 1,
         lookups: 0,
@@ -190,7 +194,11 @@ fn seed(local: &PeerId, digest: &Digest) -> u64 {
 
 /// What a background task reports.
 enum Internal {
-    Providers(Result<Vec<PeerId>, NetworkError>),
+    /// A lookup's providers, and those of our site (empty without a site).
+    Providers {
+        found: Result<Vec<PeerId>, NetworkError>,
+        near: Result<Vec<PeerId>, NetworkError>,
+    },
     /// Nodes the gateway saw start this download recently.
     SwarmSize(u32),
     Connected {
@@ -222,6 +230,12 @@ const SUBSTITUTION_QUEUE: usize = 16;
 struct Driver {
     inner: Arc<Inner>,
     local: PeerId,
+    /// Our site label: peers that tell the same one are near, all others far (SPEC §6.2).
+    site: Option<String>,
+    /// Per session, its payload bytes last reported to the rotation policy.
+    reported: HashMap<PeerId, u64>,
+    /// Peers with a session whose Welcome told another site, or none (with a site only).
+    far: HashSet<PeerId>,
     digest: Digest,
     table: Arc<SignedPieceTable>,
     stats: Arc<Counters>,
@@ -405,6 +419,8 @@ impl Driver {
         // a blob nobody else wants would otherwise hold back from the origin as if thousands
         // of others were about to fetch each piece.
         self.set_swarm_size();
+        self.report_progress();
+        self.share_near_nodes();
         let now = self.now();
         let stuck = !self.peers_can_help();
         if let Some(peer) = self.rotation.tick(now, stuck) {
@@ -434,6 +450,22 @@ impl Driver {
             });
         }
         Ok(())
+    }
+
+    /// With a site, tells the rotation policy the payload bytes each session received since the
+    /// last tick: it then compares far sessions by bytes, as a piece from another site may
+    /// take longer than its 1-s period.
+    fn report_progress(&mut self) {
+        if self.site.is_none() {
+            return;
+        }
+        for (&peer, session) in &self.sessions {
+            let now = session.payload_bytes();
+            let last = self.reported.insert(peer, now).unwrap_or(0);
+            self.rotation.progress(peer, now.saturating_sub(last));
+        }
+        let sessions = &self.sessions;
+        self.reported.retain(|p, _| sessions.contains_key(p));
     }
 
     /// Whether a connected peer holds a piece we still miss.
@@ -519,20 +551,68 @@ impl Driver {
         }
         let limit = self.inner.cfg.max_peers_per_blob.saturating_mul(2).max(8);
         let lookup = self.inner.network.find_providers(&self.digest, limit);
-        self.tasks
-            .spawn(async move { Internal::Providers(lookup.await) });
+        let site_lookup = self.site.is_some().then(|| {
+            self.inner
+                .network
+                .find_site_providers(&self.digest, SITE_LOOKUP_LIMIT)
+        });
+        self.tasks.spawn(async move {
+            let (found, near) = match site_lookup {
+                Some(site) => futures::join!(lookup, site),
+                None => (lookup.await, Ok(Vec::new())),
+            };
+            Internal::Providers { found, near }
+        });
+    }
+
+    /// Tells the rotation policy (and, for a candidate about to be added, the scheduler) on
+    /// which side of the site boundary `peer` is, as its site label says.
+    fn set_site(&mut self, peer: PeerId, near: bool) {
+        let rtt = label_rtt(near);
+        if near {
+            self.far.remove(&peer);
+        } else {
+            self.far.insert(peer);
+        }
+        self.rotation.peer_rtt(peer, rtt);
+        let now = self.now();
+        self.sched.peer_rtt(peer, rtt, now);
+    }
+
+    /// Hands the scheduler the members of our site known to download this blob (from lookups of
+    /// the site key and Welcomes) for its one-fetch-per-site rule; only with a site, and from
+    /// the first lookup on: a host may fetch from afar (the origin, which is no session) before
+    /// its first far session opens. The simulator's driver does the same.
+    fn share_near_nodes(&mut self) {
+        if self.site.is_none() {
+            return;
+        }
+        let near: Vec<PeerId> = self.rotation.near_providers().collect();
+        self.sched.set_near_nodes(near);
     }
 
     /// Offers new providers to the rotation policy as spares and opens sessions to random ones,
-    /// up to the per-blob limit.
-    fn connect_to(&mut self, peers: Vec<PeerId>) {
-        let mut usable = Vec::with_capacity(peers.len());
-        for peer in peers {
+    /// up to the per-blob limit (`None`: the lookup failed, the spares stay). Members of our
+    /// site (`near`) come back as spares even if
+    /// replaced lately: `offer` keeps recently replaced providers out, and a site has few
+    /// members (simulated, 20 sites of 5 hosts: members that had been replaced once were never
+    /// taken back, and pieces their site held came from afar after 30 s; p99 38 → 2 × the
+    /// bound).
+    fn connect_to(&mut self, peers: Option<Vec<PeerId>>, near: &[PeerId]) {
+        if let Some(peers) = peers {
+            let mut usable = Vec::with_capacity(peers.len());
+            for peer in peers {
+                if self.may_open(peer) {
+                    usable.push(peer);
+                }
+            }
+            self.rotation.offer(usable);
+        }
+        for &peer in near {
             if self.may_open(peer) {
-                usable.push(peer);
+                self.rotation.add_spare(peer);
             }
         }
-        self.rotation.offer(usable);
         self.fill();
     }
 
@@ -801,6 +881,7 @@ impl Driver {
     /// Forgets a peer whose session is gone or unusable.
     fn drop_peer(&mut self, peer: PeerId) {
         self.sessions.remove(&peer);
+        self.far.remove(&peer);
         self.rotation.closed(peer);
         self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
         let now = self.now();
@@ -843,6 +924,10 @@ impl Driver {
                     Verdict::Verified | Verdict::Duplicate if self.counted.set(piece) => {
                         self.stats.peer(bytes);
                         self.inner.totals.peer(bytes);
+                        if self.far.contains(&peer) {
+                            self.stats.far(bytes);
+                            self.inner.totals.far(bytes);
+                        }
                         self.sched.piece_received(source, piece, now);
                     }
                     Verdict::Verified | Verdict::Duplicate => {
@@ -908,8 +993,26 @@ impl Driver {
             }
         };
         match report {
-            Internal::Providers(found) => {
+            Internal::Providers { found, near } => {
                 self.lookup_running = false;
+                let near = near.unwrap_or_else(|e| {
+                    debug!(digest = %self.digest, error = %e, "site lookup failed");
+                    Vec::new()
+                });
+                let near: Vec<PeerId> = near
+                    .into_iter()
+                    .filter(|&p| p != self.local && Some(p) != self.gateway)
+                    .collect();
+                for &p in &near {
+                    self.rotation.peer_rtt(p, label_rtt(true));
+                }
+                // Members of our site first: the rotation policy takes near spares first, and
+                // its list has room for a few.
+                let found = found.map(|peers| {
+                    let mut all = near.clone();
+                    all.extend(peers.into_iter().filter(|p| !near.contains(p)));
+                    all
+                });
                 match found {
                     Ok(peers) => {
                         let others = peers
@@ -917,10 +1020,14 @@ impl Driver {
                             .filter(|p| Some(**p) != self.gateway && **p != self.local)
                             .count();
                         self.swarm_hint = self.swarm_hint.max(others + 1);
-                        self.connect_to(peers)
+                        self.connect_to(Some(peers), &near);
                     }
-                    Err(e) => debug!(digest = %self.digest, error = %e, "provider lookup failed"),
+                    Err(e) => {
+                        debug!(digest = %self.digest, error = %e, "provider lookup failed");
+                        self.connect_to(None, &near);
+                    }
                 }
+                self.share_near_nodes();
                 if self.short_of_sessions() {
                     let retry = self
                         .rotation
@@ -966,6 +1073,11 @@ impl Driver {
             self.check_cold_start();
             return;
         }
+        if let Some(site) = &self.site {
+            // Before `peer_added`, so its bit field is never counted as near by mistake.
+            let near = opened.site.as_deref() == Some(site.as_str());
+            self.set_site(peer, near);
+        }
         let now = self.now();
         if !self.sched.peer_added(peer, opened.have, now) {
             debug!(digest = %self.digest, %peer, "scheduler refused the peer");
@@ -976,6 +1088,7 @@ impl Driver {
         debug!(digest = %self.digest, %peer, "session open");
         self.sessions.insert(peer, session);
         self.rotation.opened(peer, now);
+        self.share_near_nodes();
         for ev in early {
             self.on_event(ev);
         }

@@ -224,6 +224,11 @@ pub(crate) struct FakeNetwork {
     /// Opening a stream to these peers takes this long.
     pub delays: Mutex<HashMap<PeerId, std::time::Duration>>,
     servers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// This node's site label, if set (before the fetcher starts a download).
+    pub site: std::sync::OnceLock<String>,
+    /// Peers of our site, as a lookup of the site key finds them.
+    site_providers: Mutex<Vec<PeerId>>,
+    pub site_lookups: AtomicUsize,
 }
 
 impl FakeNetwork {
@@ -237,18 +242,36 @@ impl FakeNetwork {
             provided: Mutex::new(Vec::new()),
             delays: Mutex::new(HashMap::new()),
             servers: Mutex::new(Vec::new()),
+            site: std::sync::OnceLock::new(),
+            site_providers: Mutex::new(Vec::new()),
+            site_lookups: AtomicUsize::new(0),
         })
     }
 
     /// Adds a provider serving from `source`; returns its id.
     pub fn add_peer(&self, source: Arc<dyn PieceSource>) -> PeerId {
+        self.add_peer_at(source, None)
+    }
+
+    /// Adds a provider in `site` (told in its Welcome, and found by a lookup of our site key
+    /// if it is ours); returns its id.
+    pub fn add_peer_at(&self, source: Arc<dyn PieceSource>, site: Option<&str>) -> PeerId {
         let id = PeerId::random();
         let (tx, rx) = futures::channel::mpsc::channel(16);
-        let server = tokio::spawn(run_server(rx, source, ServerLimits::default()));
+        let label = site.map(str::to_owned);
+        let server = tokio::spawn(run_server(rx, source, ServerLimits::default(), label));
         self.servers.lock().unwrap().push(server);
         self.peers.lock().unwrap().insert(id, tx);
         self.providers.lock().unwrap().push(id);
+        if site.is_some() && site == self.site.get().map(String::as_str) {
+            self.site_providers.lock().unwrap().push(id);
+        }
         id
+    }
+
+    /// Leaves `peer` out of lookups of the blob key (a lookup of the site key still finds it).
+    pub fn hide_from_blob_lookups(&self, peer: &PeerId) {
+        self.providers.lock().unwrap().retain(|p| p != peer);
     }
 
     pub fn opens_of(&self, peer: &PeerId) -> usize {
@@ -320,6 +343,21 @@ impl Network for FakeNetwork {
 
     fn known_peers(&self) -> usize {
         self.peers.lock().unwrap().len()
+    }
+
+    fn site(&self) -> Option<&str> {
+        self.site.get().map(String::as_str)
+    }
+
+    fn find_site_providers(
+        &self,
+        _digest: &Digest,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<PeerId>, NetworkError>> {
+        self.site_lookups.fetch_add(1, Ordering::Relaxed);
+        let mut p = self.site_providers.lock().unwrap().clone();
+        p.truncate(limit);
+        futures::future::ready(Ok(p)).boxed()
     }
 }
 

@@ -67,9 +67,19 @@ impl Rig {
 
     /// Adds a peer holding `pieces` of `blob` (its store is kept alive by the server).
     pub async fn peer(&self, blob: &TestBlob, pieces: impl IntoIterator<Item = u32>) -> PeerId {
+        self.peer_at(blob, pieces, None).await
+    }
+
+    /// Adds a peer of `site` holding `pieces` of `blob`.
+    pub async fn peer_at(
+        &self,
+        blob: &TestBlob,
+        pieces: impl IntoIterator<Item = u32>,
+        site: Option<&str>,
+    ) -> PeerId {
         let store = TestStore::new().await;
         store.seed(blob, pieces).await;
-        let id = self.net.add_peer(store.source());
+        let id = self.net.add_peer_at(store.source(), site);
         // The temporary directory must outlive the test's use of the peer.
         std::mem::forget(store);
         id
@@ -463,4 +473,79 @@ async fn a_download_that_found_nobody_looks_again_before_the_next_tick() {
     rig.peer(&blob, 0..blob.pieces()).await;
     within(20, dl.wait_complete()).await.unwrap();
     assert_eq!(dl.stats().peer_bytes, blob.data.len() as u64);
+}
+
+#[tokio::test]
+async fn with_a_site_pieces_come_from_its_members_and_far_bytes_are_counted() {
+    let rig = Rig::new().await;
+    rig.net.site.set("a".to_owned()).unwrap();
+    let blob = rig.blob(64 * 16384, 16384, 7);
+    let n = blob.pieces();
+    // Every peer holds everything: one of another site, one without a label, one of ours.
+    let far = rig.peer_at(&blob, 0..n, Some("b")).await;
+    let unlabelled = rig.peer_at(&blob, 0..n, None).await;
+    let near = rig.peer_at(&blob, 0..n, Some("a")).await;
+    // Only the site key finds it (among thousands of providers, a random lookup rarely would).
+    rig.net.hide_from_blob_lookups(&near);
+    // The far sessions open after the near one: before a near peer is known to hold a piece,
+    // a far one may be asked for it (a site must get what it lacks from somewhere).
+    for p in [far, unlabelled] {
+        rig.net
+            .delays
+            .lock()
+            .unwrap()
+            .insert(p, Duration::from_millis(300));
+    }
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
+    // A far peer is asked only for pieces no near one holds: none here.
+    assert_eq!(stats.far_peer_bytes, 0, "{stats:?}");
+    assert!(rig.net.site_lookups.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        rig.net.opens_of(&near),
+        1,
+        "the member of our site is found"
+    );
+    assert_eq!(
+        stats.peer_bytes - stats.far_peer_bytes,
+        blob.data.len() as u64
+    );
+}
+
+#[tokio::test]
+async fn with_a_site_what_only_another_site_holds_still_comes_and_counts_as_far() {
+    let rig = Rig::new().await;
+    rig.net.site.set("a".to_owned()).unwrap();
+    let blob = rig.blob(16 * 16384, 16384, 8);
+    let n = blob.pieces();
+    rig.peer_at(&blob, 0..n, Some("b")).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
+    assert_eq!(stats.far_peer_bytes, stats.peer_bytes, "{stats:?}");
+}
+
+#[tokio::test]
+async fn without_a_site_no_peer_is_far() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(16 * 16384, 16384, 9);
+    let n = blob.pieces();
+    rig.peer_at(&blob, 0..n, Some("b")).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    within(20, dl.wait_complete()).await.unwrap();
+    let stats = dl.stats();
+    assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
+    assert_eq!(stats.far_peer_bytes, 0, "{stats:?}");
+    assert_eq!(rig.net.site_lookups.load(Ordering::Relaxed), 0);
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::membership::MemberCertificate;
+use flotilla_protocol::site::site_key;
 use futures::future::BoxFuture;
 use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
@@ -84,6 +85,8 @@ struct Shared {
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     known_peers: Arc<AtomicUsize>,
     members: Arc<Members>,
+    /// This node's site label (`SwarmConfig::site`).
+    site: Option<Arc<str>>,
 }
 
 /// A cheap, cloneable handle to the swarm task.
@@ -131,8 +134,26 @@ impl SwarmHandle {
                 listen_addrs,
                 known_peers,
                 members,
+                site: None,
             }),
         }
+    }
+
+    /// Sets the site label; only while the handle is the only one (right after `new`).
+    pub(super) fn with_site(mut self, site: Option<String>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.site = site.map(Arc::from);
+        }
+        self
+    }
+
+    /// The keys this node announces `digest` under: the blob's, and its site's if it has one.
+    fn provider_keys(&self, digest: &Digest) -> Vec<RecordKey> {
+        let mut keys = vec![dht_key(digest)];
+        if let Some(site) = &self.shared.site {
+            keys.push(RecordKey::new(&site_key(digest, site)));
+        }
+        keys
     }
 
     /// Sends a command and waits for its reply.
@@ -445,25 +466,61 @@ impl Network for SwarmHandle {
     }
 
     /// Resolves once the ADD_PROVIDER messages were sent to the closest peers (Kademlia does
-    /// not wait for them to be stored: a lookup right after may still miss this node).
+    /// not wait for them to be stored: a lookup right after may still miss this node). With a
+    /// site, the blob is announced under its site key too, at the same time.
     fn provide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>> {
         let this = self.clone();
-        let key = dht_key(digest);
+        let keys = self.provider_keys(digest);
         Box::pin(async move {
-            this.ask(|reply| Command::Provide { key, reply })
-                .await
-                .or_else(stopped)?
+            let announced = futures::future::join_all(keys.into_iter().map(|key| {
+                let this = this.clone();
+                async move {
+                    this.ask(|reply| Command::Provide { key, reply })
+                        .await
+                        .or_else(stopped)?
+                }
+            }))
+            .await;
+            announced.into_iter().collect()
         })
     }
 
-    /// Stops re-publishing; the records already sent live on at the other peers until their TTL.
+    /// Stops re-publishing (both keys); the records already sent live on at the other peers
+    /// until their TTL.
     fn unprovide(&self, digest: &Digest) -> BoxFuture<'static, Result<(), NetworkError>> {
         let this = self.clone();
-        let key = dht_key(digest);
+        let keys = self.provider_keys(digest);
         Box::pin(async move {
-            this.ask(|reply| Command::Unprovide { key, reply })
+            for key in keys {
+                this.ask(|reply| Command::Unprovide { key, reply })
+                    .await
+                    .or_else(stopped)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn site(&self) -> Option<&str> {
+        self.shared.site.as_deref()
+    }
+
+    fn find_site_providers(
+        &self,
+        digest: &Digest,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<PeerId>, NetworkError>> {
+        let Some(site) = self.shared.site.clone() else {
+            return Box::pin(std::future::ready(Ok(Vec::new())));
+        };
+        let this = self.clone();
+        let key = RecordKey::new(&site_key(digest, &site));
+        Box::pin(async move {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            this.ask(|reply| Command::FindProviders { key, limit, reply })
                 .await
-                .or_else(stopped)
+                .or_else(stopped)?
         })
     }
 

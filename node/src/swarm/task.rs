@@ -198,7 +198,8 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
         listen_rx,
         known_peers,
         members,
-    );
+    )
+    .with_site(config.site);
     tokio::spawn(task.run(stop_tx));
     Ok((
         handle,

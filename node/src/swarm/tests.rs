@@ -338,3 +338,56 @@ async fn a_lone_node_answers_without_peers() {
     node.shutdown().await.unwrap();
     assert!(node.find_providers(&blob("nobody"), 4).await.is_err());
 }
+
+/// A node with a site announces each blob under its site key too: a node of the same site
+/// finds it there, a node of another site does not (its own site key is another key), and
+/// every node still finds it under the blob's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_member_is_found_under_the_site_key() {
+    let relay = start(config()).await;
+    let mut c = config();
+    c.bootstrap = relay.listen_addrs();
+    c.site = Some("fra-1".to_owned());
+    let provider = start(c).await;
+    assert_eq!(provider.site(), Some("fra-1"));
+    let digest = blob("layer of a site");
+    wait_connected(&provider, relay.local_peer_id()).await;
+    let mut c = config();
+    c.bootstrap = relay.listen_addrs();
+    c.site = Some("fra-1".to_owned());
+    let same = start(c).await;
+    let mut c = config();
+    c.bootstrap = relay.listen_addrs();
+    c.site = Some("ams-2".to_owned());
+    let other = start(c).await;
+    wait_connected(&same, relay.local_peer_id()).await;
+    wait_connected(&other, relay.local_peer_id()).await;
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let found = loop {
+        provider.provide(&digest).await.unwrap();
+        let found = same.find_site_providers(&digest, 8).await;
+        if found
+            .as_ref()
+            .is_ok_and(|f| f.contains(&provider.local_peer_id()))
+        {
+            break found.unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the site key never led to the provider: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(found, vec![provider.local_peer_id()]);
+    let found = find_until(&other, &digest, 8, provider.local_peer_id()).await;
+    assert!(found.contains(&provider.local_peer_id()));
+    assert_eq!(other.find_site_providers(&digest, 8).await.unwrap(), vec![]);
+    // No site, no site lookup.
+    assert_eq!(relay.site(), None);
+    assert_eq!(relay.find_site_providers(&digest, 8).await.unwrap(), vec![]);
+
+    for node in [&relay, &provider, &same, &other] {
+        node.shutdown().await.unwrap();
+    }
+}

@@ -79,6 +79,8 @@ pub async fn fetch_table(
 pub struct Opened {
     /// Its pieces at the Welcome; later gains come as [`SessionEventKind::Have`].
     pub have: Bitfield,
+    /// Its site label, if it told one.
+    pub site: Option<String>,
 }
 
 /// A decoded Welcome.
@@ -87,6 +89,7 @@ struct Welcome {
     piece_size: u32,
     table: Option<Vec<u8>>,
     have: Bitfield,
+    site: Option<String>,
 }
 
 /// Sends `hello` and reads the answer. If the write fails, the uploader may have refused the
@@ -105,6 +108,7 @@ async fn hello_exchange<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 piece_size,
                 table,
                 have,
+                site,
             })),
             Ok(()),
         ) => Ok(Welcome {
@@ -112,6 +116,7 @@ async fn hello_exchange<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             piece_size,
             table,
             have,
+            site,
         }),
         (Ok(Some(Frame::NotHeld)), _) => Err(TransferError::NotHeld),
         (Ok(Some(Frame::Error { code, message })), _) => {
@@ -141,6 +146,8 @@ struct Shared {
     /// Answers and payload chunks received so far: how a downloader tells an uploader that is
     /// slowly sending from one that accepted requests and went silent.
     progress: std::sync::atomic::AtomicU64,
+    /// Payload bytes received so far (whole pieces and parts of the one in flight).
+    payload: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -237,6 +244,7 @@ impl Session {
             }),
             wake: Notify::new(),
             progress: std::sync::atomic::AtomicU64::new(0),
+            payload: std::sync::atomic::AtomicU64::new(0),
         });
         let task = Task {
             peer,
@@ -253,7 +261,13 @@ impl Session {
             shared,
             task,
         };
-        Ok((session, Opened { have: welcome.have }))
+        Ok((
+            session,
+            Opened {
+                have: welcome.have,
+                site: welcome.site,
+            },
+        ))
     }
 
     /// The uploader.
@@ -270,6 +284,14 @@ impl Session {
     pub fn progress(&self) -> u64 {
         self.shared
             .progress
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Piece payload bytes received so far, counted as they stream in (a far uploader's piece
+    /// takes seconds; this shows how it is going).
+    pub fn payload_bytes(&self) -> u64 {
+        self.shared
+            .payload
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -506,6 +528,9 @@ impl Task {
             };
             left -= n;
             self.moved();
+            self.shared
+                .payload
+                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
             if let Some(r) = receiver.as_mut()
                 && let Err(e) = r.write(chunk).await
             {

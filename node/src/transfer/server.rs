@@ -38,10 +38,12 @@ const MAX_REFUSALS: usize = 64;
 /// How long a refusal or a final Error frame may take to go out.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Server settings: the public limits plus the timeouts (shortened by tests).
-#[derive(Debug, Clone, Copy)]
+/// Server settings: the public limits, the site label told in every Welcome, and the timeouts
+/// (shortened by tests).
+#[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
     pub(crate) limits: ServerLimits,
+    pub(crate) site: Option<Arc<str>>,
     pub(crate) hello_timeout: Duration,
     pub(crate) idle_timeout: Duration,
 }
@@ -50,17 +52,20 @@ pub(crate) struct ServerConfig {
 ///
 /// One task per stream, at most [`ServerLimits::max_streams`] at once; a stream beyond that
 /// gets an Error frame (code overloaded) and is closed. Dropping the returned future stops
-/// every stream task.
+/// every stream task. `site` is this host's site label (checked by the caller), told to every
+/// downloader in its Welcome.
 pub async fn run_server(
     incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
     source: Arc<dyn PieceSource>,
     limits: ServerLimits,
+    site: Option<String>,
 ) {
     run_server_with(
         incoming,
         source,
         ServerConfig {
             limits,
+            site: site.map(Arc::from),
             hello_timeout: HELLO_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
         },
@@ -88,7 +93,7 @@ pub(crate) async fn run_server_with(
                         source: source.clone(),
                         sends: sends.clone(),
                         per_blob: per_blob.clone(),
-                        config,
+                        config: config.clone(),
                     };
                     tasks.spawn(async move {
                         conn.serve(stream).await;
@@ -295,6 +300,7 @@ impl Conn {
             piece_size: held.table.table.piece_size,
             table,
             have: have.clone(),
+            site: self.config.site.as_deref().map(str::to_owned),
         };
         if let Err(e) = send_frames(write, &mut Vec::new(), &[welcome]).await {
             tracing::debug!(peer = %self.peer, "cannot send Welcome: {e}");

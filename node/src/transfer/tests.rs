@@ -208,6 +208,7 @@ type Incoming = futures::channel::mpsc::Sender<(PeerId, PeerStream)>;
 fn config(limits: ServerLimits) -> ServerConfig {
     ServerConfig {
         limits,
+        site: None,
         hello_timeout: HELLO_TIMEOUT,
         idle_timeout: IDLE_TIMEOUT,
     }
@@ -269,6 +270,22 @@ async fn answers(events: &mut mpsc::Receiver<SessionEvent>, n: usize) -> Vec<Ses
         }
     }
     out
+}
+
+#[tokio::test]
+async fn the_welcome_tells_the_uploaders_site() {
+    let data = blob(10_000);
+    let source = FakeSource::seeder(&data, 4096);
+    let digest = source.table.table.digest.clone();
+    let sink = FakeSink::new(&source.table);
+    let mut server = start_server(source.clone(), config(ServerLimits::default()));
+    let c = open(&mut server, &digest, sink.clone(), 8).await;
+    assert_eq!(c.opened.site, None);
+    let mut cfg = config(ServerLimits::default());
+    cfg.site = Some(Arc::from("fra-1"));
+    let mut server = start_server(source, cfg);
+    let c = open(&mut server, &digest, sink, 8).await;
+    assert_eq!(c.opened.site.as_deref(), Some("fra-1"));
 }
 
 #[tokio::test]
@@ -459,6 +476,7 @@ async fn stale_answers_after_cancel_are_dropped() {
             piece_size: 1000,
             table: None,
             have: Bitfield::full(3),
+            site: None,
         };
         wire::encode(&welcome, &mut out).unwrap();
         theirs.write_all(&out).await.unwrap();
@@ -764,6 +782,7 @@ async fn scripted(script: Vec<u8>) -> Vec<SessionEventKind> {
             piece_size: 1000,
             table: None,
             have: Bitfield::full(3),
+            site: None,
         };
         wire::encode(&welcome, &mut out).unwrap();
         theirs.write_all(&out).await.unwrap();
@@ -844,6 +863,7 @@ async fn hello_and_idle_timeouts() {
     let digest = source.table.table.digest.clone();
     let cfg = ServerConfig {
         limits: ServerLimits::default(),
+        site: None,
         hello_timeout: Duration::from_millis(200),
         idle_timeout: Duration::from_millis(300),
     };

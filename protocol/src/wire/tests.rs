@@ -23,6 +23,7 @@ fn welcome(size: u64, piece_size: u32, table: Option<Vec<u8>>) -> Frame {
         piece_size,
         table,
         have,
+        site: None,
     }
 }
 
@@ -167,6 +168,7 @@ fn strictness() {
         piece_size: 4,
         table: None,
         have: Bitfield::new(2),
+        site: None,
     };
     let mut out = vec![7];
     assert!(encode(&bad, &mut out).is_err());
@@ -184,6 +186,38 @@ fn strictness() {
     let mut w = enc(&welcome(10, 4, Some(vec![1, 2])));
     w[22] = 200;
     assert!(decode(&w).is_err());
+}
+
+#[test]
+fn welcome_carries_the_site_label() {
+    let mut frame = welcome(10, 4, Some(vec![7]));
+    if let Frame::Welcome { site, .. } = &mut frame {
+        *site = Some("fra-1".to_owned());
+    }
+    let bytes = enc(&frame);
+    // type, version, flags (table | site), size, piece_size, then the label before the table.
+    assert_eq!(&bytes[4..7], [0x81, 1, 0x03]);
+    assert_eq!(&bytes[19..25], [5, b'f', b'r', b'a', b'-', b'1']);
+    assert_eq!(&bytes[25..30], [0, 0, 0, 1, 7]);
+    assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
+    // A label that check_site refuses is neither encoded nor decoded.
+    for bad in ["", "a b", "a/b"] {
+        let mut f = frame.clone();
+        if let Frame::Welcome { site, .. } = &mut f {
+            *site = Some(bad.to_owned());
+        }
+        assert!(encode(&f, &mut Vec::new()).is_err(), "{bad:?}");
+    }
+    let mut b = bytes.clone();
+    b[20] = b' ';
+    assert!(matches!(decode(&b), Err(WireError::Malformed(_))));
+    let mut b = bytes.clone();
+    b[19] = 0;
+    assert!(decode(&b).is_err(), "an empty label");
+    // A label length running past the frame.
+    let mut b = bytes;
+    b[19] = 200;
+    assert!(decode(&b).is_err());
 }
 
 #[test]
@@ -218,9 +252,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             0u64..5000,
             1u32..300,
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..100)),
-            any::<u64>()
+            any::<u64>(),
+            proptest::option::of("[A-Za-z0-9._-]{1,63}"),
         )
-            .prop_map(|(size, piece_size, table, seed)| {
+            .prop_map(|(size, piece_size, table, seed, site)| {
                 let count = size.div_ceil(u64::from(piece_size)) as u32;
                 let mut have = Bitfield::new(count);
                 for i in 0..count {
@@ -233,6 +268,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     piece_size,
                     table,
                     have,
+                    site,
                 }
             }),
         Just(Frame::NotHeld),

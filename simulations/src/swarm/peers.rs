@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use flotilla_protocol::piece::Bitfield;
+use flotilla_protocol::site::{SITE_LOOKUP_LIMIT, label_rtt};
 
 use super::{Ev, Nanos, State, Stream, Swarm, Tag};
 
@@ -77,14 +78,12 @@ impl Swarm<'_> {
         self.drain(t);
     }
 
-    /// Round trip between two hosts.
-    fn rtt_hosts(&self, a: u32, b: u32) -> Duration {
-        Duration::from_nanos(2 * self.net.owd_hosts(a, b))
-    }
-
     /// Tells the rotation policy how far each session's piece in progress got (the node counts
     /// piece bytes as they stream in).
     fn report_progress(&mut self, t: u32) {
+        if !self.labels {
+            return;
+        }
         let now = self.now;
         for k in 0..self.tasks[t as usize].sessions.len() {
             let stream = self.tasks[t as usize].sessions[k].0;
@@ -102,51 +101,16 @@ impl Swarm<'_> {
         }
     }
 
-    /// Hands the scheduler the near nodes the driver knows download the layer: near providers
-    /// found by lookups and near hosts with a session to us (only once a far provider was
-    /// seen: in a fleet of one site every node is near and the rule has nothing to decide).
+    /// Hands the scheduler the members of its site known to download the layer (from lookups of
+    /// the site key and Welcomes), as the node's driver does (`share_near_nodes`); only with
+    /// site labels.
     fn share_near_nodes(&mut self, t: u32) {
-        let task = &self.tasks[t as usize];
-        let Some(r) = task.rotation.as_deref() else {
+        if !self.labels {
+            return;
+        }
+        let Some(r) = self.tasks[t as usize].rotation.as_deref() else {
             return;
         };
-        let discovery = self.fleet.params.site_discovery && !self.single_site;
-        if !(r.knows_far() || discovery) {
-            return;
-        }
-        let host = task.host;
-        // Near hosts downloading from us: remembered as near, and candidates for a session.
-        let mut subs = Vec::new();
-        for sub in &task.subscribers {
-            let down = self.host_blob(sub.down).0;
-            let rtt = self.rtt_hosts(host, down);
-            if rtt <= self.cfg.near_rtt {
-                subs.push((down, rtt));
-            }
-        }
-        let task = &mut self.tasks[t as usize];
-        let Some(r) = task.rotation.as_deref_mut() else {
-            return;
-        };
-        for (p, rtt) in subs {
-            r.peer_rtt(p, rtt);
-            if !task.connecting.contains(&p) {
-                r.add_spare(p);
-            }
-        }
-        if self.fleet.params.site_discovery {
-            // The what-if: the live members of our site, as site-scoped discovery would list.
-            let site = usize::from(self.net.host_site[host as usize]);
-            for &h in &self.site_hosts[site] {
-                if h != host && self.hosts[h as usize].alive {
-                    let rtt = Duration::from_nanos(2 * self.net.owd_hosts(host, h));
-                    r.peer_rtt(h, rtt);
-                    if !task.connecting.contains(&h) {
-                        r.add_spare(h);
-                    }
-                }
-            }
-        }
         let near: Vec<u32> = r.near_providers().collect();
         if let Some(s) = self.scheds[t as usize].as_deref_mut() {
             s.set_near_nodes(near);
@@ -278,36 +242,52 @@ impl Swarm<'_> {
         // The lookup's answer: up to `limit` random provider records other than our own.
         let mut found = std::mem::take(&mut self.scratch);
         found.clear();
-        let providers = &self.blobs[blob].providers;
-        if providers.len() <= limit + 1 {
-            found.extend(providers.iter().copied().filter(|&p| p != host));
-            for i in (1..found.len()).rev() {
-                let j = self.rng.below(i as u64 + 1) as usize;
-                found.swap(i, j);
-            }
-        } else {
-            let mut tries = limit * 4;
-            while found.len() < limit && tries > 0 {
-                tries -= 1;
-                let p = providers[self.rng.below(providers.len() as u64) as usize];
-                if p != host && !found.contains(&p) {
-                    found.push(p);
+        sample(
+            &self.blobs[blob].providers,
+            host,
+            limit,
+            &mut self.rng,
+            &mut found,
+        );
+        if self.labels {
+            // The lookup of the site key, run alongside: up to `SITE_LOOKUP_LIMIT` random
+            // members of our site that announced the layer, near from now on and offered first.
+            let site = usize::from(self.net.host_site[host as usize]);
+            let members = &self.blobs[blob].site_providers[site];
+            let mut near = Vec::new();
+            sample(members, host, SITE_LOOKUP_LIMIT, &mut self.rng, &mut near);
+            let task = &mut self.tasks[t as usize];
+            if let Some(r) = task.rotation.as_deref_mut() {
+                for &p in &near {
+                    r.peer_rtt(p, label_rtt(true));
                 }
             }
+            let members = near.len();
+            for &p in &found {
+                if !near[..members].contains(&p) {
+                    near.push(p);
+                }
+            }
+            found = near;
+            self.site_members = members;
         }
-        // The node learns each provider's round trip as it dials it (modelled as known with
-        // the answer; see the README).
-        let rtts: Vec<Duration> = found.iter().map(|&p| self.rtt_hosts(host, p)).collect();
+        let members = std::mem::take(&mut self.site_members);
         let task = &mut self.tasks[t as usize];
         task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
         if let Some(r) = task.rotation.as_deref_mut() {
-            for (&p, &rtt) in found.iter().zip(&rtts) {
-                r.peer_rtt(p, rtt);
+            r.offer(
+                found
+                    .iter()
+                    .copied()
+                    .filter(|p| !task.connecting.contains(p)),
+            );
+            // Members of our site come back even if replaced lately (`add_spare`): `offer`
+            // keeps recently replaced providers out, and a small site has few members.
+            for &p in &found[..members] {
+                if !task.connecting.contains(&p) {
+                    r.add_spare(p);
+                }
             }
-        }
-        found.retain(|&p| !task.connecting.contains(&p));
-        if let Some(r) = task.rotation.as_deref_mut() {
-            r.offer(found.iter().copied());
         }
         self.scratch = found;
         self.share_near_nodes(t);
@@ -390,17 +370,24 @@ impl Swarm<'_> {
         self.hosts[peer as usize].streams_in += 1;
         self.stats.sessions_opened += 1;
         let now = self.at();
-        // The session's connection measured the round trip (QUIC's RTT estimate, a ping).
-        let rtt = self.rtt_hosts(self.host_blob(t).0, peer);
+        // With labels, the Welcome tells the uploader's site.
+        let labels = self.labels;
+        let host = self.host_blob(t).0;
+        let rtt = label_rtt(self.net.host_site[host as usize] == self.net.host_site[peer as usize]);
         let added = self.sched(t).is_some_and(|s| {
-            s.peer_rtt(peer, rtt, now);
+            if labels {
+                s.peer_rtt(peer, rtt, now);
+            }
             s.peer_added(peer, have, now)
         });
         if added {
             if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
-                r.peer_rtt(peer, rtt);
+                if labels {
+                    r.peer_rtt(peer, rtt);
+                }
                 r.opened(peer, now);
             }
+            self.share_near_nodes(t);
         } else {
             self.tasks[t as usize]
                 .sessions
@@ -416,7 +403,12 @@ impl Swarm<'_> {
         if matches!(task.state, State::Running | State::Done)
             && self.hosts[task.host as usize].alive
         {
-            self.blobs[usize::from(task.blob)].providers.push(task.host);
+            let blob = &mut self.blobs[usize::from(task.blob)];
+            blob.providers.push(task.host);
+            if self.labels {
+                let site = usize::from(self.net.host_site[task.host as usize]);
+                blob.site_providers[site].push(task.host);
+            }
         }
     }
 
@@ -639,5 +631,32 @@ impl Swarm<'_> {
             task.state = State::Gone;
         }
         self.hosts[h as usize].streams_in = 0;
+    }
+}
+
+/// A lookup's answer from a key's provider records: up to `limit` random ones other than
+/// `host`'s own, into `out` (all of them, shuffled, when there are few).
+fn sample(
+    providers: &[u32],
+    host: u32,
+    limit: usize,
+    rng: &mut crate::rng::Rng,
+    out: &mut Vec<u32>,
+) {
+    if providers.len() <= limit + 1 {
+        out.extend(providers.iter().copied().filter(|&p| p != host));
+        for i in (1..out.len()).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            out.swap(i, j);
+        }
+    } else {
+        let mut tries = limit * 4;
+        while out.len() < limit && tries > 0 {
+            tries -= 1;
+            let p = providers[rng.below(providers.len() as u64) as usize];
+            if p != host && !out.contains(&p) {
+                out.push(p);
+            }
+        }
     }
 }
