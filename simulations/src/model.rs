@@ -114,8 +114,8 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             seed: 1,
-            max_peers: 8,
-            lookup_limit: 16,
+            max_peers: 10,
+            lookup_limit: 20,
             refresh_s: 10.0,
             max_sends: 16,
             max_streams: 256,
