@@ -351,8 +351,6 @@ pub(crate) struct Swarm<'f> {
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
     scratch: Vec<u32>,
-    /// How many of `scratch`'s first entries a lookup of the site key returned.
-    site_members: usize,
     sub_scratch: Vec<Sub>,
     stats: SwarmStats,
 }
@@ -493,7 +491,6 @@ impl<'f> Swarm<'f> {
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),
             scratch: Vec::new(),
-            site_members: 0,
             sub_scratch: Vec::new(),
             stats: SwarmStats::default(),
         };

@@ -86,6 +86,20 @@ impl Rig {
     }
 }
 
+impl Rig {
+    /// Downloads `blob` to the end, checks every byte the local store holds, and returns the
+    /// download's stats.
+    pub async fn download(&self, blob: &TestBlob) -> super::TransferStats {
+        let dl = within(20, self.fetcher.open(&blob.digest)).await.unwrap();
+        within(20, dl.wait_complete()).await.unwrap();
+        assert_eq!(
+            read_back(&*self.local.store, blob).await,
+            blob.data.as_slice()
+        );
+        dl.stats()
+    }
+}
+
 /// The blob's bytes as the local store holds them.
 pub(crate) async fn read_back(source: &dyn PieceSource, blob: &TestBlob) -> Vec<u8> {
     let mut out = Vec::with_capacity(blob.data.len());
@@ -496,13 +510,7 @@ async fn with_a_site_pieces_come_from_its_members_and_far_bytes_are_counted() {
             .unwrap()
             .insert(p, Duration::from_millis(300));
     }
-    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
-    within(20, dl.wait_complete()).await.unwrap();
-    assert_eq!(
-        read_back(&*rig.local.store, &blob).await,
-        blob.data.as_slice()
-    );
-    let stats = dl.stats();
+    let stats = rig.download(&blob).await;
     assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
     // A far peer is asked only for pieces no near one holds: none here.
     assert_eq!(stats.far_peer_bytes, 0, "{stats:?}");
@@ -525,13 +533,7 @@ async fn with_a_site_what_only_another_site_holds_still_comes_and_counts_as_far(
     let blob = rig.blob(16 * 16384, 16384, 8);
     let n = blob.pieces();
     rig.peer_at(&blob, 0..n, Some("b")).await;
-    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
-    within(20, dl.wait_complete()).await.unwrap();
-    assert_eq!(
-        read_back(&*rig.local.store, &blob).await,
-        blob.data.as_slice()
-    );
-    let stats = dl.stats();
+    let stats = rig.download(&blob).await;
     assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
     assert_eq!(stats.far_peer_bytes, stats.peer_bytes, "{stats:?}");
 }
@@ -542,9 +544,7 @@ async fn without_a_site_no_peer_is_far() {
     let blob = rig.blob(16 * 16384, 16384, 9);
     let n = blob.pieces();
     rig.peer_at(&blob, 0..n, Some("b")).await;
-    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
-    within(20, dl.wait_complete()).await.unwrap();
-    let stats = dl.stats();
+    let stats = rig.download(&blob).await;
     assert_eq!(stats.peer_bytes, blob.data.len() as u64, "{stats:?}");
     assert_eq!(stats.far_peer_bytes, 0, "{stats:?}");
     assert_eq!(rig.net.site_lookups.load(Ordering::Relaxed), 0);

@@ -249,29 +249,29 @@ impl Swarm<'_> {
             &mut self.rng,
             &mut found,
         );
+        // How many of `found`'s first entries the site key's lookup returned.
+        let mut members = 0;
         if self.labels {
             // The lookup of the site key, run alongside: up to `SITE_LOOKUP_LIMIT` random
             // members of our site that announced the layer, near from now on and offered first.
             let site = usize::from(self.net.host_site[host as usize]);
-            let members = &self.blobs[blob].site_providers[site];
+            let roster = &self.blobs[blob].site_providers[site];
             let mut near = Vec::new();
-            sample(members, host, SITE_LOOKUP_LIMIT, &mut self.rng, &mut near);
+            sample(roster, host, SITE_LOOKUP_LIMIT, &mut self.rng, &mut near);
             let task = &mut self.tasks[t as usize];
             if let Some(r) = task.rotation.as_deref_mut() {
                 for &p in &near {
                     r.peer_rtt(p, label_rtt(true));
                 }
             }
-            let members = near.len();
+            members = near.len();
             for &p in &found {
                 if !near[..members].contains(&p) {
                     near.push(p);
                 }
             }
             found = near;
-            self.site_members = members;
         }
-        let members = std::mem::take(&mut self.site_members);
         let task = &mut self.tasks[t as usize];
         task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
         if let Some(r) = task.rotation.as_deref_mut() {
