@@ -255,12 +255,15 @@ impl Driver {
         }
     }
 
-    /// `peer` answered a request (whatever the answer): it is not stalling.
-    pub(super) fn answered(&mut self, peer: PeerId) {
+    /// `peer` answered our request for `piece` (whatever the answer): it is not stalling, the
+    /// request is no longer outstanding, and the store's bits may have changed.
+    pub(super) fn answered(&mut self, peer: PeerId, piece: u32) {
         if let Some(st) = self.strikes.get_mut(&peer) {
             st.stalls = 0;
             st.quiet_since = None;
         }
+        self.outstanding.remove(&(Source::Peer(peer), piece));
+        self.reconcile = true;
     }
 
     /// Forgets a peer whose session is gone or unusable.
@@ -296,9 +299,7 @@ impl Driver {
                 verdict,
                 bytes,
             } => {
-                self.answered(peer);
-                self.outstanding.remove(&(source, piece));
-                self.reconcile = true;
+                self.answered(peer, piece);
                 if verdict != Verdict::Invalid {
                     self.rotation.delivered(peer);
                 }
@@ -329,24 +330,18 @@ impl Driver {
                 }
             }
             SessionEventKind::Refused(piece) => {
-                self.answered(peer);
-                self.outstanding.remove(&(source, piece));
-                self.reconcile = true;
+                self.answered(peer, piece);
                 self.sched.request_refused(source, piece, now);
                 if self.rotation.refused(peer, now).is_some() {
                     self.replace_session(peer, "it keeps answering Busy");
                 }
             }
             SessionEventKind::Failed(piece) => {
-                self.answered(peer);
-                self.outstanding.remove(&(source, piece));
-                self.reconcile = true;
+                self.answered(peer, piece);
                 self.sched.request_failed(source, piece, now);
             }
             SessionEventKind::Missing(piece) => {
-                self.answered(peer);
-                self.outstanding.remove(&(source, piece));
-                self.reconcile = true;
+                self.answered(peer, piece);
                 self.sched.request_failed(source, piece, now);
                 let st = self.strikes.entry(peer).or_default();
                 st.missing += 1;
