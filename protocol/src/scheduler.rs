@@ -81,10 +81,13 @@
 //!   slot within about one piece time; the origin is not asked for that piece for an
 //!   [`Config::origin_step`] (one hold per piece: a bounded list of 64 refusals, shorter than a
 //!   blob, forgot holds and let nodes ask again at once).
-//! - **End game.** Once no candidate holds a piece that is not already requested, free slots
-//!   duplicate in-flight pieces (oldest request first) at a second peer, up to
-//!   [`Config::max_duplicates`] (2) sources per piece; the first copy to land wins and the
-//!   others are cancelled.
+//! - **End game.** Once every missing piece is requested, free slots duplicate in-flight
+//!   pieces (oldest request first) at a second peer, up to [`Config::max_duplicates`] (2)
+//!   sources per piece; the first copy to land wins and the others are cancelled. Not while a
+//!   missing piece is waiting for some candidate (or the origin) to have it: early in a swarm
+//!   the candidates hold only what is already in flight, and duplicating then spent 7 % of a
+//!   simulated 10,000-node pull's uploads (65 % of the LAN bytes of 20 edge sites) on copies
+//!   nobody needed.
 //! - **Origin.** Only for pieces that no candidate peer holds, never within
 //!   [`Config::origin_grace`] (1 s) of the start (a node joining an active swarm first hears
 //!   the bit fields) unless the caller reports a cold start ([`Scheduler::end_origin_grace`]:

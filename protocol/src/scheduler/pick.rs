@@ -46,9 +46,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
-    /// Whether no candidate holds a piece that is missing and not requested yet.
+    /// Whether every missing piece is requested already (none is left to pick, from a peer
+    /// or, later, the origin).
     pub(super) fn end_game(&self) -> bool {
-        self.rarity.seen().is_empty()
+        self.rarity.seen().is_empty() && self.rarity.unseen().is_empty()
     }
 
     /// The next peer request: the cheapest ready peer that can be given a piece.

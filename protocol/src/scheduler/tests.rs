@@ -171,6 +171,28 @@ fn end_game_duplicates_then_cancels() {
 }
 
 #[test]
+fn no_end_game_while_a_missing_piece_is_not_requested() {
+    // Early in a swarm the candidates hold only what is already in flight while most pieces
+    // exist nowhere we can see: duplicating then spends uploads on copies nobody needs
+    // (simulated: 7 % of fleet-10k's bytes, 65 % of edge-20x50's).
+    let mut s = Scheduler::new(0, Bitfield::new(3), cfg(), ms(0));
+    s.peer_added(1, some(3, [0]), ms(0));
+    s.peer_added(2, some(3, [0]), ms(0));
+    assert_eq!(requests(&drain(&mut s)).len(), 1);
+    // Pieces 1 and 2 appear at peer 3 and are requested: now every missing piece is in
+    // flight, and a free slot duplicates.
+    s.peer_added(3, some(3, [1, 2]), ms(10));
+    let r = requests(&drain(&mut s));
+    let fresh: HashSet<u32> = r
+        .iter()
+        .filter(|r| r.0 == Source::Peer(3))
+        .map(|r| r.1)
+        .collect();
+    assert_eq!(fresh, HashSet::from([1, 2]), "{r:?}");
+    assert!(r.iter().any(|r| r.1 == 0), "piece 0 duplicated: {r:?}");
+}
+
+#[test]
 fn origin_only_for_unseen_pieces_and_after_grace() {
     let c = Config {
         origin_grace: ms(1000),
@@ -556,7 +578,8 @@ fn swarm_size_limits_who_goes_to_the_origin() {
 #[test]
 fn partial_views_with_a_deduplicating_origin_send_each_piece_about_once() {
     // 100 nodes that each know ~16 others, told the swarm size, and an origin that refuses a
-    // piece it is sending or sent in the last 2 s.
+    // piece it is sending or sent in the last 2 s. Over six scheduler seeds: whether a piece
+    // waits out a refusal window somewhere is chance, so one seed says little about idling.
     let mut rng = peer::XorShift::new(11);
     let leechers: Vec<(f64, f64)> = (0..100)
         .map(|_| {
@@ -564,32 +587,36 @@ fn partial_views_with_a_deduplicating_origin_send_each_piece_about_once() {
             (up, 2.0 * up)
         })
         .collect();
-    let mut swarm = Swarm::build(driver::Spec {
-        pieces: 64,
-        leechers,
-        seeds: Vec::new(),
-        origin_up: 10.0,
-        degree: Some(16),
-        rtt: ms(5),
-        cfg: swarm_config(5),
-        swarm_hint: true,
-        origin_dedup: Some(Duration::from_secs(2)),
-    });
-    swarm.run(20_000_000);
-    let times = swarm.done_times();
-    assert_eq!(times.len(), 100, "everyone completes");
-    let origin = swarm.origin_served();
-    let bound = swarm.bound(64);
-    let last = times[99].as_secs_f64();
-    println!("origin served {origin}/64, last {last:.1} s, bound {bound:.1} s");
-    assert!(origin <= 64 * 9 / 8, "origin served {origin}");
+    let mut origin_last = Duration::ZERO;
+    for seed in 1..=6 {
+        let mut swarm = Swarm::build(driver::Spec {
+            pieces: 64,
+            leechers: leechers.clone(),
+            seeds: Vec::new(),
+            origin_up: 10.0,
+            degree: Some(16),
+            rtt: ms(5),
+            cfg: swarm_config(seed),
+            swarm_hint: true,
+            origin_dedup: Some(Duration::from_secs(2)),
+        });
+        swarm.run(20_000_000);
+        let times = swarm.done_times();
+        assert_eq!(times.len(), 100, "everyone completes");
+        let origin = swarm.origin_served();
+        let bound = swarm.bound(64);
+        let last = times[99].as_secs_f64();
+        println!(
+            "seed {seed}: origin served {origin}/64, its last send {:?}, last {last:.1} s, bound {bound:.1} s",
+            swarm.origin_last
+        );
+        assert!(origin <= 64 * 9 / 8, "origin served {origin}");
+        assert!(last < 2.0 * bound, "{last} vs bound {bound}");
+        origin_last += swarm.origin_last;
+    }
     // The origin alone needs 6.4 s; it must not sit idle while pieces wait for it.
-    assert!(
-        swarm.origin_last < Duration::from_secs(8),
-        "{:?}",
-        swarm.origin_last
-    );
-    assert!(last < 2.0 * bound, "{last} vs bound {bound}");
+    let mean = origin_last / 6;
+    assert!(mean < Duration::from_secs(8), "{mean:?}");
 }
 
 fn swarm_config(seed: u64) -> Config {
