@@ -619,6 +619,7 @@ async fn second_piece_waits_for_the_first(config: &str) {
         let s = a.stats().await;
         if s["origin_waiting"] == 1 {
             assert_eq!(s["origin_sending"], 1);
+            assert_eq!(s["origin_send_limit"], 1, "a most of 1 is the limit");
             break;
         }
         assert!(

@@ -17,6 +17,8 @@
 //!   the default piece size, and the bit fields peers exchange.
 //! - [`scheduler`]: the sans-IO download scheduler for one blob, driven by the node and the
 //!   simulator alike.
+//! - [`send_limit`]: how many piece answers the gateway streams at once, adapted to what its
+//!   uplink shows (the gateway and the simulator run it alike).
 //! - [`tagrecord`]: tag → manifest records signed by the gateway, with a sequence number, so
 //!   nodes can resolve tags from peers while the gateway is unreachable.
 //! - [`wire`]: the piece-transfer wire protocol (`/flotilla/pieces/1.0.0`): frames, their
@@ -36,6 +38,7 @@ pub mod piece;
 pub mod range;
 pub mod reference;
 pub mod scheduler;
+pub mod send_limit;
 pub mod site;
 pub mod tagrecord;
 pub mod wire;

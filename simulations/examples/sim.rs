@@ -2,13 +2,14 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--no-site-labels] [--origin-max-sends K] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
+//! [--no-site-labels] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
 //! `--origin-refuse-excess` (`Params::origin_queue_excess` off: an origin server at its
 //! `--origin-max-sends K` piece sends — 32 as the gateway's `origin_max_sends`, 0 for no cap —
-//! refuses the rest instead of holding them until a send slot frees).
+//! refuses the rest instead of holding them until a send slot frees); and `--origin-fixed-sends`
+//! (`Params::origin_adaptive_sends` off: the limit stays at the most instead of adapting from 4).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut json = false;
     let mut site_labels = true;
     let mut origin_max_sends = None;
+    let mut origin_fixed_sends = false;
     let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
     let mut announce_at_first_piece = false;
@@ -87,6 +89,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--no-site-labels" => site_labels = false,
             "--origin-max-sends" => origin_max_sends = Some(value()?.parse::<usize>()?),
             "--origin-refuse-excess" => origin_refuse_excess = true,
+            "--origin-fixed-sends" => origin_fixed_sends = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
@@ -102,6 +105,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         fleet.params.origin_max_sends = (k > 0).then_some(k);
     }
     fleet.params.origin_queue_excess = !origin_refuse_excess;
+    fleet.params.origin_adaptive_sends = !origin_fixed_sends;
     fleet.params.announce_at_start = !announce_at_first_piece;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;

@@ -82,11 +82,15 @@ pub struct Params {
     /// that wait in its accept queue, first come, first answered.
     pub origin_rps: f64,
     /// Most piece sends one origin server runs at once, as the gateway's `origin_max_sends`
-    /// (32); a request it answers while that many are in progress waits for a send slot, first
-    /// come first served (or, without `origin_queue_excess`, is refused: the node hears
-    /// `request_refused`, as from the dedup window). `None`: no cap (every accepted transfer
-    /// runs at once, sharing the server's upload).
+    /// (32); a request it answers while its limit's worth are in progress waits for a send
+    /// slot, first come first served (or, without `origin_queue_excess`, is refused: the node
+    /// hears `request_refused`, as from the dedup window). `None`: no cap (every accepted
+    /// transfer runs at once, sharing the server's upload).
     pub origin_max_sends: Option<usize>,
+    /// With `origin_max_sends`: the limit adapts as the gateway's does
+    /// (`flotilla_protocol::send_limit`, from 4 up to the most, every 10 ms); `false`: fixed at
+    /// the most (the gateway before 2026-12-03).
+    pub origin_adaptive_sends: bool,
     /// With `origin_max_sends`: a request beyond the cap waits for a send slot instead of being
     /// refused, as the gateway holds it (the default; refusing is a what-if).
     pub origin_queue_excess: bool,
@@ -124,6 +128,7 @@ impl Default for Params {
             origin_dedup_s: Some(2.0),
             origin_rps: 20_000.0,
             origin_max_sends: Some(32),
+            origin_adaptive_sends: true,
             origin_queue_excess: true,
             fleet_size_hint: false,
             origin_leaves: false,

@@ -126,6 +126,11 @@ impl<T: Copy> Net<T> {
         self.origin_up.len()
     }
 
+    /// Bytes origin server `server` sent (flows that ended).
+    pub fn origin_bytes_of(&self, server: usize) -> f64 {
+        self.engine.bytes_through(self.origin_up[server])
+    }
+
     /// Bytes the origin servers sent (flows that ended).
     pub fn origin_bytes(&self) -> f64 {
         self.origin_up

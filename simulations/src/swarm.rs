@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use flotilla_protocol::piece::{Bitfield, piece_size_for};
 use flotilla_protocol::scheduler::{Action, Config, Rotation, RotationConfig, Scheduler, Source};
+use flotilla_protocol::send_limit::SendLimit;
 
 use crate::flow::{Check, Nanos};
 use crate::model::Fleet;
@@ -55,6 +56,8 @@ enum Ev {
     LookupDone(u32),
     /// A task short of sessions looks up providers again (see `Swarm::relookup`).
     Relookup(u32),
+    /// An origin server's send limit is reconsidered (`flotilla_protocol::send_limit`).
+    OriginPeriod(u32),
     /// The gateway's count of nodes pulling the task's layer arrives.
     SwarmCount {
         task: u32,
@@ -128,7 +131,7 @@ enum Ev {
 
 impl Ev {
     /// Names of the kinds, in [`Ev::kind`] order.
-    const KINDS: [&'static str; 22] = [
+    const KINDS: [&'static str; 23] = [
         "join",
         "leave",
         "tick",
@@ -151,6 +154,7 @@ impl Ev {
         "swarm_count",
         "origin_subst",
         "relookup",
+        "origin_period",
     ];
 
     fn kind(&self) -> usize {
@@ -177,6 +181,7 @@ impl Ev {
             Ev::SwarmCount { .. } => 19,
             Ev::OriginSubst { .. } => 20,
             Ev::Relookup(_) => 21,
+            Ev::OriginPeriod(_) => 22,
         }
     }
 }
@@ -293,6 +298,11 @@ struct Origin {
     service: Nanos,
     /// Per server: piece sends in progress (entries of `active` it serves).
     sending: Vec<usize>,
+    /// Per server, with `Params::origin_max_sends`: sends allowed at once (adapting or fixed),
+    /// whether its period timer is armed, and its bytes sent when the period began.
+    limit: Vec<SendLimit>,
+    period_armed: Vec<bool>,
+    period_mark: Vec<f64>,
     /// Per server, with `origin_queue_excess`: requests waiting for a send slot, oldest first
     /// (an entry no longer in `parked` was cancelled).
     waiting: Vec<std::collections::VecDeque<(u32, u32)>>,
@@ -443,6 +453,12 @@ impl<'f> Swarm<'f> {
             next_free: vec![0; fleet.origins.len()],
             service: nanos(1.0 / fleet.params.origin_rps).max(1),
             sending: vec![0; fleet.origins.len()],
+            limit: vec![
+                SendLimit::new(fleet.params.origin_max_sends.unwrap_or(1));
+                fleet.origins.len()
+            ],
+            period_armed: vec![false; fleet.origins.len()],
+            period_mark: vec![0.0; fleet.origins.len()],
             waiting: vec![Default::default(); fleet.origins.len()],
             parked: Default::default(),
             unparked: Default::default(),
@@ -600,6 +616,7 @@ impl<'f> Swarm<'f> {
             Ev::Have { task, piece, site } => self.have(task, piece, site),
             Ev::Timer(t) => self.timer(t),
             Ev::OriginGone => self.origin_gone(),
+            Ev::OriginPeriod(server) => self.origin_period(server as usize),
             Ev::OriginSubst { task, asked, got } => {
                 self.origin.substituted.remove(&(task, asked));
                 let now = self.at();

@@ -319,9 +319,22 @@ fn the_origin_send_cap_holds_and_runs_repeat() {
         },
     )
     .unwrap();
-    // The gateway's default: 32 sends, the rest held.
+    // The gateway's default: up to 32 sends, adapting from 4, the rest held.
     assert_eq!(fleet.params.origin_max_sends, Some(32));
+    assert!(fleet.params.origin_adaptive_sends);
     assert!(fleet.params.origin_queue_excess);
+    let adaptive = run_swarm(&fleet).unwrap();
+    assert!(adaptive.completion.iter().all(Option::is_some));
+    fleet.params.origin_adaptive_sends = false;
+    let fixed = run_swarm(&fleet).unwrap();
+    // Fewer sends at once at first: the first piece leaves the origin sooner.
+    let first = |o: &crate::SwarmOutcome| o.stats.origin_first_piece_s.unwrap();
+    assert!(
+        first(&adaptive) < first(&fixed) / 2.0,
+        "{} vs {}",
+        first(&adaptive),
+        first(&fixed)
+    );
     fleet.params.origin_max_sends = None;
     let free = run_swarm(&fleet).unwrap();
     assert!(free.stats.origin_peak_sends > 2, "{:?}", free.stats);

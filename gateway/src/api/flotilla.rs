@@ -191,7 +191,11 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
                     // member goes away).
                     res.map(|body| {
                         Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
-                            let _held = (&guard, &slot);
+                            let _held = &guard;
+                            // The pool adapts its limit to the bytes its answers send.
+                            if let (Some(slot), Some(data)) = (&slot, f.data_ref()) {
+                                slot.sent(data.len());
+                            }
                             f
                         }))
                     })
@@ -335,8 +339,10 @@ struct Stats {
     notifications: Vec<crate::notify::NotifyStats>,
     /// Piece ranges refused because another member was sent them moments ago.
     origin_refused: u64,
-    /// Piece answers streaming now, and waiting for a send slot now (`send_pool.rs`).
+    /// Piece answers streaming now, allowed to at once now, and waiting for a send slot now
+    /// (`send_pool.rs`).
     origin_sending: usize,
+    origin_send_limit: usize,
     origin_waiting: usize,
     /// Piece requests that waited for a send slot, and that were refused because too many
     /// waited, since start.
@@ -351,6 +357,7 @@ fn stats(st: &AppState) -> Stats {
         notifications: st.events.notify_stats(),
         origin_refused: st.origin_dedup.refused(),
         origin_sending: st.send_pool.sending(),
+        origin_send_limit: st.send_pool.limit(),
         origin_waiting: st.send_pool.waiting(),
         origin_waited: st.send_pool.waited(),
         origin_queue_full: st.send_pool.overflowed(),

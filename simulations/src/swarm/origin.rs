@@ -8,6 +8,8 @@
 //! refuses requests it answers beyond them, the same way — or, with
 //! `Params::origin_queue_excess`, holds them (first come, first served) until a send ends.
 
+use flotilla_protocol::send_limit;
+
 use super::{Ev, ORIGIN, State, Swarm, Tag};
 
 impl Swarm<'_> {
@@ -56,12 +58,11 @@ impl Swarm<'_> {
         }
         // A repeat of a request still being served takes over its send slot.
         let repeat = self.origin.active.contains_key(&(t, piece));
-        let full = !repeat
-            && self
-                .fleet
-                .params
-                .origin_max_sends
-                .is_some_and(|k| self.origin.sending[server] >= k);
+        let full =
+            !repeat
+                && self.fleet.params.origin_max_sends.is_some_and(|most| {
+                    self.origin.sending[server] >= self.origin_limit(server, most)
+                });
         let dedup = self.fleet.params.origin_dedup_s.is_some();
         let mut recent = !unparked
             && dedup
@@ -96,6 +97,7 @@ impl Swarm<'_> {
             }
             self.origin.parked.insert((t, piece));
             self.origin.waiting[server].push_back((t, piece));
+            self.arm_origin_period(server);
             return;
         }
         if recent || full {
@@ -128,6 +130,63 @@ impl Swarm<'_> {
             let sending = &mut self.origin.sending[server];
             *sending += 1;
             self.origin.peak_sends = self.origin.peak_sends.max(*sending);
+            self.arm_origin_period(server);
+        }
+    }
+
+    /// Sends `server` may run at once, of at most `most`.
+    fn origin_limit(&self, server: usize, most: usize) -> usize {
+        if self.fleet.params.origin_adaptive_sends {
+            self.origin.limit[server].limit()
+        } else {
+            most
+        }
+    }
+
+    /// Starts measuring a period of `server`'s sends, unless one runs or its limit is fixed.
+    fn arm_origin_period(&mut self, server: usize) {
+        let p = &self.fleet.params;
+        if !p.origin_adaptive_sends || p.origin_max_sends.is_none() {
+            return;
+        }
+        if !std::mem::replace(&mut self.origin.period_armed[server], true) {
+            self.origin.period_mark[server] = self.origin_sent_bytes(server);
+            let period = crate::net::nanos(send_limit::PERIOD.as_secs_f64());
+            self.push(self.now + period, Ev::OriginPeriod(server as u32));
+        }
+    }
+
+    /// Bytes `server` has sent so far, of ended and running transfers.
+    fn origin_sent_bytes(&self, server: usize) -> f64 {
+        let running: f64 = self
+            .origin
+            .active
+            .iter()
+            .filter(|&(&(t, piece), _)| self.server(self.host_blob(t).1, piece) == server)
+            .map(|(_, &flow)| self.net.engine.moved(flow, self.now))
+            .sum();
+        self.net.origin_bytes_of(server) + running
+    }
+
+    /// A period of `server`'s sends ended: its limit is reconsidered from the rate it sent at,
+    /// as the gateway does (`flotilla_protocol::send_limit`), and requests waiting get the
+    /// slots it grew by.
+    pub(super) fn origin_period(&mut self, server: usize) {
+        self.origin.period_armed[server] = false;
+        let sent = self.origin_sent_bytes(server) - self.origin.period_mark[server];
+        let rate = sent / send_limit::PERIOD.as_secs_f64();
+        let parked = &self.origin.parked;
+        let waiting = self.origin.waiting[server]
+            .iter()
+            .any(|k| parked.contains(k));
+        let in_use = self.origin.sending[server];
+        let before = self.origin.limit[server].limit();
+        let after = self.origin.limit[server].period_end(rate, waiting, in_use);
+        for _ in before..after {
+            self.origin_unpark(server);
+        }
+        if waiting || in_use > 0 {
+            self.arm_origin_period(server);
         }
     }
 

@@ -86,7 +86,7 @@ pub struct SwarmStats {
     /// Events handled, by kind.
     pub events_by_kind: BTreeMap<&'static str, u64>,
     #[serde(skip)]
-    kinds: [u64; 20],
+    kinds: [u64; Ev::KINDS.len()],
 }
 
 impl SwarmStats {
