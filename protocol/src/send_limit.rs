@@ -27,8 +27,8 @@
 //! period, so a burst (a page-cache read on loopback) does not mark the uplink as under-used
 //! for ever (until then the limit may sit higher than it needs, which is what a fixed limit
 //! did). Simulated (`simulations/README.md`), against a fixed 32:
-//! fleet-10k p99 1.480 → 1.407 × the bound, kraken-2600 1.156 → 1.143 ×, edge-20x50 2.13 →
-//! 2.04 ×.
+//! fleet-10k p99 1.480 → 1.400 × the bound, kraken-2600 1.156 → 1.141 ×, cold-1000 1.451 →
+//! 1.384 ×, edge-20x50 unchanged (2.13 × on seed 1, 2.04–2.13 × over three).
 //!
 //! ```
 //! use flotilla_protocol::send_limit::{SendLimit, MIN_SENDS};

@@ -190,11 +190,16 @@ impl Swarm<'_> {
         }
     }
 
-    /// A send of `piece` to task `t` stopped: its server has one more slot.
+    /// A send of `piece` to task `t` stopped: its server has one more slot (not handed on
+    /// while the server is at or above its limit, which may have fallen since the slot was
+    /// taken: the oldest request keeps its place, as at the gateway).
     fn origin_slot_freed(&mut self, t: u32, piece: u32) {
         let server = self.server(self.host_blob(t).1, piece);
         self.origin.sending[server] -= 1;
-        self.origin_unpark(server);
+        let most = self.fleet.params.origin_max_sends.unwrap_or(usize::MAX);
+        if self.origin.sending[server] < self.origin_limit(server, most) {
+            self.origin_unpark(server);
+        }
     }
 
     /// Answers the oldest request waiting for a send slot of `server`, if any.
