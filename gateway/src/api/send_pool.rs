@@ -6,8 +6,10 @@
 //! limit starts at 4 and, every 10 ms while requests wait, grows when more sends moved more
 //! bytes or the uplink has room again (up to `origin_max_sends`, 32), goes back when a growth
 //! moved nothing, and falls back to the sends in progress once nobody waits. Here a task
-//! measures the bytes the pool's answers sent in each period and applies the limit to a
-//! semaphore; it sleeps while nothing is sent or waiting, and ends with the pool.
+//! measures the bytes the pool's answers sent in each period and applies the limit to the
+//! pool's queue; it sleeps while nothing is sent or waiting, and ends with the pool. Whenever
+//! fewer than the limit send, nobody waits (every release and every change of the limit hands
+//! free slots on), so a request finds a slot at once or joins the back of the queue.
 //!
 //! Waiting is bounded ([`MAX_WAITING`]); beyond it a request is refused like a busy origin. A
 //! request that goes away while it waits leaves the queue (its future is dropped).
