@@ -134,13 +134,19 @@ mod tests {
         (sends as f64 * each).min(100.0)
     }
 
+    /// `periods` periods with requests waiting and every allowed send streaming at `each`.
+    fn run(l: &mut SendLimit, periods: usize, each: f64) -> usize {
+        for _ in 0..periods {
+            let k = l.limit();
+            l.period_end(rate(k, each), true, k);
+        }
+        l.limit()
+    }
+
     #[test]
     fn sends_that_fill_the_uplink_stay_few() {
         let mut l = SendLimit::new(32);
-        for _ in 0..100 {
-            let k = l.limit();
-            l.period_end(rate(k, 100.0), true, k);
-        }
+        run(&mut l, 100, 100.0);
         // One probe (4 -> 6) showed no gain and was taken back.
         assert_eq!(l.limit(), MIN_SENDS);
     }
@@ -148,10 +154,7 @@ mod tests {
     #[test]
     fn sends_held_back_elsewhere_grow_until_the_uplink_is_full() {
         let mut l = SendLimit::new(64);
-        for _ in 0..100 {
-            let k = l.limit();
-            l.period_end(rate(k, 5.0), true, k);
-        }
+        run(&mut l, 100, 5.0);
         let k = l.limit();
         assert!((20..=45).contains(&k), "{k}");
         assert!(rate(k, 5.0) >= 100.0);
@@ -160,26 +163,17 @@ mod tests {
     #[test]
     fn room_on_the_uplink_grows_the_limit_again() {
         let mut l = SendLimit::new(32);
-        for _ in 0..10 {
-            let k = l.limit();
-            l.period_end(rate(k, 100.0), true, k);
-        }
+        run(&mut l, 10, 100.0);
         let before = l.limit();
         // Receivers get busy with their peers: each send now moves 10.
-        for _ in 0..10 {
-            let k = l.limit();
-            l.period_end(rate(k, 10.0), true, k);
-        }
+        run(&mut l, 10, 10.0);
         assert!(l.limit() >= 10 && l.limit() > before, "{}", l.limit());
     }
 
     #[test]
     fn never_past_the_most_and_back_down_when_nobody_waits() {
         let mut l = SendLimit::new(8);
-        for _ in 0..50 {
-            let k = l.limit();
-            l.period_end(rate(k, 1.0), true, k);
-        }
+        run(&mut l, 50, 1.0);
         assert_eq!(l.limit(), 8);
         assert_eq!(l.period_end(8.0, false, 5), 5);
         assert_eq!(l.period_end(0.0, false, 0), MIN_SENDS);
@@ -196,10 +190,7 @@ mod tests {
         l.period_end(1000.0, false, 0);
         // The uplink really moves 100 and the sends fill it: the burst's "room" grows the
         // limit for a while, then fades, and the rate seen is the real one again.
-        for _ in 0..1000 {
-            let k = l.limit();
-            l.period_end(rate(k, 100.0), true, k);
-        }
+        run(&mut l, 1000, 100.0);
         assert!(l.best < 100.0 / UNDER, "{}", l.best);
         let k = l.limit();
         l.period_end(rate(k, 100.0), true, k);
