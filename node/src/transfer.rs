@@ -67,6 +67,10 @@ pub struct ServerLimits {
     /// Pieces being sent at once over all streams; a request reaching the front of its queue
     /// beyond this is answered Busy.
     pub max_concurrent_sends: usize,
+    /// Downloaders one piece is sent to at once, over all streams; a request for it beyond
+    /// this is answered PieceBusy, so a fresh piece reaches a few downloaders fast and they pass
+    /// it on instead of a dozen getting it slowly from here (SPEC §5.2).
+    pub max_copies_per_piece: usize,
 }
 
 impl Default for ServerLimits {
@@ -76,6 +80,7 @@ impl Default for ServerLimits {
             max_streams_per_blob: 12,
             max_requests_per_stream: 32,
             max_concurrent_sends: 16,
+            max_copies_per_piece: 3,
         }
     }
 }
@@ -90,7 +95,7 @@ pub struct SessionEvent {
 }
 
 /// What happened on a [`Session`]. Each request yields at most one of `Received`, `Refused`,
-/// `Missing` or `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
+/// `PieceBusy`, `Missing` or `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
 /// voids every request still outstanding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEventKind {
@@ -107,6 +112,9 @@ pub enum SessionEventKind {
     },
     /// The uploader refused the request for load (Busy): no fault, retry later or elsewhere.
     Refused(u32),
+    /// The uploader is sending this piece to enough others already (PieceBusy): no fault, and
+    /// no pause for other pieces there; ask for it again a little later.
+    PieceBusy(u32),
     /// The uploader says it does not hold the piece (Missing). Kept apart from `Failed`: asked
     /// only for pieces it advertised, an honest uploader never says it.
     Missing(u32),

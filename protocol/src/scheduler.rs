@@ -156,6 +156,7 @@ mod peer;
 mod pick;
 mod rarity;
 mod rotation;
+mod spread;
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -167,6 +168,7 @@ pub use config::Config;
 use peer::{Latency, PeerBits, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
 pub use rotation::{Rotation, RotationConfig};
+use spread::PieceHolds;
 
 /// Where a piece comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -225,6 +227,8 @@ pub struct Scheduler<P> {
     /// The same holds in the order they end (each piece at most once among the live ones),
     /// for the timer.
     origin_hold: VecDeque<(u32, Duration)>,
+    /// Pieces a peer answered `PieceBusy` for, held back for a moment (`spread.rs`).
+    holds: PieceHolds,
     /// Per origin request (by the piece asked for): the pieces offered in its place. Entries of
     /// requests no longer in flight are dropped when the next request is made.
     origin_alts: Vec<(u32, Vec<u32>)>,
@@ -299,6 +303,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             new_piece_gap: None,
             origin_held_until: vec![Duration::ZERO; n as usize],
             origin_hold: VecDeque::new(),
+            holds: PieceHolds::new(n),
             origin_alts: Vec::new(),
             latency: Latency::default(),
             total: peer::Rate::default(),
@@ -419,7 +424,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// Whether candidate `i` may be asked for `piece` at all.
     fn can_serve(&self, i: usize, piece: u32) -> bool {
-        self.peer_bits.get(i, piece) && !self.peers[i].bad.contains(&piece)
+        self.peer_bits.get(i, piece)
+            && !self.peers[i].bad.contains(&piece)
+            && !self.holds.held(piece, self.now)
     }
 
     /// Records that peer `i` holds `piece`, and raises the poll flags only if that can enable a

@@ -21,6 +21,7 @@
 //! | 0x85 | Busy | `u32 piece` |
 //! | 0x86 | Missing | `u32 piece` |
 //! | 0x87 | Error | `u16 code`, UTF-8 message (the rest, at most [`MAX_ERROR_MESSAGE`] bytes) |
+//! | 0x88 | PieceBusy | `u32 piece` |
 //!
 //! Decoding is strict: unknown types, unknown flag bits, wrong lengths, trailing bytes, a bit
 //! field whose count does not match `size / piece_size`, and unsupported versions are errors.
@@ -54,6 +55,7 @@ const T_PIECE: u8 = 0x84;
 const T_BUSY: u8 = 0x85;
 const T_MISSING: u8 = 0x86;
 const T_ERROR: u8 = 0x87;
+const T_PIECE_BUSY: u8 = 0x88;
 
 const HELLO_WANT_TABLE: u8 = 0x01;
 const WELCOME_HAS_TABLE: u8 = 0x01;
@@ -147,6 +149,12 @@ pub enum Frame {
         /// Piece index.
         piece: u32,
     },
+    /// Uploader: `piece` is being sent to enough other downloaders here already; ask for it
+    /// again a little later, here or at one of them (no fault, and no pause for other pieces).
+    PieceBusy {
+        /// Piece index.
+        piece: u32,
+    },
     /// Uploader: `piece` is not held (or could not be read).
     Missing {
         /// Piece index.
@@ -173,6 +181,7 @@ impl Frame {
             Frame::Have { .. } => "Have",
             Frame::Piece { .. } => "Piece",
             Frame::Busy { .. } => "Busy",
+            Frame::PieceBusy { .. } => "PieceBusy",
             Frame::Missing { .. } => "Missing",
             Frame::Error { .. } => "Error",
         }
@@ -303,6 +312,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
             out.extend_from_slice(&len.to_be_bytes());
         }
         Frame::Busy { piece } => put_index(out, T_BUSY, *piece),
+        Frame::PieceBusy { piece } => put_index(out, T_PIECE_BUSY, *piece),
         Frame::Missing { piece } => put_index(out, T_MISSING, *piece),
         Frame::Error { code, message } => {
             out.push(T_ERROR);
@@ -380,6 +390,7 @@ fn check_length(kind: u8, len: u32) -> Result<(), WireError> {
         T_PIECE => ("Piece", len == 9),
         T_BUSY => ("Busy", len == 5),
         T_MISSING => ("Missing", len == 5),
+        T_PIECE_BUSY => ("PieceBusy", len == 5),
         T_ERROR => ("Error", (3..=3 + MAX_ERROR_MESSAGE as u32).contains(&len)),
         other => return Err(WireError::UnknownType(other)),
     };
@@ -463,6 +474,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         }
         T_BUSY => Frame::Busy { piece: r.u32()? },
         T_MISSING => Frame::Missing { piece: r.u32()? },
+        T_PIECE_BUSY => Frame::PieceBusy { piece: r.u32()? },
         T_ERROR => {
             let code = ErrorCode(u16::from_be_bytes(r.array()?));
             let message = std::str::from_utf8(r.rest())

@@ -2,7 +2,7 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--no-site-labels] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
+//! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
@@ -68,6 +68,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut origin_fixed_sends = false;
     let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
+    let mut max_copies_per_piece = None;
     let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
@@ -91,6 +92,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--origin-refuse-excess" => origin_refuse_excess = true,
             "--origin-fixed-sends" => origin_fixed_sends = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
+            "--max-copies-per-piece" => max_copies_per_piece = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
@@ -109,6 +111,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.announce_at_start = !announce_at_first_piece;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
+    }
+    if let Some(m) = max_copies_per_piece {
+        fleet.params.max_copies_per_piece = m;
     }
     eprintln!(
         "simulating {scenario} ({}): {} hosts ...",

@@ -76,6 +76,9 @@ pub struct Params {
     pub max_sessions_per_blob: u16,
     /// Requests queued per stream; more are refused (Busy).
     pub max_requests_per_stream: usize,
+    /// Downloaders a host sends one piece to at once; a request for it beyond this is answered
+    /// PieceBusy (the node's `max_copies_per_piece`).
+    pub max_copies_per_piece: u16,
     /// The origin refuses a piece it is sending or sent this many seconds ago.
     pub origin_dedup_s: Option<f64>,
     /// Requests per second one origin server can answer (served or refused); requests beyond
@@ -124,6 +127,7 @@ impl Default for Params {
             max_sends: 16,
             max_streams: 256,
             max_sessions_per_blob: 12,
+            max_copies_per_piece: 3,
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),
             origin_rps: 20_000.0,

@@ -448,7 +448,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nSwarm: {} left early, {} of {} left in all; wasted {:.3} × image per host; host upload utilisation {:.2}; \
-             origin requests {} ({} refused); Busy answers {}; sessions {} opened, {} failed, {} replaced{}.",
+             origin requests {} ({} refused); Busy answers {}, PieceBusy {}; sessions {} opened, {} failed, {} replaced{}.",
             s.left_early,
             self.left,
             self.nodes,
@@ -457,6 +457,7 @@ impl Report {
             s.origin_requests,
             s.origin_refusals,
             s.busy_refusals,
+            s.piece_busy,
             s.sessions_opened,
             s.sessions_failed,
             s.sessions_replaced,

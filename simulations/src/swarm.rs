@@ -110,6 +110,12 @@ enum Ev {
         src: u32,
         piece: u32,
     },
+    /// The uploader answered PieceBusy.
+    PieceBusy {
+        task: u32,
+        src: u32,
+        piece: u32,
+    },
     PeerGone {
         task: u32,
         peer: u32,
@@ -131,7 +137,7 @@ enum Ev {
 
 impl Ev {
     /// Names of the kinds, in [`Ev::kind`] order.
-    const KINDS: [&'static str; 23] = [
+    const KINDS: [&'static str; 24] = [
         "join",
         "leave",
         "tick",
@@ -155,6 +161,7 @@ impl Ev {
         "origin_subst",
         "relookup",
         "origin_period",
+        "piece_busy",
     ];
 
     fn kind(&self) -> usize {
@@ -182,6 +189,7 @@ impl Ev {
             Ev::OriginSubst { .. } => 20,
             Ev::Relookup(_) => 21,
             Ev::OriginPeriod(_) => 22,
+            Ev::PieceBusy { .. } => 23,
         }
     }
 }
@@ -209,9 +217,28 @@ struct Host {
     sends: u16,
     /// Sessions served now.
     streams_in: u16,
+    /// (task, piece, downloaders it is being sent to) for the pieces being sent now: at most
+    /// `sends` entries.
+    copies: Vec<(u32, u32, u16)>,
     done_tasks: usize,
     join: Nanos,
     done_at: Option<Nanos>,
+}
+
+impl Host {
+    /// A send of `piece` of task `task`'s layer ended.
+    fn copy_done(&mut self, task: u32, piece: u32) {
+        if let Some(k) = self
+            .copies
+            .iter()
+            .position(|&(t, p, _)| t == task && p == piece)
+        {
+            self.copies[k].2 -= 1;
+            if self.copies[k].2 == 0 {
+                self.copies.swap_remove(k);
+            }
+        }
+    }
 }
 
 /// One host's download of one layer.
@@ -421,6 +448,7 @@ impl<'f> Swarm<'f> {
                 left: false,
                 sends: 0,
                 streams_in: 0,
+                copies: Vec::new(),
                 done_tasks: 0,
                 join: nanos(h.join_s),
                 done_at: None,
@@ -605,6 +633,13 @@ impl<'f> Swarm<'f> {
                     self.drain(task);
                 }
             }
+            Ev::PieceBusy { task, src, piece } => {
+                let now = self.at();
+                if let Some(s) = self.sched(task) {
+                    s.piece_busy(source(src), piece, now);
+                    self.drain(task);
+                }
+            }
             Ev::Failed { task, src, piece } => {
                 let now = self.at();
                 if let Some(s) = self.sched(task) {
@@ -642,6 +677,7 @@ impl<'f> Swarm<'f> {
             Ev::Deliver { task, .. }
             | Ev::Refused { task, .. }
             | Ev::Failed { task, .. }
+            | Ev::PieceBusy { task, .. }
             | Ev::OriginSubst { task, .. } => self.scheds[task as usize]
                 .as_deref()
                 .map_or(0, |s| s.peer_count()),

@@ -248,6 +248,10 @@ fn hosts_run_the_nodes_scheduler() {
         limits.max_streams_per_blob
     );
     assert_eq!(usize::from(p.max_sends), limits.max_concurrent_sends);
+    assert_eq!(
+        usize::from(p.max_copies_per_piece),
+        limits.max_copies_per_piece
+    );
     assert_eq!(p.max_requests_per_stream, limits.max_requests_per_stream);
     // Requests only come from the scheduler's actions: a run that completed made some.
     let out = run_swarm(&small(Scenario::Cold, 1)).unwrap();

@@ -54,6 +54,23 @@ async fn open_with(dir: &Path, capacity: u64, tuning: Tuning) -> Arc<Store> {
     .unwrap()
 }
 
+/// Opens the store in `dir` again after a `Store` there was dropped: its background tasks may
+/// still hold the database lock for a moment (seen under load), which a restarted process
+/// never meets.
+async fn reopen(dir: &Path, capacity: u64) -> Arc<Store> {
+    for _ in 0..100 {
+        let config = StoreConfig {
+            dir: dir.to_path_buf(),
+            capacity_bytes: capacity,
+        };
+        if let Ok(store) = Store::open_tuned(config, tuning()).await {
+            return store;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    open(dir, capacity).await
+}
+
 fn piece(data: &[u8], index: u32) -> &[u8] {
     let start = index as usize * PIECE as usize;
     &data[start..(start + PIECE as usize).min(data.len())]
@@ -346,7 +363,7 @@ async fn restart_keeps_pieces_on_disk_and_drops_torn_ones() {
     // Leftovers a crash can leave: an orphan file.
     std::fs::write(dir.path().join("blobs").join("deadbeef"), b"x").unwrap();
 
-    let store = open(dir.path(), 1 << 20).await;
+    let store = reopen(dir.path(), 1 << 20).await;
     assert_eq!(held_bits(&store, &d), vec![0, 1, 3]);
     assert!(!dir.path().join("blobs").join("deadbeef").exists());
     assert!(!store.entry(&d).unwrap().complete);
@@ -391,7 +408,7 @@ async fn recovery_finds_a_blob_completed_but_not_persisted() {
             .unwrap();
         f.write_all_at(&blob, 0).unwrap();
     }
-    let store = open(dir.path(), 1 << 20).await;
+    let store = reopen(dir.path(), 1 << 20).await;
     let info = store.entry(&d).unwrap();
     assert!(info.complete);
     assert_eq!(info.pieces_held, 2);
@@ -453,7 +470,7 @@ async fn eviction_is_lru_and_spares_pins_and_leases() {
 
     // Pins survive a restart; a smaller budget at open sheds the unpinned.
     drop(store);
-    let store = open(dir.path(), 2000).await;
+    let store = reopen(dir.path(), 2000).await;
     let mut pinned = vec![c.clone(), e.clone()];
     pinned.sort();
     assert_eq!(store.held_blobs(), pinned);

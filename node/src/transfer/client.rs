@@ -433,6 +433,9 @@ impl Task {
                 },
                 Frame::Piece { index, len } => self.piece(&mut reader, index, len).await,
                 Frame::Busy { piece } => self.answer(piece, SessionEventKind::Refused(piece)).await,
+                Frame::PieceBusy { piece } => {
+                    self.answer(piece, SessionEventKind::PieceBusy(piece)).await
+                }
                 Frame::Missing { piece } => {
                     self.answer(piece, SessionEventKind::Missing(piece)).await
                 }
@@ -476,7 +479,7 @@ impl Task {
         }
     }
 
-    /// A Busy or Missing answer.
+    /// A Busy, PieceBusy or Missing answer.
     async fn answer(&self, piece: u32, kind: SessionEventKind) -> Result<(), Stop> {
         match self.take_answer(piece)? {
             Answer::Live => self.emit(kind).await,

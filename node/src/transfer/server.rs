@@ -81,7 +81,8 @@ pub(crate) async fn run_server_with(
     let streams = Arc::new(Semaphore::new(config.limits.max_streams));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
-    let per_blob = Arc::new(BlobStreams::default());
+    let per_blob = Arc::new(Counts::default());
+    let copies = Arc::new(Counts::default());
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -93,6 +94,7 @@ pub(crate) async fn run_server_with(
                         source: source.clone(),
                         sends: sends.clone(),
                         per_blob: per_blob.clone(),
+                        copies: copies.clone(),
                         config: config.clone(),
                     };
                     tasks.spawn(async move {
@@ -131,52 +133,61 @@ struct Conn {
     peer: PeerId,
     source: Arc<dyn PieceSource>,
     sends: Arc<Semaphore>,
-    per_blob: Arc<BlobStreams>,
+    /// Streams served per blob.
+    per_blob: Arc<Counts<Digest>>,
+    /// Copies of each piece being sent at once, over all streams.
+    copies: Arc<Counts<(Digest, u32)>>,
     config: ServerConfig,
 }
 
-/// Streams being served per blob (entries only while non-zero: bounded by `max_streams`).
-#[derive(Default)]
-struct BlobStreams(Mutex<HashMap<Digest, usize>>);
+/// How many of something are in use per key (entries only while non-zero, so the map is
+/// bounded by the slots held): streams per blob, and copies of a piece being sent at once.
+struct Counts<K>(Mutex<HashMap<K, usize>>);
 
-impl BlobStreams {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, usize>> {
+impl<K> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> Counts<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A slot for one more stream of `digest`, if fewer than `max` are served.
-    fn try_take(self: &Arc<Self>, digest: &Digest, max: usize) -> Option<BlobSlot> {
+    /// A slot for one more of `key`, if fewer than `max` are in use.
+    fn try_take(self: &Arc<Self>, key: &K, max: usize) -> Option<Slot<K>> {
         let mut m = self.lock();
-        let n = m.entry(digest.clone()).or_insert(0);
+        let n = m.entry(key.clone()).or_insert(0);
         if *n >= max {
             if *n == 0 {
-                m.remove(digest);
+                m.remove(key);
             }
             return None;
         }
         *n += 1;
-        Some(BlobSlot {
-            streams: self.clone(),
-            digest: digest.clone(),
+        Some(Slot {
+            counts: self.clone(),
+            key: key.clone(),
         })
     }
 }
 
-/// One stream's place among its blob's; dropping it frees the place.
-struct BlobSlot {
-    streams: Arc<BlobStreams>,
-    digest: Digest,
+/// One place among its key's; dropping it frees the place.
+struct Slot<K: Eq + std::hash::Hash + Clone> {
+    counts: Arc<Counts<K>>,
+    key: K,
 }
 
-impl Drop for BlobSlot {
+impl<K: Eq + std::hash::Hash + Clone> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut m = self.streams.lock();
-        if let Some(n) = m.get_mut(&self.digest) {
+        let mut m = self.counts.lock();
+        if let Some(n) = m.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.digest);
+                m.remove(&self.key);
             }
         }
     }
@@ -229,7 +240,7 @@ impl Conn {
         &self,
         reader: &mut FrameReader<R>,
         write: &mut W,
-    ) -> Option<(Digest, Held, Bitfield, BlobSlot)> {
+    ) -> Option<(Digest, Held, Bitfield, Slot<Digest>)> {
         let hello = match timeout(self.config.hello_timeout, reader.next_frame()).await {
             Err(_) => {
                 self.bye(write, ErrorCode::TIMEOUT, "no Hello in time")
@@ -504,6 +515,17 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             self.push(&Frame::Busy { piece });
             return Ok(());
         };
+        // A piece already going to enough downloaders waits for one of them to pass it on
+        // (`spread.rs` in the protocol crate's scheduler says why).
+        let key = (self.digest.clone(), piece);
+        let Some(_copy) = self
+            .conn
+            .copies
+            .try_take(&key, self.conn.config.limits.max_copies_per_piece)
+        else {
+            self.push(&Frame::PieceBusy { piece });
+            return Ok(());
+        };
         let file = match self.conn.source.piece_file(&self.digest, piece).await {
             Ok(f) if Some(f.len) == self.table.table.piece_len(piece) => f,
             Ok(f) => {
@@ -610,5 +632,29 @@ async fn join_read(handle: ReadHandle) -> (Vec<u8>, std::io::Result<()>) {
     match handle.await {
         Ok(result) => result,
         Err(e) => (Vec::new(), Err(std::io::Error::other(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_hold_at_most_max_per_key_and_free_on_drop() {
+        let counts: Arc<Counts<(char, u32)>> = Arc::new(Counts::default());
+        let a = counts.try_take(&('a', 1), 2);
+        let b = counts.try_take(&('a', 1), 2);
+        assert!(a.is_some() && b.is_some());
+        assert!(counts.try_take(&('a', 1), 2).is_none(), "a third copy");
+        // Another piece has its own places.
+        let other = counts.try_take(&('a', 2), 2);
+        assert!(other.is_some());
+        drop(a);
+        let c = counts.try_take(&('a', 1), 2);
+        assert!(c.is_some(), "a freed place is taken again");
+        drop((b, c, other));
+        assert!(counts.lock().is_empty(), "no entry outlives its slots");
+        assert!(counts.try_take(&('z', 0), 0).is_none());
+        assert!(counts.lock().is_empty(), "a refused key leaves no entry");
     }
 }

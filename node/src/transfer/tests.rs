@@ -550,6 +550,23 @@ async fn busy_over_limits() {
         (0..4).map(SessionEventKind::Refused).collect::<Vec<_>>()
     );
 
+    // No copy of any piece may go out: every request is answered PieceBusy, nothing breaks,
+    // and a piece asked for again once a copy may go is served.
+    let limits = ServerLimits {
+        max_copies_per_piece: 0,
+        ..ServerLimits::default()
+    };
+    let mut server = start_server(source.clone(), config(limits));
+    let mut c = open(&mut server, &digest, sink.clone(), 8).await;
+    for i in 0..4 {
+        c.session.request(i).unwrap();
+    }
+    let got = answers(&mut c.events, 4).await;
+    assert_eq!(
+        got,
+        (0..4).map(SessionEventKind::PieceBusy).collect::<Vec<_>>()
+    );
+
     // A queue of one per stream: requests beyond it are refused; each gets one answer.
     let limits = ServerLimits {
         max_requests_per_stream: 1,

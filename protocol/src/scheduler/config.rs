@@ -40,6 +40,9 @@ pub struct Config {
     pub min_busy_pause: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
+    /// How long a piece a peer answered `PieceBusy` for is not asked of any peer (see
+    /// [`Scheduler::piece_busy`](super::Scheduler::piece_busy)).
+    pub piece_hold: Duration,
     /// No origin requests this long after start (0 if the caller knows nobody has the blob).
     pub origin_grace: Duration,
     /// Expected first copies of a piece from the origin when views are partial (see the
@@ -94,6 +97,7 @@ impl Default for Config {
             min_backoff: Duration::from_millis(500),
             min_busy_pause: Duration::from_millis(10),
             max_backoff: Duration::from_secs(30),
+            piece_hold: Duration::from_millis(10),
             origin_grace: Duration::from_secs(1),
             origin_fanout: 2.0,
             origin_step: Duration::from_secs(2),

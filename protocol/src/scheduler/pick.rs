@@ -364,6 +364,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if let Some(d) = self.near_timer() {
             consider(d);
         }
+        if let Some(d) = self.holds.next_end(now) {
+            consider(d);
+        }
         if !self.rarity.unseen().is_empty() {
             let stall = self.stalled_since();
             // The earliest hold still running (they end in the order they began).

@@ -480,6 +480,29 @@ fn refusals_requeue_without_penalty() {
 }
 
 #[test]
+fn piece_busy_holds_back_that_piece_only_and_briefly() {
+    let mut s = Scheduler::new(0u32, Bitfield::new(3), cfg(), ms(0));
+    s.peer_added(1, full(3), ms(0));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r.len(), 2);
+    let (a, b) = (r[0].1, r[1].1);
+    let c = 3 - a - b;
+    // Peer 1 is copying `a` to others: it is asked for the other piece at once (no pause, no
+    // smaller window), and nobody for `a` until the hold ends.
+    s.piece_busy(Source::Peer(1), a, ms(1));
+    assert_eq!(requests(&drain(&mut s)), vec![(Source::Peer(1), c)]);
+    s.peer_added(2, some(3, [a]), ms(2));
+    assert!(drain(&mut s).is_empty(), "held back at every peer");
+    let until = ms(1) + Config::default().piece_hold;
+    assert!(s.poll_timeout().is_some_and(|t| t <= until));
+    s.handle_timeout(until);
+    assert_eq!(requests(&drain(&mut s)), vec![(Source::Peer(2), a)]);
+    // An answer for a request no longer out changes nothing.
+    s.piece_busy(Source::Peer(1), a, until);
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
 fn origin_requests_offer_alternatives_and_take_the_substitute() {
     let c = Config {
         origin_grace: ms(0),

@@ -58,6 +58,10 @@ fn exact_layouts() {
         [0, 0, 0, 5, 0x86, 0, 0, 0, 3]
     );
     assert_eq!(
+        enc(&Frame::PieceBusy { piece: 4 }),
+        [0, 0, 0, 5, 0x88, 0, 0, 0, 4]
+    );
+    assert_eq!(
         enc(&Frame::Error {
             code: ErrorCode::OVERLOADED,
             message: "hi".into()
@@ -276,6 +280,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         (idx, 1..=MAX_PIECE_SIZE).prop_map(|(index, len)| Frame::Piece { index, len }),
         idx.prop_map(|piece| Frame::Busy { piece }),
         idx.prop_map(|piece| Frame::Missing { piece }),
+        idx.prop_map(|piece| Frame::PieceBusy { piece }),
         (any::<u16>(), "\\PC{0,200}").prop_map(|(c, message)| Frame::Error {
             code: ErrorCode(c),
             message

@@ -5,7 +5,8 @@
 //! uploader serves each stream's requests in order, one piece at a time, with at most
 //! `max_sends` pieces in flight over all its streams: a request reaching the front of its
 //! stream beyond that, or arriving at a stream with `max_requests_per_stream` queued, is
-//! answered Busy (the scheduler's `request_refused`). A cancel removes a queued request but
+//! answered Busy (the scheduler's `request_refused`); one for a piece already being sent to
+//! `max_copies_per_piece` downloaders is answered PieceBusy (`piece_busy`). A cancel removes a queued request but
 //! never cuts a piece short, as in the node.
 
 use std::time::Duration;
@@ -473,11 +474,32 @@ impl Swarm<'_> {
                 continue;
             }
             let up_host = self.host_blob(up).0;
-            if self.hosts[up_host as usize].sends >= self.fleet.params.max_sends {
+            let h = &mut self.hosts[up_host as usize];
+            if h.sends >= self.fleet.params.max_sends {
                 self.answer(stream, piece, true);
                 continue;
             }
-            self.hosts[up_host as usize].sends += 1;
+            // As the node's server: a piece already going to enough downloaders is answered
+            // PieceBusy, and the stream moves on to its next request.
+            let copy = h.copies.iter().position(|&(t, p, _)| t == up && p == piece);
+            if copy.map_or(0, |k| h.copies[k].2) >= self.fleet.params.max_copies_per_piece {
+                let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
+                self.stats.piece_busy += 1;
+                self.push(
+                    self.now + owd,
+                    Ev::PieceBusy {
+                        task: down,
+                        src: up_host,
+                        piece,
+                    },
+                );
+                continue;
+            }
+            match copy {
+                Some(k) => h.copies[k].2 += 1,
+                None => h.copies.push((up, piece, 1)),
+            }
+            h.sends += 1;
             let down_host = self.host_blob(down).0;
             let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
@@ -509,6 +531,7 @@ impl Swarm<'_> {
         }
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
+        h.copy_done(up, piece);
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
@@ -552,10 +575,14 @@ impl Swarm<'_> {
         let Some(flow) = self.streams[stream as usize].active.take() else {
             return;
         };
-        let up_host = self.tasks[self.streams[stream as usize].up as usize].host;
+        let up = self.streams[stream as usize].up;
+        let up_host = self.tasks[up as usize].host;
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
+            if let Tag::Peer { piece, .. } = ended.tag {
+                self.hosts[up_host as usize].copy_done(up, piece);
+            }
             self.stats.aborted_bytes += ended.bytes;
             self.account_wan(ended.tag, ended.bytes);
         }

@@ -77,6 +77,8 @@ pub struct SwarmStats {
     pub origin_all_pieces_s: Option<f64>,
     /// Peer requests answered Busy.
     pub busy_refusals: u64,
+    /// Peer requests answered PieceBusy (the piece was going to enough others already).
+    pub piece_busy: u64,
     pub sessions_opened: u64,
     pub sessions_failed: u64,
     /// Sessions closed by the rotation policy to make room for a fresh provider.

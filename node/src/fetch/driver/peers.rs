@@ -336,6 +336,12 @@ impl Driver {
                     self.replace_session(peer, "it keeps answering Busy");
                 }
             }
+            // Not load: the uploader is copying this piece to others (SPEC §5.2), so it does
+            // not count towards replacing the session.
+            SessionEventKind::PieceBusy(piece) => {
+                self.answered(peer, piece);
+                self.sched.piece_busy(source, piece, now);
+            }
             SessionEventKind::Failed(piece) => {
                 self.answered(peer, piece);
                 self.sched.request_failed(source, piece, now);
