@@ -8,6 +8,7 @@
 //! - [`ports`]: the traits between the parts (piece source and sink, network).
 //! - [`swarm`]: the one task that owns the libp2p `Swarm`, and its cloneable handle.
 //! - [`transfer`]: the piece-transfer protocol over libp2p streams (server and client side).
+//! - [`direct_io`]: piece bytes to and from blob files around the page cache (`O_DIRECT`).
 //! - [`store`]: blobs and partial blobs on disk with piece bitmaps, LRU eviction and pins.
 //! - [`fetch`]: the download driver: runs the protocol scheduler for one blob over the network.
 //! - [`tags`]: the signed tag records and manifests a node keeps to answer pulls while the
@@ -17,6 +18,7 @@
 //! - [`oci`]: the read-only OCI endpoint (manifests from the gateway, blobs from the swarm).
 
 pub mod config;
+pub mod direct_io;
 pub mod fetch;
 pub mod gateway_http;
 pub mod identity;

@@ -9,7 +9,6 @@
 use std::io;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
 use futures::future::BoxFuture;
@@ -44,6 +43,9 @@ pub struct PieceFile {
     pub offset: u64,
     /// Length of the piece.
     pub len: u32,
+    /// The same file opened for direct I/O, if the file system allows it: readers go through
+    /// [`crate::direct_io::read_at`] with both.
+    pub direct: Option<Arc<std::fs::File>>,
 }
 
 /// Why a source or sink could not do what was asked.
@@ -92,8 +94,9 @@ pub enum Verdict {
 /// Receives one piece incrementally: bytes in order, then [`PieceReceiver::finish`].
 /// Dropping it without `finish` abandons the piece and keeps nothing.
 pub trait PieceReceiver: Send {
-    /// The next bytes of the piece.
-    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>>;
+    /// The next bytes of the piece (copied or consumed before the future resolves: the caller
+    /// reuses its buffer).
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>>;
     /// Verifies what was written against the table and, if it matches, stores the piece and
     /// sets its bit before answering. A crash afterwards leaves the piece either held with
     /// correct bytes or not held at all (the store persists bits only after syncing the data).

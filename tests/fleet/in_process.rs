@@ -134,6 +134,8 @@ impl PieceSource for Liar {
                 file: garbage,
                 offset: p.offset,
                 len: p.len,
+                // The garbage is what must be read, never the real file.
+                direct: None,
             })
         })
     }

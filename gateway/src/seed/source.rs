@@ -84,6 +84,7 @@ impl PieceSource for GatewaySource {
                 file,
                 offset: range.start,
                 len,
+                direct: None,
             })
         }
         .boxed()

@@ -301,7 +301,7 @@ impl GatewayClient {
                     if got > want {
                         return failed(format!("gateway sent more than piece {index}"));
                     }
-                    if let Err(e) = receiver.write(chunk).await {
+                    if let Err(e) = receiver.write(&chunk).await {
                         return failed(format!("store: {e}"));
                     }
                 }

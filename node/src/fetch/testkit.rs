@@ -17,7 +17,6 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use bytes::Bytes;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{PieceTableBuilder, SignedPieceTable};
 use futures::FutureExt;
@@ -111,9 +110,7 @@ impl TestStore {
             .unwrap();
         for i in pieces {
             let mut r = self.store.receive(&blob.digest, i).unwrap();
-            r.write(Bytes::copy_from_slice(blob.piece_bytes(i)))
-                .await
-                .unwrap();
+            r.write(blob.piece_bytes(i)).await.unwrap();
             assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
         }
     }
@@ -167,6 +164,8 @@ impl PieceSource for CorruptSource {
                 file,
                 offset: real.offset,
                 len: real.len,
+                // The corrupted copy is what must be read, never the real file.
+                direct: None,
             })
         }
         .boxed()

@@ -4,7 +4,7 @@
 //! (or joins) the blob's download and streams the requested bytes in order: for each piece it
 //! moves the download's read position there, waits until the piece is verified, then reads it
 //! from the store's file in chunks of at most [`CHUNK`] bytes, one positioned read on tokio's
-//! blocking pool per chunk. The client gets each piece as soon as it is verified, never a byte
+//! blocking pool per chunk (direct where possible: [`crate::direct_io`]). The client gets each piece as soon as it is verified, never a byte
 //! that was not, and at most one chunk per response is in memory. If the download fails midway
 //! the body ends with an error, so the client sees a broken transfer rather than a short blob.
 //!
@@ -14,7 +14,6 @@
 //! gets 304.
 
 use std::io;
-use std::os::unix::fs::FileExt as _;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -23,6 +22,7 @@ use axum::response::Response;
 use flotilla_protocol::Digest;
 
 use super::{CONTENT_DIGEST, OciError, OciState};
+use crate::direct_io::{self, AlignedBuf};
 use crate::fetch::Download;
 use crate::ports::{PieceFile, PieceSource};
 
@@ -201,13 +201,15 @@ impl Reader {
         let offset = file.offset + within;
         let data = tokio::task::spawn_blocking(move || {
             // n <= CHUNK, so it fits a usize.
-            let mut buf = vec![0u8; n as usize];
-            file.file.read_exact_at(&mut buf, offset).map(|()| buf)
+            let n = n as usize;
+            let mut buf = AlignedBuf::with_capacity(n);
+            direct_io::read_at(&file.file, file.direct.as_deref(), &mut buf, n, offset)
+                .map(|()| buf.into_bytes())
         })
         .await
         .map_err(io::Error::other)??;
         self.pos += n;
-        Ok(Some(Bytes::from(data)))
+        Ok(Some(data))
     }
 }
 

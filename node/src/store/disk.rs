@@ -83,7 +83,8 @@ fn encode_record(r: &Record) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(r).map_err(|e| StoreError::Io(io::Error::other(e)))
 }
 
-/// Creates the blob file (sparse, at full size) and its records. The record goes in last, so a
+/// Creates the blob file (sparse, at full size, also opened for direct I/O where possible) and
+/// its records. The record goes in last, so a
 /// record always has its table; a crash before it leaves an orphan file removed at next open.
 pub(super) fn create_blob(
     blobs_dir: &Path,
@@ -91,7 +92,7 @@ pub(super) fn create_blob(
     tables: &sled::Tree,
     bitmaps: &sled::Tree,
     table: &SignedPieceTable,
-) -> Result<(File, Record), StoreError> {
+) -> Result<(File, Option<File>, Record), StoreError> {
     let digest = &table.table.digest;
     let encoded = table
         .encode()
@@ -122,7 +123,7 @@ pub(super) fn create_blob(
         let _ = delete_blob(blobs_dir, records, tables, bitmaps, digest);
         return Err(e);
     }
-    Ok((file, record))
+    Ok((file, crate::direct_io::open(&path), record))
 }
 
 /// Removes a blob's records (record first, so a crash halfway leaves only what open cleans) and
@@ -276,6 +277,7 @@ fn load_one(
             digest,
             table: Arc::new(table),
             file: Arc::new(file),
+            direct: crate::direct_io::open(&path).map(Arc::new),
             bits: Bitfield::full(count),
             record,
             dirty: false,
@@ -336,6 +338,7 @@ fn load_one(
         digest,
         table: Arc::new(table),
         file: Arc::new(file),
+        direct: crate::direct_io::open(&path).map(Arc::new),
         bits,
         record,
         dirty,

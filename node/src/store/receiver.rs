@@ -1,6 +1,8 @@
 //! Receiving one piece: hash as it streams, write into the blob file (the claimant) or buffer it
 //! (a concurrent duplicate), and set the bit only for the one copy that verified and owns the
-//! bytes on disk. The rules are in "Concurrent receivers of one piece" in [`super`]'s docs.
+//! bytes on disk. Bytes are staged in aligned batches (512 KiB), hashed and written (direct where the
+//! file allows: [`crate::direct_io`]) on the blocking pool, one batch in flight while the next
+//! fills. The rules are in "Concurrent receivers of one piece" in [`super`]'s docs.
 
 use std::fs::File;
 use std::io;
@@ -8,7 +10,6 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{PieceHasher, piece_hash};
 use futures::FutureExt;
@@ -16,6 +17,7 @@ use futures::future::BoxFuture;
 
 use super::state::Writer;
 use super::{Inner, StoreError, UseGuard};
+use crate::direct_io::{self, ALIGN, AlignedBuf};
 use crate::ports::{PieceReceiver, SourceError, Verdict};
 
 fn lock(w: &Mutex<Writer>) -> MutexGuard<'_, Writer> {
@@ -84,12 +86,21 @@ pub(super) struct Receiver {
     len: u32,
     expected: [u8; 32],
     file: Arc<File>,
+    /// `file` opened for direct I/O: the claimant's aligned batches bypass the page cache.
+    direct: Option<Arc<File>>,
     mode: Mode,
-    /// `None` after a batch was interrupted (its future dropped): the receiver is poisoned.
+    /// `None` while a batch is in flight (it holds the hasher), and after a batch was
+    /// interrupted (its future dropped): the receiver is then poisoned.
     hasher: Option<PieceHasher>,
-    /// Bytes accepted but not yet hashed (and written, for a claimant).
-    stage: Vec<u8>,
+    /// The batch being hashed and written on the blocking pool: its hasher, its buffer and
+    /// whether it was written (`Ok(false)`: preempted).
+    in_flight: Option<tokio::task::JoinHandle<(PieceHasher, AlignedBuf, io::Result<bool>)>>,
+    /// Bytes accepted but not yet hashed (and written, for a claimant); aligned, so a batch can
+    /// go to the file direct.
+    stage: AlignedBuf,
     received: u64,
+    /// Bytes handed to batches so far: where the next batch goes within the piece.
+    flushed: u64,
     overflow: bool,
     failed: bool,
     /// A verified copy took the slot over: this one's batches are no longer written.
@@ -162,6 +173,7 @@ pub(super) fn start(
     e.users += 1;
     e.touch(stamp);
     let file = e.file.clone();
+    let direct = e.direct.clone();
     drop(st);
     Ok(Receiver {
         inner: inner.clone(),
@@ -170,10 +182,13 @@ pub(super) fn start(
         len,
         expected,
         file,
+        direct,
         mode,
         hasher: Some(PieceHasher::new()),
-        stage: Vec::new(),
+        in_flight: None,
+        stage: AlignedBuf::new(),
         received: 0,
+        flushed: 0,
         overflow: false,
         failed: false,
         preempted: false,
@@ -187,11 +202,13 @@ pub(super) fn start(
 
 /// One claimant batch, under the slot lock: written only if the slot names this receiver (or
 /// this is its first batch and no verified copy is done). `Ok(false)`: preempted, not written.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn write_claimed(
     writer: &Mutex<Writer>,
     me: u64,
     first: bool,
     file: &File,
+    direct: Option<&File>,
     at: u64,
     data: &[u8],
     fault: Option<i32>,
@@ -209,7 +226,7 @@ pub(super) fn write_claimed(
     if let Some(code) = fault {
         return Err(io::Error::from_raw_os_error(code));
     }
-    file.write_all_at(data, at)?;
+    direct_io::write_at(file, direct, data, at)?;
     Ok(true)
 }
 
@@ -228,8 +245,8 @@ impl Receiver {
         &self.use_guard.digest
     }
 
-    async fn write_chunk(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        if self.failed || self.hasher.is_none() {
+    async fn write_chunk(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        if self.failed || (self.hasher.is_none() && self.in_flight.is_none()) {
             return Err(StoreError::Poisoned);
         }
         if self.overflow {
@@ -239,7 +256,7 @@ impl Receiver {
         if self.received + n > u64::from(self.len) {
             // More than the piece holds: it cannot verify; keep nothing more.
             self.overflow = true;
-            self.stage = Vec::new();
+            self.stage = AlignedBuf::new();
             if let Mode::Buffer { buf, .. } = &mut self.mode {
                 *buf = Vec::new();
             }
@@ -251,29 +268,55 @@ impl Receiver {
                 // Exactly the reserved piece, not a doubling Vec's slack.
                 buf.reserve_exact(self.len as usize);
             }
-            buf.extend_from_slice(&chunk);
+            buf.extend_from_slice(chunk);
             return Ok(());
         }
-        if self.stage.is_empty() && chunk.len() >= self.inner.tuning.write_batch {
-            // A big chunk goes out as is (no copy when the Bytes is uniquely owned).
-            self.stage = Vec::from(chunk);
-        } else {
-            self.stage.extend_from_slice(&chunk);
-        }
-        if self.stage.len() >= self.inner.tuning.write_batch {
-            self.flush_stage().await?;
+        let batch = self.inner.tuning.write_batch;
+        let mut rest = chunk;
+        while !rest.is_empty() {
+            if self.stage.capacity() == 0 {
+                // One batch, reused from receiver to receiver.
+                self.stage = self
+                    .inner
+                    .take_stage()
+                    .unwrap_or_else(|| AlignedBuf::with_capacity(batch));
+            }
+            // Never more than a batch staged: two per receiver is all it holds.
+            let k = rest
+                .len()
+                .min(batch.saturating_sub(self.stage.len()).max(1));
+            self.stage.extend_from_slice(&rest[..k]);
+            rest = &rest[k..];
+            if self.stage.len() >= batch {
+                // Whole blocks only, so the batch can go direct; the rest waits for more bytes.
+                let n = self.stage.len() - self.stage.len() % ALIGN;
+                self.flush_stage(if n > 0 { n } else { self.stage.len() })
+                    .await?;
+            }
         }
         Ok(())
     }
 
-    /// Hashes the staged bytes and, for a claimant still owning the slot, writes them.
-    async fn flush_stage(&mut self) -> Result<(), StoreError> {
-        if self.stage.is_empty() {
+    /// Starts hashing (and, for a claimant still owning the slot, writing) the first `n` staged
+    /// bytes on the blocking pool, once the batch before has settled; the rest of the stage (a
+    /// partial block) moves to a fresh stage, which fills while this batch is on its way. One
+    /// batch at a time is in flight, so the stream is read while the disk writes.
+    async fn flush_stage(&mut self, n: usize) -> Result<(), StoreError> {
+        let n = n.min(self.stage.len());
+        if n == 0 {
             return Ok(());
         }
+        self.settle().await?;
         let mut hasher = self.hasher.take().ok_or(StoreError::Poisoned)?;
         let stage = std::mem::take(&mut self.stage);
-        let at = self.offset + (self.received - stage.len() as u64);
+        let at = self.offset + self.flushed;
+        self.flushed += n as u64;
+        let mut next = self
+            .inner
+            .take_stage()
+            .unwrap_or_else(|| AlignedBuf::with_capacity(stage.capacity()));
+        next.extend_from_slice(&stage.as_slice()[n..]);
+        self.stage = next;
         let job = match &mut self.mode {
             Mode::Claim {
                 id,
@@ -287,20 +330,30 @@ impl Receiver {
             }
             _ => None,
         };
-        let file = self.file.clone();
+        let (file, direct) = (self.file.clone(), self.direct.clone());
         let fault = self.inner.write_fault();
-        let (hasher, mut stage, res) = tokio::task::spawn_blocking(move || {
-            hasher.update(&stage);
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let data = &stage.as_slice()[..n];
+            hasher.update(data);
             let res = match job {
-                Some((w, id, first)) => write_claimed(&w, id, first, &file, at, &stage, fault),
+                Some((w, id, first)) => {
+                    write_claimed(&w, id, first, &file, direct.as_deref(), at, data, fault)
+                }
                 None => Ok(true),
             };
             (hasher, stage, res)
-        })
-        .await?;
+        }));
+        Ok(())
+    }
+
+    /// Waits for the batch in flight, if any, and takes its outcome (and its hasher back).
+    async fn settle(&mut self) -> Result<(), StoreError> {
+        let Some(job) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (hasher, stage, res) = job.await?;
         self.hasher = Some(hasher);
-        stage.clear();
-        self.stage = stage;
+        self.inner.put_stage(stage);
         match res {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -344,7 +397,8 @@ impl Receiver {
             mode => {
                 // Put it back: the claim guard must live until the slot is settled.
                 self.mode = mode;
-                self.flush_stage().await?;
+                self.flush_stage(self.stage.len()).await?;
+                self.settle().await?;
                 let hasher = self.hasher.take().ok_or(StoreError::Poisoned)?;
                 if !complete_len || hasher.finalize() != self.expected {
                     Outcome::Invalid
@@ -410,8 +464,14 @@ fn take_over(
     Ok(Outcome::Won(mark()?))
 }
 
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.inner.put_stage(std::mem::take(&mut self.stage));
+    }
+}
+
 impl PieceReceiver for Receiver {
-    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>> {
         async move {
             let r = self.write_chunk(chunk).await;
             self.inner.note_write(r.as_ref().err());

@@ -49,6 +49,8 @@ pub(super) struct Entry {
     pub table: Arc<SignedPieceTable>,
     /// The blob file, shared with readers (positioned I/O only).
     pub file: Arc<File>,
+    /// The same file opened for direct I/O (`None` where the file system refuses it).
+    pub direct: Option<Arc<File>>,
     /// The verified pieces; the sender holds the current value.
     pub have: watch::Sender<Bitfield>,
     /// Every piece verified *and* synced.
@@ -135,6 +137,7 @@ pub(super) struct Recovered {
     pub digest: Digest,
     pub table: Arc<SignedPieceTable>,
     pub file: Arc<File>,
+    pub direct: Option<Arc<File>>,
     pub bits: Bitfield,
     pub record: Record,
     /// Bits not persisted yet.
@@ -180,6 +183,7 @@ impl State {
             id,
             table: r.table,
             file: r.file,
+            direct: r.direct,
             have,
             complete,
             pinned: r.record.pinned,

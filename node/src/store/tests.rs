@@ -6,7 +6,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{PieceTableBuilder, SignedPieceTable};
 use libp2p_identity::Keypair;
@@ -78,7 +77,7 @@ fn piece(data: &[u8], index: u32) -> &[u8] {
 
 async fn send(r: &mut Box<dyn PieceReceiver>, bytes: &[u8]) {
     for c in bytes.chunks(100) {
-        r.write(Bytes::copy_from_slice(c)).await.unwrap();
+        r.write(c).await.unwrap();
     }
 }
 
@@ -157,6 +156,47 @@ async fn receives_all_pieces_to_a_complete_blob() {
     assert_eq!(held_bits(&store, &d), vec![0, 1, 2]);
 }
 
+/// Pieces and batches of whole 4 KiB blocks go to the file direct; chunks that straddle batches
+/// (odd sizes, or a whole piece in one write) must land at their offsets all the same.
+#[tokio::test]
+async fn aligned_batches_land_at_their_offsets_whatever_the_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece_size = 4 * crate::direct_io::ALIGN as u32;
+    let mut t = tuning();
+    t.write_batch = 2 * crate::direct_io::ALIGN;
+    let store = open_with(dir.path(), 1 << 24, t).await;
+    // Three whole pieces and a short last one.
+    let blob = data(3 * piece_size as usize + 1234, 9);
+    let table = table(&blob, piece_size);
+    let d = table.table.digest.clone();
+    store.register(table).await.unwrap();
+    for (i, chunk) in [(0u32, 5000usize), (1, 1 << 20), (2, 4096), (3, 777)] {
+        let range = i as usize * piece_size as usize
+            ..((i as usize + 1) * piece_size as usize).min(blob.len());
+        let mut r = store.receive(&d, i).unwrap();
+        for c in blob[range].chunks(chunk) {
+            r.write(c).await.unwrap();
+        }
+        assert_eq!(r.finish().await.unwrap(), Verdict::Verified, "piece {i}");
+    }
+    assert_eq!(on_disk(dir.path(), &d), blob);
+    // And they read back through the same paths the server and the OCI endpoint use.
+    for i in 0..4 {
+        let pf = store.piece_file(&d, i).await.unwrap();
+        let mut buf = crate::direct_io::AlignedBuf::with_capacity(pf.len as usize);
+        crate::direct_io::read_at(
+            &pf.file,
+            pf.direct.as_deref(),
+            &mut buf,
+            pf.len as usize,
+            pf.offset,
+        )
+        .unwrap();
+        let start = i as usize * piece_size as usize;
+        assert_eq!(buf.as_slice(), &blob[start..start + pf.len as usize]);
+    }
+}
+
 #[tokio::test]
 async fn empty_blob_is_complete_at_registration() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,10 +262,10 @@ async fn interleave(
             break;
         }
         if let Some(x) = x {
-            ra.write(Bytes::copy_from_slice(x)).await.unwrap();
+            ra.write(x).await.unwrap();
         }
         if let Some(y) = y {
-            rb.write(Bytes::copy_from_slice(y)).await.unwrap();
+            rb.write(y).await.unwrap();
         }
     }
 }
@@ -567,7 +607,7 @@ async fn a_full_disk_fails_the_piece_and_recovers() {
     let mut r = store.receive(&d, 0).unwrap();
     let mut err = None;
     for c in piece(&blob, 0).chunks(100) {
-        if let Err(e) = r.write(Bytes::copy_from_slice(c)).await {
+        if let Err(e) = r.write(c).await {
             err = Some(e);
             break;
         }
@@ -582,7 +622,7 @@ async fn a_full_disk_fails_the_piece_and_recovers() {
         buffered.finish().await,
         Err(SourceError::NoSpace(_))
     ));
-    drop(claimant.write(Bytes::from_static(b"x")).await);
+    drop(claimant.write(b"x").await);
     drop(claimant);
     assert!(held_bits(&store, &d).is_empty());
 
@@ -642,17 +682,17 @@ fn stale_claimant_batches_are_refused() {
     let file = std::fs::File::create(dir.path().join("f")).unwrap();
     let w = Mutex::new(Writer::Nobody);
     // Claimant 5 starts; a batch of dead claimant 3 arriving late is refused, even its first.
-    assert!(write_claimed(&w, 5, true, &file, 0, b"aa", None).unwrap());
-    assert!(!write_claimed(&w, 3, true, &file, 0, b"zz", None).unwrap());
-    assert!(write_claimed(&w, 5, false, &file, 2, b"bb", None).unwrap());
+    assert!(write_claimed(&w, 5, true, &file, None, 0, b"aa", None).unwrap());
+    assert!(!write_claimed(&w, 3, true, &file, None, 0, b"zz", None).unwrap());
+    assert!(write_claimed(&w, 5, false, &file, None, 2, b"bb", None).unwrap());
     // A newer claimant (5 went away) takes the slot with its first batch; 5 is locked out.
-    assert!(write_claimed(&w, 8, true, &file, 0, b"cc", None).unwrap());
-    assert!(!write_claimed(&w, 5, false, &file, 0, b"zz", None).unwrap());
+    assert!(write_claimed(&w, 8, true, &file, None, 0, b"cc", None).unwrap());
+    assert!(!write_claimed(&w, 5, false, &file, None, 0, b"zz", None).unwrap());
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"ccbb");
     // Done is final.
     *w.lock().unwrap() = Writer::Done;
-    assert!(!write_claimed(&w, 8, false, &file, 0, b"zz", None).unwrap());
-    assert!(!write_claimed(&w, 9, true, &file, 0, b"zz", None).unwrap());
+    assert!(!write_claimed(&w, 8, false, &file, None, 0, b"zz", None).unwrap());
+    assert!(!write_claimed(&w, 9, true, &file, None, 0, b"zz", None).unwrap());
     assert_eq!(std::fs::read(dir.path().join("f")).unwrap(), b"ccbb");
 }
 
@@ -669,15 +709,8 @@ async fn a_cancelled_write_poisons_the_receiver() {
     let mut r = store.receive(&d, 0).unwrap();
     // The first poll hands the batch to a blocking thread and returns pending; dropping the
     // future then loses track of what reached the file.
-    if r.write(Bytes::copy_from_slice(&blob[..100]))
-        .now_or_never()
-        .is_none()
-    {
-        assert!(
-            r.write(Bytes::copy_from_slice(&blob[100..200]))
-                .await
-                .is_err()
-        );
+    if r.write(&blob[..100]).now_or_never().is_none() {
+        assert!(r.write(&blob[100..200]).await.is_err());
         assert!(r.finish().await.is_err());
         assert!(held_bits(&store, &d).is_empty());
     }

@@ -6,12 +6,12 @@
 //! queued request but never cuts a piece short (its length is already on the wire).
 //!
 //! Pieces go out as a header, then the payload read from the source's file with positioned
-//! reads on the blocking pool, one chunk read ahead of the chunk being written, through two
+//! reads on the blocking pool (direct, bypassing the page cache, where the store opened the file
+//! so: [`crate::direct_io`]), one chunk read ahead of the chunk being written, through two
 //! buffers kept for as long as the stream has work. The stream is flushed at piece ends and
 //! when the writer runs out of work.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::fs::FileExt;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,6 +29,7 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::io::{FrameReader, send_frames};
 use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError, WRITE_STALL_TIMEOUT};
+use crate::direct_io::{self, AlignedBuf};
 use crate::ports::{Held, PeerStream, PieceFile, PieceSource};
 
 /// Bytes per positioned read and per stream write of a piece payload.
@@ -367,7 +368,7 @@ struct Writer<'a, W> {
     table: Arc<SignedPieceTable>,
     digest: Digest,
     /// The two payload buffers, kept while the stream has work.
-    bufs: Option<(Vec<u8>, Vec<u8>)>,
+    bufs: Option<(AlignedBuf, AlignedBuf)>,
     conn: &'a Conn,
 }
 
@@ -545,10 +546,12 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             }
         };
         let len = file.len as usize;
-        let (buf, mut spare) = self
-            .bufs
-            .take()
-            .unwrap_or_else(|| (vec![0; SEND_CHUNK], vec![0; SEND_CHUNK]));
+        let (buf, mut spare) = self.bufs.take().unwrap_or_else(|| {
+            (
+                AlignedBuf::with_capacity(SEND_CHUNK),
+                AlignedBuf::with_capacity(SEND_CHUNK),
+            )
+        });
         // The first chunk is read before the header goes out, so a piece that cannot be read
         // is still answered Missing rather than breaking the stream.
         let first = len.min(SEND_CHUNK);
@@ -580,7 +583,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 let buf = std::mem::take(&mut spare);
                 (n, start_read(file.clone(), next_at, n, buf))
             });
-            self.write(&cur[..cur_len]).await?;
+            self.write(&cur.as_slice()[..cur_len]).await?;
             let Some((n, handle)) = ahead else { break };
             let (next, read) = join_read(handle).await;
             read.map_err(|e| End::Broken(format!("piece {piece} read failed: {e}")))?;
@@ -611,27 +614,32 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     }
 }
 
-/// Starts reading `n` bytes at `at` within the piece into `buf` (grown if needed) on the
-/// blocking pool; the read proceeds whether or not the handle is awaited yet.
-fn start_read(file: PieceFile, at: usize, n: usize, mut buf: Vec<u8>) -> ReadHandle {
+/// Starts reading `n` bytes at `at` within the piece into `buf` (direct where the store allows
+/// it: no page-cache copy) on the blocking pool; the read proceeds whether or not the handle is
+/// awaited yet.
+fn start_read(file: PieceFile, at: usize, n: usize, mut buf: AlignedBuf) -> ReadHandle {
     tokio::task::spawn_blocking(move || {
-        if buf.len() < n {
-            buf.resize(n, 0);
+        if buf.capacity() < n {
+            buf = AlignedBuf::with_capacity(n);
         }
-        let r = file
-            .file
-            .read_exact_at(&mut buf[..n], file.offset + at as u64);
+        let r = direct_io::read_at(
+            &file.file,
+            file.direct.as_deref(),
+            &mut buf,
+            n,
+            file.offset + at as u64,
+        );
         (buf, r)
     })
 }
 
-type ReadHandle = tokio::task::JoinHandle<(Vec<u8>, std::io::Result<()>)>;
+type ReadHandle = tokio::task::JoinHandle<(AlignedBuf, std::io::Result<()>)>;
 
 /// The buffer and outcome of a read (a fresh empty buffer if the read task died).
-async fn join_read(handle: ReadHandle) -> (Vec<u8>, std::io::Result<()>) {
+async fn join_read(handle: ReadHandle) -> (AlignedBuf, std::io::Result<()>) {
     match handle.await {
         Ok(result) => result,
-        Err(e) => (Vec::new(), Err(std::io::Error::other(e))),
+        Err(e) => (AlignedBuf::new(), Err(std::io::Error::other(e))),
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, PieceTable, PieceTableBuilder, SignedPieceTable};
 use flotilla_protocol::wire::{self, ErrorCode, Frame};
@@ -113,6 +112,7 @@ impl PieceSource for FakeSource {
             file: self.file.clone(),
             offset: range.start,
             len: (range.end - range.start) as u32,
+            direct: None,
         });
         async move { r.ok_or_else(|| SourceError::NotHeld("no such piece".into())) }.boxed()
     }
@@ -157,9 +157,9 @@ struct FakeReceiver {
 }
 
 impl PieceReceiver for FakeReceiver {
-    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>> {
         assert!(chunk.len() <= 256 << 10, "chunks stay small");
-        self.data.extend_from_slice(&chunk);
+        self.data.extend_from_slice(chunk);
         async { Ok(()) }.boxed()
     }
 
@@ -909,7 +909,7 @@ struct CountingSink(Arc<AtomicU64>);
 struct CountingReceiver(Arc<AtomicU64>);
 
 impl PieceReceiver for CountingReceiver {
-    fn write(&mut self, chunk: Bytes) -> BoxFuture<'_, Result<(), SourceError>> {
+    fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>> {
         self.0.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         async { Ok(()) }.boxed()
     }
