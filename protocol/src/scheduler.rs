@@ -424,9 +424,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// Whether candidate `i` may be asked for `piece` at all.
     fn can_serve(&self, i: usize, piece: u32) -> bool {
-        self.peer_bits.get(i, piece)
-            && !self.peers[i].bad.contains(&piece)
-            && !self.holds.held(piece, self.now)
+        self.peer_bits.get(i, piece) && !self.peers[i].bad.contains(&piece)
     }
 
     /// Records that peer `i` holds `piece`, and raises the poll flags only if that can enable a
@@ -850,6 +848,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn handle_timeout(&mut self, now: Duration) {
         self.tick(now);
         self.wake();
+        self.end_holds();
         let mut expired: Vec<(Source<P>, u32)> = Vec::new();
         let hard_limit = self.cfg.max_timeout;
         // A far peer's request (locality applies) is patient like the origin's, below: it

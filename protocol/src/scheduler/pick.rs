@@ -49,7 +49,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Whether every missing piece is requested already (none is left to pick, from a peer
     /// or, later, the origin).
     pub(super) fn end_game(&self) -> bool {
-        self.rarity.seen().is_empty() && self.rarity.unseen().is_empty()
+        // A held piece (`spread.rs`) is neither pickable nor requested, but will be soon.
+        self.rarity.seen().is_empty() && self.rarity.unseen().is_empty() && self.holds.is_empty()
     }
 
     /// The next peer request: the cheapest ready peer that can be given a piece.
@@ -364,7 +365,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if let Some(d) = self.near_timer() {
             consider(d);
         }
-        if let Some(d) = self.holds.next_end(now) {
+        if let Some(d) = self.holds.next_end() {
             consider(d);
         }
         if !self.rarity.unseen().is_empty() {
