@@ -534,38 +534,32 @@ async fn busy_over_limits() {
     let digest = source.table.table.digest.clone();
     let sink = FakeSink::new(&source.table);
 
-    // No send slots at all: everything is refused, nothing breaks.
-    let limits = ServerLimits {
+    // No send slots at all: everything is refused (Busy); no copy of any piece may go out:
+    // everything is answered PieceBusy. Nothing breaks either way.
+    let no_sends = ServerLimits {
         max_concurrent_sends: 0,
         ..ServerLimits::default()
     };
-    let mut server = start_server(source.clone(), config(limits));
-    let mut c = open(&mut server, &digest, sink.clone(), 8).await;
-    for i in 0..4 {
-        c.session.request(i).unwrap();
-    }
-    let got = answers(&mut c.events, 4).await;
-    assert_eq!(
-        got,
-        (0..4).map(SessionEventKind::Refused).collect::<Vec<_>>()
-    );
-
-    // No copy of any piece may go out: every request is answered PieceBusy, nothing breaks,
-    // and a piece asked for again once a copy may go is served.
-    let limits = ServerLimits {
+    let no_copies = ServerLimits {
         max_copies_per_piece: 0,
         ..ServerLimits::default()
     };
-    let mut server = start_server(source.clone(), config(limits));
-    let mut c = open(&mut server, &digest, sink.clone(), 8).await;
-    for i in 0..4 {
-        c.session.request(i).unwrap();
+    for (limits, piece_busy) in [(no_sends, false), (no_copies, true)] {
+        let mut server = start_server(source.clone(), config(limits));
+        let mut c = open(&mut server, &digest, sink.clone(), 8).await;
+        for i in 0..4 {
+            c.session.request(i).unwrap();
+        }
+        let got = answers(&mut c.events, 4).await;
+        let want = (0..4).map(|i| {
+            if piece_busy {
+                SessionEventKind::PieceBusy(i)
+            } else {
+                SessionEventKind::Refused(i)
+            }
+        });
+        assert_eq!(got, want.collect::<Vec<_>>());
     }
-    let got = answers(&mut c.events, 4).await;
-    assert_eq!(
-        got,
-        (0..4).map(SessionEventKind::PieceBusy).collect::<Vec<_>>()
-    );
 
     // A queue of one per stream: requests beyond it are refused; each gets one answer.
     let limits = ServerLimits {
