@@ -303,7 +303,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             new_piece_gap: None,
             origin_held_until: vec![Duration::ZERO; n as usize],
             origin_hold: VecDeque::new(),
-            holds: PieceHolds::new(n),
+            holds: PieceHolds::new(),
             origin_alts: Vec::new(),
             latency: Latency::default(),
             total: peer::Rate::default(),
