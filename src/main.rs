@@ -112,6 +112,10 @@ struct NodeArgs {
     /// Blob digest never evicted (repeatable).
     #[arg(long = "pin", env = "FLOTILLA_NODE_PIN", value_delimiter = ',')]
     pinned: Vec<String>,
+    /// Piece bytes to and from disk around the page cache where the file system allows
+    /// (true/false) [default: true].
+    #[arg(long, env = "FLOTILLA_NODE_DIRECT_IO", action = clap::ArgAction::Set)]
+    direct_io: Option<bool>,
     /// Requested UDP socket buffer size for QUIC [default: 4194304].
     #[arg(long, env = "FLOTILLA_NODE_UDP_BUFFER_BYTES")]
     udp_buffer_bytes: Option<usize>,
@@ -171,6 +175,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.udp_buffer_bytes {
             cfg.udp_buffer_bytes = v;
+        }
+        if let Some(v) = self.direct_io {
+            cfg.direct_io = v;
         }
         if let Some(v) = self.site {
             cfg.site = Some(v);
@@ -360,5 +367,31 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_config(args: &[&str]) -> flotilla_node::NodeConfig {
+        let cli = Cli::try_parse_from(args).expect("the arguments parse");
+        let Command::Node(node) = cli.command else {
+            panic!("not the node command");
+        };
+        node.resolve().expect("the node config resolves")
+    }
+
+    #[test]
+    fn direct_io_is_on_unless_the_flag_or_the_toml_turns_it_off() {
+        assert!(node_config(&["flotilla", "node"]).direct_io);
+        assert!(!node_config(&["flotilla", "node", "--direct-io", "false"]).direct_io);
+        assert!(node_config(&["flotilla", "node", "--direct-io", "true"]).direct_io);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let file = dir.path().join("node.toml");
+        std::fs::write(&file, "direct_io = false\n").expect("the config file is written");
+        let path = file.to_str().expect("a UTF-8 path");
+        assert!(!node_config(&["flotilla", "node", "--config", path]).direct_io);
+        assert!(Cli::try_parse_from(["flotilla", "node", "--direct-io", "maybe"]).is_err());
     }
 }

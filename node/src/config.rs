@@ -36,6 +36,13 @@ pub struct NodeConfig {
     pub cache_bytes: u64,
     /// Blob digests never evicted (e.g. the layers of a base image every workload needs).
     pub pinned: Vec<String>,
+    /// Piece bytes go to and from blob files around the page cache (`O_DIRECT`) where the file
+    /// system allows it: each byte is copied once less, and on VMs that reclaim freed guest
+    /// memory first touches of fresh cache pages cost ~3 CPU-s per GiB (SPEC §6.1). Every
+    /// piece served to a peer or a client is then read from the disk, though: set `false` where
+    /// reads are dear (network block devices) and the page cache should keep hot layers.
+    /// Absent: `true`.
+    pub direct_io: bool,
     /// Requested UDP socket buffer size for QUIC, in bytes. Absent: 4 MiB. The kernel caps it at
     /// `net.core.rmem_max` / `wmem_max` unless the process may override them.
     pub udp_buffer_bytes: usize,
@@ -85,6 +92,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             cache_bytes: 20 << 30,
             pinned: Vec::new(),
+            direct_io: true,
             udp_buffer_bytes: 4 << 20,
             shutdown_grace_secs: 10,
             peer_stall_secs: 10,

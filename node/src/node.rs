@@ -179,6 +179,7 @@ impl Node {
         let store = Store::open(StoreConfig {
             dir: config.data_dir.join("store"),
             capacity_bytes: config.cache_bytes,
+            direct_io: config.direct_io,
         })
         .await?;
 

@@ -103,6 +103,9 @@ pub struct StoreConfig {
     pub dir: PathBuf,
     /// The byte budget for all blobs together (each counted at its full size).
     pub capacity_bytes: u64,
+    /// Piece bytes go to and from blob files around the page cache (`O_DIRECT`) where the
+    /// file system allows it ([`crate::direct_io`]); `false`: always through the page cache.
+    pub direct_io: bool,
 }
 
 /// Why a store operation failed.
@@ -302,6 +305,8 @@ pub struct Store {
 pub(crate) struct Inner {
     blobs_dir: PathBuf,
     capacity: u64,
+    /// [`StoreConfig::direct_io`].
+    direct_io: bool,
     db: sled::Db,
     records: sled::Tree,
     tables: sled::Tree,
@@ -394,7 +399,8 @@ impl Store {
         tuning: Tuning,
     ) -> Result<Arc<Store>, StoreError> {
         let dir = config.dir.clone();
-        let rec = tokio::task::spawn_blocking(move || disk::recover(&dir)).await??;
+        let direct_io = config.direct_io;
+        let rec = tokio::task::spawn_blocking(move || disk::recover(&dir, direct_io)).await??;
         let mut state = State::default();
         for r in rec.entries {
             state.insert(r);
@@ -403,6 +409,7 @@ impl Store {
         let inner = Arc::new(Inner {
             blobs_dir: rec.blobs_dir,
             capacity: config.capacity_bytes,
+            direct_io,
             db: rec.db,
             records: rec.records,
             tables: rec.tables,
@@ -640,8 +647,9 @@ impl Inner {
                 self.bitmaps.clone(),
             );
             let table = table.clone();
+            let direct_io = self.direct_io;
             tokio::task::spawn_blocking(move || {
-                disk::create_blob(&blobs_dir, &records, &tables, &bitmaps, &table)
+                disk::create_blob(&blobs_dir, &records, &tables, &bitmaps, &table, direct_io)
             })
             .await
             .map_err(StoreError::from)

@@ -97,6 +97,7 @@ impl TestStore {
         let store = Store::open(StoreConfig {
             dir: dir.path().to_owned(),
             capacity_bytes: 1 << 30,
+            direct_io: true,
         })
         .await
         .unwrap();

@@ -92,6 +92,7 @@ pub(super) fn create_blob(
     tables: &sled::Tree,
     bitmaps: &sled::Tree,
     table: &SignedPieceTable,
+    direct_io: bool,
 ) -> Result<(File, Option<File>, Record), StoreError> {
     let digest = &table.table.digest;
     let encoded = table
@@ -123,7 +124,7 @@ pub(super) fn create_blob(
         let _ = delete_blob(blobs_dir, records, tables, bitmaps, digest);
         return Err(e);
     }
-    Ok((file, crate::direct_io::open(&path), record))
+    Ok((file, open_direct(&path, direct_io), record))
 }
 
 /// Removes a blob's records (record first, so a crash halfway leaves only what open cleans) and
@@ -176,7 +177,12 @@ pub(super) struct Recovery {
 
 /// Opens the store directory and brings disk and records back into agreement (see the module
 /// docs of [`super`]).
-pub(super) fn recover(dir: &Path) -> Result<Recovery, StoreError> {
+/// A second handle on `path` for direct transfers, if wanted and the file system allows.
+fn open_direct(path: &Path, direct_io: bool) -> Option<File> {
+    direct_io.then(|| crate::direct_io::open(path)).flatten()
+}
+
+pub(super) fn recover(dir: &Path, direct_io: bool) -> Result<Recovery, StoreError> {
     let blobs_dir = dir.join("blobs");
     std::fs::create_dir_all(&blobs_dir)?;
     let db = sled::open(dir.join("meta"))?;
@@ -188,7 +194,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, StoreError> {
     let mut kept: HashSet<Vec<u8>> = HashSet::new();
     for item in records.iter() {
         let (k, v) = item?;
-        let loaded = load_one(&blobs_dir, &records, &tables, &bitmaps, &k, &v);
+        let loaded = load_one(&blobs_dir, &records, &tables, &bitmaps, &k, &v, direct_io);
         match loaded {
             Ok(r) => {
                 kept.insert(k.to_vec());
@@ -247,6 +253,7 @@ fn load_one(
     bitmaps: &sled::Tree,
     k: &[u8],
     v: &[u8],
+    direct_io: bool,
 ) -> Result<Recovered, String> {
     let digest = parse_key(k).ok_or("key is not a digest")?;
     let mut record: Record = serde_json::from_slice(v).map_err(|e| format!("record: {e}"))?;
@@ -277,7 +284,7 @@ fn load_one(
             digest,
             table: Arc::new(table),
             file: Arc::new(file),
-            direct: crate::direct_io::open(&path).map(Arc::new),
+            direct: open_direct(&path, direct_io).map(Arc::new),
             bits: Bitfield::full(count),
             record,
             dirty: false,
@@ -338,7 +345,7 @@ fn load_one(
         digest,
         table: Arc::new(table),
         file: Arc::new(file),
-        direct: crate::direct_io::open(&path).map(Arc::new),
+        direct: open_direct(&path, direct_io).map(Arc::new),
         bits,
         record,
         dirty,

@@ -46,6 +46,7 @@ async fn open_with(dir: &Path, capacity: u64, tuning: Tuning) -> Arc<Store> {
         StoreConfig {
             dir: dir.to_path_buf(),
             capacity_bytes: capacity,
+            direct_io: true,
         },
         tuning,
     )
@@ -61,6 +62,7 @@ async fn reopen(dir: &Path, capacity: u64) -> Arc<Store> {
         let config = StoreConfig {
             dir: dir.to_path_buf(),
             capacity_bytes: capacity,
+            direct_io: true,
         };
         if let Ok(store) = Store::open_tuned(config, tuning()).await {
             return store;
@@ -194,6 +196,61 @@ async fn aligned_batches_land_at_their_offsets_whatever_the_chunks() {
         .unwrap();
         let start = i as usize * piece_size as usize;
         assert_eq!(buf.as_slice(), &blob[start..start + pf.len as usize]);
+    }
+}
+
+/// `direct_io = false` keeps every blob file on the page cache path, for new and recovered
+/// blobs alike; `true` takes the direct path wherever this file system allows it.
+#[tokio::test]
+async fn direct_io_switch_decides_the_path_for_new_and_recovered_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, b"x").unwrap();
+    let supported = crate::direct_io::open(&probe).is_some();
+    let piece_size = 4 * crate::direct_io::ALIGN as u32;
+    let blob = data(2 * piece_size as usize + 100, 3);
+    for direct_io in [false, true] {
+        let sub = dir.path().join(format!("store-{direct_io}"));
+        let config = || StoreConfig {
+            dir: sub.clone(),
+            capacity_bytes: 1 << 24,
+            direct_io,
+        };
+        let store = Store::open_tuned(config(), tuning()).await.unwrap();
+        let t = table(&blob, piece_size);
+        let d = t.table.digest.clone();
+        store.register(t).await.unwrap();
+        for i in 0..3 {
+            let range = i as usize * piece_size as usize
+                ..((i as usize + 1) * piece_size as usize).min(blob.len());
+            let mut r = store.receive(&d, i).unwrap();
+            r.write(&blob[range]).await.unwrap();
+            assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
+        }
+        let pf = store.piece_file(&d, 0).await.unwrap();
+        assert_eq!(
+            pf.direct.is_some(),
+            direct_io && supported,
+            "new blob, {direct_io}"
+        );
+        drop(pf);
+        drop(store);
+        let mut reopened = None;
+        for _ in 0..100 {
+            if let Ok(s) = Store::open_tuned(config(), tuning()).await {
+                reopened = Some(s);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let store = reopened.expect("the store reopens");
+        let pf = store.piece_file(&d, 1).await.unwrap();
+        assert_eq!(
+            pf.direct.is_some(),
+            direct_io && supported,
+            "recovered, {direct_io}"
+        );
+        assert_eq!(on_disk(&sub, &d), blob);
     }
 }
 
