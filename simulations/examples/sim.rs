@@ -2,14 +2,18 @@
 //! flotilla-simulations --example sim -- --scenario NAME [--nodes N] [--seed S] [--size 1GiB]
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
-//! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]`. It prints what `flotilla sim` prints (both call the same library
+//! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]
+//! [--upload-slots-per-blob K] [--in-flight K]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
 //! `--origin-refuse-excess` (`Params::origin_queue_excess` off: an origin server at its
 //! `--origin-max-sends K` piece sends — 32 as the gateway's `origin_max_sends`, 0 for no cap —
 //! refuses the rest instead of holding them until a send slot frees); and `--origin-fixed-sends`
-//! (`Params::origin_adaptive_sends` off: the limit stays at the most instead of adapting from 4).
+//! (`Params::origin_adaptive_sends` off: the limit stays at the most instead of adapting from 4);
+//! and `--upload-slots-per-blob K` with `--in-flight K` (`Params::upload_slots_per_blob`,
+//! `Params::fixed_in_flight`: a host sends at most K pieces of a layer at once, the rest wait and
+//! go rarest first; every download keeps exactly K requests out).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +73,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
     let mut max_copies_per_piece = None;
+    let mut upload_slots_per_blob = None;
+    let mut fixed_in_flight = None;
     let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
@@ -93,6 +99,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--origin-fixed-sends" => origin_fixed_sends = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--max-copies-per-piece" => max_copies_per_piece = Some(value()?.parse()?),
+            "--upload-slots-per-blob" => upload_slots_per_blob = Some(value()?.parse()?),
+            "--in-flight" => fixed_in_flight = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
@@ -111,6 +119,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.announce_at_start = !announce_at_first_piece;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
+    }
+    if upload_slots_per_blob.is_some() {
+        fleet.params.upload_slots_per_blob = upload_slots_per_blob;
+    }
+    if fixed_in_flight.is_some() {
+        fleet.params.fixed_in_flight = fixed_in_flight;
     }
     if let Some(m) = max_copies_per_piece {
         fleet.params.max_copies_per_piece = m;

@@ -254,6 +254,10 @@ struct Task {
     connecting: Vec<u32>,
     /// Streams this task's host serves this layer on.
     subscribers: Vec<Sub>,
+    /// With `upload_slots_per_blob`: pieces of this layer the host is sending, and the streams
+    /// whose next request waits for a slot.
+    sends: u16,
+    waiting: VecDeque<u32>,
     held: u32,
     swarm_hint: u64,
     read_pos: u32,
@@ -287,6 +291,8 @@ struct Stream {
     slot: u32,
     /// Bytes of the piece being sent already reported to the downloader's rotation policy.
     reported: f64,
+    /// In its uploader task's `waiting`.
+    parked: bool,
 }
 
 #[derive(Debug)]
@@ -462,6 +468,8 @@ impl<'f> Swarm<'f> {
                 sessions: Vec::new(),
                 connecting: Vec::new(),
                 subscribers: Vec::new(),
+                sends: 0,
+                waiting: VecDeque::new(),
                 held: 0,
                 swarm_hint: 1,
                 read_pos: 0,
@@ -526,7 +534,14 @@ impl<'f> Swarm<'f> {
             blobs,
             origin,
             rng: Rng::new(mix(fleet.params.seed)),
-            cfg: Config::default(),
+            cfg: {
+                let mut cfg = Config::default();
+                if let Some(k) = fleet.params.fixed_in_flight {
+                    cfg.min_in_flight = k;
+                    cfg.max_in_flight = k;
+                }
+                cfg
+            },
             lookup_time,
             announce_time,
             single_site,

@@ -360,3 +360,26 @@ fn the_origin_send_cap_holds_and_runs_repeat() {
     fleet.params.origin_max_sends = Some(0);
     assert!(fleet.validate().is_err());
 }
+
+#[test]
+fn upload_slots_per_blob_hold_and_every_host_completes() {
+    // The what-if: at most 2 pieces of the layer leave a host at once, the rest wait (rarest
+    // first), every download keeps 3 requests out. Without it a host sends more at once.
+    let mut fleet = small(Scenario::Cold, 4);
+    let free = run_swarm(&fleet).unwrap();
+    assert!(free.stats.peak_blob_sends > 2, "{:?}", free.stats);
+    fleet.params.upload_slots_per_blob = Some(2);
+    fleet.params.fixed_in_flight = Some(3);
+    let a = run_swarm(&fleet).unwrap();
+    assert!(a.stats.peak_blob_sends <= 2, "{:?}", a.stats);
+    assert!(a.completion.iter().all(Option::is_some));
+    let s = &a.stats;
+    assert!(close(s.sent_bytes, s.received_bytes));
+    assert!(close(s.delivered_bytes + s.aborted_bytes, s.sent_bytes));
+    assert_eq!(a, run_swarm(&fleet).unwrap(), "the same run again");
+    let report = run(&fleet, RunOptions::default()).unwrap();
+    let (max, t) = (report.times.max_s.unwrap(), report.bound_s);
+    assert!(max >= t * (1.0 - 1e-9), "max {max} < bound {t}");
+    fleet.params.upload_slots_per_blob = Some(0);
+    assert!(fleet.validate().is_err());
+}

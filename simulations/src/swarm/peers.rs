@@ -362,6 +362,7 @@ impl Swarm<'_> {
             active: None,
             slot,
             reported: 0.0,
+            parked: false,
         });
         self.stream_open.push(true);
         self.tasks[up as usize]
@@ -445,7 +446,7 @@ impl Swarm<'_> {
             return;
         }
         s.queue.push_back(piece);
-        if s.active.is_none() {
+        if s.active.is_none() && !s.parked {
             self.start_next(stream);
         }
     }
@@ -475,10 +476,21 @@ impl Swarm<'_> {
             }
             let up_host = self.host_blob(up).0;
             let h = &mut self.hosts[up_host as usize];
-            if h.sends >= self.fleet.params.max_sends {
+            let waiting = self.tasks[up as usize].waiting.len();
+            if usize::from(h.sends) + waiting >= usize::from(self.fleet.params.max_sends) {
                 self.answer(stream, piece, true);
                 continue;
             }
+            if let Some(k) = self.fleet.params.upload_slots_per_blob
+                && self.tasks[up as usize].sends >= k
+            {
+                self.tasks[up as usize].waiting.push_back(stream);
+                let s = &mut self.streams[stream as usize];
+                s.queue.push_front(piece);
+                s.parked = true;
+                return;
+            }
+            let h = &mut self.hosts[up_host as usize];
             // As the node's server: a piece already going to enough downloaders is answered
             // PieceBusy, and the stream moves on to its next request.
             let copy = h.copies.iter().position(|&(t, p, _)| t == up && p == piece);
@@ -500,6 +512,9 @@ impl Swarm<'_> {
                 None => h.copies.push((up, piece, 1)),
             }
             h.sends += 1;
+            let t = &mut self.tasks[up as usize];
+            t.sends += 1;
+            self.stats.peak_blob_sends = self.stats.peak_blob_sends.max(t.sends);
             let down_host = self.host_blob(down).0;
             let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
@@ -532,6 +547,8 @@ impl Swarm<'_> {
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
         h.copy_done(up, piece);
+        let t = &mut self.tasks[up as usize];
+        t.sends = t.sends.saturating_sub(1);
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
@@ -542,7 +559,49 @@ impl Swarm<'_> {
             },
         );
         if open {
+            if !self.tasks[up as usize].waiting.is_empty()
+                && !self.streams[stream as usize].queue.is_empty()
+            {
+                // Those that waited for a slot compete for it first.
+                self.tasks[up as usize].waiting.push_back(stream);
+                self.streams[stream as usize].parked = true;
+            } else {
+                self.start_next(stream);
+            }
+        }
+        self.wake(up);
+    }
+
+    /// With `upload_slots_per_blob`: gives task `t`'s free slots to waiting streams, the one
+    /// whose next piece `t`'s scheduler counts rarest first (first come among equals, and for
+    /// a task that completed).
+    fn wake(&mut self, t: u32) {
+        let Some(k) = self.fleet.params.upload_slots_per_blob else {
+            return;
+        };
+        while self.tasks[t as usize].sends < k && !self.tasks[t as usize].waiting.is_empty() {
+            let mut best = (u16::MAX, 0);
+            if let Some(sched) = self.scheds[t as usize].as_deref() {
+                for (i, &st) in self.tasks[t as usize].waiting.iter().enumerate() {
+                    if let Some(&p) = self.streams[st as usize].queue.front() {
+                        best = best.min((sched.availability(p), i));
+                    }
+                }
+            }
+            let Some(stream) = self.tasks[t as usize].waiting.remove(best.1) else {
+                return;
+            };
+            self.streams[stream as usize].parked = false;
             self.start_next(stream);
+        }
+    }
+
+    /// Takes a stream out of its uploader's waiting list.
+    fn unpark(&mut self, stream: u32) {
+        let s = &mut self.streams[stream as usize];
+        if std::mem::take(&mut s.parked) {
+            let up = s.up;
+            self.tasks[up as usize].waiting.retain(|&x| x != stream);
         }
     }
 
@@ -553,6 +612,7 @@ impl Swarm<'_> {
             return;
         }
         self.stream_open[stream as usize] = false;
+        self.unpark(stream);
         let s = &mut self.streams[stream as usize];
         s.queue = Default::default();
         let (up, slot) = (s.up, s.slot as usize);
@@ -579,12 +639,17 @@ impl Swarm<'_> {
         let up_host = self.tasks[up as usize].host;
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
+        let t = &mut self.tasks[up as usize];
+        t.sends = t.sends.saturating_sub(1);
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
             if let Tag::Peer { piece, .. } = ended.tag {
                 self.hosts[up_host as usize].copy_done(up, piece);
             }
             self.stats.aborted_bytes += ended.bytes;
             self.account_wan(ended.tag, ended.bytes);
+        }
+        if self.hosts[up_host as usize].alive {
+            self.wake(up);
         }
     }
 
@@ -623,6 +688,7 @@ impl Swarm<'_> {
             let subs = std::mem::take(&mut self.tasks[t as usize].subscribers);
             for sub in subs {
                 let s = sub.stream;
+                self.unpark(s);
                 self.abort_stream_flow(s);
                 self.stream_open[s as usize] = false;
                 let stream = &mut self.streams[s as usize];
