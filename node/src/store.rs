@@ -43,7 +43,7 @@
 //! received has a *slot* whose lock guards every write to the piece's bytes, and which records the
 //! one receiver allowed to write (or that the piece is done):
 //! - The first receiver of a piece *claims* it and streams its bytes into the file (in batches
-//!   of 1 MiB, hashed on the way), each batch written under the slot lock and only while the
+//!   of 512 KiB, hashed on the way), each batch written under the slot lock and only while the
 //!   slot names it as the writer.
 //! - A receiver that starts while the piece is claimed *buffers* it in memory (bounded: one
 //!   piece each, 256 MiB for the whole store, refused beyond). When its hash matches, it takes the
@@ -326,7 +326,7 @@ pub(crate) struct Inner {
     /// succeeds.
     disk_full: Mutex<Option<(std::time::Instant, String)>>,
     /// Staging buffers of finished receivers, for the next ones (at most [`POOLED_STAGES`]): a
-    /// new 1 MiB buffer per piece cost a zero-fill and, once the allocator had handed the memory
+    /// new batch buffer per piece cost a zero-fill and, once the allocator had handed the memory
     /// back to the kernel, fresh pages (see [`crate::direct_io`] on what those cost in a VM).
     stages: Mutex<Vec<crate::direct_io::AlignedBuf>>,
 }

@@ -254,10 +254,6 @@ struct Task {
     connecting: Vec<u32>,
     /// Streams this task's host serves this layer on.
     subscribers: Vec<Sub>,
-    /// With `upload_slots_per_blob`: pieces of this layer the host is sending, and the streams
-    /// whose next request waits for a slot.
-    sends: u16,
-    waiting: VecDeque<u32>,
     held: u32,
     swarm_hint: u64,
     read_pos: u32,
@@ -269,6 +265,15 @@ struct Task {
     rotation: Option<Box<Rotation<u32>>>,
     /// Whether the first lookup's sessions were checked for a cold start.
     grace_checked: bool,
+}
+
+/// With `upload_slots_per_blob` (a what-if), per task: pieces of its layer its host is sending,
+/// and the streams whose next request waits for a slot. Kept out of [`Task`] so runs without
+/// the option pay nothing for it.
+#[derive(Debug, Default)]
+struct BlobSlots {
+    sends: u16,
+    waiting: VecDeque<u32>,
 }
 
 /// A stream served by a task, with the task downloading through it (so the `have` fan-out
@@ -393,6 +398,8 @@ pub(crate) struct Swarm<'f> {
     wan_in: Vec<Vec<f64>>,
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
+    /// Per task, with `upload_slots_per_blob` only (empty otherwise).
+    blob_slots: Vec<BlobSlots>,
     scratch: Vec<u32>,
     sub_scratch: Vec<Sub>,
     stats: SwarmStats,
@@ -468,8 +475,6 @@ impl<'f> Swarm<'f> {
                 sessions: Vec::new(),
                 connecting: Vec::new(),
                 subscribers: Vec::new(),
-                sends: 0,
-                waiting: VecDeque::new(),
                 held: 0,
                 swarm_hint: 1,
                 read_pos: 0,
@@ -549,6 +554,13 @@ impl<'f> Swarm<'f> {
             wan_in: vec![vec![0.0; n_blobs]; n_sites],
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),
+            blob_slots: if fleet.params.upload_slots_per_blob.is_some() {
+                (0..n_hosts * n_blobs)
+                    .map(|_| BlobSlots::default())
+                    .collect()
+            } else {
+                Vec::new()
+            },
             scratch: Vec::new(),
             sub_scratch: Vec::new(),
             stats: SwarmStats::default(),

@@ -364,8 +364,10 @@ fn the_origin_send_cap_holds_and_runs_repeat() {
 #[test]
 fn upload_slots_per_blob_hold_and_every_host_completes() {
     // The what-if: at most 2 pieces of the layer leave a host at once, the rest wait (rarest
-    // first), every download keeps 3 requests out. Without it a host sends more at once.
+    // first), every download keeps 3 requests out. With 16 slots (the node's cap on all sends)
+    // a host sends more at once.
     let mut fleet = small(Scenario::Cold, 4);
+    fleet.params.upload_slots_per_blob = Some(16);
     let free = run_swarm(&fleet).unwrap();
     assert!(free.stats.peak_blob_sends > 2, "{:?}", free.stats);
     fleet.params.upload_slots_per_blob = Some(2);

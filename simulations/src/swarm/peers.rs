@@ -475,22 +475,26 @@ impl Swarm<'_> {
                 continue;
             }
             let up_host = self.host_blob(up).0;
+            let slots = self.blob_slots.get_mut(up as usize);
+            let waiting = slots.as_ref().map_or(0, |b| b.waiting.len());
             let h = &mut self.hosts[up_host as usize];
-            let waiting = self.tasks[up as usize].waiting.len();
             if usize::from(h.sends) + waiting >= usize::from(self.fleet.params.max_sends) {
                 self.answer(stream, piece, true);
                 continue;
             }
-            if let Some(k) = self.fleet.params.upload_slots_per_blob
-                && self.tasks[up as usize].sends >= k
+            if let Some(b) = slots
+                && self
+                    .fleet
+                    .params
+                    .upload_slots_per_blob
+                    .is_some_and(|k| b.sends >= k)
             {
-                self.tasks[up as usize].waiting.push_back(stream);
+                b.waiting.push_back(stream);
                 let s = &mut self.streams[stream as usize];
                 s.queue.push_front(piece);
                 s.parked = true;
                 return;
             }
-            let h = &mut self.hosts[up_host as usize];
             // As the node's server: a piece already going to enough downloaders is answered
             // PieceBusy, and the stream moves on to its next request.
             let copy = h.copies.iter().position(|&(t, p, _)| t == up && p == piece);
@@ -512,9 +516,10 @@ impl Swarm<'_> {
                 None => h.copies.push((up, piece, 1)),
             }
             h.sends += 1;
-            let t = &mut self.tasks[up as usize];
-            t.sends += 1;
-            self.stats.peak_blob_sends = self.stats.peak_blob_sends.max(t.sends);
+            if let Some(b) = self.blob_slots.get_mut(up as usize) {
+                b.sends += 1;
+                self.stats.peak_blob_sends = self.stats.peak_blob_sends.max(b.sends);
+            }
             let down_host = self.host_blob(down).0;
             let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
@@ -547,8 +552,9 @@ impl Swarm<'_> {
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
         h.copy_done(up, piece);
-        let t = &mut self.tasks[up as usize];
-        t.sends = t.sends.saturating_sub(1);
+        if let Some(b) = self.blob_slots.get_mut(up as usize) {
+            b.sends = b.sends.saturating_sub(1);
+        }
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
@@ -559,14 +565,14 @@ impl Swarm<'_> {
             },
         );
         if open {
-            if !self.tasks[up as usize].waiting.is_empty()
-                && !self.streams[stream as usize].queue.is_empty()
-            {
+            let queued = !self.streams[stream as usize].queue.is_empty();
+            match self.blob_slots.get_mut(up as usize) {
                 // Those that waited for a slot compete for it first.
-                self.tasks[up as usize].waiting.push_back(stream);
-                self.streams[stream as usize].parked = true;
-            } else {
-                self.start_next(stream);
+                Some(b) if queued && !b.waiting.is_empty() => {
+                    b.waiting.push_back(stream);
+                    self.streams[stream as usize].parked = true;
+                }
+                _ => self.start_next(stream),
             }
         }
         self.wake(up);
@@ -579,16 +585,20 @@ impl Swarm<'_> {
         let Some(k) = self.fleet.params.upload_slots_per_blob else {
             return;
         };
-        while self.tasks[t as usize].sends < k && !self.tasks[t as usize].waiting.is_empty() {
+        loop {
+            let b = &self.blob_slots[t as usize];
+            if b.sends >= k || b.waiting.is_empty() {
+                return;
+            }
             let mut best = (u16::MAX, 0);
             if let Some(sched) = self.scheds[t as usize].as_deref() {
-                for (i, &st) in self.tasks[t as usize].waiting.iter().enumerate() {
+                for (i, &st) in b.waiting.iter().enumerate() {
                     if let Some(&p) = self.streams[st as usize].queue.front() {
                         best = best.min((sched.availability(p), i));
                     }
                 }
             }
-            let Some(stream) = self.tasks[t as usize].waiting.remove(best.1) else {
+            let Some(stream) = self.blob_slots[t as usize].waiting.remove(best.1) else {
                 return;
             };
             self.streams[stream as usize].parked = false;
@@ -601,7 +611,9 @@ impl Swarm<'_> {
         let s = &mut self.streams[stream as usize];
         if std::mem::take(&mut s.parked) {
             let up = s.up;
-            self.tasks[up as usize].waiting.retain(|&x| x != stream);
+            if let Some(b) = self.blob_slots.get_mut(up as usize) {
+                b.waiting.retain(|&x| x != stream);
+            }
         }
     }
 
@@ -639,8 +651,9 @@ impl Swarm<'_> {
         let up_host = self.tasks[up as usize].host;
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
-        let t = &mut self.tasks[up as usize];
-        t.sends = t.sends.saturating_sub(1);
+        if let Some(b) = self.blob_slots.get_mut(up as usize) {
+            b.sends = b.sends.saturating_sub(1);
+        }
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
             if let Tag::Peer { piece, .. } = ended.tag {
                 self.hosts[up_host as usize].copy_done(up, piece);
