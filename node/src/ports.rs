@@ -8,6 +8,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
@@ -31,6 +32,54 @@ pub struct Held {
     pub table: Arc<SignedPieceTable>,
     /// The pieces held now; changes as more arrive (never loses a bit while the blob is held).
     pub have: watch::Receiver<Bitfield>,
+    /// How many of its peers the holder's own download sees holding each piece, while it
+    /// downloads; the server sends the rarest waiting request first (`None`: no ranking).
+    pub rank: Option<Arc<PieceRank>>,
+}
+
+/// Per piece of one blob, how many of its peers the holder's download sees holding it: written
+/// by the download driver from its scheduler (which tracks it anyway to pick rarest first), read
+/// by the transfer server to order the requests that wait for a send slot (SPEC §5.2). All zero
+/// — first come, first served — when no download runs.
+#[derive(Debug)]
+pub struct PieceRank(Box<[AtomicU16]>);
+
+impl PieceRank {
+    /// A rank of `piece_count` pieces, all zero.
+    pub fn new(piece_count: u32) -> Self {
+        PieceRank((0..piece_count).map(|_| AtomicU16::new(0)).collect())
+    }
+
+    /// Holders of `piece` seen (0 for a piece out of range).
+    pub fn get(&self, piece: u32) -> u16 {
+        self.0
+            .get(piece as usize)
+            .map_or(0, |a| a.load(Ordering::Relaxed))
+    }
+
+    /// Records that `holders` peers are seen holding `piece` (ignored out of range).
+    pub fn set(&self, piece: u32, holders: u16) {
+        if let Some(a) = self.0.get(piece as usize) {
+            a.store(holders, Ordering::Relaxed);
+        }
+    }
+
+    /// Pieces ranked.
+    pub fn len(&self) -> u32 {
+        self.0.len() as u32
+    }
+
+    /// Whether the rank covers no piece.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Back to all zero: nobody is downloading, so nothing is known to be rare.
+    pub fn clear(&self) {
+        for a in &*self.0 {
+            a.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// One piece's bytes on disk: `len` bytes at `offset` of `file`, readable with positioned reads

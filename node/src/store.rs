@@ -364,6 +364,7 @@ impl Inner {
         st.entries.get(digest).map(|e| Held {
             table: e.table.clone(),
             have: e.have.subscribe(),
+            rank: Some(e.rank.clone()),
         })
     }
 
@@ -684,6 +685,7 @@ impl Inner {
             Held {
                 table: e.table.clone(),
                 have: e.have.subscribe(),
+                rank: Some(e.rank.clone()),
             }
         };
         tracing::debug!(digest = %digest, size, "registered blob");
@@ -705,6 +707,7 @@ impl Inner {
         Some(Held {
             table: e.table.clone(),
             have: e.have.subscribe(),
+            rank: Some(e.rank.clone()),
         })
     }
 

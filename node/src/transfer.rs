@@ -26,6 +26,7 @@
 mod client;
 mod io;
 mod server;
+mod slots;
 
 use std::time::Duration;
 
@@ -65,8 +66,12 @@ pub struct ServerLimits {
     /// Requests queued per stream; more are answered Busy.
     pub max_requests_per_stream: usize,
     /// Pieces being sent at once over all streams; a request reaching the front of its queue
-    /// beyond this is answered Busy.
+    /// when this many are being sent or waiting for a slot of its blob is answered Busy.
     pub max_concurrent_sends: usize,
+    /// Pieces of one blob being sent at once, over all streams (at least 1); a request beyond
+    /// this waits, and a freed slot goes to the waiting request whose piece this host's own
+    /// download sees as rarest (SPEC §5.2).
+    pub max_sends_per_blob: usize,
     /// Downloaders one piece is sent to at once, over all streams; a request for it beyond
     /// this is answered PieceBusy, so a fresh piece reaches a few downloaders fast and they pass
     /// it on instead of a dozen getting it slowly from here (SPEC §5.2).
@@ -80,6 +85,7 @@ impl Default for ServerLimits {
             max_streams_per_blob: 12,
             max_requests_per_stream: 32,
             max_concurrent_sends: 16,
+            max_sends_per_blob: 4,
             max_copies_per_piece: 3,
         }
     }

@@ -54,18 +54,17 @@
 //!   immune to our own queue, which would otherwise make the window grow itself. A 100 ms
 //!   round trip to a 100 pieces/s seed fills its pipe (15 in flight, 4.35 s for 400 pieces
 //!   against 4 s ideal); with no round trip 3 stay in flight.
-//! - **How much in flight, in total.** Little's law over all peers: `⌈3/2 × base latency /
-//!   time between deliveries⌉ + 2`, within [`Config::min_in_flight`] (8) ..=
-//!   [`Config::max_in_flight`] (64). More only builds queues at uploaders, where fresh rare
-//!   pieces wait behind stale requests: fixed windows of 8 and no total cap took 2.2 × the
-//!   bound at 16 nodes, against 1.2 × now. The floor is for uploaders that split their upload
-//!   among their streams: the base latency is the one seen when an uploader was lightly used,
-//!   so the law asked for ~4, and a node whose peers were all busy received from each a
-//!   sixteenth of its upload — in the fleet simulator's kraken-2600 (2,600 hosts, 300 MB/s)
-//!   the slowest 1 % took 47 pieces/s of the 71 their links allow for 9 s while the fastest
-//!   took 71; with 8, p99 went from 1.37 to 1.21 × the bound (cold-1000 and fleet-10k within
-//!   0.01 ×, edge-20x50 4.05 → 4.03 ×; the FIFO swarm in `tests/` 1.18–1.31 × against
-//!   1.19–1.28 × with 4).
+//! - **How much in flight, in total.** Exactly 4 peer requests by default
+//!   ([`Config::min_in_flight`] = [`Config::max_in_flight`] = 4), as many as an uploader sends
+//!   of one blob at once (the node's transfer server; SPEC §5.2): a request beyond them only
+//!   waits in some uploader's line, holding a place a rarer piece could use. Between the two
+//!   bounds Little's law over all peers would choose, `⌈3/2 × base latency / time between
+//!   deliveries⌉ + 2`; letting it go up to 64 took the fleet simulator's fleet-10k (10,000
+//!   hosts × 1 GiB) from 1.33 to 1.67 × the bound, since the base latency it divides includes
+//!   the wait for an uploader's send slot. (Before uploaders had send slots, a floor of 8 was
+//!   what kept a node whose peers split their upload among many streams from getting a small
+//!   share of each.) The cost is a download moving at most 4 pieces per round trip, which only
+//!   a single far source would notice; the origin and far peers have smaller windows anyway.
 //! - **Timeouts.** A request expires after `srtt + 4 × rttvar` of its source (RFC 6298; before
 //!   the first sample, the peers' average, else 3 × [`Config::initial_latency`] (1 s)), plus the
 //!   time per piece of the requests ahead of it, doubled per timeout in a row, within

@@ -3,7 +3,7 @@
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
 //! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]
-//! [--upload-slots-per-blob K] [--in-flight K]`. It prints what `flotilla sim` prints (both call the same library
+//! [--max-sends-per-blob K] [--in-flight K]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
@@ -11,9 +11,10 @@
 //! `--origin-max-sends K` piece sends — 32 as the gateway's `origin_max_sends`, 0 for no cap —
 //! refuses the rest instead of holding them until a send slot frees); and `--origin-fixed-sends`
 //! (`Params::origin_adaptive_sends` off: the limit stays at the most instead of adapting from 4);
-//! and `--upload-slots-per-blob K` with `--in-flight K` (`Params::upload_slots_per_blob`,
-//! `Params::fixed_in_flight`: a host sends at most K pieces of a layer at once, the rest wait and
-//! go rarest first; every download keeps exactly K requests out).
+//! and `--max-sends-per-blob K` with `--in-flight K` (`Params::max_sends_per_blob`,
+//! `Params::fixed_in_flight`: a host sends at most K pieces of a layer at once — the node's 4 —
+//! the rest wait and go rarest first; every download keeps exactly K requests out — the node's
+//! 4).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,7 +74,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut origin_refuse_excess = false;
     let mut max_sessions_per_blob = None;
     let mut max_copies_per_piece = None;
-    let mut upload_slots_per_blob = None;
+    let mut max_sends_per_blob = None;
     let mut fixed_in_flight = None;
     let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
@@ -99,7 +100,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--origin-fixed-sends" => origin_fixed_sends = true,
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--max-copies-per-piece" => max_copies_per_piece = Some(value()?.parse()?),
-            "--upload-slots-per-blob" => upload_slots_per_blob = Some(value()?.parse()?),
+            "--max-sends-per-blob" => max_sends_per_blob = Some(value()?.parse()?),
             "--in-flight" => fixed_in_flight = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
@@ -120,8 +121,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
     }
-    if upload_slots_per_blob.is_some() {
-        fleet.params.upload_slots_per_blob = upload_slots_per_blob;
+    if let Some(k) = max_sends_per_blob {
+        fleet.params.max_sends_per_blob = k;
     }
     if fixed_in_flight.is_some() {
         fleet.params.fixed_in_flight = fixed_in_flight;

@@ -76,13 +76,13 @@ pub struct Params {
     pub max_sessions_per_blob: u16,
     /// Requests queued per stream; more are refused (Busy).
     pub max_requests_per_stream: usize,
-    /// What-if (the node does not do this): a host streams at most this many pieces of one layer
-    /// at once; a request reaching the front of its stream beyond that waits for a slot, and a
-    /// free slot goes to the waiting request whose piece the host's own scheduler counts rarest
-    /// (first come for a host that completed the layer). `None`: no such limit.
-    pub upload_slots_per_blob: Option<u16>,
+    /// A host streams at most this many pieces of one layer at once; a request reaching the
+    /// front of its stream beyond that waits for a slot, and a free slot goes to the waiting
+    /// request whose piece the host's own scheduler counts rarest (first come for a host that
+    /// completed the layer), as the node's `max_sends_per_blob`.
+    pub max_sends_per_blob: u16,
     /// What-if: every download keeps exactly this many requests in flight (the scheduler's
-    /// `min_in_flight` = `max_in_flight`) instead of its Little's-law window within 8..=64.
+    /// `min_in_flight` = `max_in_flight`) instead of the node's 4.
     pub fixed_in_flight: Option<u32>,
     /// Downloaders a host sends one piece to at once; a request for it beyond this is answered
     /// PieceBusy (the node's `max_copies_per_piece`).
@@ -136,7 +136,7 @@ impl Default for Params {
             max_streams: 256,
             max_sessions_per_blob: 12,
             max_copies_per_piece: 3,
-            upload_slots_per_blob: None,
+            max_sends_per_blob: 4,
             fixed_in_flight: None,
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),
@@ -248,8 +248,8 @@ impl Fleet {
                 "max_peers, lookup_limit, max_sends and max_streams must be positive".into(),
             );
         }
-        if p.upload_slots_per_blob == Some(0) || p.fixed_in_flight == Some(0) {
-            return bad("upload slots per blob and requests in flight must be positive".into());
+        if p.max_sends_per_blob == 0 || p.fixed_in_flight == Some(0) {
+            return bad("sends per blob and requests in flight must be positive".into());
         }
         if p.max_requests_per_stream == 0 {
             return bad("max_requests_per_stream must be positive".into());

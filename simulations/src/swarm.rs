@@ -267,9 +267,9 @@ struct Task {
     grace_checked: bool,
 }
 
-/// With `upload_slots_per_blob` (a what-if), per task: pieces of its layer its host is sending,
-/// and the streams whose next request waits for a slot. Kept out of [`Task`] so runs without
-/// the option pay nothing for it.
+/// Per task: pieces of its layer its host is sending (at most `max_sends_per_blob`), and the
+/// streams whose next request waits for a slot. Kept out of [`Task`], which the hot loops
+/// touch far more often.
 #[derive(Debug, Default)]
 struct BlobSlots {
     sends: u16,
@@ -398,7 +398,7 @@ pub(crate) struct Swarm<'f> {
     wan_in: Vec<Vec<f64>>,
     wan_out: Vec<Vec<f64>>,
     due: Vec<(u32, u32, Nanos)>,
-    /// Per task, with `upload_slots_per_blob` only (empty otherwise).
+    /// Per task.
     blob_slots: Vec<BlobSlots>,
     scratch: Vec<u32>,
     sub_scratch: Vec<Sub>,
@@ -554,13 +554,9 @@ impl<'f> Swarm<'f> {
             wan_in: vec![vec![0.0; n_blobs]; n_sites],
             wan_out: vec![vec![0.0; n_blobs]; n_sites],
             due: Vec::new(),
-            blob_slots: if fleet.params.upload_slots_per_blob.is_some() {
-                (0..n_hosts * n_blobs)
-                    .map(|_| BlobSlots::default())
-                    .collect()
-            } else {
-                Vec::new()
-            },
+            blob_slots: (0..n_hosts * n_blobs)
+                .map(|_| BlobSlots::default())
+                .collect(),
             scratch: Vec::new(),
             sub_scratch: Vec::new(),
             stats: SwarmStats::default(),

@@ -248,6 +248,7 @@ fn hosts_run_the_nodes_scheduler() {
         limits.max_streams_per_blob
     );
     assert_eq!(usize::from(p.max_sends), limits.max_concurrent_sends);
+    assert_eq!(usize::from(p.max_sends_per_blob), limits.max_sends_per_blob);
     assert_eq!(
         usize::from(p.max_copies_per_piece),
         limits.max_copies_per_piece
@@ -362,15 +363,16 @@ fn the_origin_send_cap_holds_and_runs_repeat() {
 }
 
 #[test]
-fn upload_slots_per_blob_hold_and_every_host_completes() {
-    // The what-if: at most 2 pieces of the layer leave a host at once, the rest wait (rarest
-    // first), every download keeps 3 requests out. With 16 slots (the node's cap on all sends)
-    // a host sends more at once.
+fn sends_per_blob_hold_and_every_host_completes() {
+    // At most 2 pieces of the layer leave a host at once, the rest wait (rarest first), every
+    // download keeps 3 requests out. With 16 slots (the node's cap on all sends) and 16 requests
+    // out a host sends more at once.
     let mut fleet = small(Scenario::Cold, 4);
-    fleet.params.upload_slots_per_blob = Some(16);
+    fleet.params.max_sends_per_blob = 16;
+    fleet.params.fixed_in_flight = Some(16);
     let free = run_swarm(&fleet).unwrap();
     assert!(free.stats.peak_blob_sends > 2, "{:?}", free.stats);
-    fleet.params.upload_slots_per_blob = Some(2);
+    fleet.params.max_sends_per_blob = 2;
     fleet.params.fixed_in_flight = Some(3);
     let a = run_swarm(&fleet).unwrap();
     assert!(a.stats.peak_blob_sends <= 2, "{:?}", a.stats);
@@ -382,6 +384,6 @@ fn upload_slots_per_blob_hold_and_every_host_completes() {
     let report = run(&fleet, RunOptions::default()).unwrap();
     let (max, t) = (report.times.max_s.unwrap(), report.bound_s);
     assert!(max >= t * (1.0 - 1e-9), "max {max} < bound {t}");
-    fleet.params.upload_slots_per_blob = Some(0);
+    fleet.params.max_sends_per_blob = 0;
     assert!(fleet.validate().is_err());
 }

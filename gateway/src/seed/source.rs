@@ -50,6 +50,7 @@ impl PieceSource for GatewaySource {
             Ok(Some(Held {
                 table: entry.signed.clone(),
                 have,
+                rank: None,
             }))
         }
         .boxed()

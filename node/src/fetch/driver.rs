@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::gateway::OriginOutcome;
 use super::table;
 use super::{Counters, FetchError, Inner, Outcome, Ready, State};
-use crate::ports::{NetworkError, SourceError};
+use crate::ports::{NetworkError, PieceRank, SourceError};
 use crate::transfer::{Opened, Session, SessionEvent, TransferError};
 
 /// Session events buffered between the sessions and the driver.
@@ -142,6 +142,8 @@ async fn drive(
         sched,
         start,
         store_have: held.have,
+        rank: held.rank.map(RankGuard),
+        rank_dirty: true,
         sessions: HashMap::new(),
         connecting: HashMap::new(),
         banned: HashSet::new(),
@@ -284,9 +286,40 @@ struct Driver {
     rotation: Rotation<PeerId>,
     /// Whether the first lookup's sessions were checked for a cold start.
     grace_checked: bool,
+    /// Where our transfer server reads how rare each piece is: the scheduler's availability,
+    /// copied as it changes (see `rank_piece`).
+    rank: Option<RankGuard>,
+    /// The peer set changed: copy every piece's availability before the next wait.
+    rank_dirty: bool,
+}
+
+/// The blob's [`PieceRank`], cleared when the download ends (nothing is known to be rare then).
+struct RankGuard(Arc<PieceRank>);
+
+impl Drop for RankGuard {
+    fn drop(&mut self) {
+        self.0.clear();
+    }
 }
 
 impl Driver {
+    /// Copies `piece`'s availability to the rank our server orders waiting requests by.
+    fn rank_piece(&self, piece: u32) {
+        if let Some(r) = &self.rank {
+            r.0.set(piece, self.sched.availability(piece));
+        }
+    }
+
+    /// Copies every piece's availability (after the peer set changed).
+    fn publish_rank(&mut self) {
+        self.rank_dirty = false;
+        if let Some(r) = &self.rank {
+            for piece in 0..r.0.len() {
+                r.0.set(piece, self.sched.availability(piece));
+            }
+        }
+    }
+
     fn now(&self) -> Duration {
         Instant::now().saturating_duration_since(self.start)
     }
@@ -312,6 +345,9 @@ impl Driver {
         loop {
             if self.reconcile {
                 self.reconcile_store();
+            }
+            if self.rank_dirty {
+                self.publish_rank();
             }
             while let Some(action) = self.sched.poll_action() {
                 if self.execute(action) {

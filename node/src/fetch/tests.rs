@@ -549,3 +549,41 @@ async fn without_a_site_no_peer_is_far() {
     assert_eq!(stats.far_peer_bytes, 0, "{stats:?}");
     assert_eq!(rig.net.site_lookups.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn the_download_ranks_pieces_for_the_local_server_and_clears_the_rank_at_the_end() {
+    let rig = Rig::new().await;
+    let blob = rig.blob(12 * 16384, 16384, 31);
+    let n = blob.pieces();
+    // Every piece but the last at one peer, the even ones at a second; the last at the origin
+    // only.
+    rig.peer(&blob, 0..n - 1).await;
+    rig.peer(&blob, (0..n - 1).filter(|i| i % 2 == 0)).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    let held = within(5, rig.local.store.held(&blob.digest))
+        .await
+        .unwrap()
+        .expect("registered");
+    let rank = held.rank.expect("the store ranks its blobs");
+    let want = |i: u32| match i {
+        i if i == n - 1 => 0,
+        i if i % 2 == 0 => 2,
+        _ => 1,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (0..n).any(|i| rank.get(i) != want(i)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rank {:?}",
+            (0..n).map(|i| rank.get(i)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    within(20, dl.wait_complete()).await.unwrap();
+    drop(dl);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (0..n).any(|i| rank.get(i) != 0) {
+        assert!(std::time::Instant::now() < deadline, "rank not cleared");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use super::EntryInfo;
 use super::disk::Record;
+use crate::ports::PieceRank;
 
 /// Who may write the bytes of one piece (see "Concurrent receivers" in the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub(super) struct Entry {
     pub direct: Option<Arc<File>>,
     /// The verified pieces; the sender holds the current value.
     pub have: watch::Sender<Bitfield>,
+    /// How rare the download of this blob sees each piece (served streams read it).
+    pub rank: Arc<PieceRank>,
     /// Every piece verified *and* synced.
     pub complete: bool,
     pub pinned: bool,
@@ -181,6 +184,7 @@ impl State {
         let (have, _) = watch::channel(r.bits);
         let entry = Entry {
             id,
+            rank: Arc::new(PieceRank::new(r.table.table.piece_count())),
             table: r.table,
             file: r.file,
             direct: r.direct,

@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::io::{FrameReader, send_frames};
+use super::slots::{Acquire, SendSlot, Slots, StreamSlots, Ticket};
 use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError, WRITE_STALL_TIMEOUT};
 use crate::direct_io::{self, AlignedBuf};
 use crate::ports::{Held, PeerStream, PieceFile, PieceSource};
@@ -75,14 +76,24 @@ pub async fn run_server(
 }
 
 pub(crate) async fn run_server_with(
+    incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
+    source: Arc<dyn PieceSource>,
+    config: ServerConfig,
+) {
+    let per_blob = Slots::new(config.limits.max_sends_per_blob);
+    serve_with_slots(incoming, source, config, per_blob).await;
+}
+
+/// [`run_server_with`] keeping its per-blob table in `per_blob` (which tests watch).
+pub(super) async fn serve_with_slots(
     mut incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
     source: Arc<dyn PieceSource>,
     config: ServerConfig,
+    per_blob: Arc<Slots>,
 ) {
     let streams = Arc::new(Semaphore::new(config.limits.max_streams));
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
-    let per_blob = Arc::new(Counts::default());
     let copies = Arc::new(Counts::default());
     let mut tasks = JoinSet::new();
     loop {
@@ -134,15 +145,15 @@ struct Conn {
     peer: PeerId,
     source: Arc<dyn PieceSource>,
     sends: Arc<Semaphore>,
-    /// Streams served per blob.
-    per_blob: Arc<Counts<Digest>>,
+    /// Streams served and pieces being sent per blob.
+    per_blob: Arc<Slots>,
     /// Copies of each piece being sent at once, over all streams.
     copies: Arc<Counts<(Digest, u32)>>,
     config: ServerConfig,
 }
 
 /// How many of something are in use per key (entries only while non-zero, so the map is
-/// bounded by the slots held): streams per blob, and copies of a piece being sent at once.
+/// bounded by the slots held): copies of a piece being sent at once.
 struct Counts<K>(Mutex<HashMap<K, usize>>);
 
 impl<K> Default for Counts<K> {
@@ -207,7 +218,8 @@ impl Conn {
         let peer = self.peer;
         let (read, mut write) = stream.split();
         let mut reader = FrameReader::new(read);
-        let Some((digest, held, sent, _slot)) = self.welcome(&mut reader, &mut write).await else {
+        let Some((digest, held, sent, stream_slots)) = self.welcome(&mut reader, &mut write).await
+        else {
             return;
         };
         tracing::debug!(%peer, digest = digest.short(), "serving pieces");
@@ -224,6 +236,9 @@ impl Conn {
             table: held.table,
             digest,
             bufs: None,
+            stream_slots,
+            slot: None,
+            ticket: None,
             conn: &self,
         };
         let read_side = pin!(read_commands(reader, tx));
@@ -241,7 +256,7 @@ impl Conn {
         &self,
         reader: &mut FrameReader<R>,
         write: &mut W,
-    ) -> Option<(Digest, Held, Bitfield, Slot<Digest>)> {
+    ) -> Option<(Digest, Held, Bitfield, StreamSlots)> {
         let hello = match timeout(self.config.hello_timeout, reader.next_frame()).await {
             Err(_) => {
                 self.bye(write, ErrorCode::TIMEOUT, "no Hello in time")
@@ -267,7 +282,7 @@ impl Conn {
         };
         let Some(slot) = self
             .per_blob
-            .try_take(&digest, self.config.limits.max_streams_per_blob)
+            .open(&digest, self.config.limits.max_streams_per_blob)
         else {
             self.bye(
                 write,
@@ -292,6 +307,7 @@ impl Conn {
             }
         };
         let mut held = held;
+        slot.set_rank(held.rank.clone());
         // Marks the current value seen: Have frames report only later changes.
         let have = held.have.borrow_and_update().clone();
         let table = if want_table {
@@ -369,7 +385,22 @@ struct Writer<'a, W> {
     digest: Digest,
     /// The two payload buffers, kept while the stream has work.
     bufs: Option<(AlignedBuf, AlignedBuf)>,
+    /// The stream's place on its blob.
+    stream_slots: StreamSlots,
+    /// A send slot of the blob, held from the moment the front request gets one until the queue
+    /// runs dry or the slot passes to a waiting stream.
+    slot: Option<SendSlot>,
+    /// The stream's place in line for a send slot, while its front request waits for one.
+    ticket: Option<Ticket>,
     conn: &'a Conn,
+}
+
+/// What became of the front request.
+enum Step {
+    /// Answered or sent: look at the next.
+    Done,
+    /// Waits for a send slot.
+    Wait,
 }
 
 /// How a stream ends, from the writer's side.
@@ -418,10 +449,14 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 }
             }
             self.queue_haves();
-            if let Some(piece) = self.queue.pop_front() {
-                self.send_piece(piece).await?;
-                last_activity = Instant::now();
-                continue;
+            if let Some(&piece) = self.queue.front() {
+                if let Step::Done = self.step(piece).await? {
+                    last_activity = Instant::now();
+                    continue;
+                }
+            } else {
+                self.slot = None;
+                self.ticket = None;
             }
             if !self.out.is_empty() {
                 let out = std::mem::take(&mut self.out);
@@ -431,13 +466,14 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 self.flush().await?;
                 last_activity = Instant::now();
             }
-            if reader_done {
+            let waiting = self.ticket.is_some();
+            if reader_done && !waiting {
                 return Ok(());
             }
-            // Idle: no reason to keep a megabyte of buffers.
+            // Idle or waiting: no reason to keep a megabyte of buffers.
             self.bufs = None;
             tokio::select! {
-                cmd = rx.recv() => match cmd {
+                cmd = rx.recv(), if !reader_done => match cmd {
                     Some(cmd) => {
                         last_activity = Instant::now();
                         self.apply(cmd)?;
@@ -448,7 +484,12 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                     Ok(()) => self.have_dirty = true,
                     Err(_) => self.watching = false,
                 },
-                () = sleep_until(last_activity + idle) => {
+                () = granted(&mut self.ticket), if waiting => {
+                    self.slot = self.ticket.take().map(Ticket::into_slot);
+                    last_activity = Instant::now();
+                }
+                // A downloader waiting for a slot is not idle.
+                () = sleep_until(last_activity + idle), if !waiting => {
                     return Err(End::Goodbye(ErrorCode::TIMEOUT, "idle".into()));
                 }
             }
@@ -506,15 +547,60 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         let _ = wire::encode(frame, &mut self.out);
     }
 
-    /// Answers one request: the piece, or Busy or Missing (queued in `out`).
-    async fn send_piece(&mut self, piece: u32) -> Result<(), End> {
+    /// Takes the front request `piece` as far as it goes: answered, sent, or waiting for a
+    /// send slot of the blob.
+    async fn step(&mut self, piece: u32) -> Result<Step, End> {
         if !self.have.borrow().get(piece) {
+            self.queue.pop_front();
             self.push(&Frame::Missing { piece });
-            return Ok(());
+            return Ok(Step::Done);
         }
+        if self.slot.is_none() {
+            if let Some(ticket) = self.ticket.take() {
+                match ticket.try_into_slot() {
+                    Ok(slot) => self.slot = Some(slot),
+                    Err(mut ticket) => {
+                        ticket.set_piece(piece);
+                        self.ticket = Some(ticket);
+                        return Ok(Step::Wait);
+                    }
+                }
+            } else {
+                let max = self.conn.config.limits.max_concurrent_sends;
+                let in_use = max.saturating_sub(self.conn.sends.available_permits());
+                match self.stream_slots.acquire(piece, in_use, max) {
+                    Acquire::Go(slot) => self.slot = Some(slot),
+                    Acquire::Busy => {
+                        self.queue.pop_front();
+                        self.push(&Frame::Busy { piece });
+                        return Ok(Step::Done);
+                    }
+                    Acquire::Wait(ticket) => {
+                        self.ticket = Some(ticket);
+                        return Ok(Step::Wait);
+                    }
+                }
+            }
+        }
+        self.queue.pop_front();
+        if self.send_piece(piece).await? {
+            // Those waiting compete with our next request for the slot.
+            if let (Some(slot), Some(&next)) = (self.slot.take(), self.queue.front()) {
+                match slot.pass_or_keep(next) {
+                    Ok(slot) => self.slot = Some(slot),
+                    Err(ticket) => self.ticket = Some(ticket),
+                }
+            }
+        }
+        Ok(Step::Done)
+    }
+
+    /// Sends `piece` (held, under a send slot of the blob), or answers Busy, PieceBusy or
+    /// Missing (queued in `out`); true if it was sent.
+    async fn send_piece(&mut self, piece: u32) -> Result<bool, End> {
         let Ok(_permit) = self.conn.sends.clone().try_acquire_owned() else {
             self.push(&Frame::Busy { piece });
-            return Ok(());
+            return Ok(false);
         };
         // A piece already going to enough downloaders waits for one of them to pass it on
         // (`spread.rs` in the protocol crate's scheduler says why).
@@ -525,7 +611,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             .try_take(&key, self.conn.config.limits.max_copies_per_piece)
         else {
             self.push(&Frame::PieceBusy { piece });
-            return Ok(());
+            return Ok(false);
         };
         let file = match self.conn.source.piece_file(&self.digest, piece).await {
             Ok(f) if Some(f.len) == self.table.table.piece_len(piece) => f,
@@ -537,12 +623,12 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                     "piece source gave a piece of the wrong length"
                 );
                 self.push(&Frame::Missing { piece });
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => {
                 tracing::debug!(digest = self.digest.short(), piece, "cannot serve: {e}");
                 self.push(&Frame::Missing { piece });
-                return Ok(());
+                return Ok(false);
             }
         };
         let len = file.len as usize;
@@ -564,7 +650,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             );
             self.push(&Frame::Missing { piece });
             self.bufs = Some((cur, spare));
-            return Ok(());
+            return Ok(false);
         }
         self.push(&Frame::Piece {
             index: piece,
@@ -594,7 +680,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.flush().await?;
         self.bufs = Some((cur, spare));
         self.conn.source.served(&self.digest, u64::from(file.len));
-        Ok(())
+        Ok(true)
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
@@ -611,6 +697,14 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             Ok(Err(e)) => Err(End::Broken(e.to_string())),
             Err(_) => Err(End::Broken("flush stalled".into())),
         }
+    }
+}
+
+/// Resolves when the stream's ticket (if any) is granted a slot.
+async fn granted(ticket: &mut Option<Ticket>) {
+    match ticket {
+        Some(t) => t.granted().await,
+        None => std::future::pending().await,
     }
 }
 

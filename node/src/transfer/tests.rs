@@ -19,10 +19,12 @@ use libp2p::identity::Keypair;
 use tokio::sync::{mpsc, watch};
 use tokio_util::compat::TokioAsyncReadCompatExt;
 
-use super::server::{ServerConfig, run_server_with};
+use super::server::{ServerConfig, run_server_with, serve_with_slots};
+use super::slots::Slots;
 use super::*;
 use crate::ports::{
-    Held, PeerStream, PieceFile, PieceReceiver, PieceSink, PieceSource, SourceError, Verdict,
+    Held, PeerStream, PieceFile, PieceRank, PieceReceiver, PieceSink, PieceSource, SourceError,
+    Verdict,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -62,6 +64,10 @@ struct FakeSource {
     file: Arc<std::fs::File>,
     have: watch::Sender<Bitfield>,
     served: AtomicU64,
+    /// Pieces whose file was asked for, in order (a send is starting).
+    opened: Mutex<Vec<u32>>,
+    /// Ranks the pieces like a downloading holder's driver (tests set it).
+    rank: Option<Arc<PieceRank>>,
     _tmp: tempfile::NamedTempFile,
 }
 
@@ -73,10 +79,12 @@ impl FakeSource {
         tmp.flush().unwrap();
         let file = Arc::new(tmp.reopen().unwrap());
         Arc::new(FakeSource {
+            rank: Some(Arc::new(PieceRank::new(table.table.piece_count()))),
             table: Arc::new(table),
             file,
             have: watch::channel(have).0,
             served: AtomicU64::new(0),
+            opened: Mutex::new(Vec::new()),
             _tmp: tmp,
         })
     }
@@ -99,6 +107,7 @@ impl PieceSource for FakeSource {
         let held = (*digest == self.table.table.digest).then(|| Held {
             table: self.table.clone(),
             have: self.have.subscribe(),
+            rank: self.rank.clone(),
         });
         async move { Ok(held) }.boxed()
     }
@@ -108,6 +117,10 @@ impl PieceSource for FakeSource {
         _digest: &Digest,
         index: u32,
     ) -> BoxFuture<'static, Result<PieceFile, SourceError>> {
+        self.opened
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(index);
         let r = self.table.table.piece_range(index).map(|range| PieceFile {
             file: self.file.clone(),
             offset: range.start,
@@ -975,4 +988,129 @@ async fn bench_transfer_throughput() {
             SIZE as f64 / secs / 1e6
         );
     }
+}
+
+/// Polls `cond` every few milliseconds until it holds (panics after [`WAIT`]).
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A downloader that asks for one piece and reads nothing until told: the server's write
+/// blocks once the pipe is full, and its send slot stays taken.
+async fn stalled_downloader(server: &mut Incoming, digest: &Digest, piece: u32) -> PeerStream {
+    let mut raw = connect(server).await;
+    let hello = Frame::Hello {
+        digest: digest.clone(),
+        want_table: false,
+    };
+    raw.write_all(&[frame(&hello), frame(&Frame::Request { piece })].concat())
+        .await
+        .unwrap();
+    raw
+}
+
+#[tokio::test]
+async fn a_freed_send_slot_goes_to_the_rarest_waiting_request() {
+    // Pieces larger than the pipe's buffer (256 KiB).
+    let data = blob(6 * 600_000);
+    let source = FakeSource::seeder(&data, 600_000);
+    let digest = source.table.table.digest.clone();
+    let sink = FakeSink::new(&source.table);
+    let rank = source.rank.clone().unwrap();
+    // This host's download sees piece 3 at five peers, piece 4 at one.
+    rank.set(3, 5);
+    rank.set(4, 1);
+    let limits = ServerLimits {
+        max_sends_per_blob: 1,
+        ..ServerLimits::default()
+    };
+    let slots = Slots::new(limits.max_sends_per_blob);
+    let (mut server, rx) = futures::channel::mpsc::channel(16);
+    tokio::spawn(serve_with_slots(
+        rx,
+        source.clone(),
+        config(limits),
+        slots.clone(),
+    ));
+    let opened = || source.opened.lock().unwrap().clone();
+
+    let mut stalled = stalled_downloader(&mut server, &digest, 0).await;
+    until("piece 0 is being sent", || opened() == [0]).await;
+    // The common piece is asked for first, the rare one second: both wait.
+    let mut common = open(&mut server, &digest, sink.clone(), 8).await;
+    common.session.request(3).unwrap();
+    until("one request waits", || slots.waiting(&digest) == 1).await;
+    let mut rare = open(&mut server, &digest, sink.clone(), 8).await;
+    rare.session.request(4).unwrap();
+    until("two requests wait", || slots.waiting(&digest) == 2).await;
+    assert_eq!(opened(), [0], "nothing else starts while the slot is taken");
+
+    // The stalled downloader reads its piece: the slot frees and goes to the rare piece.
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0; 64 << 10];
+        while stalled.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let got = answers(&mut rare.events, 1).await;
+    assert!(
+        matches!(got[0], SessionEventKind::Received { piece: 4, .. }),
+        "{got:?}"
+    );
+    let got = answers(&mut common.events, 1).await;
+    assert!(
+        matches!(got[0], SessionEventKind::Received { piece: 3, .. }),
+        "{got:?}"
+    );
+    assert_eq!(opened(), [0, 4, 3], "the rarer piece went first");
+    drain.abort();
+}
+
+#[tokio::test]
+async fn a_request_waiting_for_a_send_slot_can_be_cancelled() {
+    let data = blob(6 * 600_000);
+    let source = FakeSource::seeder(&data, 600_000);
+    let digest = source.table.table.digest.clone();
+    let sink = FakeSink::new(&source.table);
+    let limits = ServerLimits {
+        max_sends_per_blob: 1,
+        ..ServerLimits::default()
+    };
+    let slots = Slots::new(limits.max_sends_per_blob);
+    let (mut server, rx) = futures::channel::mpsc::channel(16);
+    tokio::spawn(serve_with_slots(
+        rx,
+        source.clone(),
+        config(limits),
+        slots.clone(),
+    ));
+    let opened = || source.opened.lock().unwrap().clone();
+
+    let mut stalled = stalled_downloader(&mut server, &digest, 0).await;
+    until("piece 0 is being sent", || opened() == [0]).await;
+    let mut c = open(&mut server, &digest, sink.clone(), 8).await;
+    c.session.request(1).unwrap();
+    c.session.request(2).unwrap();
+    until("the stream waits", || slots.waiting(&digest) == 1).await;
+    // Cancelling the waiting front request puts the next one in line instead; cancelling
+    // that too leaves the line.
+    assert!(c.session.cancel(1));
+    assert!(c.session.cancel(2));
+    until("the line is empty", || slots.waiting(&digest) == 0).await;
+    // A new request waits again, and is sent once the slot frees.
+    c.session.request(5).unwrap();
+    until("the stream waits again", || slots.waiting(&digest) == 1).await;
+    let drain = tokio::spawn(async move {
+        let mut buf = vec![0; 64 << 10];
+        while stalled.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    });
+    let got = answers(&mut c.events, 1).await;
+    assert!(
+        matches!(got[0], SessionEventKind::Received { piece: 5, .. }),
+        "{got:?}"
+    );
+    assert_eq!(opened(), [0, 5], "cancelled requests were never sent");
+    drain.abort();
 }

@@ -483,11 +483,7 @@ impl Swarm<'_> {
                 continue;
             }
             if let Some(b) = slots
-                && self
-                    .fleet
-                    .params
-                    .upload_slots_per_blob
-                    .is_some_and(|k| b.sends >= k)
+                && b.sends >= self.fleet.params.max_sends_per_blob
             {
                 b.waiting.push_back(stream);
                 let s = &mut self.streams[stream as usize];
@@ -578,13 +574,11 @@ impl Swarm<'_> {
         self.wake(up);
     }
 
-    /// With `upload_slots_per_blob`: gives task `t`'s free slots to waiting streams, the one
+    /// Gives task `t`'s free slots to waiting streams, the one
     /// whose next piece `t`'s scheduler counts rarest first (first come among equals, and for
     /// a task that completed).
     fn wake(&mut self, t: u32) {
-        let Some(k) = self.fleet.params.upload_slots_per_blob else {
-            return;
-        };
+        let k = self.fleet.params.max_sends_per_blob;
         loop {
             let b = &self.blob_slots[t as usize];
             if b.sends >= k || b.waiting.is_empty() {

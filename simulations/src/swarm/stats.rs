@@ -79,7 +79,7 @@ pub struct SwarmStats {
     pub busy_refusals: u64,
     /// Peer requests answered PieceBusy (the piece was going to enough others already).
     pub piece_busy: u64,
-    /// With `upload_slots_per_blob`: most pieces of one layer one host sent at once (else 0).
+    /// Most pieces of one layer one host sent at once.
     pub peak_blob_sends: u16,
     pub sessions_opened: u64,
     pub sessions_failed: u64,

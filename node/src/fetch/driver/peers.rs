@@ -217,6 +217,7 @@ impl Driver {
         self.inner.totals.banned();
         self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
         self.reconcile = true;
+        self.rank_dirty = true;
     }
 
     /// A ban the scheduler did not decide: it must forget the peer too.
@@ -275,6 +276,7 @@ impl Driver {
         let now = self.now();
         self.sched.peer_removed(peer, now);
         self.reconcile = true;
+        self.rank_dirty = true;
     }
 
     pub(super) fn on_event(&mut self, ev: SessionEvent) {
@@ -293,7 +295,10 @@ impl Driver {
         let now = self.now();
         let source = Source::Peer(peer);
         match ev.kind {
-            SessionEventKind::Have(piece) => self.sched.peer_have(peer, piece, now),
+            SessionEventKind::Have(piece) => {
+                self.sched.peer_have(peer, piece, now);
+                self.rank_piece(piece);
+            }
             SessionEventKind::Received {
                 piece,
                 verdict,
@@ -326,6 +331,7 @@ impl Driver {
                         self.stats.wasted(bytes);
                         self.inner.totals.wasted(bytes);
                         self.sched.piece_invalid(peer, piece, now);
+                        self.rank_dirty = true;
                     }
                 }
             }
@@ -395,6 +401,7 @@ impl Driver {
             return;
         }
         debug!(digest = %self.digest, %peer, "session open");
+        self.rank_dirty = true;
         self.sessions.insert(peer, session);
         self.rotation.opened(peer, now);
         self.share_near_nodes();
