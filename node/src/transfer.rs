@@ -72,6 +72,10 @@ pub struct ServerLimits {
     /// this waits, and a freed slot goes to the waiting request whose piece this host's own
     /// download sees as rarest (SPEC §5.2).
     pub max_sends_per_blob: usize,
+    /// Requests waiting for a send slot of one blob beyond which a request that would wait is
+    /// answered Busy instead, so the downloader asks another holder at once (a stream that just
+    /// sent and queues again for its slot is not counted against it; SPEC §5.2).
+    pub max_waiting_per_blob: usize,
     /// Downloaders one piece is sent to at once, over all streams; a request for it beyond
     /// this is answered PieceBusy, so a fresh piece reaches a few downloaders fast and they pass
     /// it on instead of a dozen getting it slowly from here (SPEC §5.2).
@@ -86,6 +90,7 @@ impl Default for ServerLimits {
             max_requests_per_stream: 32,
             max_concurrent_sends: 16,
             max_sends_per_blob: 4,
+            max_waiting_per_blob: 1,
             max_copies_per_piece: 3,
         }
     }

@@ -3,7 +3,7 @@
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
 //! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]
-//! [--max-sends-per-blob K] [--in-flight K]`. It prints what `flotilla sim` prints (both call the same library
+//! [--max-sends-per-blob K] [--max-waiting-per-blob K] [--in-flight K]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
@@ -75,6 +75,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut max_sessions_per_blob = None;
     let mut max_copies_per_piece = None;
     let mut max_sends_per_blob = None;
+    let mut max_waiting_per_blob = None;
     let mut fixed_in_flight = None;
     let mut announce_at_first_piece = false;
     let mut out_dir = PathBuf::from("sim-out");
@@ -101,6 +102,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--max-sessions-per-blob" => max_sessions_per_blob = Some(value()?.parse()?),
             "--max-copies-per-piece" => max_copies_per_piece = Some(value()?.parse()?),
             "--max-sends-per-blob" => max_sends_per_blob = Some(value()?.parse()?),
+            "--max-waiting-per-blob" => max_waiting_per_blob = Some(value()?.parse()?),
             "--in-flight" => fixed_in_flight = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-baselines" => opts.baselines = false,
@@ -123,6 +125,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     if let Some(k) = max_sends_per_blob {
         fleet.params.max_sends_per_blob = k;
+    }
+    if let Some(k) = max_waiting_per_blob {
+        fleet.params.max_waiting_per_blob = k;
     }
     if fixed_in_flight.is_some() {
         fleet.params.fixed_in_flight = fixed_in_flight;

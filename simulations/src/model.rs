@@ -81,6 +81,10 @@ pub struct Params {
     /// request whose piece the host's own scheduler counts rarest (first come for a host that
     /// completed the layer), as the node's `max_sends_per_blob`.
     pub max_sends_per_blob: u16,
+    /// Requests of one layer waiting for a send slot at a host beyond which a request that would
+    /// wait is answered Busy instead (a stream that just sent and queues again for its slot is
+    /// not counted against it), as the node's `max_waiting_per_blob`.
+    pub max_waiting_per_blob: u16,
     /// What-if: every download keeps exactly this many requests in flight (the scheduler's
     /// `min_in_flight` = `max_in_flight`) instead of the node's 4.
     pub fixed_in_flight: Option<u32>,
@@ -137,6 +141,7 @@ impl Default for Params {
             max_sessions_per_blob: 12,
             max_copies_per_piece: 3,
             max_sends_per_blob: 4,
+            max_waiting_per_blob: 1,
             fixed_in_flight: None,
             max_requests_per_stream: 32,
             origin_dedup_s: Some(2.0),

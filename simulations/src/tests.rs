@@ -250,6 +250,10 @@ fn hosts_run_the_nodes_scheduler() {
     assert_eq!(usize::from(p.max_sends), limits.max_concurrent_sends);
     assert_eq!(usize::from(p.max_sends_per_blob), limits.max_sends_per_blob);
     assert_eq!(
+        usize::from(p.max_waiting_per_blob),
+        limits.max_waiting_per_blob
+    );
+    assert_eq!(
         usize::from(p.max_copies_per_piece),
         limits.max_copies_per_piece
     );

@@ -80,7 +80,10 @@ pub(crate) async fn run_server_with(
     source: Arc<dyn PieceSource>,
     config: ServerConfig,
 ) {
-    let per_blob = Slots::new(config.limits.max_sends_per_blob);
+    let per_blob = Slots::new(
+        config.limits.max_sends_per_blob,
+        config.limits.max_waiting_per_blob,
+    );
     serve_with_slots(incoming, source, config, per_blob).await;
 }
 

@@ -1,18 +1,21 @@
 //! Send slots per blob: the server sends at most [`ServerLimits::max_sends_per_blob`] pieces of
-//! one blob at once. A stream whose next request finds them all taken waits; when one frees, the
-//! waiting stream whose next piece is rarest (by the holder's [`PieceRank`], first come among
-//! equals) sends next, and a stream that just sent competes with the waiting ones for its own
-//! slot. The same table counts the streams open per blob
-//! ([`ServerLimits::max_streams_per_blob`]).
+//! one blob at once. A stream whose next request finds them all taken waits if fewer than
+//! [`ServerLimits::max_waiting_per_blob`] wait already (else the request is answered Busy and
+//! the downloader asks another holder); when a slot frees, the waiting stream whose next piece is
+//! rarest (by the holder's [`PieceRank`], first come among equals) sends next, and a stream that
+//! just sent competes with the waiting ones for its own slot, whatever the line's length. The
+//! same table counts the streams open per blob ([`ServerLimits::max_streams_per_blob`]).
 //!
 //! Why (SPEC §5.2): an uploader that splits its link among a dozen streams delivers every piece
 //! a dozen times slower, so nothing it sends can be passed on for a whole piece-time × 12; a few
 //! at a time, rarest first, keeps fresh pieces moving (simulated, 10,000 hosts × 1 GiB: p99
 //! 1.374 → 1.331 × the bound, with each download keeping as many requests out as there are
-//! slots).
+//! slots; with a line of one, 1.284 ×: a request behind another only holds a place a free
+//! holder elsewhere could use).
 //!
 //! [`ServerLimits::max_sends_per_blob`]: super::ServerLimits::max_sends_per_blob
 //! [`ServerLimits::max_streams_per_blob`]: super::ServerLimits::max_streams_per_blob
+//! [`ServerLimits::max_waiting_per_blob`]: super::ServerLimits::max_waiting_per_blob
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +29,8 @@ use crate::ports::PieceRank;
 pub(crate) struct Slots {
     /// Pieces of one blob sent at once (at least 1).
     per_blob: usize,
+    /// Streams waiting beyond which one more that would wait is answered Busy.
+    max_waiting: usize,
     blobs: Mutex<HashMap<Digest, Blob>>,
 }
 
@@ -99,9 +104,10 @@ impl Blob {
 }
 
 impl Slots {
-    pub(crate) fn new(per_blob: usize) -> Arc<Self> {
+    pub(crate) fn new(per_blob: usize, max_waiting: usize) -> Arc<Self> {
         Arc::new(Slots {
             per_blob: per_blob.max(1),
+            max_waiting,
             blobs: Mutex::new(HashMap::new()),
         })
     }
@@ -164,19 +170,21 @@ impl StreamSlots {
     }
 
     /// A slot to send `piece`, given the host's pieces being sent (`host_sends`) and most
-    /// (`max_host_sends`).
+    /// (`max_host_sends`). A request that would wait is answered Busy if the host's sends and
+    /// this blob's line would exceed `max_host_sends`, or the line is full.
     pub(super) fn acquire(&self, piece: u32, host_sends: usize, max_host_sends: usize) -> Acquire {
         let slots = &self.slots;
+        let max_waiting = slots.max_waiting;
         let got = slots.with(&self.digest, |b, per_blob| {
-            if host_sends + b.waiting.len() >= max_host_sends {
-                return Acquire::Busy;
-            }
             if b.sends < per_blob {
                 b.sends += 1;
                 return Acquire::Go(SendSlot {
                     slots: Some(slots.clone()),
                     digest: self.digest.clone(),
                 });
+            }
+            if host_sends + b.waiting.len() >= max_host_sends || b.waiting.len() >= max_waiting {
+                return Acquire::Busy;
             }
             let (id, rx) = b.wait(piece);
             Acquire::Wait(Ticket {
@@ -347,7 +355,7 @@ mod tests {
 
     #[test]
     fn streams_per_blob_are_bounded_and_freed() {
-        let slots = Slots::new(2);
+        let slots = Slots::new(2, 8);
         let d = digest();
         let a = slots.open(&d, 2).unwrap();
         let b = slots.open(&d, 2).unwrap();
@@ -362,7 +370,7 @@ mod tests {
 
     #[test]
     fn a_freed_slot_goes_to_the_rarest_waiting_piece() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, 8);
         let d = digest();
         let rank = Arc::new(PieceRank::new(8));
         rank.set(3, 5);
@@ -402,7 +410,7 @@ mod tests {
 
     #[test]
     fn a_ticket_dropped_while_waiting_leaves_the_line() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, 8);
         let d = digest();
         let a = slots.open(&d, 8).unwrap();
         let b = slots.open(&d, 8).unwrap();
@@ -412,6 +420,27 @@ mod tests {
         drop(sending);
         let again = go(b.acquire(1, 0, 16));
         drop((again, a, b));
+        assert!(slots.is_empty());
+    }
+
+    #[test]
+    fn a_request_beyond_a_full_line_is_busy_but_a_sender_may_queue_again() {
+        let slots = Slots::new(1, 1);
+        let d = digest();
+        let s = [(); 3].map(|()| slots.open(&d, 8).unwrap());
+        let sending = go(s[0].acquire(0, 0, 16));
+        let waiting = wait(s[1].acquire(1, 1, 16));
+        assert!(
+            matches!(s[2].acquire(2, 1, 16), Acquire::Busy),
+            "the line is full"
+        );
+        // The sender queues again behind the one waiting (the line may hold two then).
+        let again = sending.pass_or_keep(3).err().expect("3 waits");
+        let granted = waiting.try_into_slot().map_err(|_| "1 was first").unwrap();
+        assert!(matches!(s[2].acquire(2, 1, 16), Acquire::Busy));
+        drop(granted);
+        let last = again.try_into_slot().map_err(|_| "3 next").unwrap();
+        drop((last, s));
         assert!(slots.is_empty());
     }
 }

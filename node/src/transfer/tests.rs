@@ -1026,9 +1026,10 @@ async fn a_freed_send_slot_goes_to_the_rarest_waiting_request() {
     rank.set(4, 1);
     let limits = ServerLimits {
         max_sends_per_blob: 1,
+        max_waiting_per_blob: 8,
         ..ServerLimits::default()
     };
-    let slots = Slots::new(limits.max_sends_per_blob);
+    let slots = Slots::new(limits.max_sends_per_blob, limits.max_waiting_per_blob);
     let (mut server, rx) = futures::channel::mpsc::channel(16);
     tokio::spawn(serve_with_slots(
         rx,
@@ -1076,9 +1077,10 @@ async fn a_request_waiting_for_a_send_slot_can_be_cancelled() {
     let sink = FakeSink::new(&source.table);
     let limits = ServerLimits {
         max_sends_per_blob: 1,
+        max_waiting_per_blob: 8,
         ..ServerLimits::default()
     };
-    let slots = Slots::new(limits.max_sends_per_blob);
+    let slots = Slots::new(limits.max_sends_per_blob, limits.max_waiting_per_blob);
     let (mut server, rx) = futures::channel::mpsc::channel(16);
     tokio::spawn(serve_with_slots(
         rx,

@@ -475,21 +475,27 @@ impl Swarm<'_> {
                 continue;
             }
             let up_host = self.host_blob(up).0;
-            let slots = self.blob_slots.get_mut(up as usize);
-            let waiting = slots.as_ref().map_or(0, |b| b.waiting.len());
+            let k = self.fleet.params.max_sends_per_blob;
+            let max_sends = usize::from(self.fleet.params.max_sends);
+            let line = usize::from(self.fleet.params.max_waiting_per_blob);
+            let b = &mut self.blob_slots[up as usize];
             let h = &mut self.hosts[up_host as usize];
-            if usize::from(h.sends) + waiting >= usize::from(self.fleet.params.max_sends) {
-                self.answer(stream, piece, true);
-                continue;
-            }
-            if let Some(b) = slots
-                && b.sends >= self.fleet.params.max_sends_per_blob
-            {
+            if b.sends >= k {
+                // It would wait: it may if the host's sends and this line stay within
+                // `max_sends` and the line is shorter than `max_waiting_per_blob`.
+                if usize::from(h.sends) + b.waiting.len() >= max_sends || b.waiting.len() >= line {
+                    self.answer(stream, piece, true);
+                    continue;
+                }
                 b.waiting.push_back(stream);
                 let s = &mut self.streams[stream as usize];
                 s.queue.push_front(piece);
                 s.parked = true;
                 return;
+            }
+            if usize::from(h.sends) >= max_sends {
+                self.answer(stream, piece, true);
+                continue;
             }
             // As the node's server: a piece already going to enough downloaders is answered
             // PieceBusy, and the stream moves on to its next request.
