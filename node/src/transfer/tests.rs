@@ -1013,48 +1013,86 @@ async fn stalled_downloader(server: &mut Incoming, digest: &Digest, piece: u32) 
     raw
 }
 
+/// A server with one send slot per blob (a line of up to 8) over a seeder of six 600-KB pieces
+/// (larger than the pipe's 256 KiB buffer), whose slot table the test watches.
+struct OneSlot {
+    source: Arc<FakeSource>,
+    digest: Digest,
+    sink: Arc<FakeSink>,
+    server: Incoming,
+    slots: Arc<Slots>,
+}
+
+impl OneSlot {
+    fn start() -> OneSlot {
+        let data = blob(6 * 600_000);
+        let source = FakeSource::seeder(&data, 600_000);
+        let digest = source.table.table.digest.clone();
+        let sink = FakeSink::new(&source.table);
+        let limits = ServerLimits {
+            max_sends_per_blob: 1,
+            max_waiting_per_blob: 8,
+            ..ServerLimits::default()
+        };
+        let slots = Slots::new(limits.max_sends_per_blob, limits.max_waiting_per_blob);
+        let (server, rx) = futures::channel::mpsc::channel(16);
+        tokio::spawn(serve_with_slots(
+            rx,
+            source.clone(),
+            config(limits),
+            slots.clone(),
+        ));
+        OneSlot {
+            source,
+            digest,
+            sink,
+            server,
+            slots,
+        }
+    }
+
+    /// Pieces whose send started, in order.
+    fn opened(&self) -> Vec<u32> {
+        self.source.opened.lock().unwrap().clone()
+    }
+
+    fn waiting(&self) -> usize {
+        self.slots.waiting(&self.digest)
+    }
+}
+
+/// Reads everything a stalled downloader is sent, so its send slot frees.
+fn drain(mut stalled: PeerStream) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut buf = vec![0; 64 << 10];
+        while stalled.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+}
+
 #[tokio::test]
 async fn a_freed_send_slot_goes_to_the_rarest_waiting_request() {
-    // Pieces larger than the pipe's buffer (256 KiB).
-    let data = blob(6 * 600_000);
-    let source = FakeSource::seeder(&data, 600_000);
-    let digest = source.table.table.digest.clone();
-    let sink = FakeSink::new(&source.table);
-    let rank = source.rank.clone().unwrap();
+    let mut t = OneSlot::start();
+    let rank = t.source.rank.clone().unwrap();
     // This host's download sees piece 3 at five peers, piece 4 at one.
     rank.set(3, 5);
     rank.set(4, 1);
-    let limits = ServerLimits {
-        max_sends_per_blob: 1,
-        max_waiting_per_blob: 8,
-        ..ServerLimits::default()
-    };
-    let slots = Slots::new(limits.max_sends_per_blob, limits.max_waiting_per_blob);
-    let (mut server, rx) = futures::channel::mpsc::channel(16);
-    tokio::spawn(serve_with_slots(
-        rx,
-        source.clone(),
-        config(limits),
-        slots.clone(),
-    ));
-    let opened = || source.opened.lock().unwrap().clone();
-
-    let mut stalled = stalled_downloader(&mut server, &digest, 0).await;
-    until("piece 0 is being sent", || opened() == [0]).await;
+    let stalled = stalled_downloader(&mut t.server, &t.digest, 0).await;
+    until("piece 0 is being sent", || t.opened() == [0]).await;
     // The common piece is asked for first, the rare one second: both wait.
-    let mut common = open(&mut server, &digest, sink.clone(), 8).await;
+    let mut common = open(&mut t.server, &t.digest, t.sink.clone(), 8).await;
     common.session.request(3).unwrap();
-    until("one request waits", || slots.waiting(&digest) == 1).await;
-    let mut rare = open(&mut server, &digest, sink.clone(), 8).await;
+    until("one request waits", || t.waiting() == 1).await;
+    let mut rare = open(&mut t.server, &t.digest, t.sink.clone(), 8).await;
     rare.session.request(4).unwrap();
-    until("two requests wait", || slots.waiting(&digest) == 2).await;
-    assert_eq!(opened(), [0], "nothing else starts while the slot is taken");
+    until("two requests wait", || t.waiting() == 2).await;
+    assert_eq!(
+        t.opened(),
+        [0],
+        "nothing else starts while the slot is taken"
+    );
 
     // The stalled downloader reads its piece: the slot frees and goes to the rare piece.
-    let drain = tokio::spawn(async move {
-        let mut buf = vec![0; 64 << 10];
-        while stalled.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
+    let drain = drain(stalled);
     let got = answers(&mut rare.events, 1).await;
     assert!(
         matches!(got[0], SessionEventKind::Received { piece: 4, .. }),
@@ -1065,54 +1103,33 @@ async fn a_freed_send_slot_goes_to_the_rarest_waiting_request() {
         matches!(got[0], SessionEventKind::Received { piece: 3, .. }),
         "{got:?}"
     );
-    assert_eq!(opened(), [0, 4, 3], "the rarer piece went first");
+    assert_eq!(t.opened(), [0, 4, 3], "the rarer piece went first");
     drain.abort();
 }
 
 #[tokio::test]
 async fn a_request_waiting_for_a_send_slot_can_be_cancelled() {
-    let data = blob(6 * 600_000);
-    let source = FakeSource::seeder(&data, 600_000);
-    let digest = source.table.table.digest.clone();
-    let sink = FakeSink::new(&source.table);
-    let limits = ServerLimits {
-        max_sends_per_blob: 1,
-        max_waiting_per_blob: 8,
-        ..ServerLimits::default()
-    };
-    let slots = Slots::new(limits.max_sends_per_blob, limits.max_waiting_per_blob);
-    let (mut server, rx) = futures::channel::mpsc::channel(16);
-    tokio::spawn(serve_with_slots(
-        rx,
-        source.clone(),
-        config(limits),
-        slots.clone(),
-    ));
-    let opened = || source.opened.lock().unwrap().clone();
-
-    let mut stalled = stalled_downloader(&mut server, &digest, 0).await;
-    until("piece 0 is being sent", || opened() == [0]).await;
-    let mut c = open(&mut server, &digest, sink.clone(), 8).await;
+    let mut t = OneSlot::start();
+    let stalled = stalled_downloader(&mut t.server, &t.digest, 0).await;
+    until("piece 0 is being sent", || t.opened() == [0]).await;
+    let mut c = open(&mut t.server, &t.digest, t.sink.clone(), 8).await;
     c.session.request(1).unwrap();
     c.session.request(2).unwrap();
-    until("the stream waits", || slots.waiting(&digest) == 1).await;
+    until("the stream waits", || t.waiting() == 1).await;
     // Cancelling the waiting front request puts the next one in line instead; cancelling
     // that too leaves the line.
     assert!(c.session.cancel(1));
     assert!(c.session.cancel(2));
-    until("the line is empty", || slots.waiting(&digest) == 0).await;
+    until("the line is empty", || t.waiting() == 0).await;
     // A new request waits again, and is sent once the slot frees.
     c.session.request(5).unwrap();
-    until("the stream waits again", || slots.waiting(&digest) == 1).await;
-    let drain = tokio::spawn(async move {
-        let mut buf = vec![0; 64 << 10];
-        while stalled.read(&mut buf).await.is_ok_and(|n| n > 0) {}
-    });
+    until("the stream waits again", || t.waiting() == 1).await;
+    let drain = drain(stalled);
     let got = answers(&mut c.events, 1).await;
     assert!(
         matches!(got[0], SessionEventKind::Received { piece: 5, .. }),
         "{got:?}"
     );
-    assert_eq!(opened(), [0, 5], "cancelled requests were never sent");
+    assert_eq!(t.opened(), [0, 5], "cancelled requests were never sent");
     drain.abort();
 }
