@@ -518,10 +518,9 @@ impl Swarm<'_> {
                 None => h.copies.push((up, piece, 1)),
             }
             h.sends += 1;
-            if let Some(b) = self.blob_slots.get_mut(up as usize) {
-                b.sends += 1;
-                self.stats.peak_blob_sends = self.stats.peak_blob_sends.max(b.sends);
-            }
+            let b = &mut self.blob_slots[up as usize];
+            b.sends += 1;
+            self.stats.peak_blob_sends = self.stats.peak_blob_sends.max(b.sends);
             let down_host = self.host_blob(down).0;
             let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
             let flow = self.net.start_peer(
@@ -554,9 +553,8 @@ impl Swarm<'_> {
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
         h.copy_done(up, piece);
-        if let Some(b) = self.blob_slots.get_mut(up as usize) {
-            b.sends = b.sends.saturating_sub(1);
-        }
+        let b = &mut self.blob_slots[up as usize];
+        b.sends = b.sends.saturating_sub(1);
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
@@ -568,13 +566,13 @@ impl Swarm<'_> {
         );
         if open {
             let queued = !self.streams[stream as usize].queue.is_empty();
-            match self.blob_slots.get_mut(up as usize) {
-                // Those that waited for a slot compete for it first.
-                Some(b) if queued && !b.waiting.is_empty() => {
-                    b.waiting.push_back(stream);
-                    self.streams[stream as usize].parked = true;
-                }
-                _ => self.start_next(stream),
+            let b = &mut self.blob_slots[up as usize];
+            // Those that waited for a slot compete for it first.
+            if queued && !b.waiting.is_empty() {
+                b.waiting.push_back(stream);
+                self.streams[stream as usize].parked = true;
+            } else {
+                self.start_next(stream);
             }
         }
         self.wake(up);
@@ -611,9 +609,9 @@ impl Swarm<'_> {
         let s = &mut self.streams[stream as usize];
         if std::mem::take(&mut s.parked) {
             let up = s.up;
-            if let Some(b) = self.blob_slots.get_mut(up as usize) {
-                b.waiting.retain(|&x| x != stream);
-            }
+            self.blob_slots[up as usize]
+                .waiting
+                .retain(|&x| x != stream);
         }
     }
 
@@ -651,9 +649,8 @@ impl Swarm<'_> {
         let up_host = self.tasks[up as usize].host;
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
-        if let Some(b) = self.blob_slots.get_mut(up as usize) {
-            b.sends = b.sends.saturating_sub(1);
-        }
+        let b = &mut self.blob_slots[up as usize];
+        b.sends = b.sends.saturating_sub(1);
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
             if let Tag::Peer { piece, .. } = ended.tag {
                 self.hosts[up_host as usize].copy_done(up, piece);
