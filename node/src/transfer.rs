@@ -47,8 +47,12 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a client waits for the Welcome (or the table) after its Hello.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(20);
-/// How long the server waits for one chunk write before it gives a stalled reader up.
+/// How long the server waits for a stream to take a byte before it gives a stalled reader up.
 pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same while the stream holds a send slot another request needs: one of its blob's
+/// requests waits for a slot, or every send of the host is taken. A reader this slow is not
+/// worth the uploads it blocks; one that reads at all keeps its slot.
+pub const CONTENDED_STALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most requests a [`Session`] keeps outstanding at one uploader.
 pub const MAX_OUTSTANDING: usize = 256;
 

@@ -29,7 +29,10 @@ use tokio::time::{Instant, sleep_until, timeout};
 
 use super::io::{FrameReader, send_frames};
 use super::slots::{Acquire, SendSlot, Slots, StreamSlots, Ticket};
-use super::{HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError, WRITE_STALL_TIMEOUT};
+use super::{
+    CONTENDED_STALL_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError,
+    WRITE_STALL_TIMEOUT,
+};
 use crate::direct_io::{self, AlignedBuf};
 use crate::ports::{Held, PeerStream, PieceFile, PieceSource};
 
@@ -48,6 +51,10 @@ pub(crate) struct ServerConfig {
     pub(crate) site: Option<Arc<str>>,
     pub(crate) hello_timeout: Duration,
     pub(crate) idle_timeout: Duration,
+    /// No byte taken for this long: the stream is given up ([`WRITE_STALL_TIMEOUT`]).
+    pub(crate) write_stall: Duration,
+    /// The same while its send slot is wanted ([`CONTENDED_STALL_TIMEOUT`]).
+    pub(crate) contended_stall: Duration,
 }
 
 /// Serves every stream of `incoming` until it ends, then waits for the streams being served.
@@ -70,6 +77,8 @@ pub async fn run_server(
             site: site.map(Arc::from),
             hello_timeout: HELLO_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            write_stall: WRITE_STALL_TIMEOUT,
+            contended_stall: CONTENDED_STALL_TIMEOUT,
         },
     )
     .await;
@@ -686,21 +695,77 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         Ok(true)
     }
 
+    /// Writes `bytes`, giving the stream up once it has taken no byte for the stall limit
+    /// ([`Writer::check_stall`]). Progress counts per write call, so a slow reader that keeps
+    /// reading is never cut off; the clock is looked at once per stall step, not per call.
     async fn write(&mut self, bytes: &[u8]) -> Result<(), End> {
-        match timeout(WRITE_STALL_TIMEOUT, self.io.write_all(bytes)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Broken(e.to_string())),
-            Err(_) => Err(End::Broken("write stalled".into())),
+        let step = self.stall_step();
+        let mut at = 0;
+        let mut since = Instant::now();
+        loop {
+            let before = at;
+            match timeout(step, write_from(&mut self.io, bytes, &mut at)).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => return Err(End::Broken(e.to_string())),
+                Err(_) if at > before => since = Instant::now(),
+                Err(_) => self.check_stall(since, "write")?,
+            }
         }
     }
 
     async fn flush(&mut self) -> Result<(), End> {
-        match timeout(WRITE_STALL_TIMEOUT, self.io.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(End::Broken(e.to_string())),
-            Err(_) => Err(End::Broken("flush stalled".into())),
+        let step = self.stall_step();
+        let since = Instant::now();
+        loop {
+            match timeout(step, self.io.flush()).await {
+                Ok(r) => return r.map_err(|e| End::Broken(e.to_string())),
+                Err(_) => self.check_stall(since, "flush")?,
+            }
         }
     }
+
+    /// How often a blocked write looks again at whether it is stalled.
+    fn stall_step(&self) -> Duration {
+        let c = &self.conn.config;
+        (c.contended_stall.min(c.write_stall) / 4).max(Duration::from_millis(1))
+    }
+
+    /// An error once nothing has been taken since `since` for [`ServerConfig::write_stall`], or
+    /// for [`ServerConfig::contended_stall`] while this stream sends under a slot another
+    /// request wants: one of its blob's requests waits, or the host's sends are all taken.
+    fn check_stall(&self, since: Instant, what: &str) -> Result<(), End> {
+        let c = &self.conn.config;
+        let stalled = since.elapsed();
+        let wanted = self
+            .slot
+            .as_ref()
+            .is_some_and(|slot| slot.contended() || self.conn.sends.available_permits() == 0);
+        if stalled >= c.write_stall || (wanted && stalled >= c.contended_stall) {
+            let why = if wanted {
+                " (its send slot is wanted)"
+            } else {
+                ""
+            };
+            return Err(End::Broken(format!("{what} stalled for {stalled:?}{why}")));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes[*at..]`, advancing `at` as the stream takes them (so a caller that drops this
+/// future knows how far it got: a write call dropped before it is ready has taken nothing).
+async fn write_from<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    bytes: &[u8],
+    at: &mut usize,
+) -> std::io::Result<()> {
+    while *at < bytes.len() {
+        match io.write(&bytes[*at..]).await? {
+            0 => return Err(std::io::ErrorKind::WriteZero.into()),
+            n => *at += n,
+        }
+    }
+    Ok(())
 }
 
 /// Resolves when the stream's ticket (if any) is granted a slot.

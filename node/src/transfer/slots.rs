@@ -150,6 +150,12 @@ impl Slots {
         self.lock().is_empty()
     }
 
+    /// Pieces of `digest` being sent.
+    #[cfg(test)]
+    pub(super) fn sends(&self, digest: &Digest) -> usize {
+        self.lock().get(digest).map_or(0, |b| b.sends)
+    }
+
     /// Streams waiting for a send slot of `digest`.
     #[cfg(test)]
     pub(super) fn waiting(&self, digest: &Digest) -> usize {
@@ -216,6 +222,15 @@ pub(super) struct SendSlot {
 }
 
 impl SendSlot {
+    /// Whether a stream of the blob waits for a slot.
+    pub(super) fn contended(&self) -> bool {
+        self.slots.as_ref().is_some_and(|slots| {
+            slots
+                .with(&self.digest, |b, _| !b.waiting.is_empty())
+                .unwrap_or(false)
+        })
+    }
+
     /// The stream holding the slot has `next` to send: it keeps the slot if nobody waits or its
     /// piece is rarer than every waiting one; otherwise it waits behind them and the slot goes
     /// to the best of them.

@@ -224,6 +224,8 @@ fn config(limits: ServerLimits) -> ServerConfig {
         site: None,
         hello_timeout: HELLO_TIMEOUT,
         idle_timeout: IDLE_TIMEOUT,
+        write_stall: WRITE_STALL_TIMEOUT,
+        contended_stall: CONTENDED_STALL_TIMEOUT,
     }
 }
 
@@ -886,10 +888,9 @@ async fn hello_and_idle_timeouts() {
     let source = FakeSource::seeder(&data, 4096);
     let digest = source.table.table.digest.clone();
     let cfg = ServerConfig {
-        limits: ServerLimits::default(),
-        site: None,
         hello_timeout: Duration::from_millis(200),
         idle_timeout: Duration::from_millis(300),
+        ..config(ServerLimits::default())
     };
     let mut server = start_server(source.clone(), cfg);
     assert_eq!(
@@ -1025,6 +1026,11 @@ struct OneSlot {
 
 impl OneSlot {
     fn start() -> OneSlot {
+        Self::with(|c| c)
+    }
+
+    /// The same, with `tune` applied to its server's settings.
+    fn with(tune: impl FnOnce(ServerConfig) -> ServerConfig) -> OneSlot {
         let data = blob(6 * 600_000);
         let source = FakeSource::seeder(&data, 600_000);
         let digest = source.table.table.digest.clone();
@@ -1039,7 +1045,7 @@ impl OneSlot {
         tokio::spawn(serve_with_slots(
             rx,
             source.clone(),
-            config(limits),
+            tune(config(limits)),
             slots.clone(),
         ));
         OneSlot {
@@ -1058,6 +1064,10 @@ impl OneSlot {
 
     fn waiting(&self) -> usize {
         self.slots.waiting(&self.digest)
+    }
+
+    fn sends(&self) -> usize {
+        self.slots.sends(&self.digest)
     }
 }
 
@@ -1132,4 +1142,83 @@ async fn a_request_waiting_for_a_send_slot_can_be_cancelled() {
     );
     assert_eq!(t.opened(), [0, 5], "cancelled requests were never sent");
     drain.abort();
+}
+
+/// Reads what is left of a stream the server gave up: the bytes, until it ends.
+async fn read_to_end(mut stream: PeerStream) -> usize {
+    let mut buf = vec![0; 64 << 10];
+    let mut total = 0;
+    loop {
+        let read = tokio::time::timeout(WAIT, stream.read(&mut buf)).await;
+        match read.expect("the given-up stream ends") {
+            Ok(0) | Err(_) => return total,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stalled_send_gives_its_slot_up_only_when_another_request_wants_it() {
+    let stall = Duration::from_millis(200);
+    let mut t = OneSlot::with(|c| ServerConfig {
+        contended_stall: stall,
+        ..c
+    });
+    let stalled = stalled_downloader(&mut t.server, &t.digest, 0).await;
+    until("piece 0 is being sent", || t.opened() == [0]).await;
+    // Nobody else wants the slot: a reader that stops for several stall limits keeps it.
+    tokio::time::sleep(stall * 4).await;
+    assert_eq!(t.sends(), 1, "an uncontended stall is tolerated");
+
+    // Another request waits for the slot: the stalled send is given up within a few limits
+    // (it took no byte for longer than one already), and the waiting request is sent.
+    let started = Instant::now();
+    let mut c = open(&mut t.server, &t.digest, t.sink.clone(), 8).await;
+    c.session.request(1).unwrap();
+    let got = answers(&mut c.events, 1).await;
+    assert!(
+        matches!(got[0], SessionEventKind::Received { piece: 1, .. }),
+        "{got:?}"
+    );
+    assert!(started.elapsed() < WAIT / 2, "{:?}", started.elapsed());
+    assert_eq!(t.opened(), [0, 1]);
+    // The stalled downloader got a cut-off piece 0, then the stream ended.
+    let header = frame(&Frame::Piece {
+        index: 0,
+        len: 600_000,
+    })
+    .len();
+    let got = read_to_end(stalled).await;
+    assert!(got < 600_000 + header, "{got} bytes");
+}
+
+#[tokio::test]
+async fn a_stalled_send_gives_up_its_host_send_when_all_are_taken() {
+    let stall = Duration::from_millis(200);
+    // One send at a time for the whole host; the blob itself would allow four.
+    let mut t = OneSlot::with(|c| ServerConfig {
+        contended_stall: stall,
+        limits: ServerLimits {
+            max_sends_per_blob: 4,
+            max_concurrent_sends: 1,
+            ..c.limits
+        },
+        ..c
+    });
+    let stalled = stalled_downloader(&mut t.server, &t.digest, 0).await;
+    until("piece 0 is being sent", || t.opened() == [0]).await;
+    // The host's one send is taken, so a request is answered Busy; the stalled send holding
+    // it is given up and the next request is sent.
+    let mut c = open(&mut t.server, &t.digest, t.sink.clone(), 8).await;
+    c.session.request(1).unwrap();
+    let got = answers(&mut c.events, 1).await;
+    assert!(matches!(got[0], SessionEventKind::Refused(1)), "{got:?}");
+    until("the stalled send is given up", || t.sends() == 0).await;
+    assert!(read_to_end(stalled).await < 600_000);
+    c.session.request(1).unwrap();
+    let got = answers(&mut c.events, 1).await;
+    assert!(
+        matches!(got[0], SessionEventKind::Received { piece: 1, .. }),
+        "{got:?}"
+    );
 }
