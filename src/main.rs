@@ -342,6 +342,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Sim(_))
+        && let Some(status) = flotilla_simulations::rerun_with_huge_pages()
+    {
+        std::process::exit(status.code().unwrap_or(1));
+    }
     // One TLS provider for the whole process (aws-lc-rs, as libp2p's QUIC uses), so nothing
     // that asks rustls for the default can find none.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

@@ -21,38 +21,13 @@ use std::process::ExitCode;
 
 use flotilla_simulations::{Overrides, RunOptions, Scenario};
 
-/// Set in the child [`main`] starts with huge pages, so it does not start another.
-const HUGE_PAGES_CHILD: &str = "FLOTILLA_SIM_HUGE_PAGES_CHILD";
-
-/// On Linux, runs this binary again with glibc's `malloc` asking for transparent huge pages
-/// (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`, read only at process start), unless the caller
-/// set `GLIBC_TUNABLES` itself. A 100,000-host run keeps ~2 GiB of state and touches it at
-/// random, so 4-KiB pages cost a TLB miss on most of its cache misses: measured at 10,000
-/// hosts, 25 → 21.4 CPU-s. Where the kernel gives none (THP `never`), nothing changes; the
-/// output never does. `None`: run here.
-fn rerun_with_huge_pages() -> Option<ExitCode> {
-    if !cfg!(target_os = "linux")
-        || std::env::var_os("GLIBC_TUNABLES").is_some()
-        || std::env::var_os(HUGE_PAGES_CHILD).is_some()
-    {
-        return None;
-    }
-    let exe = std::env::current_exe().ok()?;
-    let status = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
-        .env(HUGE_PAGES_CHILD, "1")
-        .status()
-        .ok()?;
-    Some(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
-    })
-}
-
 fn main() -> ExitCode {
-    if let Some(code) = rerun_with_huge_pages() {
-        return code;
+    if let Some(status) = flotilla_simulations::rerun_with_huge_pages() {
+        return if status.success() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
     }
     match run() {
         Ok(()) => ExitCode::SUCCESS,

@@ -77,6 +77,43 @@ impl Default for RunOptions {
     }
 }
 
+/// The environment [`rerun_with_huge_pages`] adds. `GLIBC_TUNABLES=glibc.malloc.hugetlb=1`
+/// makes `malloc` advise the kernel (in THP `madvise` mode here) to back what it gets with
+/// huge pages, but only areas at least a huge page long, and its heap grows by the request
+/// plus `top_pad` (128 KiB by default) at a time, so a heap grown in small steps got no huge
+/// page at all. `MALLOC_TOP_PAD_` (the variable, not a second item in `GLIBC_TUNABLES`, which
+/// glibc 2.36 here did not always honour) makes it grow 32 MiB at a time.
+pub const HUGE_PAGE_ENV: [(&str, &str); 2] = [
+    ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1"),
+    ("MALLOC_TOP_PAD_", "33554432"),
+];
+
+/// Set in the child [`rerun_with_huge_pages`] starts, so it does not start another.
+const HUGE_PAGES_CHILD: &str = "FLOTILLA_SIM_HUGE_PAGES_CHILD";
+
+/// On Linux, runs the current program again, with the same arguments, with glibc's `malloc`
+/// asking for transparent huge pages ([`HUGE_PAGE_ENV`], read only at process start),
+/// unless the caller set `GLIBC_TUNABLES` itself; returns how the child ended, which the caller
+/// exits with, or `None`: run here. Call it first thing in `main` of a program about to
+/// simulate. A 100,000-host run keeps ~2 GiB of state and touches it at random, so 4-KiB pages
+/// cost a TLB miss on most of its cache misses. Where the kernel gives none (THP `never`),
+/// nothing changes; the output never does.
+pub fn rerun_with_huge_pages() -> Option<std::process::ExitStatus> {
+    if !cfg!(target_os = "linux")
+        || std::env::var_os("GLIBC_TUNABLES").is_some()
+        || std::env::var_os(HUGE_PAGES_CHILD).is_some()
+    {
+        return None;
+    }
+    let exe = std::env::current_exe().ok()?;
+    std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .envs(HUGE_PAGE_ENV)
+        .env(HUGE_PAGES_CHILD, "1")
+        .status()
+        .ok()
+}
+
 /// Simulates `fleet` (swarm and, if asked, the baselines) and reports.
 pub fn run(fleet: &Fleet, opts: RunOptions) -> Result<Report, SimError> {
     fleet.validate()?;
