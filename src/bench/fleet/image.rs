@@ -301,14 +301,17 @@ pub struct PullOptions<'a> {
     pub received: &'a AtomicU64,
 }
 
-/// `GET /v2/<repo>/blobs/<digest>` from `base`, checked as it streams.
+/// `GET /v2/<repo>/blobs/<digest>` from `base`, checked as it streams; how long the first body
+/// byte took from the request (the whole time for an empty blob).
 pub async fn get_blob(
     http: &Client,
     base: &str,
     repo: &str,
     blob: &Blob,
     opts: PullOptions<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Duration> {
+    let start = std::time::Instant::now();
+    let mut first_byte = None;
     let url = format!("{base}/v2/{repo}/blobs/{}", blob.digest);
     let mut resp = tokio::time::timeout(opts.stall, http.get(&url).send())
         .await
@@ -347,11 +350,13 @@ pub async fn get_blob(
                 )
             })?;
         let Some(chunk) = chunk else { break };
+        first_byte.get_or_insert_with(|| start.elapsed());
         opts.received
             .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         check.update(&chunk).with_context(|| format!("GET {url}"))?;
     }
-    check.finish().with_context(|| format!("GET {url}"))
+    check.finish().with_context(|| format!("GET {url}"))?;
+    Ok(first_byte.unwrap_or_else(|| start.elapsed()))
 }
 
 /// Pulls `image` from `base`: the manifest by tag (it must be the bytes pushed), then every blob,
@@ -380,7 +385,7 @@ pub async fn pull(
     futures::stream::iter(&image.blobs)
         .map(|b| get_blob(http, base, &image.repo, b, opts))
         .buffer_unordered(opts.parallel.max(1))
-        .try_collect::<Vec<()>>()
+        .try_collect::<Vec<Duration>>()
         .await?;
     Ok(())
 }

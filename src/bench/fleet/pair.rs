@@ -105,7 +105,7 @@ async fn run_with(
     let cpu0 = a.cpu_time()? + b.cpu_time()?;
     progress("pair: node B pulls it from node A");
     let start = Instant::now();
-    get_blob(http, &b.base, PAIR_REPO, blob, opts)
+    let first_byte = get_blob(http, &b.base, PAIR_REPO, blob, opts)
         .await
         .context("node B's pull from node A")?;
     let time = start.elapsed();
@@ -118,6 +118,7 @@ async fn run_with(
     let pair = Pair {
         seed_time,
         time,
+        first_byte,
         egress: g1.since(&g0),
         b_peer_bytes: bs.peer_bytes,
         b_origin_bytes: bs.origin_bytes,
