@@ -464,6 +464,16 @@ impl Report {
             self.origin_gone_s
                 .map_or(String::new(), |g| format!("; the origin left at {g:.2} s"))
         );
+        if let (Some(half), Some(most)) = (s.piece_spread_half_ms, s.piece_spread_most_ms) {
+            let ms = |x: Option<f64>| x.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
+            let _ = writeln!(
+                out,
+                "Spread: after its first copy landed, a piece reached half the hosts in {half:.1} ms and 99 % of them in {most:.1} ms \
+                 (medians over pieces); the last piece to land, in {} and {}.",
+                ms(s.last_piece_spread_ms[0]),
+                ms(s.last_piece_spread_ms[1])
+            );
+        }
         let _ = writeln!(
             out,
             "Simulation: {} events, peak queue {}, simulated {:.2} s in {:.2} s wall.",

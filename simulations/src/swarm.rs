@@ -25,7 +25,7 @@ mod peers;
 mod pieces;
 mod stats;
 
-use stats::Demand;
+use stats::{Demand, Spread};
 pub use stats::{SwarmOutcome, SwarmStats};
 
 use std::collections::{BTreeMap, VecDeque};
@@ -311,6 +311,8 @@ struct Blob {
     site_providers: Vec<Vec<u32>>,
     /// Pieces some host has received.
     copies: Bitfield,
+    /// Per piece: how it spread (see [`Spread`]).
+    spread: Vec<Spread>,
 }
 
 impl Blob {
@@ -449,6 +451,7 @@ impl<'f> Swarm<'f> {
                     providers: Vec::new(),
                     site_providers: Vec::new(),
                     copies: Bitfield::new(pieces),
+                    spread: vec![Spread::default(); pieces as usize],
                 }
             })
             .collect();
@@ -939,6 +942,7 @@ impl<'f> Swarm<'f> {
             .collect();
         let left = self.hosts.iter().map(|h| h.left).collect();
         let mut stats = self.stats;
+        stats.note_spread(self.blobs.iter().flat_map(|b| b.spread.iter().copied()));
         stats.origin_requests = self.origin.requests;
         stats.finish();
         stats.origin_refusals = self.origin.refusals;

@@ -265,6 +265,32 @@ fn hosts_run_the_nodes_scheduler() {
 }
 
 #[test]
+fn piece_spread_is_measured_from_the_first_copy() {
+    // One host: a piece's first copy is also its half and its 99 % of the fleet.
+    let fleet = tiny(0.010, 50e6, vec![host(100e6, 100e6)], vec![8 * MIB]);
+    let s = run_swarm(&fleet).unwrap().stats;
+    assert_eq!(s.piece_spread_half_ms, Some(0.0));
+    assert_eq!(s.piece_spread_most_ms, Some(0.0));
+    assert_eq!(s.last_piece_spread_ms, [Some(0.0), Some(0.0)]);
+    // A fleet: half the hosts come no later than 99 % of them, and within the run.
+    let out = run_swarm(&small(Scenario::Cold, 1)).unwrap();
+    let s = &out.stats;
+    let (half, most) = (
+        s.piece_spread_half_ms.unwrap(),
+        s.piece_spread_most_ms.unwrap(),
+    );
+    assert!(
+        0.0 < half && half <= most && most <= out.end_s * 1e3,
+        "{half} {most}"
+    );
+    let [last_half, last_most] = s.last_piece_spread_ms.map(Option::unwrap);
+    assert!(
+        0.0 < last_half && last_half <= last_most,
+        "{last_half} {last_most}"
+    );
+}
+
+#[test]
 fn scenario_names_round_trip() {
     for s in Scenario::ALL {
         assert_eq!(s.name().parse::<Scenario>().unwrap(), s);

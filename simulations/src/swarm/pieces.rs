@@ -45,7 +45,22 @@ impl Swarm<'_> {
             self.push(at, Ev::Announce(t));
         }
         self.broadcast(t, piece);
+        let hosts = self.hosts.len() as u64;
         let b = &mut self.blobs[usize::from(blob)];
+        if let Some(sp) = b.spread.get_mut(piece as usize) {
+            sp.holders += 1;
+            let held = u64::from(sp.holders);
+            if held == 1 {
+                sp.first = self.now;
+            }
+            // Half and 99 % of the fleet's hosts, rounded up (every host pulls every layer).
+            if sp.half.is_none() && 2 * held >= hosts {
+                sp.half = Some(self.now);
+            }
+            if sp.most.is_none() && 100 * held >= 99 * hosts {
+                sp.most = Some(self.now);
+            }
+        }
         if b.copies.set(piece) && self.fleet.params.origin_leaves && self.origin.alive {
             let all = self.blobs.iter().all(|b| b.copies.is_complete());
             if all && self.origin.gone_at.is_none() {

@@ -47,6 +47,24 @@ impl Demand {
     }
 }
 
+/// How one piece spread over the fleet: hosts holding it, and when the first one, half of
+/// them and 99 % of them (of the hosts in the fleet) had it.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Spread {
+    pub(super) holders: u32,
+    pub(super) first: Nanos,
+    pub(super) half: Option<Nanos>,
+    pub(super) most: Option<Nanos>,
+}
+
+/// The median of `spans` in milliseconds (the lower middle of an even count), if any.
+fn median_ms(spans: impl Iterator<Item = Nanos>) -> Option<f64> {
+    let mut v: Vec<Nanos> = spans.collect();
+    v.sort_unstable();
+    let mid = v.len().checked_sub(1)? / 2;
+    Some(v[mid] as f64 / 1e6)
+}
+
 /// Counters of a run.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct SwarmStats {
@@ -75,6 +93,12 @@ pub struct SwarmStats {
     /// of every layer had been sent whole at least once.
     pub origin_first_piece_s: Option<f64>,
     pub origin_all_pieces_s: Option<f64>,
+    /// Median over pieces of the time from a piece's first copy landing anywhere to half of
+    /// the fleet's hosts holding it, and to 99 % of them (pieces that got there).
+    pub piece_spread_half_ms: Option<f64>,
+    pub piece_spread_most_ms: Option<f64>,
+    /// The same two times for the piece whose first copy landed last.
+    pub last_piece_spread_ms: [Option<f64>; 2],
     /// Peer requests answered Busy.
     pub busy_refusals: u64,
     /// Peer requests answered PieceBusy (the piece was going to enough others already).
@@ -97,6 +121,20 @@ impl SwarmStats {
     pub(super) fn count(&mut self, kind: usize) {
         if let Some(k) = self.kinds.get_mut(kind) {
             *k += 1;
+        }
+    }
+
+    /// Sums up how the pieces spread (see the `piece_spread_*` fields).
+    pub(super) fn note_spread(&mut self, pieces: impl Iterator<Item = Spread>) {
+        let spreads: Vec<Spread> = pieces.filter(|p| p.holders > 0).collect();
+        self.piece_spread_half_ms =
+            median_ms(spreads.iter().filter_map(|p| p.half.map(|t| t - p.first)));
+        self.piece_spread_most_ms =
+            median_ms(spreads.iter().filter_map(|p| p.most.map(|t| t - p.first)));
+        // The piece whose first copy landed last: a cold fleet ends about when it has spread.
+        if let Some(last) = spreads.iter().max_by_key(|p| p.first) {
+            self.last_piece_spread_ms =
+                [last.half, last.most].map(|at| at.map(|t| (t - last.first) as f64 / 1e6));
         }
     }
 
