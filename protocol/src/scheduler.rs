@@ -222,10 +222,12 @@ pub struct Scheduler<P> {
     last_new_piece: Duration,
     /// EWMA of the time between such events: what "nothing new for a while" means here.
     new_piece_gap: Option<Duration>,
-    /// Per piece: the origin refused it, and is not asked for it again until then.
-    origin_held_until: Vec<Duration>,
-    /// The same holds in the order they end (each piece at most once among the live ones),
-    /// for the timer.
+    /// Pieces the origin refused, not asked for again until their hold in `origin_hold` ends
+    /// (a bit per piece, not a time: a time per piece was 4 KiB of every download's state for
+    /// a 1-GiB layer, and every hold lasts the same step).
+    origin_held: Bitfield,
+    /// Those holds in the order they end, each piece at most once. Ended ones are dropped
+    /// (and their bits cleared) before any is looked at: see `Scheduler::end_origin_holds`.
     origin_hold: VecDeque<(u32, Duration)>,
     /// Pieces a peer answered `PieceBusy` for, held back for a moment (`spread.rs`).
     holds: PieceHolds,
@@ -301,7 +303,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             now,
             last_new_piece: now,
             new_piece_gap: None,
-            origin_held_until: vec![Duration::ZERO; n as usize],
+            origin_held: Bitfield::new(n),
             origin_hold: VecDeque::new(),
             holds: PieceHolds::new(),
             origin_alts: Vec::new(),

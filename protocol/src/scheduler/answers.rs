@@ -144,28 +144,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.release(piece);
         match source {
             Source::Origin => {
-                // Holds all last one step, so they end in the order they began: the ended
-                // ones are at the front, and the live ones name each piece at most once.
-                let now = self.now;
-                while self
-                    .origin_hold
-                    .front()
-                    .is_some_and(|&(_, until)| until <= now)
-                {
-                    self.origin_hold.pop_front();
-                }
+                self.end_origin_holds();
                 // The origin refuses only when it recently sent every piece offered (SPEC
                 // §3.7): all of them are on their way through the swarm.
                 let alts = self.take_alternatives(piece);
-                let until = now + self.origin_step();
+                let until = self.now + self.origin_step();
                 for x in std::iter::once(piece).chain(alts) {
-                    if self.origin_held_until[x as usize] > now {
+                    if x >= self.have.len() || !self.origin_held.set(x) {
                         continue;
                     }
-                    if self.origin_hold.len() >= self.origin_held_until.len() {
-                        self.origin_hold.pop_front();
-                    }
-                    self.origin_held_until[x as usize] = until;
                     self.origin_hold.push_back((x, until));
                 }
             }

@@ -240,8 +240,23 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         (self.now - since).as_nanos() / self.origin_stall_step().as_nanos() + 1
     }
 
+    /// Whether the origin refused `piece` lately; holds that ended must have been dropped
+    /// ([`Scheduler::end_origin_holds`]) at this `now`.
     fn origin_held(&self, piece: u32) -> bool {
-        self.origin_held_until[piece as usize] > self.now
+        self.origin_held.get(piece)
+    }
+
+    /// Drops the origin holds that have ended. Holds all last one step, so they end in the
+    /// order they began: the ended ones are at the front.
+    pub(super) fn end_origin_holds(&mut self) {
+        let now = self.now;
+        while let Some(&(x, until)) = self.origin_hold.front() {
+            if until > now {
+                break;
+            }
+            self.origin_hold.pop_front();
+            self.origin_held.clear(x);
+        }
     }
 
     /// The next origin request, if the origin rule allows one.
@@ -255,13 +270,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             return None;
         }
         let stalled = now >= self.stalled_since();
-        while self
-            .origin_hold
-            .front()
-            .is_some_and(|&(_, until)| until <= now)
-        {
-            self.origin_hold.pop_front();
-        }
+        self.end_origin_holds();
         let unseen_nodes = self.origin_contenders();
         let allowance = self.origin_allowance();
         let locality = self.locality();

@@ -469,6 +469,13 @@ fn refusals_requeue_without_penalty() {
     }
     s.handle_timeout(held_until);
     assert_eq!(requests(&drain(&mut s)), vec![(Source::Origin, x)]);
+    // Refused again when its hold ended: held for another step from then.
+    s.request_refused(Source::Origin, x, held_until);
+    assert!(requests(&drain(&mut s)).is_empty());
+    let again = held_until + Config::default().origin_step;
+    assert!(s.poll_timeout().is_some_and(|t| t <= again));
+    s.handle_timeout(again);
+    assert_eq!(requests(&drain(&mut s)), vec![(Source::Origin, x)]);
 
     // A busy peer is paused briefly; its window is untouched.
     let mut s = Scheduler::new(0u32, Bitfield::new(8), cfg(), ms(0));
