@@ -406,6 +406,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         let source = SourceState::new(self.cfg.initial_window);
         self.peer_times.push(PeerTimes::new(peer, &source));
         self.peer_bits.push_row();
+        // One more at a time (peers come seldom; a `PeerState` is ~200 bytes): doubling left
+        // a download of 10 peers with room for 16.
+        self.peers.reserve_exact(1);
         self.peers.push(PeerState {
             key: peer,
             hash: stable_hash(&peer),
@@ -686,6 +689,12 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.update_source(source, |st| {
             let timeout = st.timeout(fallback, lo, hi);
             let mark = st.rate.mark(now, st.requests.is_empty());
+            // Most sources have one or two requests out at a time: room for one, then two
+            // (an `InFlight` is 88 bytes) instead of Vec's first four, which were an eighth of
+            // a simulated host's memory. Beyond two it grows as usual.
+            if st.requests.len() == st.requests.capacity() && st.requests.len() < 2 {
+                st.requests.reserve_exact(1);
+            }
             st.requests.push(peer::InFlight {
                 piece,
                 sent: now,
