@@ -690,8 +690,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             let timeout = st.timeout(fallback, lo, hi);
             let mark = st.rate.mark(now, st.requests.is_empty());
             // Most sources have one or two requests out at a time: room for one, then two
-            // (an `InFlight` is 88 bytes) instead of Vec's first four, which were an eighth of
-            // a simulated host's memory. Beyond two it grows as usual.
+            // (an `InFlight` is 88 bytes) instead of Vec's first four, which were a sixth of a
+            // simulated host's heap. Beyond two it grows as usual.
             if st.requests.len() == st.requests.capacity() && st.requests.len() < 2 {
                 st.requests.reserve_exact(1);
             }
