@@ -65,16 +65,17 @@ for name, m in manifests.items():
 # piece_table: plain tables, a signed table, bit fields
 
 
-def table(alg, digest, size, piece_size, hashes):
-    return (bytes([1, alg]) + digest + struct.pack(">QII", size, piece_size, len(hashes))
+def table(alg, digest, size, piece_size, block_size, hashes):
+    count = -(-size // piece_size)
+    return (bytes([2, alg]) + digest + struct.pack(">QIII", size, piece_size, block_size, count)
             + b"".join(hashes))
 
 
 blob = bytes(range(256)) * 5
-# Decoding does not check piece hashes (BLAKE3 in real tables): any 32 bytes each will do.
-h = [hashlib.blake2s(blob[i:i + 512]).digest() for i in range(0, len(blob), 512)]
-t256 = table(1, hashlib.sha256(blob).digest(), len(blob), 512, h)
-t512 = table(2, hashlib.sha512(b"").digest(), 0, 4 << 20, [])
+# Decoding does not check block hashes (BLAKE3 in real tables): any 32 bytes each will do.
+h = [hashlib.blake2s(blob[i:i + 128]).digest() for i in range(0, len(blob), 128)]
+t256 = table(1, hashlib.sha256(blob).digest(), len(blob), 512, 128, h)
+t512 = table(2, hashlib.sha512(b"").digest(), 0, 4 << 20, 256 << 10, [])
 write("piece_table", "table_sha256", t256)
 write("piece_table", "table_sha512_empty", t512)
 key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))

@@ -18,7 +18,7 @@
 //! └── bitmaps  <digest> → Bitfield::encode of the pieces known to be durable on disk
 //! ```
 //! The table lives in its own tree so that the frequent record updates (`last_used_ms`) do not
-//! rewrite up to 64 KiB of hashes each time. Keys are the digest's text (`sha256:<hex>`).
+//! rewrite up to 1 MiB of block hashes each time. Keys are the digest's text (`sha256:<hex>`).
 //!
 //! # Durability rule
 //! **A bit is set on disk only for a piece whose bytes were fdatasynced before the bit was

@@ -37,8 +37,9 @@ pub const PROTOCOL_NAME: &str = "/flotilla/pieces/1.0.0";
 /// The version byte carried by Hello and Welcome.
 pub const VERSION: u8 = 1;
 /// Largest frame body (type byte and fields; the length prefix and piece payloads excluded).
-/// A Welcome with its table is the largest frame: 4 MiB holds the table and bit field of a
-/// blob of about 127 000 pieces (8 TiB at the largest piece size).
+/// A Welcome with its table is the largest frame: 4 MiB holds the table (16 block hashes per
+/// piece) and bit field of a blob of about 8 000 pieces (512 GiB at the largest piece size);
+/// a bigger blob's table comes only from the gateway over HTTP.
 pub const MAX_FRAME_LEN: u32 = 4 << 20;
 /// Longest message an Error frame carries; [`encode`] truncates longer ones.
 pub const MAX_ERROR_MESSAGE: usize = 1024;

@@ -52,13 +52,20 @@ const DIGEST: [u8; 32] = [0xab; 32];
 const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
 /// A plain piece table with consistent geometry: `count` hashes of `0x11`.
+/// A version-2 table of `count` one-block pieces (block size = piece size).
 fn table(size: u64, piece_size: u32, count: u32) -> Vec<u8> {
-    let mut t = vec![1, 1];
+    blocks_table(size, piece_size, piece_size, count, count)
+}
+
+/// A version-2 table with `hashes` block hashes.
+fn blocks_table(size: u64, piece_size: u32, block_size: u32, count: u32, hashes: u32) -> Vec<u8> {
+    let mut t = vec![2, 1];
     t.extend_from_slice(&DIGEST);
     t.extend_from_slice(&be64(size));
     t.extend_from_slice(&be32(piece_size));
+    t.extend_from_slice(&be32(block_size));
     t.extend_from_slice(&be32(count));
-    t.extend(std::iter::repeat_n(0x11, 32 * count as usize));
+    t.extend(std::iter::repeat_n(0x11, 32 * hashes as usize));
     t
 }
 
@@ -178,10 +185,11 @@ fn manifest_nasty_inputs() {
 #[test]
 fn piece_table_nasty_inputs() {
     let good = table(1000, 512, 2);
-    let mut sha512 = vec![1, 2];
+    let mut sha512 = vec![2, 2];
     sha512.extend_from_slice(&[0xcd; 64]);
     sha512.extend_from_slice(&be64(0));
     sha512.extend_from_slice(&be32(4 << 20));
+    sha512.extend_from_slice(&be32(256 << 10));
     sha512.extend_from_slice(&be32(0));
     let cases: Vec<Vec<u8>> = vec![
         vec![],
@@ -226,6 +234,14 @@ fn piece_table_nasty_inputs() {
         ]
         .concat(),
         [&[1][..], &be16(2), &[0xff, 0xff], &be16(0), &be32(0)].concat(),
+        // Blocks: a good 4-block table, then too few hashes, a block size that does not divide
+        // the piece, 65 blocks per piece, a zero block size, version 1.
+        blocks_table(1000, 512, 128, 2, 8),
+        blocks_table(1000, 512, 128, 2, 7),
+        blocks_table(1000, 512, 100, 2, 10),
+        blocks_table(650, 650, 10, 1, 65),
+        blocks_table(1000, 512, 0, 2, 2),
+        [&[1][..], &table(1000, 512, 2)[1..]].concat(),
         // Bit fields: a huge length, spare bits, exactly full, one short.
         [&be32(u32::MAX)[..]].concat(),
         [&be32(13)[..], &[0x40, 0x09]].concat(),
@@ -240,7 +256,11 @@ fn piece_table_nasty_inputs() {
     // Controls: the well-formed cases above do reach the round-trip checks.
     assert!(PieceTable::decode(&cases[6]).is_ok() && PieceTable::decode(&cases[9]).is_ok());
     assert!(SignedPieceTable::decode(&cases[20]).is_ok());
-    assert!(Bitfield::decode(&cases[25]).is_ok() && Bitfield::decode(&cases[24]).is_err());
+    assert!(Bitfield::decode(&cases[31]).is_ok() && Bitfield::decode(&cases[30]).is_err());
+    assert!(PieceTable::decode(&cases[23]).is_ok());
+    for bad in &cases[24..=28] {
+        assert!(PieceTable::decode(bad).is_err());
+    }
 }
 
 #[test]
@@ -408,4 +428,10 @@ fn fuzz_seeds() {
     }
     // The seeds ship with the repository; none found means the path above went stale.
     assert!(seen > 0, "no seeds under {}", seeds.display());
+    // A format change must come with new seeds (fuzz/make_seeds.py), or the fuzzers start from
+    // inputs rejected at the version byte.
+    let seed = |name: &str| std::fs::read(seeds.join("piece_table").join(name)).expect("seed");
+    assert!(PieceTable::decode(&seed("table_sha256")).is_ok());
+    assert!(PieceTable::decode(&seed("table_sha512_empty")).is_ok());
+    assert!(SignedPieceTable::decode(&seed("signed")).is_ok_and(|s| s.verify(None).is_ok()));
 }

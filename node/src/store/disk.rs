@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{
-    Bitfield, MAX_PIECE_SIZE, PieceHasher, PieceTable, SignedPieceTable,
+    Bitfield, MAX_BLOCKS_PER_PIECE, MAX_PIECE_SIZE, PieceChecker, PieceTable, SignedPieceTable,
 };
 use serde::{Deserialize, Serialize};
 
@@ -62,10 +62,20 @@ pub(super) fn validate_table(t: &SignedPieceTable) -> Result<(), StoreError> {
             "{count} pieces (at most {MAX_PIECES})"
         )));
     }
-    if t.piece_hashes.len() as u64 != count {
+    if t.block_size == 0
+        || !t.piece_size.is_multiple_of(t.block_size)
+        || t.piece_size / t.block_size > MAX_BLOCKS_PER_PIECE
+    {
         return Err(StoreError::BadTable(format!(
-            "{} hashes for {count} pieces",
-            t.piece_hashes.len()
+            "block size {} does not tile pieces of {}",
+            t.block_size, t.piece_size
+        )));
+    }
+    let blocks = t.size.div_ceil(u64::from(t.block_size));
+    if t.block_hashes.len() as u64 != blocks {
+        return Err(StoreError::BadTable(format!(
+            "{} hashes for {blocks} blocks",
+            t.block_hashes.len()
         )));
     }
     Ok(())
@@ -362,7 +372,9 @@ pub(super) fn reverify(file: &File, table: &PieceTable, bits: &mut Bitfield) -> 
         let Some(range) = table.piece_range(index) else {
             continue;
         };
-        let mut hasher = PieceHasher::new();
+        let Ok(mut checker) = PieceChecker::new(table, index) else {
+            continue;
+        };
         let mut at = range.start;
         let mut ok = true;
         while at < range.end {
@@ -372,10 +384,14 @@ pub(super) fn reverify(file: &File, table: &PieceTable, bits: &mut Bitfield) -> 
                 ok = false;
                 break;
             }
-            hasher.update(&buf[..n]);
+            checker.update(&buf[..n]);
+            if checker.is_bad() {
+                ok = false;
+                break;
+            }
             at += n as u64;
         }
-        if ok && hasher.finalize() == table.piece_hashes[index as usize] && bits.set(index) {
+        if ok && checker.is_complete() && bits.set(index) {
             found += 1;
         }
     }

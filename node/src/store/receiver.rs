@@ -1,4 +1,4 @@
-//! Receiving one piece: hash as it streams, write into the blob file (the claimant) or buffer it
+//! Receiving one piece: check it block by block as it streams, write into the blob file (the claimant) or buffer it
 //! (a concurrent duplicate), and set the bit only for the one copy that verified and owns the
 //! bytes on disk. Bytes are staged in aligned batches (512 KiB), hashed and written (direct where the
 //! file allows: [`crate::direct_io`]) on the blocking pool, one batch in flight while the next
@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use flotilla_protocol::Digest;
-use flotilla_protocol::piece::{PieceHasher, piece_hash};
+use flotilla_protocol::piece::PieceChecker;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
@@ -81,20 +81,22 @@ enum Mode {
 pub(super) struct Receiver {
     inner: Arc<Inner>,
     index: u32,
-    /// Offset of the piece in the file, its length and expected hash.
+    /// Offset of the piece in the file and its length.
     offset: u64,
     len: u32,
-    expected: [u8; 32],
+    /// A fresh checker of this piece, for a buffered copy verified whole at the end.
+    fresh: PieceChecker,
     file: Arc<File>,
     /// `file` opened for direct I/O: the claimant's aligned batches bypass the page cache.
     direct: Option<Arc<File>>,
     mode: Mode,
-    /// `None` while a batch is in flight (it holds the hasher), and after a batch was
-    /// interrupted (its future dropped): the receiver is then poisoned.
-    hasher: Option<PieceHasher>,
-    /// The batch being hashed and written on the blocking pool: its hasher, its buffer and
+    /// Checks the piece block by block. `None` while a batch is in flight (it holds the
+    /// checker), and after a batch was interrupted (its future dropped): the receiver is then
+    /// poisoned.
+    hasher: Option<PieceChecker>,
+    /// The batch being hashed and written on the blocking pool: its checker, its buffer and
     /// whether it was written (`Ok(false)`: preempted).
-    in_flight: Option<tokio::task::JoinHandle<(PieceHasher, AlignedBuf, io::Result<bool>)>>,
+    in_flight: Option<tokio::task::JoinHandle<(PieceChecker, AlignedBuf, io::Result<bool>)>>,
     /// Bytes accepted but not yet hashed (and written, for a claimant); aligned, so a batch can
     /// go to the file direct.
     stage: AlignedBuf,
@@ -131,7 +133,10 @@ pub(super) fn start(
         })?;
     // A piece is at most piece_size (a u32) long.
     let len = (range.end - range.start) as u32;
-    let expected = e.table.table.piece_hashes[index as usize];
+    let checker = PieceChecker::new(&e.table.table, index).map_err(|_| StoreError::BadIndex {
+        digest: digest.clone(),
+        index,
+    })?;
     let entry_id = e.id;
     let mode = if e.have.borrow().get(index) {
         Mode::Discard
@@ -180,11 +185,11 @@ pub(super) fn start(
         index,
         offset: range.start,
         len,
-        expected,
+        fresh: checker.clone(),
         file,
         direct,
         mode,
-        hasher: Some(PieceHasher::new()),
+        hasher: Some(checker),
         in_flight: None,
         stage: AlignedBuf::new(),
         received: 0,
@@ -336,6 +341,8 @@ impl Receiver {
             let data = &stage.as_slice()[..n];
             hasher.update(data);
             let res = match job {
+                // A bad block fails the piece: nothing of it is worth writing.
+                Some(_) if hasher.is_bad() => Ok(true),
                 Some((w, id, first)) => {
                     write_claimed(&w, id, first, &file, direct.as_deref(), at, data, fault)
                 }
@@ -385,10 +392,10 @@ impl Receiver {
                 if !complete_len {
                     return Ok(Verdict::Invalid);
                 }
-                let (file, at, expected) = (self.file.clone(), self.offset, self.expected);
+                let (file, at, checker) = (self.file.clone(), self.offset, self.fresh.clone());
                 let fault = self.inner.write_fault();
                 let out = tokio::task::spawn_blocking(move || {
-                    take_over(&writer, &file, at, &buf, &expected, fault, mark)
+                    take_over(&writer, &file, at, &buf, checker, fault, mark)
                 })
                 .await??;
                 drop(reservation);
@@ -400,7 +407,7 @@ impl Receiver {
                 self.flush_stage(self.stage.len()).await?;
                 self.settle().await?;
                 let hasher = self.hasher.take().ok_or(StoreError::Poisoned)?;
-                if !complete_len || hasher.finalize() != self.expected {
+                if !complete_len || !hasher.is_complete() {
                     Outcome::Invalid
                 } else if let Mode::Claim { id, writer, .. } = &self.mode {
                     let (writer, id, preempted) = (writer.clone(), *id, self.preempted);
@@ -444,11 +451,12 @@ fn take_over(
     file: &File,
     at: u64,
     buf: &[u8],
-    expected: &[u8; 32],
+    mut checker: PieceChecker,
     fault: Option<i32>,
     mark: impl FnOnce() -> Result<bool, StoreError>,
 ) -> Result<Outcome, StoreError> {
-    if piece_hash(buf) != *expected {
+    checker.update(buf);
+    if !checker.is_complete() {
         return Ok(Outcome::Invalid);
     }
     let mut w = lock(writer);

@@ -723,7 +723,7 @@ async fn inconsistent_tables_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), 1 << 20).await;
     let mut t = (*table(&data(2500, 70), PIECE)).clone();
-    t.table.piece_hashes.pop();
+    t.table.block_hashes.pop();
     assert!(store.register(Arc::new(t)).await.is_err());
     assert!(store.held_blobs().is_empty());
 }

@@ -60,6 +60,96 @@ fn builder_cuts_pieces_and_last_is_shorter() {
 }
 
 #[test]
+fn blocks_tile_pieces_and_verify_one_at_a_time() {
+    // 10 KiB pieces of 2-KiB blocks; the last piece is 3 KiB + 100 bytes (2 blocks, the second
+    // short).
+    let data = blob(3 * 10240 + 3172);
+    let mut b = PieceTableBuilder::with_block_size(10240, 2048).unwrap();
+    for c in data.chunks(777) {
+        b.update(c);
+    }
+    let t = b.finish(Digest::sha256_of(&data)).unwrap();
+    assert_eq!(t.piece_count(), 4);
+    assert_eq!(t.blocks_per_piece(), 5);
+    assert_eq!(t.block_hashes.len(), 15 + 2);
+    assert_eq!(t.piece_blocks(1), 5..10);
+    assert_eq!(t.piece_blocks(3), 15..17);
+    assert_eq!(t.piece_blocks(4), 0..0);
+    assert_eq!(PieceTable::decode(&t.encode()).unwrap(), t);
+    for (k, block) in data.chunks(2048).enumerate() {
+        assert_eq!(t.block_hashes[k], block_hash(block));
+    }
+    for i in 0..4 {
+        let r = t.piece_range(i).unwrap();
+        t.verify_piece(i, &data[r.start as usize..r.end as usize])
+            .unwrap();
+    }
+
+    // Fed in odd parts, a piece's good prefix grows a block at a time.
+    let piece = &data[10240..20480];
+    let mut c = PieceChecker::new(&t, 1).unwrap();
+    c.update(&piece[..2047]);
+    assert_eq!(c.verified_len(), 0);
+    c.update(&piece[2047..4097]);
+    assert_eq!(c.verified_len(), 4096);
+    c.update(&piece[4097..]);
+    assert!(c.is_complete());
+    assert_eq!(c.finish(), Ok(()));
+
+    // A bad byte in the third block: the first two stay good, nothing after counts.
+    let mut bad = piece.to_vec();
+    bad[4096 + 7] ^= 1;
+    let mut c = PieceChecker::new(&t, 1).unwrap();
+    c.update(&bad);
+    assert!(c.is_bad());
+    assert_eq!(c.verified_len(), 4096);
+    assert_eq!(c.finish(), Err(PieceError::HashMismatch { index: 1 }));
+    assert_eq!(
+        t.verify_piece(1, &bad),
+        Err(PieceError::HashMismatch { index: 1 })
+    );
+
+    // Too many bytes, or too few, are the wrong length.
+    let mut c = PieceChecker::new(&t, 3).unwrap();
+    c.update(&data[30720..]);
+    c.update(b"x");
+    assert!(c.is_bad() && !c.is_complete());
+    assert!(matches!(c.finish(), Err(PieceError::WrongLength { .. })));
+    let mut c = PieceChecker::new(&t, 3).unwrap();
+    c.update(&data[30720..30720 + 2048]);
+    assert!(!c.is_bad());
+    assert_eq!(c.verified_len(), 2048);
+    assert!(matches!(c.finish(), Err(PieceError::WrongLength { .. })));
+    assert!(PieceChecker::new(&t, 4).is_err());
+
+    // Sizes: blocks must tile a piece in at most 64.
+    assert!(PieceTableBuilder::with_block_size(10240, 3000).is_err());
+    assert!(PieceTableBuilder::with_block_size(6400, 50).is_err());
+    assert!(PieceTableBuilder::with_block_size(6400, 100).is_ok());
+    assert!(PieceTableBuilder::with_block_size(6400, 0).is_err());
+    assert!(PieceTableBuilder::with_block_size(6400, 6400).is_ok());
+}
+
+#[test]
+fn default_block_size_policy() {
+    assert_eq!(block_size_for(4 << 20), 256 << 10);
+    assert_eq!(block_size_for(64 << 20), 4 << 20);
+    assert_eq!(block_size_for(64 << 10), 4 << 10);
+    assert_eq!(block_size_for(32 << 10), 32 << 10);
+    assert_eq!(block_size_for(1000), 1000);
+    assert_eq!(block_size_for((4 << 20) + 1), (4 << 20) + 1);
+    // A 1 GiB blob's table: 4096 blocks.
+    let t = PieceTable {
+        digest: Digest::sha256_of(b""),
+        size: 1 << 30,
+        piece_size: 4 << 20,
+        block_size: 256 << 10,
+        block_hashes: vec![[0; 32]; 4096],
+    };
+    assert_eq!(t.encode().len(), 2 + 32 + 20 + 4096 * 32);
+}
+
+#[test]
 fn empty_blob_has_no_pieces_and_exact_multiple_has_no_empty_tail() {
     let t = table_of(&[], 1000, 10);
     assert_eq!(t.piece_count(), 0);
@@ -84,7 +174,8 @@ fn default_piece_size_policy() {
 fn table_round_trips_and_rejects_malformed() {
     let t = table_of(&blob(2500), 1000, 100);
     let wire = t.encode();
-    assert_eq!(wire.len(), 2 + 32 + 16 + 3 * 32);
+    // 1000-byte pieces are one block each.
+    assert_eq!(wire.len(), 2 + 32 + 20 + 3 * 32);
     assert_eq!(PieceTable::decode(&wire).unwrap(), t);
     for cut in 0..wire.len() {
         assert!(PieceTable::decode(&wire[..cut]).is_err(), "prefix {cut}");
@@ -92,12 +183,20 @@ fn table_round_trips_and_rejects_malformed() {
     let mut long = wire.clone();
     long.push(0);
     assert!(PieceTable::decode(&long).is_err());
-    let mut v2 = wire.clone();
-    v2[0] = 2;
+    // Version 1 (a hash per piece) is no longer read.
+    let mut v1 = wire.clone();
+    v1[0] = 1;
     assert_eq!(
-        PieceTable::decode(&v2),
-        Err(PieceError::UnsupportedVersion(2))
+        PieceTable::decode(&v1),
+        Err(PieceError::UnsupportedVersion(1))
     );
+    // A block size that does not divide the piece size.
+    let mut odd = wire.clone();
+    odd[2 + 32 + 12..2 + 32 + 16].copy_from_slice(&300u32.to_be_bytes());
+    assert!(matches!(
+        PieceTable::decode(&odd),
+        Err(PieceError::InvalidBlockSize { .. })
+    ));
     // Size that disagrees with the count.
     let mut bad = wire.clone();
     bad[2 + 32 + 6] = 0xff;
@@ -105,6 +204,7 @@ fn table_round_trips_and_rejects_malformed() {
     // A huge declared count with no bytes behind it fails without allocating.
     let mut huge = wire[..2 + 32].to_vec();
     huge.extend_from_slice(&u64::MAX.to_be_bytes());
+    huge.extend_from_slice(&1u32.to_be_bytes());
     huge.extend_from_slice(&1u32.to_be_bytes());
     huge.extend_from_slice(&u32::MAX.to_be_bytes());
     assert!(PieceTable::decode(&huge).is_err());
@@ -137,7 +237,7 @@ fn signed_table_verifies_and_detects_tampering() {
     }
 
     let mut tampered = signed.clone();
-    tampered.table.piece_hashes[1][0] ^= 1;
+    tampered.table.block_hashes[1][0] ^= 1;
     assert!(matches!(
         tampered.verify(None),
         Err(PieceError::BadSignature(_))

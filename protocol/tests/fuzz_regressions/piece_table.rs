@@ -1,8 +1,8 @@
 //! Property of the `piece_table` fuzz target (and of the regression tests): piece tables (plain
 //! and signed) and bit fields never panic in decoding; anything that decodes re-encodes to exactly
 //! the input (every value has one encoding) and decodes back to itself, and a decoded table's
-//! geometry is consistent. The input also drives a small table built with `PieceTableBuilder`,
-//! which must round-trip and verify its own pieces.
+//! geometry is consistent. The input also drives a small table built with `PieceTableBuilder`
+//! (pieces of 1–4 blocks), which must round-trip and verify its own pieces.
 
 use flotilla_protocol::digest::Digest;
 use flotilla_protocol::piece::{
@@ -56,7 +56,12 @@ pub fn check(data: &[u8]) {
 
 fn check_geometry(t: &PieceTable) {
     let ps = u64::from(t.piece_size);
-    assert!(t.piece_size > 0);
+    assert!(t.piece_size > 0 && t.block_size > 0 && t.piece_size.is_multiple_of(t.block_size));
+    assert!(t.blocks_per_piece() <= 64);
+    assert_eq!(
+        t.block_hashes.len() as u64,
+        t.size.div_ceil(u64::from(t.block_size))
+    );
     assert_eq!(u64::from(t.piece_count()), t.size.div_ceil(ps));
     assert_eq!(t.piece_range(t.piece_count()), None);
     assert_eq!(t.pieces_for(0..t.size), 0..t.piece_count());
@@ -70,6 +75,9 @@ fn check_geometry(t: &PieceTable) {
         assert_eq!(t.piece_at(r.start), Some(i));
         assert_eq!(t.piece_at(r.end - 1), Some(i));
         assert_eq!(t.pieces_for(r.clone()), i..i + 1);
+        let blocks = t.piece_blocks(i);
+        assert_eq!(blocks.start as u64, r.start / u64::from(t.block_size));
+        assert!(blocks.end <= t.block_hashes.len() && blocks.len() as u32 <= t.blocks_per_piece());
         assert!(matches!(
             t.verify_piece(i, &[]),
             Err(PieceError::WrongLength { .. })
@@ -86,10 +94,12 @@ fn built_table(data: &[u8]) {
     let Some((&first, blob)) = data.split_first() else {
         return;
     };
-    let piece_size = 1 + u32::from(first % 64);
-    let mut b = PieceTableBuilder::new(piece_size).expect("valid piece size");
+    // 1–16 bytes per block, 1–4 blocks per piece.
+    let block_size = 1 + u32::from(first % 16);
+    let piece_size = block_size * (1 + u32::from(first / 16 % 4));
+    let mut b = PieceTableBuilder::with_block_size(piece_size, block_size).expect("valid sizes");
     let mut rest = blob;
-    let mut step = 1 + usize::from(first / 64);
+    let mut step = 1 + usize::from(first / 32);
     while !rest.is_empty() {
         let n = step.min(rest.len());
         b.update(&rest[..n]);
