@@ -90,7 +90,8 @@ write("piece_table", "bitfield_0", bytes([0, 0, 0, 0]))
 write("piece_table", "bitfield_full_16", bytes([0, 0, 0, 16, 0xff, 0xff]))
 write("piece_table", "built", bytes([7]) + blob[:300])
 
-# wire: one stream holding every frame type (a Piece header is followed by its payload)
+# wire: one stream holding every frame type (a Piece header is followed by its payload in
+# parts: u32 length, bytes; a 0 length abandons the rest)
 
 
 def frame(body):
@@ -99,22 +100,27 @@ def frame(body):
 
 bitfield = bytes([0, 0, 0, 3, 0xa0])
 stream = b"".join([
-    frame(bytes([0x01, 1, 1, 1]) + hashlib.sha256(b"blob").digest()),
-    frame(bytes([0x01, 1, 0, 2]) + hashlib.sha512(b"blob").digest()),
+    frame(bytes([0x01, 2, 1, 1]) + hashlib.sha256(b"blob").digest()),
+    frame(bytes([0x01, 2, 0, 2]) + hashlib.sha512(b"blob").digest()),
     frame(bytes([0x02]) + struct.pack(">I", 2)),
     frame(bytes([0x03]) + struct.pack(">I", 2)),
-    frame(bytes([0x81, 1, 0]) + struct.pack(">QI", 10, 4) + bitfield),
-    frame(bytes([0x81, 1, 1]) + struct.pack(">QI", 10, 4) + struct.pack(">I", len(signed))
+    frame(bytes([0x81, 2, 0]) + struct.pack(">QI", 10, 4) + bitfield),
+    frame(bytes([0x81, 2, 1]) + struct.pack(">QI", 10, 4) + struct.pack(">I", len(signed))
           + signed + bitfield),
     frame(bytes([0x82])),
     frame(bytes([0x83]) + struct.pack(">I", 1)),
-    frame(bytes([0x84]) + struct.pack(">II", 0, 4)) + b"abcd",
+    frame(bytes([0x84]) + struct.pack(">II", 0, 4)) + struct.pack(">I", 3) + b"abc"
+    + struct.pack(">I", 1) + b"d",
+    frame(bytes([0x89]) + struct.pack(">I", 2)),
+    frame(bytes([0x84]) + struct.pack(">II", 2, 2)) + struct.pack(">I", 1) + b"a"
+    + struct.pack(">I", 0),
+    frame(bytes([0x88]) + struct.pack(">I", 1)),
     frame(bytes([0x85]) + struct.pack(">I", 1)),
     frame(bytes([0x86]) + struct.pack(">I", 1)),
     frame(bytes([0x87]) + struct.pack(">H", 3) + "overloaded ✓".encode()),
 ])
 write("wire", "all_frames", stream)
-write("wire", "hello", frame(bytes([0x01, 1, 1, 1]) + hashlib.sha256(b"blob").digest()))
+write("wire", "hello", frame(bytes([0x01, 2, 1, 1]) + hashlib.sha256(b"blob").digest()))
 
 # range: 8 bytes of size (little-endian), then the header
 for i, (size, header) in enumerate([

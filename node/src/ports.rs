@@ -32,6 +32,11 @@ pub struct Held {
     pub table: Arc<SignedPieceTable>,
     /// The pieces held now; changes as more arrive (never loses a bit while the blob is held).
     pub have: watch::Receiver<Bitfield>,
+    /// The pieces held or arriving with a verified first block ([`PieceSource::arriving`]): what
+    /// peers are told they may ask for. A superset of `have`, never loses a bit either (a copy
+    /// lost while arriving stays offered; asked for, it is answered PieceBusy until it is held).
+    /// A source that never serves a piece still arriving gives `have` here again.
+    pub offer: watch::Receiver<Bitfield>,
     /// How many of its peers the holder's own download sees holding each piece, while it
     /// downloads; the server sends the rarest waiting request first (`None`: no ranking).
     pub rank: Option<Arc<PieceRank>>,
@@ -97,6 +102,19 @@ pub struct PieceFile {
     pub direct: Option<Arc<std::fs::File>>,
 }
 
+/// A piece still arriving at a source, which it may pass on as its blocks verify.
+pub struct Arriving {
+    /// Where the piece lies; only its first `progress` bytes are verified and written.
+    pub file: PieceFile,
+    /// Bytes of the piece, from its start, verified and written so far. The sender goes away
+    /// when the copy ends: whole (the piece is then held) or lost.
+    pub progress: watch::Receiver<u32>,
+    /// Whether the copy that `progress` follows still owns the piece's bytes on disk, or the
+    /// piece is held whole. Bytes read from `file` are passed on only if this still holds after
+    /// the read: a copy lost meanwhile may have let another writer start the piece over.
+    pub valid: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 /// Why a source or sink could not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -127,6 +145,12 @@ pub trait PieceSource: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<PieceFile, SourceError>>;
     /// Accounting: `bytes` of `digest` were sent to a peer.
     fn served(&self, digest: &Digest, bytes: u64);
+    /// Piece `index` of `digest` while it arrives here, if it does (`None`: not arriving, or
+    /// this source never passes a piece on before it holds it whole).
+    fn arriving(&self, digest: &Digest, index: u32) -> Option<Arriving> {
+        let _ = (digest, index);
+        None
+    }
 }
 
 /// The outcome of receiving one piece.

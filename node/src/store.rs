@@ -57,6 +57,15 @@
 //! matches the disk. A claimant that goes away leaves garbage only under an unset bit; the next
 //! claimant takes the slot over with its first batch and rewrites the whole piece.
 //!
+//! # Passing a piece on while it arrives
+//! A claimant checks its piece block by block. After each batch it wrote, it publishes how many
+//! bytes from the piece's start are verified and on disk, and at its first verified block it
+//! sets the piece's bit in the *offer* (held or arriving; never cleared). The transfer server
+//! follows that through [`PieceSource::arriving`] and reads back only published bytes; since a
+//! new claimant may start the piece over once the old one is gone, a reader checks after each
+//! read that the claim it follows still owns the piece (or that the piece is held) before it
+//! passes the bytes on.
+//!
 //! # Space and eviction
 //! The budget counts every registered blob at its full size from registration on. When a new
 //! blob does not fit, the least recently used blobs that are neither pinned nor in use (an
@@ -93,7 +102,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 
-use crate::ports::{Held, PieceFile, PieceReceiver, PieceSink, PieceSource, SourceError};
+use crate::ports::{Arriving, Held, PieceFile, PieceReceiver, PieceSink, PieceSource, SourceError};
 use state::{Entry, State};
 
 /// Where the store lives and how much it may hold.
@@ -364,7 +373,41 @@ impl Inner {
         st.entries.get(digest).map(|e| Held {
             table: e.table.clone(),
             have: e.have.subscribe(),
+            offer: e.offer.subscribe(),
             rank: Some(e.rank.clone()),
+        })
+    }
+
+    /// Piece `index` of `digest` while a claimant streams it in (see [`PieceSource::arriving`]).
+    fn arriving_now(self: &Arc<Self>, digest: &Digest, index: u32) -> Option<Arriving> {
+        let st = self.lock();
+        let e = st.entries.get(digest)?;
+        let slot = e.slots.get(&index)?;
+        let (claim, progress) = (slot.claimant?, slot.progress.clone()?);
+        let range = e.table.table.piece_range(index)?;
+        let file = PieceFile {
+            file: e.file.clone(),
+            offset: range.start,
+            // A piece is at most piece_size (a u32) long.
+            len: (range.end - range.start) as u32,
+            direct: e.direct.clone(),
+        };
+        let (inner, digest, entry_id) = (self.clone(), digest.clone(), e.id);
+        Some(Arriving {
+            file,
+            progress,
+            valid: Box::new(move || {
+                let st = inner.lock();
+                st.entries
+                    .get(&digest)
+                    .filter(|e| e.id == entry_id)
+                    .is_some_and(|e| {
+                        e.have.borrow().get(index)
+                            || e.slots
+                                .get(&index)
+                                .is_some_and(|s| s.claimant == Some(claim))
+                    })
+            }),
         })
     }
 
@@ -685,6 +728,7 @@ impl Inner {
             Held {
                 table: e.table.clone(),
                 have: e.have.subscribe(),
+                offer: e.offer.subscribe(),
                 rank: Some(e.rank.clone()),
             }
         };
@@ -707,6 +751,7 @@ impl Inner {
         Some(Held {
             table: e.table.clone(),
             have: e.have.subscribe(),
+            offer: e.offer.subscribe(),
             rank: Some(e.rank.clone()),
         })
     }
@@ -865,6 +910,10 @@ impl PieceSource for Store {
                 .map_err(SourceError::from),
         )
         .boxed()
+    }
+
+    fn arriving(&self, digest: &Digest, index: u32) -> Option<Arriving> {
+        self.inner.arriving_now(digest, index)
     }
 
     fn served(&self, digest: &Digest, bytes: u64) {

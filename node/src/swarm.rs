@@ -74,7 +74,7 @@ use libp2p::PeerId;
 use flotilla_protocol::Digest;
 
 /// Protocol name of the piece-transfer streams unless configured otherwise.
-pub const DEFAULT_STREAM_PROTOCOL: &str = "/flotilla/pieces/1.0.0";
+pub const DEFAULT_STREAM_PROTOCOL: &str = flotilla_protocol::wire::PROTOCOL_NAME;
 /// Protocol name of flotilla's Kademlia DHT (not the IPFS one: the two must never mix).
 pub const DEFAULT_KAD_PROTOCOL: &str = "/flotilla/kad/1.0.0";
 /// Protocol name of identify.

@@ -1,17 +1,20 @@
-//! The piece-transfer protocol (`/flotilla/pieces/1.0.0`) over libp2p streams: the server that
+//! The piece-transfer protocol (`/flotilla/pieces/2.0.0`) over libp2p streams: the server that
 //! serves pieces from a [`PieceSource`], and the client side a download driver uses — a
 //! table-only exchange ([`fetch_table`]) and a pipelined per-peer [`Session`].
 //!
 //! One stream carries one (downloader, uploader, blob) conversation; the frames and their byte
-//! layout live in [`flotilla_protocol::wire`]. Piece payloads travel raw after a piece header and
-//! are never held whole in memory: the server streams them from disk in chunks with positioned
-//! reads, one chunk read ahead of the network write; the client hands them to the
-//! [`PieceSink`](crate::ports::PieceSink) in chunks, and the sink verifies each piece before it
-//! becomes visible.
+//! layout live in [`flotilla_protocol::wire`]. Piece payloads travel in raw parts after a piece
+//! header and are never held whole in memory: the server streams them from disk in chunks with
+//! positioned reads, one chunk read ahead of the network write; the client hands them to the
+//! [`PieceSink`](crate::ports::PieceSink) in chunks, and the sink verifies each block as it
+//! comes and each piece before it becomes visible to readers. A piece still arriving at the
+//! server is offered (Arriving) once its first block verified and sent as its blocks verify
+//! ([`PieceSource::arriving`](crate::ports::PieceSource::arriving)).
 //!
 //! # Who does what
 //! - [`run_server`] accepts streams (bounded by [`ServerLimits::max_streams`]), answers Hello
-//!   with the held bit field, follows it with Have frames as the source gains pieces, and serves
+//!   with the held bit field, follows it with Arriving and Have frames as the source gains
+//!   pieces, and serves
 //!   requests in order per stream. Over a limit it answers Busy, which costs the downloader
 //!   nothing but a retry elsewhere.
 //! - [`Session`] sends requests and cancels without blocking, and reports every answer, Have and
@@ -19,7 +22,8 @@
 //!   stops reading the stream: backpressure reaches the uploader).
 //!
 //! # Request bookkeeping
-//! Every request is answered at most once, by Piece, Busy or Missing. A cancelled request may
+//! Every request is answered at most once, by Piece (perhaps abandoned part way), Busy,
+//! PieceBusy or Missing. A cancelled request may
 //! still be answered (its piece was already on the wire); the session reads and drops such
 //! answers, and treats answers beyond the number of cancels it sent as a protocol violation.
 
@@ -110,12 +114,14 @@ pub struct SessionEvent {
 }
 
 /// What happened on a [`Session`]. Each request yields at most one of `Received`, `Refused`,
-/// `PieceBusy`, `Missing` or `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
+/// `Abandoned`, `PieceBusy`, `Missing` or `Failed` (none once [`Session::cancel`] returned `true` for it); `Closed` comes last and
 /// voids every request still outstanding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SessionEventKind {
-    /// The uploader now holds this piece too.
+    /// The uploader now holds this piece too, whole.
     Have(u32),
+    /// The uploader can serve this piece while it still arrives there (SPEC §5.2).
+    Arriving(u32),
     /// A requested piece arrived and went through the sink, which judged it.
     Received {
         /// Piece index.
@@ -127,6 +133,9 @@ pub enum SessionEventKind {
     },
     /// The uploader refused the request for load (Busy): no fault, retry later or elsewhere.
     Refused(u32),
+    /// The uploader began passing on a copy that was arriving at it and lost that copy: no
+    /// fault; what came of the piece was dropped. Ask for it again shortly, there or elsewhere.
+    Abandoned(u32),
     /// The uploader is sending this piece to enough others already (PieceBusy): no fault, and
     /// no pause for other pieces there; ask for it again a little later.
     PieceBusy(u32),

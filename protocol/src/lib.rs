@@ -21,7 +21,7 @@
 //!   uplink shows (the gateway and the simulator run it alike).
 //! - [`tagrecord`]: tag → manifest records signed by the gateway, with a sequence number, so
 //!   nodes can resolve tags from peers while the gateway is unreachable.
-//! - [`wire`]: the piece-transfer wire protocol (`/flotilla/pieces/1.0.0`): frames, their
+//! - [`wire`]: the piece-transfer wire protocol (`/flotilla/pieces/2.0.0`): frames, their
 //!   byte layout and an incremental, strict decoder.
 //!
 //! # Example

@@ -92,7 +92,8 @@
 //!   the bit fields) unless the caller reports a cold start ([`Scheduler::end_origin_grace`]:
 //!   the first lookup's peers hold nothing; the grace alone exceeded the 0.86 s bound of 1 GiB
 //!   at 10 Gbit/s), at most [`Config::origin_window`] (2) in flight, and cancelled as soon as
-//!   a peer announces the piece. So that a swarm fetches each piece about once, a piece goes to
+//!   a peer announces the piece whole (not while it only arrives there: that copy may be fed by
+//!   this very request, passed on while it arrives). So that a swarm fetches each piece about once, a piece goes to
 //!   the origin from the node that ranks highest for it (rendezvous hashing of node key and
 //!   piece): a node asks only if none of its candidate peers outranks it and — when
 //!   [`Scheduler::set_swarm_size`] says the swarm is larger than what it sees — only if fewer
@@ -436,8 +437,39 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// request: this is the hot path of a large swarm.
     fn note_have(&mut self, i: usize, piece: u32) {
         if !self.peer_bits.set(i, piece) {
+            // Known as arriving there: now that it is whole, what waits on a whole copy.
+            self.note_whole(i, piece);
             return;
         }
+        self.note_available(i, piece, true);
+    }
+
+    /// Records that peer `i` can serve `piece` while it still arrives there.
+    fn note_arriving(&mut self, i: usize, piece: u32) {
+        if self.peer_bits.set(i, piece) {
+            self.note_available(i, piece, false);
+        }
+    }
+
+    /// A copy at peer `i`, known before, is now whole: an origin or far request for the piece
+    /// is cancelled now (not when the copy started: that copy may be fed by the very request
+    /// it would cancel, through peers that pass it on while it arrives).
+    fn note_whole(&mut self, i: usize, piece: u32) {
+        if self.origin.has_request(piece) {
+            self.origin.take(piece);
+            self.actions.push_back(Action::Cancel {
+                source: Source::Origin,
+                piece,
+            });
+            self.release(piece);
+        }
+        if !self.have.get(piece) && self.peers[i].near && self.locality() {
+            self.cancel_far(piece);
+        }
+    }
+
+    /// Peer `i` newly counts as holding `piece` (`whole`: not just arriving there).
+    fn note_available(&mut self, i: usize, piece: u32, whole: bool) {
         let missing = !self.have.get(piece);
         if missing && self.rarity.availability(piece) == 0 {
             self.note_new_piece();
@@ -447,7 +479,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         let was_pickable = self.rarity.contains(piece);
         self.rarity.increment(piece);
-        if self.origin.has_request(piece) {
+        if whole && self.origin.has_request(piece) {
             // A peer has it now: stop spending the origin's bandwidth on it.
             self.origin.take(piece);
             self.actions.push_back(Action::Cancel {
@@ -457,7 +489,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             // Counts it as pickable at every holder, peer `i` included.
             self.release(piece);
         }
-        if missing && self.peers[i].near && self.locality() {
+        if whole && missing && self.peers[i].near && self.locality() {
             // Likewise (after `was_pickable`): it may become pickable, counted at peer `i`.
             self.cancel_far(piece);
         }
@@ -490,7 +522,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         self.timer_dirty = true;
     }
 
-    /// `peer` announced that it now holds `piece`.
+    /// `peer` announced that it now holds `piece`, whole.
     pub fn peer_have(&mut self, peer: P, piece: u32, now: Duration) {
         self.tick(now);
         if piece >= self.have.len() {
@@ -498,6 +530,19 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         if let Some(i) = self.peer_index(peer) {
             self.note_have(i, piece);
+        }
+    }
+
+    /// `peer` announced that it can serve `piece` while it still arrives there (its first
+    /// block verified; SPEC §5.2): the piece counts as held there for requests and rarity, but
+    /// cancels no origin or far request until [`Scheduler::peer_have`] says it is whole.
+    pub fn peer_arriving(&mut self, peer: P, piece: u32, now: Duration) {
+        self.tick(now);
+        if piece >= self.have.len() {
+            return;
+        }
+        if let Some(i) = self.peer_index(peer) {
+            self.note_arriving(i, piece);
         }
     }
 

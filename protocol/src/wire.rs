@@ -1,4 +1,4 @@
-//! The piece-transfer wire protocol (`/flotilla/pieces/1.0.0`), sans-IO: the frames two peers
+//! The piece-transfer wire protocol (`/flotilla/pieces/2.0.0`), sans-IO: the frames two peers
 //! exchange over one stream per (downloader, uploader, blob), their byte layout, and an
 //! incremental decoder that never panics and never allocates for bytes that have not arrived.
 //!
@@ -6,17 +6,22 @@
 //! Every frame is `u32 len` (big-endian, bytes after this field, 1..=[`MAX_FRAME_LEN`]), then
 //! `u8 type`, then the type's fields, big-endian. Types below 0x80 go from the downloader to the
 //! uploader, types from 0x80 up the other way. A [`Frame::Piece`] frame is only a header: its
-//! `len` payload bytes follow it raw on the stream, outside any frame, so a piece is never
-//! buffered whole; [`decode`] returns the header and the caller reads the payload itself.
+//! `len` payload bytes follow it on the stream, outside any frame, as *parts* — each a `u32 n`
+//! (1..=bytes still due) then `n` raw bytes — so a piece is never buffered whole and an uploader
+//! can send a piece that is still arriving at it as its blocks verify. A part length of 0
+//! ([`PART_ABANDONED`]) ends the piece early: the uploader lost the copy it was passing on (its
+//! own source failed); the downloader drops what it got of the piece, and nobody is at fault.
+//! [`decode`] returns the header and the caller reads the parts itself.
 //!
 //! | type | frame | fields after the type byte |
 //! |---|---|---|
-//! | 0x01 | Hello | `u8 version (1)`, `u8 flags (bit 0: want table)`, `u8 algorithm (1 sha256, 2 sha512)`, digest (32 or 64 bytes) |
+//! | 0x01 | Hello | `u8 version (2)`, `u8 flags (bit 0: want table)`, `u8 algorithm (1 sha256, 2 sha512)`, digest (32 or 64 bytes) |
 //! | 0x02 | Request | `u32 piece` |
 //! | 0x03 | Cancel | `u32 piece` |
-//! | 0x81 | Welcome | `u8 version (1)`, `u8 flags (bit 0: table present, bit 1: site present)`, `u64 size`, `u32 piece_size`, [`u8 site_len`, site label], [`u32 table_len`, signed table], bit field (`u32 count`, bytes) |
+//! | 0x81 | Welcome | `u8 version (2)`, `u8 flags (bit 0: table present, bit 1: site present)`, `u64 size`, `u32 piece_size`, [`u8 site_len`, site label], [`u32 table_len`, signed table], bit field (`u32 count`, bytes) |
 //! | 0x82 | NotHeld | — |
 //! | 0x83 | Have | `u32 piece` |
+//! | 0x89 | Arriving | `u32 piece` |
 //! | 0x84 | Piece | `u32 index`, `u32 len` (1..=[`MAX_PIECE_SIZE`]), then `len` raw bytes |
 //! | 0x85 | Busy | `u32 piece` |
 //! | 0x86 | Missing | `u32 piece` |
@@ -33,9 +38,13 @@ use crate::piece::{Bitfield, MAX_PIECE_SIZE, PieceError};
 use crate::site::check_site;
 
 /// The libp2p protocol name.
-pub const PROTOCOL_NAME: &str = "/flotilla/pieces/1.0.0";
+pub const PROTOCOL_NAME: &str = "/flotilla/pieces/2.0.0";
 /// The version byte carried by Hello and Welcome.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+/// Bytes of a payload part's length.
+pub const PART_HEADER: usize = 4;
+/// The part length that abandons the rest of a piece.
+pub const PART_ABANDONED: u32 = 0;
 /// Largest frame body (type byte and fields; the length prefix and piece payloads excluded).
 /// A Welcome with its table is the largest frame: 4 MiB holds the table (16 block hashes per
 /// piece) and bit field of a blob of about 8 000 pieces (512 GiB at the largest piece size);
@@ -57,6 +66,7 @@ const T_BUSY: u8 = 0x85;
 const T_MISSING: u8 = 0x86;
 const T_ERROR: u8 = 0x87;
 const T_PIECE_BUSY: u8 = 0x88;
+const T_ARRIVING: u8 = 0x89;
 
 const HELLO_WANT_TABLE: u8 = 0x01;
 const WELCOME_HAS_TABLE: u8 = 0x01;
@@ -133,8 +143,15 @@ pub enum Frame {
     },
     /// Uploader, answer to Hello: nothing of the blob is held. The uploader then closes.
     NotHeld,
-    /// Uploader: it now holds `piece` too.
+    /// Uploader: it now holds `piece` too, whole.
     Have {
+        /// Piece index.
+        piece: u32,
+    },
+    /// Uploader: `piece` is arriving here and its first block verified; it can be asked for
+    /// now and is sent as its blocks verify. A Have follows once it is whole; if the copy is
+    /// lost instead, a request for it is answered PieceBusy.
+    Arriving {
         /// Piece index.
         piece: u32,
     },
@@ -180,6 +197,7 @@ impl Frame {
             Frame::Welcome { .. } => "Welcome",
             Frame::NotHeld => "NotHeld",
             Frame::Have { .. } => "Have",
+            Frame::Arriving { .. } => "Arriving",
             Frame::Piece { .. } => "Piece",
             Frame::Busy { .. } => "Busy",
             Frame::PieceBusy { .. } => "PieceBusy",
@@ -302,6 +320,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
         }
         Frame::NotHeld => out.push(T_NOT_HELD),
         Frame::Have { piece } => put_index(out, T_HAVE, *piece),
+        Frame::Arriving { piece } => put_index(out, T_ARRIVING, *piece),
         Frame::Piece { index, len } => {
             if *len == 0 || *len > MAX_PIECE_SIZE {
                 out.truncate(start);
@@ -388,6 +407,7 @@ fn check_length(kind: u8, len: u32) -> Result<(), WireError> {
         T_WELCOME => ("Welcome", len >= 1 + 2 + 8 + 4 + 4),
         T_NOT_HELD => ("NotHeld", len == 1),
         T_HAVE => ("Have", len == 5),
+        T_ARRIVING => ("Arriving", len == 5),
         T_PIECE => ("Piece", len == 9),
         T_BUSY => ("Busy", len == 5),
         T_MISSING => ("Missing", len == 5),
@@ -463,6 +483,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         }
         T_NOT_HELD => Frame::NotHeld,
         T_HAVE => Frame::Have { piece: r.u32()? },
+        T_ARRIVING => Frame::Arriving { piece: r.u32()? },
         T_PIECE => {
             let index = r.u32()?;
             let len = r.u32()?;

@@ -265,9 +265,9 @@ fn piece_table_nasty_inputs() {
 
 #[test]
 fn wire_nasty_inputs() {
-    let hello = [&[0x01, 1, 1, 1][..], &DIGEST].concat();
+    let hello = [&[0x01, 2, 1, 1][..], &DIGEST].concat();
     let welcome = |flags: u8, size: u64, piece_size: u32, rest: &[u8]| {
-        frame(&[&[0x81, 1, flags][..], &be64(size), &be32(piece_size), rest].concat())
+        frame(&[&[0x81, 2, flags][..], &be64(size), &be32(piece_size), rest].concat())
     };
     let cases: Vec<Vec<u8>> = vec![
         vec![],
@@ -279,9 +279,9 @@ fn wire_nasty_inputs() {
         [&be32(4 << 20)[..], &[0x99]].concat(),
         frame(&hello),
         frame(&hello)[..20].to_vec(),
-        frame(&[&[0x01, 1, 1, 2][..], &DIGEST].concat()),
-        frame(&[&[0x01, 2, 1, 1][..], &DIGEST].concat()),
-        frame(&[&[0x01, 1, 0x81, 1][..], &DIGEST].concat()),
+        frame(&[&[0x01, 2, 1, 2][..], &DIGEST].concat()),
+        frame(&[&[0x01, 1, 1, 1][..], &DIGEST].concat()),
+        frame(&[&[0x01, 2, 0x81, 1][..], &DIGEST].concat()),
         frame(&[0x02, 0, 0, 0]),
         frame(&[0x02, 0xff, 0xff, 0xff, 0xff]),
         frame(&[0x82, 0]),
@@ -291,6 +291,7 @@ fn wire_nasty_inputs() {
         frame(&[&[0x84][..], &be32(0), &be32(64 << 20)].concat()),
         [
             frame(&[&[0x84][..], &be32(3), &be32(2)].concat()),
+            be32(2).to_vec(),
             b"ab".to_vec(),
             frame(&[0x82]),
         ]
@@ -310,6 +311,27 @@ fn wire_nasty_inputs() {
         [
             frame(&[0x83, 0, 0, 0, 1]),
             frame(&[0x85, 0, 0, 0, 1]),
+            vec![0, 0],
+        ]
+        .concat(),
+        // Parts: abandoned after one byte, then a frame; a part longer than the piece; a part
+        // length cut off.
+        [
+            frame(&[&[0x84][..], &be32(1), &be32(4)].concat()),
+            be32(1).to_vec(),
+            b"a".to_vec(),
+            be32(0).to_vec(),
+            frame(&[0x89, 0, 0, 0, 1]),
+        ]
+        .concat(),
+        [
+            frame(&[&[0x84][..], &be32(1), &be32(4)].concat()),
+            be32(5).to_vec(),
+            b"abcde".to_vec(),
+        ]
+        .concat(),
+        [
+            frame(&[&[0x84][..], &be32(1), &be32(4)].concat()),
             vec![0, 0],
         ]
         .concat(),

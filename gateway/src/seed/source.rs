@@ -49,6 +49,7 @@ impl PieceSource for GatewaySource {
             tokio::spawn(async move { tx.closed().await });
             Ok(Some(Held {
                 table: entry.signed.clone(),
+                offer: have.clone(),
                 have,
                 rank: None,
             }))

@@ -14,6 +14,7 @@ use flotilla_protocol::Digest;
 use flotilla_protocol::piece::PieceChecker;
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 
 use super::state::Writer;
 use super::{Inner, StoreError, UseGuard};
@@ -42,6 +43,35 @@ impl Drop for ClaimGuard {
             && slot.claimant == Some(self.id)
         {
             slot.claimant = None;
+            slot.progress = None;
+        }
+    }
+}
+
+/// What a claimant's batches tell the store as they verify: the bytes readers may pass on.
+struct Progress {
+    tx: watch::Sender<u32>,
+    inner: Arc<Inner>,
+    digest: Digest,
+    entry_id: u64,
+    index: u32,
+}
+
+impl Progress {
+    /// The verified prefix grew from `before` to `after` bytes, all of them written: tell the
+    /// readers, and at the first block offer the piece to peers.
+    fn advanced(&self, before: u32, after: u32) {
+        if after <= before {
+            return;
+        }
+        self.tx.send_replace(after);
+        if before == 0 {
+            let st = self.inner.lock();
+            if let Some(e) = st.entries.get(&self.digest)
+                && e.id == self.entry_id
+            {
+                e.offer.send_if_modified(|b| b.set(self.index));
+            }
         }
     }
 }
@@ -65,6 +95,7 @@ enum Mode {
         writer: Arc<Mutex<Writer>>,
         /// Whether its first batch went out (the first one takes the slot over).
         started: bool,
+        progress: Arc<Progress>,
         _claim: ClaimGuard,
     },
     /// Buffers the whole piece; writes it only once verified.
@@ -144,10 +175,19 @@ pub(super) fn start(
         let slot = e.slot(index);
         if slot.claimant.is_none() {
             slot.claimant = Some(id);
+            let (tx, rx) = watch::channel(0);
+            slot.progress = Some(rx);
             Mode::Claim {
                 id,
                 writer: slot.writer.clone(),
                 started: false,
+                progress: Arc::new(Progress {
+                    tx,
+                    inner: inner.clone(),
+                    digest: digest.clone(),
+                    entry_id,
+                    index,
+                }),
                 _claim: ClaimGuard {
                     inner: inner.clone(),
                     digest: digest.clone(),
@@ -327,11 +367,12 @@ impl Receiver {
                 id,
                 writer,
                 started,
+                progress,
                 ..
             } if !self.preempted => {
                 let first = !*started;
                 *started = true;
-                Some((writer.clone(), *id, first))
+                Some((writer.clone(), *id, first, progress.clone()))
             }
             _ => None,
         };
@@ -339,12 +380,18 @@ impl Receiver {
         let fault = self.inner.write_fault();
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let data = &stage.as_slice()[..n];
+            let before = hasher.verified_len();
             hasher.update(data);
             let res = match job {
                 // A bad block fails the piece: nothing of it is worth writing.
                 Some(_) if hasher.is_bad() => Ok(true),
-                Some((w, id, first)) => {
-                    write_claimed(&w, id, first, &file, direct.as_deref(), at, data, fault)
+                Some((w, id, first, progress)) => {
+                    let res =
+                        write_claimed(&w, id, first, &file, direct.as_deref(), at, data, fault);
+                    if matches!(res, Ok(true)) {
+                        progress.advanced(before, hasher.verified_len());
+                    }
+                    res
                 }
                 None => Ok(true),
             };
@@ -512,6 +559,7 @@ impl Inner {
         if e.have.send_if_modified(|b| b.set(index)) {
             e.bits_dirty = true;
         }
+        e.offer.send_if_modified(|b| b.set(index));
         e.slots.remove(&index);
         e.touch(stamp);
         Ok(!e.complete && e.have.borrow().is_complete())

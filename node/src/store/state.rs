@@ -32,6 +32,8 @@ pub(super) struct PieceSlot {
     pub writer: Arc<Mutex<Writer>>,
     /// The live receiver that streams into the file, if any; others buffer.
     pub claimant: Option<u64>,
+    /// The claimant's verified and written bytes (see [`crate::ports::Arriving`]).
+    pub progress: Option<watch::Receiver<u32>>,
 }
 
 impl PieceSlot {
@@ -39,6 +41,7 @@ impl PieceSlot {
         PieceSlot {
             writer: Arc::new(Mutex::new(Writer::Nobody)),
             claimant: None,
+            progress: None,
         }
     }
 }
@@ -54,6 +57,8 @@ pub(super) struct Entry {
     pub direct: Option<Arc<File>>,
     /// The verified pieces; the sender holds the current value.
     pub have: watch::Sender<Bitfield>,
+    /// `have` and the pieces whose first block verified while arriving ([`crate::ports::Held::offer`]).
+    pub offer: watch::Sender<Bitfield>,
     /// How rare the download of this blob sees each piece (served streams read it).
     pub rank: Arc<PieceRank>,
     /// Every piece verified *and* synced.
@@ -181,6 +186,7 @@ impl State {
         self.used = self.used.saturating_add(r.record.size);
         let id = self.next_id();
         let complete = r.record.complete;
+        let (offer, _) = watch::channel(r.bits.clone());
         let (have, _) = watch::channel(r.bits);
         let entry = Entry {
             id,
@@ -189,6 +195,7 @@ impl State {
             file: r.file,
             direct: r.direct,
             have,
+            offer,
             complete,
             pinned: r.record.pinned,
             last_used: r.record.last_used_ms,

@@ -431,6 +431,10 @@ impl Task {
                     Ok(()) => self.emit(SessionEventKind::Have(piece)).await,
                     Err(stop) => Err(stop),
                 },
+                Frame::Arriving { piece } => match self.check_index(piece) {
+                    Ok(()) => self.emit(SessionEventKind::Arriving(piece)).await,
+                    Err(stop) => Err(stop),
+                },
                 Frame::Piece { index, len } => self.piece(&mut reader, index, len).await,
                 Frame::Busy { piece } => self.answer(piece, SessionEventKind::Refused(piece)).await,
                 Frame::PieceBusy { piece } => {
@@ -518,8 +522,30 @@ impl Task {
             }
         };
         let mut left = len as usize;
+        let mut part = 0;
         while left > 0 {
-            let n = left.min(RECEIVE_CHUNK);
+            if part == 0 {
+                part = match next_part(reader, left).await {
+                    Ok(Some(n)) => n,
+                    Ok(None) => {
+                        // The uploader lost the copy it was passing on: no fault of anyone's.
+                        drop(receiver);
+                        self.moved();
+                        return self.emit(SessionEventKind::Abandoned(index)).await;
+                    }
+                    Err(e) => {
+                        drop(receiver);
+                        self.emit(SessionEventKind::Failed(index)).await?;
+                        return Err(match e {
+                            PartError::Io(e) => broken(index, &e),
+                            PartError::TooLong(n) => {
+                                violation(format!("a part of {n} bytes overruns piece {index}"))
+                            }
+                        });
+                    }
+                };
+            }
+            let n = part.min(RECEIVE_CHUNK);
             let chunk = match reader.payload(n).await {
                 Ok(chunk) => chunk,
                 Err(e) => {
@@ -530,6 +556,7 @@ impl Task {
                 }
             };
             left -= n;
+            part -= n;
             self.moved();
             self.shared
                 .payload
@@ -571,13 +598,58 @@ fn broken(index: u32, e: &std::io::Error) -> Stop {
     Stop::Closed(Some(format!("stream broke inside piece {index}: {e}")))
 }
 
-/// Reads and drops `len` payload bytes.
+/// Why a payload part could not be read.
+enum PartError {
+    Io(std::io::Error),
+    /// A part longer than what is left of the piece.
+    TooLong(usize),
+}
+
+/// Reads the next part's length: `Some(n)` with `n` bytes to follow (1..=`left`), `None` when
+/// the uploader abandoned the piece.
+async fn next_part<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+    left: usize,
+) -> Result<Option<usize>, PartError> {
+    let head = reader
+        .payload(wire::PART_HEADER)
+        .await
+        .map_err(PartError::Io)?;
+    let mut b = [0u8; wire::PART_HEADER];
+    b.copy_from_slice(head);
+    let n = u32::from_be_bytes(b);
+    if n == wire::PART_ABANDONED {
+        return Ok(None);
+    }
+    // A u32 fits a usize on every platform this builds for.
+    let n = n as usize;
+    if n > left {
+        return Err(PartError::TooLong(n));
+    }
+    Ok(Some(n))
+}
+
+/// Reads and drops the payload of a `len`-byte piece (its parts, up to an abandonment).
 async fn skip<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>, len: u32) -> std::io::Result<()> {
     let mut left = len as usize;
     while left > 0 {
-        let n = left.min(RECEIVE_CHUNK);
-        reader.payload(n).await?;
-        left -= n;
+        let mut part = match next_part(reader, left).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return Ok(()),
+            Err(PartError::Io(e)) => return Err(e),
+            Err(PartError::TooLong(n)) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a part of {n} bytes overruns the piece"),
+                ));
+            }
+        };
+        while part > 0 {
+            let n = part.min(RECEIVE_CHUNK);
+            reader.payload(n).await?;
+            part -= n;
+            left -= n;
+        }
     }
     Ok(())
 }

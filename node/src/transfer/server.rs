@@ -5,11 +5,16 @@
 //! stream's write half. The writer takes commands only between pieces, so a Cancel skips a
 //! queued request but never cuts a piece short (its length is already on the wire).
 //!
-//! Pieces go out as a header, then the payload read from the source's file with positioned
-//! reads on the blocking pool (direct, bypassing the page cache, where the store opened the file
-//! so: [`crate::direct_io`]), one chunk read ahead of the chunk being written, through two
-//! buffers kept for as long as the stream has work. The stream is flushed at piece ends and
-//! when the writer runs out of work.
+//! Pieces go out as a header, then the payload in parts read from the source's file with
+//! positioned reads on the blocking pool (direct, bypassing the page cache, where the store
+//! opened the file so: [`crate::direct_io`]), one chunk read ahead of the chunk being written,
+//! through two buffers kept for as long as the stream has work. The stream is flushed at piece
+//! ends and when the writer runs out of work.
+//!
+//! A piece still arriving here (offered once its first block verified: an Arriving frame) is
+//! sent as its blocks verify, each part read back from the file after the copy wrote it; if
+//! that copy is lost, the rest of the piece is abandoned (a zero-length part) and later
+//! requests for it are answered PieceBusy until it is held.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
@@ -34,7 +39,7 @@ use super::{
     WRITE_STALL_TIMEOUT,
 };
 use crate::direct_io::{self, AlignedBuf};
-use crate::ports::{Held, PeerStream, PieceFile, PieceSource};
+use crate::ports::{Arriving, Held, PeerStream, PieceFile, PieceSource};
 
 /// Bytes per positioned read and per stream write of a piece payload.
 const SEND_CHUNK: usize = 512 << 10;
@@ -241,9 +246,12 @@ impl Conn {
             out: Vec::new(),
             queue: VecDeque::new(),
             count: held.table.table.piece_count(),
+            told: sent.clone(),
             sent,
             have: held.have,
+            offer: held.offer,
             watching: true,
+            watching_offer: true,
             have_dirty: false,
             table: held.table,
             digest,
@@ -320,8 +328,10 @@ impl Conn {
         };
         let mut held = held;
         slot.set_rank(held.rank.clone());
-        // Marks the current value seen: Have frames report only later changes.
+        // Marks the current value seen: Have frames report only later changes. Pieces offered
+        // while arriving are told in Arriving frames right after the Welcome.
         let have = held.have.borrow_and_update().clone();
+        held.offer.mark_changed();
         let table = if want_table {
             match SignedPieceTable::encode(&held.table) {
                 Ok(bytes) => Some(bytes),
@@ -386,11 +396,17 @@ struct Writer<'a, W> {
     out: Vec<u8>,
     queue: VecDeque<u32>,
     count: u32,
-    /// The pieces the downloader has been told about.
+    /// The pieces the downloader has been told are held whole.
     sent: Bitfield,
+    /// The pieces the downloader has been told it may ask for (held or arriving).
+    told: Bitfield,
     have: watch::Receiver<Bitfield>,
+    /// Held or arriving with a verified first block: what may be asked for.
+    offer: watch::Receiver<Bitfield>,
     /// Whether `have` can still change (its sender is alive).
     watching: bool,
+    /// Whether `offer` can still change.
+    watching_offer: bool,
     /// `have` changed (seen by `changed()`, which marks it seen) and is not reported yet.
     have_dirty: bool,
     table: Arc<SignedPieceTable>,
@@ -496,6 +512,10 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                     Ok(()) => self.have_dirty = true,
                     Err(_) => self.watching = false,
                 },
+                changed = self.offer.changed(), if self.watching_offer => match changed {
+                    Ok(()) => self.have_dirty = true,
+                    Err(_) => self.watching_offer = false,
+                },
                 () = granted(&mut self.ticket), if waiting => {
                     self.slot = self.ticket.take().map(Ticket::into_slot);
                     last_activity = Instant::now();
@@ -530,28 +550,40 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         }
     }
 
-    /// Queues a Have for every piece gained since the last report.
+    /// Queues a Have for every piece gained whole and an Arriving for every piece offered
+    /// while arriving, since the last report.
     fn queue_haves(&mut self) {
-        if !self.have_dirty && !self.have.has_changed().unwrap_or(false) {
+        if !self.have_dirty
+            && !self.have.has_changed().unwrap_or(false)
+            && !self.offer.has_changed().unwrap_or(false)
+        {
             return;
         }
         self.have_dirty = false;
         let mut new = self.have.borrow_and_update().clone();
-        if new.len() != self.sent.len() {
+        let mut offered = self.offer.borrow_and_update().clone();
+        if new.len() != self.sent.len() || offered.len() != self.sent.len() {
             return;
         }
-        let gained = {
-            let mut g = new.clone();
-            // Lengths are equal, so this cannot fail.
-            let _ = g.difference_with(&self.sent);
-            g
-        };
+        // Lengths are equal, so these set operations cannot fail.
+        let _ = new.union_with(&self.sent);
+        let mut gained = new.clone();
+        let _ = gained.difference_with(&self.sent);
         for piece in gained.iter_ones() {
             self.push(&Frame::Have { piece });
         }
-        // Bits are never reported lost: a piece evicted later is answered Missing.
-        let _ = new.union_with(&self.sent);
+        let _ = offered.union_with(&new);
+        let _ = offered.union_with(&self.told);
+        let mut arriving = offered.clone();
+        let _ = arriving.difference_with(&self.told);
+        let _ = arriving.difference_with(&new);
+        for piece in arriving.iter_ones() {
+            self.push(&Frame::Arriving { piece });
+        }
+        // Bits are never reported lost: a piece evicted later is answered Missing, one lost
+        // while arriving PieceBusy.
         self.sent = new;
+        self.told = offered;
     }
 
     fn push(&mut self, frame: &Frame) {
@@ -562,7 +594,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     /// Takes the front request `piece` as far as it goes: answered, sent, or waiting for a
     /// send slot of the blob.
     async fn step(&mut self, piece: u32) -> Result<Step, End> {
-        if !self.have.borrow().get(piece) {
+        if !self.have.borrow().get(piece) && !self.offer.borrow().get(piece) {
             self.queue.pop_front();
             self.push(&Frame::Missing { piece });
             return Ok(Step::Done);
@@ -625,6 +657,17 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             self.push(&Frame::PieceBusy { piece });
             return Ok(false);
         };
+        if !self.have.borrow().get(piece) {
+            // Offered while arriving: pass it on as it comes, or, if that copy is gone, ask the
+            // downloader to come back (it will be held again once this host's download gets it).
+            return match self.conn.source.arriving(&self.digest, piece) {
+                Some(arriving) => self.send_arriving(piece, arriving).await,
+                None => {
+                    self.push(&Frame::PieceBusy { piece });
+                    Ok(false)
+                }
+            };
+        }
         let file = match self.conn.source.piece_file(&self.digest, piece).await {
             Ok(f) if Some(f.len) == self.table.table.piece_len(piece) => f,
             Ok(f) => {
@@ -681,6 +724,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 let buf = std::mem::take(&mut spare);
                 (n, start_read(file.clone(), next_at, n, buf))
             });
+            self.write(&part_header(cur_len)).await?;
             self.write(&cur.as_slice()[..cur_len]).await?;
             let Some((n, handle)) = ahead else { break };
             let (next, read) = join_read(handle).await;
@@ -693,6 +737,77 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.bufs = Some((cur, spare));
         self.conn.source.served(&self.digest, u64::from(file.len));
         Ok(true)
+    }
+
+    /// Sends `piece` while it arrives here: each part as soon as the copy has verified and
+    /// written it. True if all of it went out; false if the copy was lost and the rest was
+    /// abandoned (nothing is queued for the downloader then: the zero-length part told it).
+    async fn send_arriving(&mut self, piece: u32, arriving: Arriving) -> Result<bool, End> {
+        let Arriving {
+            file,
+            mut progress,
+            valid,
+        } = arriving;
+        if Some(file.len) != self.table.table.piece_len(piece) {
+            self.push(&Frame::Missing { piece });
+            return Ok(false);
+        }
+        let len = file.len;
+        self.push(&Frame::Piece { index: piece, len });
+        let out = std::mem::take(&mut self.out);
+        self.write(&out).await?;
+        self.out = out;
+        self.out.clear();
+        let (mut buf, spare) = self.bufs.take().unwrap_or_else(|| {
+            (
+                AlignedBuf::with_capacity(SEND_CHUNK),
+                AlignedBuf::with_capacity(SEND_CHUNK),
+            )
+        });
+        let mut sent = 0u32;
+        let mut whole = false;
+        let mut abandoned = false;
+        while sent < len {
+            let ready = if whole {
+                len
+            } else {
+                (*progress.borrow_and_update()).min(len)
+            };
+            if ready > sent {
+                let n = ((ready - sent) as usize).min(SEND_CHUNK);
+                let (b, read) = join_read(start_read(file.clone(), sent as usize, n, buf)).await;
+                buf = b;
+                // Read first, then check: a copy lost during the read may have let another
+                // writer start the piece over under it.
+                if read.is_err() || !valid() {
+                    abandoned = true;
+                    break;
+                }
+                self.write(&part_header(n)).await?;
+                self.write(&buf.as_slice()[..n]).await?;
+                // n <= SEND_CHUNK.
+                sent += n as u32;
+                continue;
+            }
+            self.flush().await?;
+            match timeout(self.conn.config.write_stall, progress.changed()).await {
+                Ok(Ok(())) => {}
+                // The copy ended: whole (its bytes are all on disk) or lost.
+                Ok(Err(_)) if valid() && self.have.borrow().get(piece) => whole = true,
+                Ok(Err(_)) | Err(_) => {
+                    abandoned = true;
+                    break;
+                }
+            }
+        }
+        if abandoned {
+            self.write(&part_header(wire::PART_ABANDONED as usize))
+                .await?;
+        }
+        self.flush().await?;
+        self.bufs = Some((buf, spare));
+        self.conn.source.served(&self.digest, u64::from(sent));
+        Ok(!abandoned)
     }
 
     /// Writes `bytes`, giving the stream up once it has taken no byte for the stall limit
@@ -766,6 +881,12 @@ async fn write_from<W: AsyncWrite + Unpin>(
         }
     }
     Ok(())
+}
+
+/// The length that starts a payload part of `n` bytes (at most a chunk).
+fn part_header(n: usize) -> [u8; wire::PART_HEADER] {
+    // Parts are at most SEND_CHUNK bytes.
+    (n as u32).to_be_bytes()
 }
 
 /// Resolves when the stream's ticket (if any) is granted a slot.

@@ -107,6 +107,7 @@ impl PieceSource for FakeSource {
         let held = (*digest == self.table.table.digest).then(|| Held {
             table: self.table.clone(),
             have: self.have.subscribe(),
+            offer: self.have.subscribe(),
             rank: self.rank.clone(),
         });
         async move { Ok(held) }.boxed()
@@ -508,7 +509,10 @@ async fn stale_answers_after_cancel_are_dropped() {
                 &mut out,
             )
             .unwrap();
-            out.extend_from_slice(&data[1000..2000]);
+            out.extend_from_slice(&600u32.to_be_bytes());
+            out.extend_from_slice(&data[1000..1600]);
+            out.extend_from_slice(&400u32.to_be_bytes());
+            out.extend_from_slice(&data[1600..2000]);
             theirs.write_all(&out).await.unwrap();
         }
         // A third, unrequested answer is a violation.
@@ -761,7 +765,7 @@ async fn garbage_to_the_server_is_answered_with_an_error() {
             "{g:?}: {frames:?}"
         );
     }
-    // A Hello of version 2.
+    // A Hello of version 1 (whole pieces, no parts).
     let mut hello = Vec::new();
     wire::encode(
         &Frame::Hello {
@@ -771,10 +775,10 @@ async fn garbage_to_the_server_is_answered_with_an_error() {
         &mut hello,
     )
     .unwrap();
-    let mut v2 = hello.clone();
-    v2[5] = 2;
+    let mut v1 = hello.clone();
+    v1[5] = 1;
     assert_eq!(
-        error_code(&server_reply(&mut server, &v2).await),
+        error_code(&server_reply(&mut server, &v1).await),
         Some(ErrorCode::VERSION)
     );
     // Garbage after a good Hello, and an out-of-range request.
@@ -867,10 +871,39 @@ async fn bad_uploaders_close_the_session() {
         index: 1,
         len: 1000,
     });
+    cut.extend_from_slice(&1000u32.to_be_bytes());
     cut.extend_from_slice(&[0; 400]);
     let got = scripted(cut).await;
     assert_eq!(got[0], SessionEventKind::Failed(1));
     assert!(closed_with(&got, "inside piece 1"), "{got:?}");
+    // A part longer than the piece is a violation.
+    let mut long = frame(&Frame::Piece {
+        index: 1,
+        len: 1000,
+    });
+    long.extend_from_slice(&1001u32.to_be_bytes());
+    long.extend_from_slice(&[0; 1001]);
+    let got = scripted(long).await;
+    assert_eq!(got[0], SessionEventKind::Failed(1));
+    assert!(closed_with(&got, "overruns piece 1"), "{got:?}");
+    // An abandoned piece is no fault: the session goes on (here to a clean close).
+    let mut gone = frame(&Frame::Piece {
+        index: 1,
+        len: 1000,
+    });
+    gone.extend_from_slice(&300u32.to_be_bytes());
+    gone.extend_from_slice(&[0; 300]);
+    gone.extend_from_slice(&0u32.to_be_bytes());
+    gone.extend_from_slice(&frame(&Frame::Arriving { piece: 2 }));
+    let got = scripted(gone).await;
+    assert_eq!(
+        got,
+        [
+            SessionEventKind::Abandoned(1),
+            SessionEventKind::Arriving(2),
+            SessionEventKind::Closed(None)
+        ]
+    );
     // An Error frame ends it with the peer's reason; a clean close with none.
     let got = scripted(frame(&Frame::Error {
         code: ErrorCode::INTERNAL,
@@ -1222,3 +1255,5 @@ async fn a_stalled_send_gives_up_its_host_send_when_all_are_taken() {
         "{got:?}"
     );
 }
+
+mod arriving;

@@ -441,6 +441,51 @@ fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
 }
 
 #[test]
+fn a_piece_arriving_at_a_peer_cancels_the_origin_request_only_when_whole() {
+    let c = Config {
+        origin_grace: ms(0),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(4), c, ms(0));
+    s.peer_added(1, Bitfield::new(4), ms(0));
+    let r = requests(&drain(&mut s));
+    let origin: Vec<u32> = r
+        .iter()
+        .filter(|r| r.0 == Source::Origin)
+        .map(|r| r.1)
+        .collect();
+    assert!(!origin.is_empty(), "{r:?}");
+    let x = origin[0];
+    // The copy arriving at peer 1 may be fed by our own origin transfer (passed on to it while
+    // it arrives here): cancelling now could starve both.
+    s.peer_arriving(1, x, ms(10));
+    let next = drain(&mut s);
+    assert!(
+        !next.iter().any(|a| matches!(a, Action::Cancel { .. })),
+        "{next:?}"
+    );
+    assert!(s.is_requested(Source::Origin, x));
+    // Pieces arriving there count as held there: another one is asked of peer 1.
+    let y = (0..4).find(|p| !origin.contains(p)).unwrap();
+    s.peer_arriving(1, y, ms(11));
+    assert!(drain(&mut s).contains(&req(1, y)));
+    // Whole now: the origin's transfer stops and peer 1 serves it.
+    s.peer_have(1, x, ms(20));
+    let next = drain(&mut s);
+    assert_eq!(
+        next[0],
+        Action::Cancel {
+            source: Source::Origin,
+            piece: x
+        }
+    );
+    assert!(next.contains(&req(1, x)), "{next:?}");
+    // A Have after Arriving changes nothing more for a piece no longer in flight anywhere.
+    s.peer_have(1, y, ms(21));
+    assert!(drain(&mut s).is_empty());
+}
+
+#[test]
 fn refusals_requeue_without_penalty() {
     // (Without alternatives: a refusal holds back the one piece; with them, see
     // `origin_requests_offer_alternatives_and_take_the_substitute`.)

@@ -43,6 +43,10 @@ fn exact_layouts() {
         [0, 0, 0, 5, 0x83, 0, 0, 0, 7]
     );
     assert_eq!(
+        enc(&Frame::Arriving { piece: 7 }),
+        [0, 0, 0, 5, 0x89, 0, 0, 0, 7]
+    );
+    assert_eq!(
         enc(&Frame::Piece {
             index: 1,
             len: 4 << 20
@@ -72,13 +76,13 @@ fn exact_layouts() {
         digest: digest(),
         want_table: true,
     });
-    assert_eq!(&hello[..8], &[0, 0, 0, 36, 0x01, 1, 1, 1]);
+    assert_eq!(&hello[..8], &[0, 0, 0, 36, 0x01, 2, 1, 1]);
     assert_eq!(&hello[8..], digest().bytes().as_slice());
     // 10 bytes in pieces of 4: 3 pieces, piece 0 held.
     assert_eq!(
         enc(&welcome(10, 4, Some(vec![9, 9]))),
         [
-            0, 0, 0, 26, 0x81, 1, 1, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0, 0, 2, 9, 9, 0, 0,
+            0, 0, 0, 26, 0x81, 2, 1, 0, 0, 0, 0, 0, 0, 0, 10, 0, 0, 0, 4, 0, 0, 0, 2, 9, 9, 0, 0,
             0, 3, 0x80
         ]
     );
@@ -154,9 +158,9 @@ fn strictness() {
         digest: digest(),
         want_table: false,
     });
-    hello[5] = 2;
-    assert_eq!(decode(&hello), Err(WireError::UnsupportedVersion(2)));
     hello[5] = 1;
+    assert_eq!(decode(&hello), Err(WireError::UnsupportedVersion(1)));
+    hello[5] = 2;
     hello[6] = 2;
     assert!(matches!(decode(&hello), Err(WireError::Malformed(_))));
     hello[6] = 0;
@@ -200,7 +204,7 @@ fn welcome_carries_the_site_label() {
     }
     let bytes = enc(&frame);
     // type, version, flags (table | site), size, piece_size, then the label before the table.
-    assert_eq!(&bytes[4..7], [0x81, 1, 0x03]);
+    assert_eq!(&bytes[4..7], [0x81, 2, 0x03]);
     assert_eq!(&bytes[19..25], [5, b'f', b'r', b'a', b'-', b'1']);
     assert_eq!(&bytes[25..30], [0, 0, 0, 1, 7]);
     assert_eq!(decode(&bytes).unwrap(), Some((frame.clone(), bytes.len())));
@@ -281,6 +285,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         idx.prop_map(|piece| Frame::Busy { piece }),
         idx.prop_map(|piece| Frame::Missing { piece }),
         idx.prop_map(|piece| Frame::PieceBusy { piece }),
+        idx.prop_map(|piece| Frame::Arriving { piece }),
         (any::<u16>(), "\\PC{0,200}").prop_map(|(c, message)| Frame::Error {
             code: ErrorCode(c),
             message

@@ -3,7 +3,7 @@
 //! to exactly the bytes it was decoded from; every strict prefix of a good frame asks for more
 //! bytes (never an error); and an error never turns into a frame when more bytes arrive.
 
-use flotilla_protocol::wire::{Frame, decode, encode, frame_len};
+use flotilla_protocol::wire::{Frame, PART_ABANDONED, PART_HEADER, decode, encode, frame_len};
 
 /// Checks the properties above on one input; panics on a violation.
 pub fn check(data: &[u8]) {
@@ -35,10 +35,26 @@ pub fn check(data: &[u8]) {
                 // Trailing bytes after the frame never change it.
                 assert_eq!(decode(&rest[..used]), Ok(Some((frame.clone(), used))));
                 rest = &rest[used..];
-                // A Piece header is followed by its raw payload, which the reader skips.
+                // A Piece header is followed by its payload in parts, which the reader skips;
+                // a part longer than what is due, or a cut-off part length, ends the stream.
                 if let Frame::Piece { len, .. } = frame {
-                    let skip = (len as usize).min(rest.len());
-                    rest = &rest[skip..];
+                    let mut due = len as usize;
+                    while due > 0 {
+                        let Some((head, tail)) = rest.split_first_chunk::<PART_HEADER>() else {
+                            return;
+                        };
+                        let n = u32::from_be_bytes(*head) as usize;
+                        rest = tail;
+                        if n == PART_ABANDONED as usize {
+                            break;
+                        }
+                        if n > due {
+                            return;
+                        }
+                        let skip = n.min(rest.len());
+                        rest = &rest[skip..];
+                        due -= n;
+                    }
                 }
             }
         }

@@ -299,6 +299,10 @@ impl Driver {
                 self.sched.peer_have(peer, piece, now);
                 self.rank_piece(piece);
             }
+            SessionEventKind::Arriving(piece) => {
+                self.sched.peer_arriving(peer, piece, now);
+                self.rank_piece(piece);
+            }
             SessionEventKind::Received {
                 piece,
                 verdict,
@@ -345,6 +349,11 @@ impl Driver {
             // Not load: the uploader is copying this piece to others (SPEC §5.2), so it does
             // not count towards replacing the session.
             SessionEventKind::PieceBusy(piece) => {
+                self.answered(peer, piece);
+                self.sched.piece_busy(source, piece, now);
+            }
+            // The copy it was passing on was lost upstream; like PieceBusy, nobody's fault.
+            SessionEventKind::Abandoned(piece) => {
                 self.answered(peer, piece);
                 self.sched.piece_busy(source, piece, now);
             }
