@@ -112,6 +112,7 @@ stream = b"".join([
     frame(bytes([0x84]) + struct.pack(">II", 0, 4)) + struct.pack(">I", 3) + b"abc"
     + struct.pack(">I", 1) + b"d",
     frame(bytes([0x89]) + struct.pack(">I", 2)),
+    frame(bytes([0x8A]) + struct.pack(">I", 2)),
     frame(bytes([0x84]) + struct.pack(">II", 2, 2)) + struct.pack(">I", 1) + b"a"
     + struct.pack(">I", 0),
     frame(bytes([0x88]) + struct.pack(">I", 1)),

@@ -33,9 +33,9 @@ pub struct Held {
     /// The pieces held now; changes as more arrive (never loses a bit while the blob is held).
     pub have: watch::Receiver<Bitfield>,
     /// The pieces held or arriving with a verified first block ([`PieceSource::arriving`]): what
-    /// peers are told they may ask for. A superset of `have`, never loses a bit either (a copy
-    /// lost while arriving stays offered; asked for, it is answered PieceBusy until it is held).
-    /// A source that never serves a piece still arriving gives `have` here again.
+    /// peers are told they may ask for. A superset of `have`; a piece whose arriving copy is
+    /// lost before it is whole loses its bit again (peers are told Withdrawn). A source that
+    /// never serves a piece still arriving gives `have` here again.
     pub offer: watch::Receiver<Bitfield>,
     /// How many of its peers the holder's own download sees holding each piece, while it
     /// downloads; the server sends the rarest waiting request first (`None`: no ranking).

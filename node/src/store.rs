@@ -60,7 +60,8 @@
 //! # Passing a piece on while it arrives
 //! A claimant checks its piece block by block. After each batch it wrote, it publishes how many
 //! bytes from the piece's start are verified and on disk, and at its first verified block it
-//! sets the piece's bit in the *offer* (held or arriving; never cleared). The transfer server
+//! sets the piece's bit in the *offer* (held or arriving; cleared again if the claimant ends
+//! without the piece). The transfer server
 //! follows that through [`PieceSource::arriving`] and reads back only published bytes; since a
 //! new claimant may start the piece over once the old one is gone, a reader checks after each
 //! read that the claim it follows still owns the piece (or that the piece is held) before it

@@ -122,6 +122,8 @@ pub enum SessionEventKind {
     Have(u32),
     /// The uploader can serve this piece while it still arrives there (SPEC §5.2).
     Arriving(u32),
+    /// The uploader lost the copy it announced as arriving: it does not hold the piece.
+    Withdrawn(u32),
     /// A requested piece arrived and went through the sink, which judged it.
     Received {
         /// Piece index.

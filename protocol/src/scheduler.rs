@@ -533,6 +533,32 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
     }
 
+    /// `peer` lost the copy of `piece` it announced as arriving ([`Scheduler::peer_arriving`])
+    /// before it was whole: it no longer counts as held there, so that a piece nobody else
+    /// holds is fetched afresh (from another peer, afar, or the origin) instead of asked of
+    /// peers that no longer have it.
+    pub fn peer_withdrew(&mut self, peer: P, piece: u32, now: Duration) {
+        self.tick(now);
+        if piece >= self.have.len() {
+            return;
+        }
+        let Some(i) = self.peer_index(peer) else {
+            return;
+        };
+        if self.peer_bits.clear(i, piece) {
+            let state = &mut self.peers[i];
+            if self.rarity.contains(piece) {
+                state.pickable -= 1;
+            }
+            self.rarity.decrement(piece);
+            if state.near {
+                let a = &mut self.near_avail[piece as usize];
+                *a = a.saturating_sub(1);
+            }
+            self.wake();
+        }
+    }
+
     /// `peer` announced that it can serve `piece` while it still arrives there (its first
     /// block verified; SPEC §5.2): the piece counts as held there for requests and rarity, but
     /// cancels no origin or far request until [`Scheduler::peer_have`] says it is whole.

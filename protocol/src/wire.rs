@@ -22,6 +22,7 @@
 //! | 0x82 | NotHeld | — |
 //! | 0x83 | Have | `u32 piece` |
 //! | 0x89 | Arriving | `u32 piece` |
+//! | 0x8A | Withdrawn | `u32 piece` |
 //! | 0x84 | Piece | `u32 index`, `u32 len` (1..=[`MAX_PIECE_SIZE`]), then `len` raw bytes |
 //! | 0x85 | Busy | `u32 piece` |
 //! | 0x86 | Missing | `u32 piece` |
@@ -67,6 +68,7 @@ const T_MISSING: u8 = 0x86;
 const T_ERROR: u8 = 0x87;
 const T_PIECE_BUSY: u8 = 0x88;
 const T_ARRIVING: u8 = 0x89;
+const T_WITHDRAWN: u8 = 0x8A;
 
 const HELLO_WANT_TABLE: u8 = 0x01;
 const WELCOME_HAS_TABLE: u8 = 0x01;
@@ -150,8 +152,15 @@ pub enum Frame {
     },
     /// Uploader: `piece` is arriving here and its first block verified; it can be asked for
     /// now and is sent as its blocks verify. A Have follows once it is whole; if the copy is
-    /// lost instead, a request for it is answered PieceBusy.
+    /// lost instead, a Withdrawn.
     Arriving {
+        /// Piece index.
+        piece: u32,
+    },
+    /// Uploader: the copy of `piece` it announced as arriving was lost before it was whole; it
+    /// does not hold the piece (until a later Arriving or Have). A request for it that crossed
+    /// this frame is answered PieceBusy.
+    Withdrawn {
         /// Piece index.
         piece: u32,
     },
@@ -198,6 +207,7 @@ impl Frame {
             Frame::NotHeld => "NotHeld",
             Frame::Have { .. } => "Have",
             Frame::Arriving { .. } => "Arriving",
+            Frame::Withdrawn { .. } => "Withdrawn",
             Frame::Piece { .. } => "Piece",
             Frame::Busy { .. } => "Busy",
             Frame::PieceBusy { .. } => "PieceBusy",
@@ -321,6 +331,7 @@ pub fn encode(frame: &Frame, out: &mut Vec<u8>) -> Result<(), WireError> {
         Frame::NotHeld => out.push(T_NOT_HELD),
         Frame::Have { piece } => put_index(out, T_HAVE, *piece),
         Frame::Arriving { piece } => put_index(out, T_ARRIVING, *piece),
+        Frame::Withdrawn { piece } => put_index(out, T_WITHDRAWN, *piece),
         Frame::Piece { index, len } => {
             if *len == 0 || *len > MAX_PIECE_SIZE {
                 out.truncate(start);
@@ -408,6 +419,7 @@ fn check_length(kind: u8, len: u32) -> Result<(), WireError> {
         T_NOT_HELD => ("NotHeld", len == 1),
         T_HAVE => ("Have", len == 5),
         T_ARRIVING => ("Arriving", len == 5),
+        T_WITHDRAWN => ("Withdrawn", len == 5),
         T_PIECE => ("Piece", len == 9),
         T_BUSY => ("Busy", len == 5),
         T_MISSING => ("Missing", len == 5),
@@ -484,6 +496,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Frame, WireError> {
         T_NOT_HELD => Frame::NotHeld,
         T_HAVE => Frame::Have { piece: r.u32()? },
         T_ARRIVING => Frame::Arriving { piece: r.u32()? },
+        T_WITHDRAWN => Frame::Withdrawn { piece: r.u32()? },
         T_PIECE => {
             let index = r.u32()?;
             let len = r.u32()?;

@@ -44,6 +44,11 @@ impl Drop for ClaimGuard {
         {
             slot.claimant = None;
             slot.progress = None;
+            // It ended without the piece (a done claimant's slot is gone): what it offered
+            // while arriving is withdrawn, so peers look for the piece elsewhere.
+            if !e.have.borrow().get(self.index) {
+                e.offer.send_if_modified(|b| b.clear(self.index));
+            }
         }
     }
 }

@@ -57,7 +57,8 @@ pub(super) struct Entry {
     pub direct: Option<Arc<File>>,
     /// The verified pieces; the sender holds the current value.
     pub have: watch::Sender<Bitfield>,
-    /// `have` and the pieces whose first block verified while arriving ([`crate::ports::Held::offer`]).
+    /// `have` and the pieces whose first block verified while arriving and whose copy is still
+    /// alive ([`crate::ports::Held::offer`]).
     pub offer: watch::Sender<Bitfield>,
     /// How rare the download of this blob sees each piece (served streams read it).
     pub rank: Arc<PieceRank>,

@@ -435,6 +435,10 @@ impl Task {
                     Ok(()) => self.emit(SessionEventKind::Arriving(piece)).await,
                     Err(stop) => Err(stop),
                 },
+                Frame::Withdrawn { piece } => match self.check_index(piece) {
+                    Ok(()) => self.emit(SessionEventKind::Withdrawn(piece)).await,
+                    Err(stop) => Err(stop),
+                },
                 Frame::Piece { index, len } => self.piece(&mut reader, index, len).await,
                 Frame::Busy { piece } => self.answer(piece, SessionEventKind::Refused(piece)).await,
                 Frame::PieceBusy { piece } => {

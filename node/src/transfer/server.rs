@@ -13,8 +13,8 @@
 //!
 //! A piece still arriving here (offered once its first block verified: an Arriving frame) is
 //! sent as its blocks verify, each part read back from the file after the copy wrote it; if
-//! that copy is lost, the rest of the piece is abandoned (a zero-length part) and later
-//! requests for it are answered PieceBusy until it is held.
+//! that copy is lost, the rest of the piece is abandoned (a zero-length part) and the offer
+//! withdrawn (a Withdrawn frame); a request that crossed the Withdrawn is answered PieceBusy.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::pin;
@@ -246,6 +246,7 @@ impl Conn {
             out: Vec::new(),
             queue: VecDeque::new(),
             count: held.table.table.piece_count(),
+            withdrawn: Bitfield::new(sent.len()),
             told: sent.clone(),
             sent,
             have: held.have,
@@ -400,6 +401,9 @@ struct Writer<'a, W> {
     sent: Bitfield,
     /// The pieces the downloader has been told it may ask for (held or arriving).
     told: Bitfield,
+    /// Pieces offered while arriving and then withdrawn on this stream, not offered since: a
+    /// request for one crossed the Withdrawn frame and is answered PieceBusy, not Missing.
+    withdrawn: Bitfield,
     have: watch::Receiver<Bitfield>,
     /// Held or arriving with a verified first block: what may be asked for.
     offer: watch::Receiver<Bitfield>,
@@ -573,15 +577,21 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             self.push(&Frame::Have { piece });
         }
         let _ = offered.union_with(&new);
-        let _ = offered.union_with(&self.told);
         let mut arriving = offered.clone();
         let _ = arriving.difference_with(&self.told);
         let _ = arriving.difference_with(&new);
         for piece in arriving.iter_ones() {
+            self.withdrawn.clear(piece);
             self.push(&Frame::Arriving { piece });
         }
-        // Bits are never reported lost: a piece evicted later is answered Missing, one lost
-        // while arriving PieceBusy.
+        // Told as arriving, neither offered nor held now: that copy was lost.
+        let mut lost = self.told.clone();
+        let _ = lost.difference_with(&offered);
+        for piece in lost.iter_ones() {
+            self.withdrawn.set(piece);
+            self.push(&Frame::Withdrawn { piece });
+        }
+        // Whole pieces are never reported lost: one evicted later is answered Missing.
         self.sent = new;
         self.told = offered;
     }
@@ -596,7 +606,11 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     async fn step(&mut self, piece: u32) -> Result<Step, End> {
         if !self.have.borrow().get(piece) && !self.offer.borrow().get(piece) {
             self.queue.pop_front();
-            self.push(&Frame::Missing { piece });
+            if self.withdrawn.get(piece) {
+                self.push(&Frame::PieceBusy { piece });
+            } else {
+                self.push(&Frame::Missing { piece });
+            }
             return Ok(Step::Done);
         }
         if self.slot.is_none() {

@@ -486,6 +486,44 @@ fn a_piece_arriving_at_a_peer_cancels_the_origin_request_only_when_whole() {
 }
 
 #[test]
+fn a_withdrawn_piece_no_longer_counts_as_held_there() {
+    let c = Config {
+        origin_grace: ms(0),
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(0u32, Bitfield::new(1), c, ms(0));
+    s.peer_added(1, Bitfield::new(1), ms(0));
+    assert_eq!(
+        requests(&drain(&mut s)),
+        vec![(Source::Origin, 0)],
+        "nobody holds it"
+    );
+    s.request_refused(Source::Origin, 0, ms(1));
+    drain(&mut s);
+    s.peer_arriving(1, 0, ms(2));
+    assert!(drain(&mut s).contains(&req(1, 0)));
+    assert_eq!(s.availability(0), 1);
+    // Its copy was lost: the request there is abandoned, and the piece is nobody's again.
+    s.peer_withdrew(1, 0, ms(3));
+    s.piece_busy(Source::Peer(1), 0, ms(3));
+    assert_eq!(s.availability(0), 0);
+    let mut asked = Vec::new();
+    for t in 4..40 {
+        s.handle_timeout(ms(t * 100));
+        asked.extend(requests(&drain(&mut s)));
+    }
+    assert!(
+        asked.contains(&(Source::Origin, 0)),
+        "back to the origin: {asked:?}"
+    );
+    assert!(!asked.contains(&(Source::Peer(1), 0)), "{asked:?}");
+    // Withdrawing what was never announced, or twice, changes nothing.
+    s.peer_withdrew(1, 0, ms(5000));
+    s.peer_withdrew(9, 0, ms(5000));
+    assert_eq!(s.availability(0), 0);
+}
+
+#[test]
 fn refusals_requeue_without_penalty() {
     // (Without alternatives: a refusal holds back the one piece; with them, see
     // `origin_requests_offer_alternatives_and_take_the_substitute`.)

@@ -47,6 +47,10 @@ fn exact_layouts() {
         [0, 0, 0, 5, 0x89, 0, 0, 0, 7]
     );
     assert_eq!(
+        enc(&Frame::Withdrawn { piece: 7 }),
+        [0, 0, 0, 5, 0x8a, 0, 0, 0, 7]
+    );
+    assert_eq!(
         enc(&Frame::Piece {
             index: 1,
             len: 4 << 20
@@ -286,6 +290,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         idx.prop_map(|piece| Frame::Missing { piece }),
         idx.prop_map(|piece| Frame::PieceBusy { piece }),
         idx.prop_map(|piece| Frame::Arriving { piece }),
+        idx.prop_map(|piece| Frame::Withdrawn { piece }),
         (any::<u16>(), "\\PC{0,200}").prop_map(|(c, message)| Frame::Error {
             code: ErrorCode(c),
             message

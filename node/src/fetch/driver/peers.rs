@@ -303,6 +303,10 @@ impl Driver {
                 self.sched.peer_arriving(peer, piece, now);
                 self.rank_piece(piece);
             }
+            SessionEventKind::Withdrawn(piece) => {
+                self.sched.peer_withdrew(peer, piece, now);
+                self.rank_piece(piece);
+            }
             SessionEventKind::Received {
                 piece,
                 verdict,

@@ -99,8 +99,8 @@ async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
     assert_eq!(&sink.blob()[PIECE as usize..2 * PIECE as usize], piece);
     assert!(held.have.borrow().get(1));
 
-    // A copy lost on the way: the downloader is told the rest is abandoned (no fault), and
-    // the piece, still offered, is answered PieceBusy until it is held.
+    // A copy lost on the way: the downloader is told the rest is abandoned (no fault) and
+    // the offer withdrawn; a request that crossed the Withdrawn is answered PieceBusy.
     let piece = &data[2 * PIECE as usize..];
     let mut copy = uploader.receive(&digest, 2).unwrap();
     copy.write(&piece[..2 * BATCH]).await.unwrap();
@@ -119,13 +119,22 @@ async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
         answers(&mut c.events, 1).await,
         [SessionEventKind::Abandoned(2)]
     );
+    assert_eq!(next(&mut c.events).await, SessionEventKind::Withdrawn(2));
     assert!(PieceSource::arriving(&*uploader, &digest, 2).is_none());
-    assert!(held.offer.borrow().get(2) && !held.have.borrow().get(2));
+    assert!(!held.offer.borrow().get(2) && !held.have.borrow().get(2));
     c.session.request(2).unwrap();
     assert_eq!(
         answers(&mut c.events, 1).await,
         [SessionEventKind::PieceBusy(2)]
     );
+    // A new copy is offered again once its first block is in.
+    let mut copy = uploader.receive(&digest, 2).unwrap();
+    copy.write(&piece[..BATCH + 1]).await.unwrap();
+    arrived(&uploader, &digest, 2, BATCH as u32).await;
+    assert_eq!(next(&mut c.events).await, SessionEventKind::Arriving(2));
+    copy.write(&piece[BATCH + 1..]).await.unwrap();
+    assert_eq!(copy.finish().await.unwrap(), Verdict::Verified);
+    assert_eq!(next(&mut c.events).await, SessionEventKind::Have(2));
     // A piece neither held nor arriving is still Missing.
     c.session.request(0).unwrap();
     assert_eq!(
