@@ -73,7 +73,8 @@
 //!   [`Config::min_backoff`] (0.5 s) doubling to [`Config::max_backoff`] (30 s). An origin
 //!   request is not cancelled before `max_timeout`: its deadline doubles instead, since the
 //!   origin is trusted and an overdue request there is queued behind the swarm (cancelling left
-//!   the origin idle half the time).
+//!   the origin idle half the time). Nor is a request for a piece still arriving at the peer
+//!   ([`Scheduler::peer_arriving`]): it cannot land before that copy does.
 //! - **Refusals.** [`Scheduler::request_refused`] ("busy", or the gateway saying it sent that
 //!   piece moments ago) requeues with no penalty: a peer pauses for its smoothed latency (within
 //!   [`Config::min_busy_pause`] (10 ms) ..= `min_backoff`), since a busy uploader frees a send
@@ -86,7 +87,7 @@
 //!   missing piece is waiting for some candidate (or the origin) to have it: early in a swarm
 //!   the candidates hold only what is already in flight, and duplicating then spent 7 % of a
 //!   simulated 10,000-node pull's uploads (65 % of the LAN bytes of 20 edge sites) on copies
-//!   nobody needed.
+//!   nobody needed. Never at a peer whose copy is still arriving: it lands with that copy.
 //! - **Origin.** Only for pieces that no candidate peer holds, never within
 //!   [`Config::origin_grace`] (1 s) of the start (a node joining an active swarm first hears
 //!   the bit fields) unless the caller reports a cold start ([`Scheduler::end_origin_grace`]:
@@ -418,6 +419,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             strikes: 0,
             bad: Vec::new(),
             near: true,
+            arriving: Vec::new(),
         });
         let i = self.peers.len() - 1;
         self.apply_pending_rtt(i);
@@ -438,6 +440,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     fn note_have(&mut self, i: usize, piece: u32) {
         if !self.peer_bits.set(i, piece) {
             // Known as arriving there: now that it is whole, what waits on a whole copy.
+            self.peers[i].arriving.retain(|&x| x != piece);
             self.note_whole(i, piece);
             return;
         }
@@ -447,6 +450,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Records that peer `i` can serve `piece` while it still arrives there.
     fn note_arriving(&mut self, i: usize, piece: u32) {
         if self.peer_bits.set(i, piece) {
+            self.peers[i].arriving.push(piece);
             self.note_available(i, piece, false);
         }
     }
@@ -465,6 +469,10 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         if !self.have.get(piece) && self.peers[i].near && self.locality() {
             self.cancel_far(piece);
+        }
+        if !self.have.get(piece) && self.sources[piece as usize] > 0 {
+            // An end-game duplicate may go there now.
+            self.poll_peers = true;
         }
     }
 
@@ -547,6 +555,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         };
         if self.peer_bits.clear(i, piece) {
             let state = &mut self.peers[i];
+            state.arriving.retain(|&x| x != piece);
             if self.rarity.contains(piece) {
                 state.pickable -= 1;
             }

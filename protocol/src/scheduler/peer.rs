@@ -367,6 +367,8 @@ pub(super) struct PeerState<P> {
     /// Within [`Config::near_rtt`](super::Config::near_rtt), or its round trip is not known
     /// (see `locality.rs`).
     pub(super) near: bool,
+    /// Pieces it announced as arriving and not yet whole (a few at a time: its own transfers).
+    pub(super) arriving: Vec<u32>,
 }
 
 /// FNV-1a: a `Hasher` whose output depends only on the bytes fed, on every build.

@@ -140,6 +140,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 self.sources[r.piece as usize] < limit
                     && self.can_serve(i, r.piece)
                     && !p.source.has_request(r.piece)
+                    // Not a copy still arriving there: it cannot land before that copy, and
+                    // lands with every other copy passed on from it, all but one wasted.
+                    && !p.arriving.contains(&r.piece)
                     // Never a second copy across the WAN: that link is what a site is short of.
                     && (p.near || !self.locality())
             })

@@ -486,6 +486,50 @@ fn a_piece_arriving_at_a_peer_cancels_the_origin_request_only_when_whole() {
 }
 
 #[test]
+fn no_end_game_copy_of_a_piece_still_arriving_at_the_peer() {
+    let mut s = Scheduler::new(0, Bitfield::new(2), cfg(), ms(0));
+    s.peer_added(1, full(2), ms(0));
+    s.peer_added(2, Bitfield::new(2), ms(0));
+    s.peer_arriving(2, 0, ms(0));
+    s.peer_arriving(2, 1, ms(0));
+    let r = requests(&drain(&mut s));
+    // Peer 1 takes both; peer 2's copies cannot land before their own arrival, and would
+    // land together with every other copy passed on from them: no duplicates there.
+    assert_eq!(r, vec![(Source::Peer(1), 0), (Source::Peer(1), 1)], "{r:?}");
+    // Whole there now: the end game may duplicate at peer 2.
+    s.peer_have(2, 0, ms(10));
+    let r = requests(&drain(&mut s));
+    assert_eq!(r, vec![(Source::Peer(2), 0)], "{r:?}");
+}
+
+#[test]
+fn a_request_for_a_piece_arriving_at_the_peer_waits_for_it() {
+    let mut s = Scheduler::new(0, Bitfield::new(1), cfg(), ms(0));
+    s.peer_added(1, Bitfield::new(1), ms(0));
+    s.peer_arriving(1, 0, ms(0));
+    assert_eq!(drain(&mut s), vec![req(1, 0)]);
+    // Past its deadline it is not cancelled: it lands when the copy it follows does.
+    let mut t = s.poll_timeout().unwrap();
+    for _ in 0..4 {
+        s.handle_timeout(t);
+        assert!(
+            !drain(&mut s)
+                .iter()
+                .any(|a| matches!(a, Action::Cancel { .. })),
+            "at {t:?}"
+        );
+        t = s.poll_timeout().unwrap();
+    }
+    assert!(s.is_requested(Source::Peer(1), 0));
+    // Only up to `max_timeout`, as a far request.
+    s.handle_timeout(Config::default().max_timeout + ms(1));
+    assert!(drain(&mut s).contains(&Action::Cancel {
+        source: Source::Peer(1),
+        piece: 0
+    }));
+}
+
+#[test]
 fn a_withdrawn_piece_no_longer_counts_as_held_there() {
     let c = Config {
         origin_grace: ms(0),
