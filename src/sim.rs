@@ -57,6 +57,10 @@ pub struct SimArgs {
     /// What-if: hosts without site labels (the node's `site` unset), so without locality.
     #[arg(long)]
     no_site_labels: bool,
+    /// What-if: hosts serve whole pieces only, as the node did before pieces protocol 2 (it
+    /// now passes a piece on while it arrives).
+    #[arg(long)]
+    no_forward_arriving: bool,
     /// Stop the swarm run at this simulated time [default: 3600].
     #[arg(long)]
     max_time_s: Option<f64>,
@@ -101,6 +105,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     let mut fleet = flotilla_simulations::build_scenario(scenario, &overrides)
         .context("building the scenario")?;
     fleet.params.site_labels = !args.no_site_labels;
+    fleet.params.forward_arriving = !args.no_forward_arriving;
     eprintln!(
         "simulating {} ({}): {} hosts ...",
         scenario,

@@ -245,6 +245,14 @@ impl<T: Copy> Engine<T> {
         f.total - (f.left - f.rate * dt).max(0.0)
     }
 
+    /// The current rate of live flow `flow`, bytes/s (0 for an ended one).
+    pub fn rate(&self, flow: u32) -> f64 {
+        self.flows
+            .get(flow as usize)
+            .filter(|f| f.live)
+            .map_or(0.0, |f| f.rate)
+    }
+
     /// Ends a flow whose completion event fired: all its bytes crossed.
     pub fn finish(&mut self, flow: u32) -> Option<Ended<T>> {
         let f = self.flows.get_mut(flow as usize).filter(|f| f.live)?;

@@ -125,6 +125,10 @@ pub struct Params {
     /// Hosts announce a blob when their download starts, holding nothing yet, as the node's
     /// driver does; `false`: at their first piece (the model before 2026-12-03).
     pub announce_at_start: bool,
+    /// A host passes a piece on while it arrives, as the node does (SPEC §5.2): it offers the
+    /// piece once its first batch is in and a copy it passes on is delivered with its own;
+    /// `false`: only whole pieces are served (the node before pieces protocol 2).
+    pub forward_arriving: bool,
     /// The run stops at this simulated time, finished or not.
     pub max_time_s: f64,
 }
@@ -154,6 +158,7 @@ impl Default for Params {
             site_labels: true,
             streaming: false,
             announce_at_start: true,
+            forward_arriving: true,
             max_time_s: 3600.0,
         }
     }

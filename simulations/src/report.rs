@@ -448,7 +448,8 @@ impl Report {
         let _ = writeln!(
             out,
             "\nSwarm: {} left early, {} of {} left in all; wasted {:.3} × image per host; host upload utilisation {:.2}; \
-             origin requests {} ({} refused); Busy answers {}, PieceBusy {}; sessions {} opened, {} failed, {} replaced{}.",
+             origin requests {} ({} refused); Busy answers {}, PieceBusy {}; {} pieces offered while arriving, {} copies abandoned; \
+             sessions {} opened, {} failed, {} replaced{}.",
             s.left_early,
             self.left,
             self.nodes,
@@ -458,6 +459,8 @@ impl Report {
             s.origin_refusals,
             s.busy_refusals,
             s.piece_busy,
+            s.arriving_offers,
+            s.abandoned,
             s.sessions_opened,
             s.sessions_failed,
             s.sessions_replaced,

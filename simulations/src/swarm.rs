@@ -20,11 +20,14 @@
 //! carry the host and task at their other end, and the `have` fan-out touches all its
 //! subscribers' schedulers before handing any of them the `have` (the loads overlap).
 
+mod event;
+mod forward;
 mod origin;
 mod peers;
 mod pieces;
 mod stats;
 
+use event::Ev;
 use stats::{Demand, Spread};
 pub use stats::{SwarmOutcome, SwarmStats};
 
@@ -46,152 +49,15 @@ const ORIGIN: u32 = u32::MAX;
 /// `site` of a `have` meant for every subscriber.
 const ALL_SITES: u16 = u16::MAX;
 
-/// Something that happens at a point in simulated time.
+/// What a host tells its subscribers about one of its pieces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ev {
-    Join(u32),
-    Leave(u32),
-    /// A task's housekeeping tick: swarm size to the scheduler, a provider lookup when due.
-    Tick(u32),
-    LookupDone(u32),
-    /// A task short of sessions looks up providers again (see `Swarm::relookup`).
-    Relookup(u32),
-    /// An origin server's send limit is reconsidered (`flotilla_protocol::send_limit`).
-    OriginPeriod(u32),
-    /// The gateway's count of nodes pulling the task's layer arrives.
-    SwarmCount {
-        task: u32,
-        nodes: u32,
-    },
-    /// A session from `task` to host `peer` is established (or fails).
-    Open {
-        task: u32,
-        peer: u32,
-    },
-    /// The task's host becomes findable as a provider of its blob.
-    Announce(u32),
-    PeerRequest {
-        stream: u32,
-        piece: u32,
-    },
-    PeerCancel {
-        stream: u32,
-        piece: u32,
-    },
-    OriginRequest {
-        task: u32,
-        piece: u32,
-    },
-    /// The origin server gets to a queued request.
-    OriginAdmit {
-        task: u32,
-        piece: u32,
-    },
-    OriginCancel {
-        task: u32,
-        piece: u32,
-    },
-    FlowEnd {
-        flow: u32,
-        version: u32,
-    },
-    Deliver {
-        task: u32,
-        src: u32,
-        piece: u32,
-    },
-    Refused {
-        task: u32,
-        src: u32,
-        piece: u32,
-    },
-    Failed {
-        task: u32,
-        src: u32,
-        piece: u32,
-    },
-    /// The uploader answered PieceBusy.
-    PieceBusy {
-        task: u32,
-        src: u32,
-        piece: u32,
-    },
-    PeerGone {
-        task: u32,
-        peer: u32,
-    },
-    Have {
-        task: u32,
-        piece: u32,
-        site: u16,
-    },
-    Timer(u32),
-    OriginGone,
-    /// The origin's answer to the request for `asked` carries `got` instead (an alternative).
-    OriginSubst {
-        task: u32,
-        asked: u32,
-        got: u32,
-    },
-}
-
-impl Ev {
-    /// Names of the kinds, in [`Ev::kind`] order.
-    const KINDS: [&'static str; 24] = [
-        "join",
-        "leave",
-        "tick",
-        "lookup_done",
-        "open",
-        "announce",
-        "peer_request",
-        "peer_cancel",
-        "origin_request",
-        "origin_admit",
-        "origin_cancel",
-        "flow_end",
-        "deliver",
-        "refused",
-        "failed",
-        "peer_gone",
-        "have",
-        "timer",
-        "origin_gone",
-        "swarm_count",
-        "origin_subst",
-        "relookup",
-        "origin_period",
-        "piece_busy",
-    ];
-
-    fn kind(&self) -> usize {
-        match self {
-            Ev::Join(_) => 0,
-            Ev::Leave(_) => 1,
-            Ev::Tick(_) => 2,
-            Ev::LookupDone(_) => 3,
-            Ev::Open { .. } => 4,
-            Ev::Announce(_) => 5,
-            Ev::PeerRequest { .. } => 6,
-            Ev::PeerCancel { .. } => 7,
-            Ev::OriginRequest { .. } => 8,
-            Ev::OriginAdmit { .. } => 9,
-            Ev::OriginCancel { .. } => 10,
-            Ev::FlowEnd { .. } => 11,
-            Ev::Deliver { .. } => 12,
-            Ev::Refused { .. } => 13,
-            Ev::Failed { .. } => 14,
-            Ev::PeerGone { .. } => 15,
-            Ev::Have { .. } => 16,
-            Ev::Timer(_) => 17,
-            Ev::OriginGone => 18,
-            Ev::SwarmCount { .. } => 19,
-            Ev::OriginSubst { .. } => 20,
-            Ev::Relookup(_) => 21,
-            Ev::OriginPeriod(_) => 22,
-            Ev::PieceBusy { .. } => 23,
-        }
-    }
+enum Tell {
+    /// It holds it whole.
+    Have,
+    /// It can pass it on while it arrives.
+    Arriving,
+    /// The copy it offered while arriving was lost.
+    Withdrawn,
 }
 
 /// What a flow carries.
@@ -265,6 +131,12 @@ struct Task {
     rotation: Option<Box<Rotation<u32>>>,
     /// Whether the first lookup's sessions were checked for a cold start.
     grace_checked: bool,
+    /// Pieces arriving at the host that it may pass on (see `forward.rs`).
+    arrivals: Vec<forward::Arrival>,
+    /// Pieces ever offered to subscribers while arriving (allocated at the first): a request
+    /// for one not offered now is answered PieceBusy, as the node's server answers a request
+    /// that crossed its Withdrawn.
+    offered: Option<Bitfield>,
 }
 
 /// Per task: pieces of its layer its host is sending (at most `max_sends_per_blob`), and the
@@ -298,6 +170,11 @@ struct Stream {
     reported: f64,
     /// In its uploader task's `waiting`.
     parked: bool,
+    /// Its piece is all sent but was passed on while arriving at the uploader: it is delivered
+    /// (or abandoned) with the uploader's own copy, and holds its send slot until then.
+    forwarding: bool,
+    /// The piece it waits with, while `forwarding`.
+    forwarding_piece: u32,
 }
 
 #[derive(Debug)]
@@ -486,6 +363,8 @@ impl<'f> Swarm<'f> {
                 lookup_running: false,
                 rotation: None,
                 grace_checked: false,
+                arrivals: Vec::new(),
+                offered: None,
             })
             .collect();
         let origin = Origin {
@@ -674,7 +553,12 @@ impl<'f> Swarm<'f> {
                 }
             }
             Ev::PeerGone { task, peer } => self.peer_gone(task, peer),
-            Ev::Have { task, piece, site } => self.have(task, piece, site),
+            Ev::Have { task, piece, site } => self.have(task, piece, site, Tell::Have),
+            Ev::Arriving { task, piece, site } => self.have(task, piece, site, Tell::Arriving),
+            Ev::Withdrawn { task, piece, site } => {
+                self.have(task, piece, site, Tell::Withdrawn);
+            }
+            Ev::FirstBatch { task, piece, flow } => self.first_batch(task, piece, flow),
             Ev::Timer(t) => self.timer(t),
             Ev::OriginGone => self.origin_gone(),
             Ev::OriginPeriod(server) => self.origin_period(server as usize),
@@ -707,7 +591,9 @@ impl<'f> Swarm<'f> {
             | Ev::OriginSubst { task, .. } => self.scheds[task as usize]
                 .as_deref()
                 .map_or(0, |s| s.peer_count()),
-            Ev::Have { task, .. } => self.tasks[task as usize].subscribers.len(),
+            Ev::Have { task, .. } | Ev::Arriving { task, .. } | Ev::Withdrawn { task, .. } => {
+                self.tasks[task as usize].subscribers.len()
+            }
             Ev::PeerRequest { stream, .. } | Ev::PeerCancel { stream, .. } => {
                 self.streams[stream as usize].queue.len()
             }

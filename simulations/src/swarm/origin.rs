@@ -126,12 +126,15 @@ impl Swarm<'_> {
                 self.stats.aborted_bytes += ended.bytes;
                 self.account_wan(ended.tag, ended.bytes);
             }
+            self.claim_lost(t, piece, old);
         } else {
             let sending = &mut self.origin.sending[server];
             *sending += 1;
             self.origin.peak_sends = self.origin.peak_sends.max(*sending);
             self.arm_origin_period(server);
         }
+        let owd = self.net.owd_origin(server, host);
+        self.claim(t, piece, flow, owd);
     }
 
     /// Sends `server` may run at once, of at most `most`.
@@ -252,14 +255,16 @@ impl Swarm<'_> {
             self.stats.aborted_bytes += ended.bytes;
             self.account_wan(ended.tag, ended.bytes);
         }
+        self.claim_lost(t, piece, flow);
         self.origin_window(t, piece);
         true
     }
 
     /// An origin transfer ended: the piece reaches the host one delay later.
     pub(super) fn origin_sent(&mut self, t: u32, piece: u32) {
-        if self.origin.active.remove(&(t, piece)).is_some() {
+        if let Some(flow) = self.origin.active.remove(&(t, piece)) {
             self.origin_slot_freed(t, piece);
+            self.claim_sent(t, piece, flow);
         }
         self.origin_window(t, piece);
         let task = &self.tasks[t as usize];

@@ -363,6 +363,8 @@ impl Swarm<'_> {
             slot,
             reported: 0.0,
             parked: false,
+            forwarding: false,
+            forwarding_piece: 0,
         });
         self.stream_open.push(true);
         self.tasks[up as usize]
@@ -452,13 +454,13 @@ impl Swarm<'_> {
     }
 
     /// Serves the stream's next request: sends it, or answers Busy or Missing and moves on.
-    fn start_next(&mut self, stream: u32) {
+    pub(super) fn start_next(&mut self, stream: u32) {
         loop {
             if !self.stream_open[stream as usize] {
                 return;
             }
             let s = &mut self.streams[stream as usize];
-            if s.active.is_some() {
+            if s.active.is_some() || s.forwarding {
                 return;
             }
             let Some(piece) = s.queue.pop_front() else {
@@ -470,11 +472,26 @@ impl Swarm<'_> {
                 Some(x) => x.have().get(piece),
                 None => self.tasks[up as usize].state == State::Done,
             };
-            if !held {
-                self.answer(stream, piece, false);
+            let up_host = self.host_blob(up).0;
+            let follow = !held && self.serves_arriving(up, piece) == Some(true);
+            if !held && !follow {
+                if self.serves_arriving(up, piece) == Some(false) {
+                    // Offered while arriving, and that copy was lost.
+                    let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
+                    self.stats.piece_busy += 1;
+                    self.push(
+                        self.now + owd,
+                        Ev::PieceBusy {
+                            task: down,
+                            src: up_host,
+                            piece,
+                        },
+                    );
+                } else {
+                    self.answer(stream, piece, false);
+                }
                 continue;
             }
-            let up_host = self.host_blob(up).0;
             let k = self.fleet.params.max_sends_per_blob;
             let max_sends = usize::from(self.fleet.params.max_sends);
             let line = usize::from(self.fleet.params.max_waiting_per_blob);
@@ -533,15 +550,19 @@ impl Swarm<'_> {
             let s = &mut self.streams[stream as usize];
             s.active = Some(flow);
             s.reported = 0.0;
+            if follow {
+                self.follow(up, piece, stream, flow);
+            }
+            let owd = self.net.owd_hosts(up_host, down_host);
+            self.claim(down, piece, flow, owd);
             return;
         }
     }
 
     /// A piece left the uploader completely: it reaches the downloader one delay later.
     pub(super) fn peer_sent(&mut self, stream: u32, piece: u32) {
-        let open = self.stream_open[stream as usize];
         let s = &mut self.streams[stream as usize];
-        s.active = None;
+        let flow = s.active.take();
         let (up, down) = (s.up, s.down);
         let reported = std::mem::take(&mut s.reported);
         let up_host = self.host_blob(up).0;
@@ -550,11 +571,14 @@ impl Swarm<'_> {
         if let Some(r) = self.tasks[down as usize].rotation.as_deref_mut() {
             r.progress(up_host, rest as u64);
         }
-        let h = &mut self.hosts[up_host as usize];
-        h.sends = h.sends.saturating_sub(1);
-        h.copy_done(up, piece);
-        let b = &mut self.blob_slots[up as usize];
-        b.sends = b.sends.saturating_sub(1);
+        if let Some(flow) = flow {
+            self.claim_sent(down, piece, flow);
+            if self.follower_sent(up, piece, stream, flow) {
+                // Passed on while arriving: it lands with the uploader's own copy.
+                return;
+            }
+        }
+        self.free_send(up, piece);
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
         self.push(
             self.now + owd,
@@ -564,7 +588,23 @@ impl Swarm<'_> {
                 piece,
             },
         );
-        if open {
+        self.next_after_send(stream, up);
+    }
+
+    /// A send of `piece` by task `up` ended: its host's and its layer's slots free.
+    pub(super) fn free_send(&mut self, up: u32, piece: u32) {
+        let up_host = self.host_blob(up).0;
+        let h = &mut self.hosts[up_host as usize];
+        h.sends = h.sends.saturating_sub(1);
+        h.copy_done(up, piece);
+        let b = &mut self.blob_slots[up as usize];
+        b.sends = b.sends.saturating_sub(1);
+    }
+
+    /// After a send on `stream` ended: its next request competes for the slot, and waiting
+    /// streams of uploader `up` get the free ones.
+    pub(super) fn next_after_send(&mut self, stream: u32, up: u32) {
+        if self.stream_open[stream as usize] {
             let queued = !self.streams[stream as usize].queue.is_empty();
             let b = &mut self.blob_slots[up as usize];
             // Those that waited for a slot compete for it first.
@@ -641,11 +681,15 @@ impl Swarm<'_> {
         }
     }
 
-    fn abort_stream_flow(&mut self, stream: u32) {
+    pub(super) fn abort_stream_flow(&mut self, stream: u32) {
         let Some(flow) = self.streams[stream as usize].active.take() else {
+            self.drop_follower(stream);
             return;
         };
-        let up = self.streams[stream as usize].up;
+        let (up, down) = {
+            let s = &self.streams[stream as usize];
+            (s.up, s.down)
+        };
         let up_host = self.tasks[up as usize].host;
         let h = &mut self.hosts[up_host as usize];
         h.sends = h.sends.saturating_sub(1);
@@ -654,6 +698,8 @@ impl Swarm<'_> {
         if let Some(ended) = self.net.engine.abort(flow, self.now) {
             if let Tag::Peer { piece, .. } = ended.tag {
                 self.hosts[up_host as usize].copy_done(up, piece);
+                self.unfollow(up, piece, stream);
+                self.claim_lost(down, piece, flow);
             }
             self.stats.aborted_bytes += ended.bytes;
             self.account_wan(ended.tag, ended.bytes);

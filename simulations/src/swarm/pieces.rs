@@ -3,7 +3,7 @@
 //! when it fires), starts the receiver's announcement with its first piece, and may complete
 //! the layer, which closes the receiver's download sessions and drops its scheduler.
 
-use super::{ALL_SITES, Ev, State, Swarm, source};
+use super::{ALL_SITES, Ev, State, Swarm, Tell, source};
 
 impl Swarm<'_> {
     pub(super) fn deliver(&mut self, t: u32, src: u32, piece: u32) {
@@ -44,7 +44,8 @@ impl Swarm<'_> {
             let at = self.now + self.announce_time[usize::from(site)];
             self.push(at, Ev::Announce(t));
         }
-        self.broadcast(t, piece);
+        self.arrival_done(t, piece);
+        self.broadcast(t, piece, Tell::Have);
         let hosts = self.hosts.len() as u64;
         let b = &mut self.blobs[usize::from(blob)];
         if let Some(sp) = b.spread.get_mut(piece as usize) {
@@ -71,8 +72,8 @@ impl Swarm<'_> {
         self.drain(t);
     }
 
-    /// Sends a `have` for `piece` to every subscriber of task `t`, one event per site.
-    pub(super) fn broadcast(&mut self, t: u32, piece: u32) {
+    /// Tells every subscriber of task `t` about `piece`, one event per site.
+    pub(super) fn broadcast(&mut self, t: u32, piece: u32, tell: Tell) {
         let task = &self.tasks[t as usize];
         if task.subscribers.is_empty() {
             return;
@@ -80,14 +81,7 @@ impl Swarm<'_> {
         let from = self.net.host_site[task.host as usize];
         if self.single_site {
             let at = self.now + self.net.owd_sites(from, from);
-            self.push(
-                at,
-                Ev::Have {
-                    task: t,
-                    piece,
-                    site: ALL_SITES,
-                },
-            );
+            self.push(at, tell_event(t, piece, ALL_SITES, tell));
             return;
         }
         let mut sites: Vec<u16> = task
@@ -99,14 +93,7 @@ impl Swarm<'_> {
         sites.dedup();
         for site in sites {
             let at = self.now + self.net.owd_sites(from, site);
-            self.push(
-                at,
-                Ev::Have {
-                    task: t,
-                    piece,
-                    site,
-                },
-            );
+            self.push(at, tell_event(t, piece, site, tell));
         }
     }
 
@@ -116,7 +103,7 @@ impl Swarm<'_> {
     /// at once — independent loads the CPU overlaps — then what `peer_have` reads of each
     /// ([`Scheduler::warm_have`](flotilla_protocol::scheduler::Scheduler::warm_have)), and
     /// only then used one after the other.
-    pub(super) fn have(&mut self, t: u32, piece: u32, site: u16) {
+    pub(super) fn have(&mut self, t: u32, piece: u32, site: u16, tell: Tell) {
         let (host, _) = self.host_blob(t);
         if !self.hosts[host as usize].alive {
             return;
@@ -150,7 +137,11 @@ impl Swarm<'_> {
                 }
             }
             if let Some(sched) = self.sched(down) {
-                sched.peer_have(host, piece, now);
+                match tell {
+                    Tell::Have => sched.peer_have(host, piece, now),
+                    Tell::Arriving => sched.peer_arriving(host, piece, now),
+                    Tell::Withdrawn => sched.peer_withdrew(host, piece, now),
+                }
                 self.drain(down);
             }
         }
@@ -177,5 +168,14 @@ impl Swarm<'_> {
         if h.done_tasks == n_blobs {
             h.done_at = Some(now);
         }
+    }
+}
+
+/// The event that tells subscribers in `site` about `piece` at task `t`.
+fn tell_event(task: u32, piece: u32, site: u16, tell: Tell) -> Ev {
+    match tell {
+        Tell::Have => Ev::Have { task, piece, site },
+        Tell::Arriving => Ev::Arriving { task, piece, site },
+        Tell::Withdrawn => Ev::Withdrawn { task, piece, site },
     }
 }

@@ -101,8 +101,14 @@ pub struct SwarmStats {
     pub last_piece_spread_ms: [Option<f64>; 2],
     /// Peer requests answered Busy.
     pub busy_refusals: u64,
-    /// Peer requests answered PieceBusy (the piece was going to enough others already).
+    /// Peer requests answered PieceBusy (the piece was going to enough others already, or
+    /// was offered while arriving and that copy was lost).
     pub piece_busy: u64,
+    /// Pieces offered to subscribers while still arriving (SPEC §5.2).
+    pub arriving_offers: u64,
+    /// Copies passed on while arriving that were abandoned because the uploader's own copy
+    /// was lost.
+    pub abandoned: u64,
     /// Most pieces of one layer one host sent at once.
     pub peak_blob_sends: u16,
     pub sessions_opened: u64,
