@@ -245,12 +245,22 @@ impl<T: Copy> Engine<T> {
         f.total - (f.left - f.rate * dt).max(0.0)
     }
 
-    /// The current rate of live flow `flow`, bytes/s (0 for an ended one).
+    /// The current rate of live flow `flow`, bytes/s (0 for an ended one, and for one started
+    /// since the last [`Engine::flush`]: see [`Engine::share`]).
     pub fn rate(&self, flow: u32) -> f64 {
         self.flows
             .get(flow as usize)
             .filter(|f| f.live)
             .map_or(0.0, |f| f.rate)
+    }
+
+    /// The rate live flow `flow` gets at the next [`Engine::flush`] if nothing else changes:
+    /// its smallest share of the resources it crosses (0 for an ended one).
+    pub fn share(&self, flow: u32) -> f64 {
+        match self.flows.get(flow as usize) {
+            Some(f) if f.live => self.rate_of(flow),
+            _ => 0.0,
+        }
     }
 
     /// Ends a flow whose completion event fired: all its bytes crossed.

@@ -85,11 +85,14 @@ impl Swarm<'_> {
     fn plan_first_batch(&mut self, t: u32, piece: u32, flow: u32, owd: Nanos, moved: f64) {
         let blob = usize::from(self.host_blob(t).1);
         let need = BATCH.min(self.blobs[blob].piece_len(piece)) - moved;
-        // A flow just started has no rate until the next re-rating: assume the host's full
-        // download rate, and look again then.
+        // A flow just started has no rate until the next re-rating: take the share that will
+        // give it (one check per copy, not two, unless the flows around it change meanwhile).
         let rate = match self.net.engine.rate(flow) {
             r if r > 0.0 => r,
-            _ => self.fleet.hosts[self.host_blob(t).0 as usize].effective_down(),
+            _ => match self.net.engine.share(flow) {
+                r if r > 0.0 => r,
+                _ => self.fleet.hosts[self.host_blob(t).0 as usize].effective_down(),
+            },
         };
         let at = self.now + owd + nanos(need.max(0.0) / rate).max(1);
         self.push(
