@@ -60,6 +60,8 @@ struct Progress {
     digest: Digest,
     entry_id: u64,
     index: u32,
+    /// The claim it reports for.
+    id: u64,
 }
 
 impl Progress {
@@ -72,8 +74,13 @@ impl Progress {
         self.tx.send_replace(after);
         if before == 0 {
             let st = self.inner.lock();
+            // Only while the claim still holds the slot: a batch that finishes after its
+            // receiver was dropped must not offer a piece whose claim is already gone.
             if let Some(e) = st.entries.get(&self.digest)
                 && e.id == self.entry_id
+                && e.slots
+                    .get(&self.index)
+                    .is_some_and(|slot| slot.claimant == Some(self.id))
             {
                 e.offer.send_if_modified(|b| b.set(self.index));
             }
@@ -192,6 +199,7 @@ pub(super) fn start(
                     digest: digest.clone(),
                     entry_id,
                     index,
+                    id,
                 }),
                 _claim: ClaimGuard {
                     inner: inner.clone(),

@@ -800,3 +800,37 @@ async fn the_flusher_persists_bits_on_its_own() {
     let store = open(dir.path(), 1 << 20).await;
     assert_eq!(held_bits(&store, &d), vec![0]);
 }
+
+#[tokio::test]
+async fn a_dropped_claim_leaves_its_piece_unoffered() {
+    // 64-KiB pieces of 4-KiB blocks, written 8 KiB at a time.
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        flush_interval: None,
+        write_batch: 8 << 10,
+        max_buffered: 1 << 20,
+    };
+    let store = open_with(dir.path(), 1 << 30, tuning).await;
+    let d = data(2 * 65536, 9);
+    let t = table(&d, 65536);
+    let digest = t.table.digest.clone();
+    let held = store.register(t).await.unwrap();
+    for _ in 0..20 {
+        let mut r = store.receive(&digest, 1).unwrap();
+        // A batch goes to the blocking pool; the receiver is dropped before it settles: the
+        // batch may finish after the claim is gone, and must not offer the piece then.
+        r.write(&d[65536..65536 + (8 << 10) + 1]).await.unwrap();
+        drop(r);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(
+            !held.offer.borrow().get(1),
+            "a lost claim's piece stays unoffered"
+        );
+        assert!(PieceSource::arriving(&*store, &digest, 1).is_none());
+    }
+    // A claim that completes offers and holds it.
+    let mut r = store.receive(&digest, 1).unwrap();
+    r.write(&d[65536..]).await.unwrap();
+    assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
+    assert!(held.offer.borrow().get(1) && held.have.borrow().get(1));
+}
