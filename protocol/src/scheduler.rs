@@ -550,9 +550,15 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         if piece >= self.have.len() {
             return;
         }
-        let Some(i) = self.peer_index(peer) else {
-            return;
-        };
+        if let Some(i) = self.peer_index(peer) {
+            self.forget_copy(i, piece);
+        }
+    }
+
+    /// Peer `i`'s copy of `piece` no longer counts (withdrawn, or corrupt): if it was the only
+    /// holder, the piece must look unseen, so the origin (or another holder) is asked instead
+    /// of waiting for ever.
+    pub(super) fn forget_copy(&mut self, i: usize, piece: u32) {
         if self.peer_bits.clear(i, piece) {
             let state = &mut self.peers[i];
             state.arriving.retain(|&x| x != piece);

@@ -105,19 +105,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             if !state.bad.contains(&piece) {
                 state.bad.push(piece);
             }
-            // Its copy no longer counts: if it was the only holder, the piece must look unseen,
-            // so the origin (or a later honest holder) is asked instead of waiting for ever.
-            if self.peer_bits.clear(i, piece) {
-                if self.rarity.contains(piece) {
-                    state.pickable -= 1;
-                }
-                self.rarity.decrement(piece);
-                if state.near {
-                    let a = &mut self.near_avail[piece as usize];
-                    *a = a.saturating_sub(1);
-                }
-                self.wake();
-            }
+            self.forget_copy(i, piece);
         }
     }
 

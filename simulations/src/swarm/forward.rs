@@ -224,14 +224,15 @@ impl Swarm<'_> {
                 self.stats.abandoned += 1;
                 // Aborting it loses the downloader's claim in turn.
                 self.abort_stream_flow(stream);
-                self.abandoned(stream, piece);
+                self.piece_busy_on(stream, piece);
                 self.start_next(stream);
             }
         }
     }
 
-    /// Tells the downloader of `stream` that `piece` was abandoned (PieceBusy, one delay on).
-    fn abandoned(&mut self, stream: u32, piece: u32) {
+    /// Answers the downloader of `stream` PieceBusy for `piece`, one delay on (a copy
+    /// abandoned, a piece withdrawn, or one going to enough others already).
+    pub(super) fn piece_busy_on(&mut self, stream: u32, piece: u32) {
         let s = &self.streams[stream as usize];
         let (up_host, down) = (self.host_blob(s.up).0, s.down);
         let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
@@ -272,7 +273,7 @@ impl Swarm<'_> {
             // Its bytes crossed but never land: cut short, as an aborted transfer's.
             self.stats.aborted_bytes +=
                 self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
-            self.abandoned(stream, piece);
+            self.piece_busy_on(stream, piece);
         }
         self.next_after_send(stream, up);
     }

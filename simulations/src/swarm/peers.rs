@@ -477,16 +477,8 @@ impl Swarm<'_> {
             if !held && !follow {
                 if self.serves_arriving(up, piece) == Some(false) {
                     // Offered while arriving, and that copy was lost.
-                    let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
                     self.stats.piece_busy += 1;
-                    self.push(
-                        self.now + owd,
-                        Ev::PieceBusy {
-                            task: down,
-                            src: up_host,
-                            piece,
-                        },
-                    );
+                    self.piece_busy_on(stream, piece);
                 } else {
                     self.answer(stream, piece, false);
                 }
@@ -518,16 +510,8 @@ impl Swarm<'_> {
             // PieceBusy, and the stream moves on to its next request.
             let copy = h.copies.iter().position(|&(t, p, _)| t == up && p == piece);
             if copy.map_or(0, |k| h.copies[k].2) >= self.fleet.params.max_copies_per_piece {
-                let owd = self.net.owd_hosts(up_host, self.host_blob(down).0);
                 self.stats.piece_busy += 1;
-                self.push(
-                    self.now + owd,
-                    Ev::PieceBusy {
-                        task: down,
-                        src: up_host,
-                        piece,
-                    },
-                );
+                self.piece_busy_on(stream, piece);
                 continue;
             }
             match copy {
