@@ -412,8 +412,9 @@ fn resume_with_everything_is_done() {
     assert_eq!(s.poll_timeout(), None);
 }
 
-#[test]
-fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
+/// A download of 4 pieces with no grace and one peer holding nothing: it asks the origin first.
+/// Returns the scheduler and the pieces asked of the origin (at least one).
+fn asking_the_origin() -> (Scheduler<u32>, Vec<u32>) {
     let c = Config {
         origin_grace: ms(0),
         ..Config::default()
@@ -427,6 +428,12 @@ fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
         .map(|r| r.1)
         .collect();
     assert!(!origin.is_empty(), "{r:?}");
+    (s, origin)
+}
+
+#[test]
+fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
+    let (mut s, origin) = asking_the_origin();
     let x = origin[0];
     s.peer_have(1, x, ms(10));
     let next = drain(&mut s);
@@ -442,19 +449,7 @@ fn origin_request_is_cancelled_when_a_peer_gets_the_piece() {
 
 #[test]
 fn a_piece_arriving_at_a_peer_cancels_the_origin_request_only_when_whole() {
-    let c = Config {
-        origin_grace: ms(0),
-        ..Config::default()
-    };
-    let mut s = Scheduler::new(0u32, Bitfield::new(4), c, ms(0));
-    s.peer_added(1, Bitfield::new(4), ms(0));
-    let r = requests(&drain(&mut s));
-    let origin: Vec<u32> = r
-        .iter()
-        .filter(|r| r.0 == Source::Origin)
-        .map(|r| r.1)
-        .collect();
-    assert!(!origin.is_empty(), "{r:?}");
+    let (mut s, origin) = asking_the_origin();
     let x = origin[0];
     // The copy arriving at peer 1 may be fed by our own origin transfer (passed on to it while
     // it arrives here): cancelling now could starve both.
