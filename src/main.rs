@@ -135,6 +135,9 @@ struct NodeArgs {
     /// and take each piece from outside the site about once [default: none].
     #[arg(long, env = "FLOTILLA_NODE_SITE")]
     site: Option<String>,
+    /// Most bytes per second of pieces sent to peers, all of them together [default: no cap].
+    #[arg(long, env = "FLOTILLA_NODE_UPLOAD_BYTES_PER_S")]
+    upload_bytes_per_s: Option<u64>,
 }
 
 impl NodeArgs {
@@ -181,6 +184,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.site {
             cfg.site = Some(v);
+        }
+        if let Some(v) = self.upload_bytes_per_s {
+            cfg.upload_bytes_per_s = Some(v);
         }
         Ok(cfg)
     }

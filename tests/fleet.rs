@@ -10,6 +10,8 @@
 
 /// Peers that lie about their bit field or stall after accepting requests are banned.
 mod byzantine;
+/// A chain of nodes: a piece passed on while it arrives, under an upload cap.
+mod chain;
 /// A node whose disk fills: a clear refusal, no corruption, recovery when space returns.
 mod disk_full;
 /// docker pulls an image through a node's OCI endpoint.
@@ -80,9 +82,19 @@ impl FleetGateway {
     /// Starts a gateway with a config file that puts its swarm on 127.0.0.1 and sets the fleet
     /// token to [`FLEET_TOKEN`].
     pub fn start() -> FleetGateway {
+        Self::start_listening(&loopback_p2p())
+    }
+
+    /// A gateway with no swarm: nodes can take blobs from it over HTTP only, and find each
+    /// other through the bootstrap peers they are given.
+    pub fn start_without_swarm() -> FleetGateway {
+        Self::start_listening(&[])
+    }
+
+    fn start_listening(p2p: &[String]) -> FleetGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.toml");
-        let list = loopback_p2p()
+        let list = p2p
             .iter()
             .map(|a| format!("{a:?}"))
             .collect::<Vec<_>>()
@@ -356,12 +368,13 @@ pub async fn report_egress(
 /// Prints one node's counters.
 pub fn print_stats(what: &str, name: &str, s: &NodeStats) {
     println!(
-        "[{what}] {name}: peer {} (far {}) origin {} wasted {} served {} stored {} known_peers {}",
+        "[{what}] {name}: peer {} (far {}) origin {} wasted {} served {} (while arriving {}) stored {} known_peers {}",
         s.peer_bytes,
         s.far_peer_bytes,
         s.origin_bytes,
         s.wasted_bytes,
         s.served_bytes,
+        s.served_arriving_bytes,
         s.stored_bytes,
         s.known_peers
     );

@@ -77,6 +77,10 @@ pub struct NodeConfig {
     /// counts as near, as on one network).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
+    /// Most bytes per second of pieces this node sends to peers, over all of them together
+    /// (the uplink a fleet host lends the swarm; downloads are not capped). Absent: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_bytes_per_s: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -101,6 +105,7 @@ impl Default for NodeConfig {
             gateway_ca_file: None,
             gateway_peer_id: None,
             site: None,
+            upload_bytes_per_s: None,
         }
     }
 }
@@ -137,6 +142,13 @@ mod tests {
         let cfg: NodeConfig = toml::from_str("site = \"fra-1\"").unwrap();
         assert_eq!(cfg.site.as_deref(), Some("fra-1"));
         assert_eq!(NodeConfig::default().site, None);
+    }
+
+    #[test]
+    fn the_upload_cap_parses() {
+        let cfg: NodeConfig = toml::from_str("upload_bytes_per_s = 125000000").unwrap();
+        assert_eq!(cfg.upload_bytes_per_s, Some(125_000_000));
+        assert_eq!(NodeConfig::default().upload_bytes_per_s, None);
     }
 
     #[test]

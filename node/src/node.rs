@@ -101,6 +101,10 @@ pub struct NodeStats {
     pub peers_banned: u64,
     /// Bytes this node served to peers.
     pub served_bytes: u64,
+    /// The part of `served_bytes` passed on while its piece was still arriving here (SPEC
+    /// §5.2).
+    #[serde(default)]
+    pub served_arriving_bytes: u64,
     /// Bytes of blobs on disk.
     pub stored_bytes: u64,
     /// Nodes in the DHT routing table.
@@ -160,6 +164,11 @@ impl Node {
         if let Some(site) = &config.site {
             flotilla_protocol::site::check_site(site)
                 .map_err(|e| NodeError::Config(format!("site {site:?}: {e}")))?;
+        }
+        if config.upload_bytes_per_s == Some(0) {
+            return Err(NodeError::Config(
+                "upload_bytes_per_s is 0: leave it out for no cap".to_owned(),
+            ));
         }
         let gateway_url = config.gateway.trim_end_matches('/').to_owned();
         if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
@@ -256,7 +265,10 @@ impl Node {
         background.push(tokio::spawn(transfer::run_server(
             incoming,
             served,
-            ServerLimits::default(),
+            ServerLimits {
+                upload_bytes_per_s: config.upload_bytes_per_s,
+                ..ServerLimits::default()
+            },
             config.site.clone(),
         )));
 
@@ -468,6 +480,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         wasted_bytes,
         peers_banned,
         served_bytes: store.served_total(),
+        served_arriving_bytes: store.served_arriving_total(),
         stored_bytes: store.usage().0,
         known_peers: swarm.known_peers(),
     }

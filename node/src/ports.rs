@@ -145,6 +145,9 @@ pub trait PieceSource: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<PieceFile, SourceError>>;
     /// Accounting: `bytes` of `digest` were sent to a peer.
     fn served(&self, digest: &Digest, bytes: u64);
+    /// Accounting: of the bytes just reported to [`PieceSource::served`], `bytes` were passed
+    /// on while their piece still arrived here ([`PieceSource::arriving`]).
+    fn served_arriving(&self, _digest: &Digest, _bytes: u64) {}
     /// Piece `index` of `digest` while it arrives here, if it does (`None`: not arriving, or
     /// this source never passes a piece on before it holds it whole).
     fn arriving(&self, digest: &Digest, index: u32) -> Option<Arriving> {

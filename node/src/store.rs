@@ -328,6 +328,8 @@ pub(crate) struct Inner {
     evictions: broadcast::Sender<Digest>,
     buffered: AtomicU64,
     served_total: AtomicU64,
+    /// The part of `served_total` passed on while its piece still arrived.
+    served_arriving_total: AtomicU64,
     tuning: Tuning,
     /// Raw OS error every piece write fails with (tests simulate a full disk).
     #[cfg(test)]
@@ -464,6 +466,7 @@ impl Store {
             evictions,
             buffered: AtomicU64::new(0),
             served_total: AtomicU64::new(0),
+            served_arriving_total: AtomicU64::new(0),
             tuning,
             #[cfg(test)]
             write_fault: Mutex::new(None),
@@ -603,6 +606,11 @@ impl Store {
     /// Bytes served to peers since the store opened, all blobs together.
     pub fn served_total(&self) -> u64 {
         self.inner.served_total.load(Ordering::Relaxed)
+    }
+
+    /// The part of [`Store::served_total`] sent on while its piece still arrived here.
+    pub fn served_arriving_total(&self) -> u64 {
+        self.inner.served_arriving_total.load(Ordering::Relaxed)
     }
 
     /// Every blob that leaves the store (evicted or removed), so the node can withdraw its DHT
@@ -925,6 +933,12 @@ impl PieceSource for Store {
             e.served = e.served.saturating_add(bytes);
             e.touch(stamp);
         }
+    }
+
+    fn served_arriving(&self, _digest: &Digest, bytes: u64) {
+        self.inner
+            .served_arriving_total
+            .fetch_add(bytes, Ordering::Relaxed);
     }
 }
 

@@ -29,6 +29,7 @@
 
 mod client;
 mod io;
+mod pace;
 mod server;
 mod slots;
 
@@ -88,6 +89,9 @@ pub struct ServerLimits {
     /// this is answered PieceBusy, so a fresh piece reaches a few downloaders fast and they pass
     /// it on instead of a dozen getting it slowly from here (SPEC §5.2).
     pub max_copies_per_piece: usize,
+    /// Payload bytes per second sent over all streams at once (`None`: as fast as the network
+    /// takes them). Frames other than piece payloads are not counted; see `pace.rs`.
+    pub upload_bytes_per_s: Option<u64>,
 }
 
 impl Default for ServerLimits {
@@ -100,6 +104,7 @@ impl Default for ServerLimits {
             max_sends_per_blob: 4,
             max_waiting_per_blob: 1,
             max_copies_per_piece: 3,
+            upload_bytes_per_s: None,
         }
     }
 }

@@ -33,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until, timeout};
 
 use super::io::{FrameReader, send_frames};
+use super::pace::Pace;
 use super::slots::{Acquire, SendSlot, Slots, StreamSlots, Ticket};
 use super::{
     CONTENDED_STALL_TIMEOUT, HELLO_TIMEOUT, IDLE_TIMEOUT, ServerLimits, TransferError,
@@ -112,6 +113,10 @@ pub(super) async fn serve_with_slots(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
     let copies = Arc::new(Counts::default());
+    let pace = config
+        .limits
+        .upload_bytes_per_s
+        .map(|rate| Arc::new(Pace::new(rate)));
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -124,6 +129,7 @@ pub(super) async fn serve_with_slots(
                         sends: sends.clone(),
                         per_blob: per_blob.clone(),
                         copies: copies.clone(),
+                        pace: pace.clone(),
                         config: config.clone(),
                     };
                     tasks.spawn(async move {
@@ -166,6 +172,8 @@ struct Conn {
     per_blob: Arc<Slots>,
     /// Copies of each piece being sent at once, over all streams.
     copies: Arc<Counts<(Digest, u32)>>,
+    /// The upload cap, if any, shared by every stream.
+    pace: Option<Arc<Pace>>,
     config: ServerConfig,
 }
 
@@ -738,6 +746,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 let buf = std::mem::take(&mut spare);
                 (n, start_read(file.clone(), next_at, n, buf))
             });
+            self.pace(cur_len).await;
             self.write(&part_header(cur_len)).await?;
             self.write(&cur.as_slice()[..cur_len]).await?;
             let Some((n, handle)) = ahead else { break };
@@ -797,6 +806,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                     abandoned = true;
                     break;
                 }
+                self.pace(n).await;
                 self.write(&part_header(n)).await?;
                 self.write(&buf.as_slice()[..n]).await?;
                 // n <= SEND_CHUNK.
@@ -821,7 +831,18 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.flush().await?;
         self.bufs = Some((buf, spare));
         self.conn.source.served(&self.digest, u64::from(sent));
+        self.conn
+            .source
+            .served_arriving(&self.digest, u64::from(sent));
         Ok(!abandoned)
+    }
+
+    /// Waits for the upload cap to let `bytes` of payload out (not a stall: the stream is
+    /// not asked to take anything meanwhile).
+    async fn pace(&self, bytes: usize) {
+        if let Some(pace) = &self.conn.pace {
+            pace.take(bytes).await;
+        }
     }
 
     /// Writes `bytes`, giving the stream up once it has taken no byte for the stall limit
