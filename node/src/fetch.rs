@@ -640,6 +640,11 @@ impl Download {
         });
     }
 
+    /// Whether piece `index` is held and verified now.
+    pub fn has_piece(&self, index: u32) -> bool {
+        self.have.borrow().get(index)
+    }
+
     /// Resolves once piece `index` is held and verified.
     ///
     /// # Errors

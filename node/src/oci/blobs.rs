@@ -2,11 +2,15 @@
 //!
 //! `HEAD` needs only the piece table (it gives the size): nothing is downloaded. `GET` opens
 //! (or joins) the blob's download and streams the requested bytes in order: for each piece it
-//! moves the download's read position there, waits until the piece is verified, then reads it
-//! from the store's file in chunks of at most [`CHUNK`] bytes, one positioned read on tokio's
-//! blocking pool per chunk (direct where possible: [`crate::direct_io`]). The client gets each piece as soon as it is verified, never a byte
-//! that was not, and at most one chunk per response is in memory. If the download fails midway
-//! the body ends with an error, so the client sees a broken transfer rather than a short blob.
+//! moves the download's read position there; a piece held whole is read from the store's file
+//! in chunks of at most [`CHUNK`] bytes, one positioned read on tokio's blocking pool per chunk
+//! (direct where possible: [`crate::direct_io`]); a piece still arriving is read the same way up
+//! to what its copy has verified and written (the store's [`PieceSource::arriving`], as the
+//! transfer server passes a piece on), each read kept only if that copy still owned the piece
+//! after it. So the client gets each block as soon as it is verified — not a piece later —
+//! never a byte that was not, and at most one chunk per response is in memory. If the download
+//! fails midway the body ends with an error, so the client sees a broken transfer rather than a
+//! short blob.
 //!
 //! `Range` is honoured for one range (`a-b`, `a-`, `-n`) with 206; several ranges get the whole
 //! blob; an unsatisfiable or malformed one gets `416 RANGE_INVALID` with
@@ -24,7 +28,9 @@ use flotilla_protocol::Digest;
 use super::{CONTENT_DIGEST, OciError, OciState};
 use crate::direct_io::{self, AlignedBuf};
 use crate::fetch::Download;
-use crate::ports::{PieceFile, PieceSource};
+use crate::ports::{Arriving, PieceFile, PieceSource};
+use flotilla_protocol::piece::Bitfield;
+use tokio::sync::watch;
 
 /// Bytes read from the store per chunk.
 const CHUNK: u64 = 1 << 20;
@@ -154,14 +160,16 @@ fn if_range_allows(headers: &HeaderMap, digest: &Digest) -> bool {
 
 pub(crate) use flotilla_protocol::range::{RangeAnswer, parse_range};
 
-/// Streams bytes `pos..end` of the blob, piece by piece as they verify.
+/// Streams bytes `pos..end` of the blob, in order, as they verify.
 struct Reader {
     download: Download,
     source: Arc<dyn PieceSource>,
     pos: u64,
     end: u64,
-    /// The piece being read and where it lies.
+    /// The piece being read and where it lies, once it is held whole.
     current: Option<(u32, PieceFile)>,
+    /// Which pieces the store offers while they arrive (fetched at the first piece not held).
+    offer: Option<watch::Receiver<Bitfield>>,
 }
 
 impl Reader {
@@ -178,10 +186,19 @@ impl Reader {
             Some((p, f)) if *p == piece => f.clone(),
             _ => {
                 self.download.set_read_position(piece);
-                self.download
-                    .wait_piece(piece)
-                    .await
-                    .map_err(io::Error::other)?;
+                loop {
+                    if self.download.has_piece(piece) {
+                        break;
+                    }
+                    if let Some(arriving) = self.source.arriving(self.download.digest(), piece) {
+                        match self.read_arriving(range.clone(), arriving).await? {
+                            Some(bytes) => return Ok(Some(bytes)),
+                            // That copy ended, whole or lost: look again.
+                            None => continue,
+                        }
+                    }
+                    self.wait_held_or_offered(piece).await?;
+                }
                 let f = self
                     .source
                     .piece_file(self.download.digest(), piece)
@@ -198,19 +215,92 @@ impl Reader {
                 "piece {piece} on disk is shorter than its table says"
             )));
         }
-        let offset = file.offset + within;
-        let data = tokio::task::spawn_blocking(move || {
-            // n <= CHUNK, so it fits a usize.
-            let n = n as usize;
-            let mut buf = AlignedBuf::with_capacity(n);
-            direct_io::read_at(&file.file, file.direct.as_deref(), &mut buf, n, offset)
-                .map(|()| buf.into_bytes())
-        })
-        .await
-        .map_err(io::Error::other)??;
+        let data = read(file, within, n).await?;
         self.pos += n;
         Ok(Some(data))
     }
+
+    /// The next bytes at `pos` of a piece (lying at `range`) still arriving here, as soon as
+    /// they are verified and written; `None` once that copy ends (whole or lost) before it
+    /// has more for us. Bytes are kept only if the copy still owned the piece after the read
+    /// (a copy lost meanwhile may have let another writer start the piece over): as the
+    /// transfer server passes a piece on (SPEC §5.2).
+    async fn read_arriving(
+        &mut self,
+        range: std::ops::Range<u64>,
+        arriving: Arriving,
+    ) -> io::Result<Option<Bytes>> {
+        let Arriving {
+            file,
+            mut progress,
+            valid,
+        } = arriving;
+        let within = self.pos - range.start;
+        loop {
+            let ready = u64::from(*progress.borrow_and_update()).min(u64::from(file.len));
+            if ready > within {
+                let n = CHUNK.min(ready - within).min(self.end - self.pos);
+                let data = read(file, within, n).await?;
+                if !valid() {
+                    return Ok(None);
+                }
+                self.pos += n;
+                return Ok(Some(data));
+            }
+            if progress.changed().await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Waits until `piece` is held, or the store offers a piece it did not offer before (a
+    /// copy of ours may have started arriving); an error if the download failed.
+    async fn wait_held_or_offered(&mut self, piece: u32) -> io::Result<()> {
+        if self.offer.is_none() {
+            let held = self
+                .source
+                .held(self.download.digest())
+                .await
+                .map_err(io::Error::other)?;
+            self.offer = held.map(|h| h.offer);
+        }
+        let (offer, download) = (&mut self.offer, &self.download);
+        let offered = async {
+            match offer {
+                Some(offer) => {
+                    offer.borrow_and_update();
+                    loop {
+                        if offer.changed().await.is_err() {
+                            // The blob left the store: only the download can tell what next.
+                            return std::future::pending().await;
+                        }
+                        if offer.borrow_and_update().get(piece) {
+                            return;
+                        }
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = download.wait_piece(piece) => r.map_err(io::Error::other),
+            () = offered => Ok(()),
+        }
+    }
+}
+
+/// Reads `n` bytes (at most [`CHUNK`]) at `within` of the piece in `file`, on the blocking pool.
+async fn read(file: PieceFile, within: u64, n: u64) -> io::Result<Bytes> {
+    let offset = file.offset + within;
+    tokio::task::spawn_blocking(move || {
+        // n <= CHUNK, so it fits a usize.
+        let n = n as usize;
+        let mut buf = AlignedBuf::with_capacity(n);
+        direct_io::read_at(&file.file, file.direct.as_deref(), &mut buf, n, offset)
+            .map(|()| buf.into_bytes())
+    })
+    .await
+    .map_err(io::Error::other)?
 }
 
 /// The response body for bytes `start..end` of the blob of `download`.
@@ -225,6 +315,7 @@ fn body(download: Download, source: Arc<dyn PieceSource>, start: u64, end: u64) 
         pos: start,
         end,
         current: None,
+        offer: None,
     };
     Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
         Ok::<_, io::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))

@@ -381,3 +381,64 @@ async fn an_unreachable_gateway_is_unavailable() {
     assert_eq!(error_code(res).await, "UNAVAILABLE");
     server.abort();
 }
+
+/// A client reading a blob gets the verified start of a piece while the rest of it still
+/// arrives: the only peer holding the piece is itself receiving it (its own copy stalls half
+/// way), passes on what has verified, and the node's endpoint streams that on at once.
+#[tokio::test]
+async fn a_blob_streams_block_by_block_while_its_piece_arrives() {
+    use crate::ports::{PieceSink, PieceSource};
+    use futures::StreamExt;
+
+    const PIECE: u32 = 4 << 20;
+    const FIRST: usize = 1536 << 10;
+    let rig = Rig::new().await;
+    let blob = rig.blob(PIECE as usize, PIECE, 23);
+    // The uploader's store gets piece 0 part way: its first 1.5 MiB, verified block by block.
+    let uploader = crate::fetch::testkit::TestStore::new().await;
+    PieceSink::register(&*uploader.store, blob.signed.clone())
+        .await
+        .unwrap();
+    let mut copy = PieceSink::receive(&*uploader.store, &blob.digest, 0).unwrap();
+    copy.write(&blob.data[..FIRST]).await.unwrap();
+    rig.net.add_peer(uploader.source());
+    let node = Node::start(&rig).await;
+
+    let res = node
+        .get(&format!("/v2/library/alpine/blobs/{}", blob.digest))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut body = res.bytes_stream();
+    let mut got = Vec::new();
+    // The node's store publishes its copy 512 KiB at a time: at least 1 MiB of the 1.5 the
+    // uploader has must reach the client while piece 0 is held whole nowhere.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while got.len() < 1 << 20 {
+            got.extend_from_slice(&body.next().await.unwrap().unwrap());
+        }
+    })
+    .await
+    .expect("the start of the piece reaches the client while the piece arrives");
+    assert!(got[..] == blob.data[..got.len()]);
+    let local = PieceSource::held(&*rig.local.store, &blob.digest)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !local.have.borrow().get(0),
+        "the node already holds the piece"
+    );
+
+    // The uploader's copy completes; so does the client's body, byte for byte.
+    copy.write(&blob.data[FIRST..]).await.unwrap();
+    copy.finish().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(chunk) = body.next().await {
+            got.extend_from_slice(&chunk.unwrap());
+        }
+    })
+    .await
+    .expect("the body ends");
+    assert!(got[..] == blob.data[..]);
+    assert_eq!(rig.gw.origin_bytes(), 0);
+}
