@@ -26,6 +26,8 @@
 //! PieceBusy or Missing. A cancelled request may
 //! still be answered (its piece was already on the wire); the session reads and drops such
 //! answers, and treats answers beyond the number of cancels it sent as a protocol violation.
+//! A cancel of a piece whose answer is arriving asks the uploader to cut it short; that answer
+//! is still reported (Abandoned, or Received if it was whole first).
 
 mod client;
 mod io;
@@ -140,9 +142,16 @@ pub enum SessionEventKind {
     },
     /// The uploader refused the request for load (Busy): no fault, retry later or elsewhere.
     Refused(u32),
-    /// The uploader began passing on a copy that was arriving at it and lost that copy: no
-    /// fault; what came of the piece was dropped. Ask for it again shortly, there or elsewhere.
-    Abandoned(u32),
+    /// The uploader broke the piece off: it lost the copy arriving at it that it was passing
+    /// on (no fault: ask for it again shortly, there or elsewhere), or the request was
+    /// cancelled while its answer was arriving ([`Session::cancel`]). What came of the piece
+    /// was dropped.
+    Abandoned {
+        /// Piece index.
+        piece: u32,
+        /// Payload bytes of it received before the break, dropped.
+        bytes: u32,
+    },
     /// The uploader is sending this piece to enough others already (PieceBusy): no fault, and
     /// no pause for other pieces there; ask for it again a little later.
     PieceBusy(u32),

@@ -137,6 +137,9 @@ async fn hello_exchange<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 enum Op {
     Request(u32),
     Cancel(u32),
+    /// A cancel of the piece whose answer is arriving: the uploader cuts it short (or has
+    /// finished it already); no further answer is due for it.
+    CutShort(u32),
 }
 
 /// What the caller's handle and the session task share.
@@ -158,6 +161,8 @@ struct State {
     /// Cancels written whose request may still be answered: how many unrequested answers
     /// the uploader may legitimately send.
     stale_answers: u64,
+    /// The piece whose answer is being read, and whether it was cancelled meanwhile.
+    receiving: Option<(u32, bool)>,
     closed: bool,
 }
 
@@ -240,6 +245,7 @@ impl Session {
                 requested: HashSet::new(),
                 pending: VecDeque::new(),
                 stale_answers: 0,
+                receiving: None,
                 closed: false,
             }),
             wake: Notify::new(),
@@ -338,11 +344,24 @@ impl Session {
 
     /// Cancels the request for `piece`. Returns `true` if it was outstanding: no event will
     /// report it (the uploader may still send it; the session reads and drops it). `false` if
-    /// it was not requested, or its answer has already begun to arrive: that answer's event
-    /// comes as usual.
+    /// it was not requested, or its answer has already begun to arrive: the uploader is asked
+    /// to cut that answer short, and its event comes as usual — `Abandoned` if it was cut,
+    /// `Received` if it was whole before the cancel reached the uploader.
     pub fn cancel(&self, piece: u32) -> bool {
         let mut state = self.shared.lock();
-        if state.closed || !state.requested.remove(&piece) {
+        if state.closed {
+            return false;
+        }
+        if !state.requested.remove(&piece) {
+            if let Some((p, cut)) = &mut state.receiving
+                && *p == piece
+                && !*cut
+            {
+                *cut = true;
+                state.pending.push_back(Op::CutShort(piece));
+                drop(state);
+                self.shared.wake.notify_one();
+            }
             return false;
         }
         if let Some(at) = state
@@ -439,7 +458,14 @@ impl Task {
                     Ok(()) => self.emit(SessionEventKind::Withdrawn(piece)).await,
                     Err(stop) => Err(stop),
                 },
-                Frame::Piece { index, len } => self.piece(&mut reader, index, len).await,
+                Frame::Piece { index, len } => {
+                    let r = self.piece(&mut reader, index, len).await;
+                    let mut state = self.shared.lock();
+                    state.receiving = None;
+                    // A cut that had not left yet is moot: the answer is over.
+                    state.pending.retain(|&op| op != Op::CutShort(index));
+                    r
+                }
                 Frame::Busy { piece } => self.answer(piece, SessionEventKind::Refused(piece)).await,
                 Frame::PieceBusy { piece } => {
                     self.answer(piece, SessionEventKind::PieceBusy(piece)).await
@@ -509,17 +535,21 @@ impl Task {
             )));
         }
         let mut receiver: Option<Box<dyn PieceReceiver>> = match self.take_answer(index)? {
-            Answer::Live => match self.sink.receive(&self.digest, index) {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    tracing::warn!(
-                        digest = self.digest.short(),
-                        index,
-                        "sink refused piece: {e}"
-                    );
-                    None
+            Answer::Live => {
+                // From here a cancel cuts the answer short instead of voiding the request.
+                self.shared.lock().receiving = Some((index, false));
+                match self.sink.receive(&self.digest, index) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::warn!(
+                            digest = self.digest.short(),
+                            index,
+                            "sink refused piece: {e}"
+                        );
+                        None
+                    }
                 }
-            },
+            }
             Answer::Stale => {
                 skip(reader, len).await.map_err(|e| broken(index, &e))?;
                 return Ok(());
@@ -535,7 +565,13 @@ impl Task {
                         // The uploader lost the copy it was passing on: no fault of anyone's.
                         drop(receiver);
                         self.moved();
-                        return self.emit(SessionEventKind::Abandoned(index)).await;
+                        let bytes = len - left as u32;
+                        return self
+                            .emit(SessionEventKind::Abandoned {
+                                piece: index,
+                                bytes,
+                            })
+                            .await;
                     }
                     Err(e) => {
                         drop(receiver);
@@ -665,17 +701,18 @@ async fn write_ops<W: AsyncWrite + Unpin>(shared: &Shared, mut write: W) -> Tran
     loop {
         {
             let mut state = shared.lock();
+            let state = &mut *state;
             for op in state.pending.drain(..) {
                 frames.push(match op {
                     Op::Request(piece) => Frame::Request { piece },
-                    Op::Cancel(piece) => Frame::Cancel { piece },
+                    Op::Cancel(piece) => {
+                        // Its request may still be answered.
+                        state.stale_answers += 1;
+                        Frame::Cancel { piece }
+                    }
+                    Op::CutShort(piece) => Frame::Cancel { piece },
                 });
             }
-            let cancels = frames
-                .iter()
-                .filter(|f| matches!(f, Frame::Cancel { .. }))
-                .count();
-            state.stale_answers += cancels as u64;
         }
         if frames.is_empty() {
             shared.wake.notified().await;

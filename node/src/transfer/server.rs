@@ -2,8 +2,9 @@
 //!
 //! Each stream runs in its own task as two halves: a reader that parses the downloader's
 //! frames into commands on a bounded channel, and a writer that owns the request queue and the
-//! stream's write half. The writer takes commands only between pieces, so a Cancel skips a
-//! queued request but never cuts a piece short (its length is already on the wire).
+//! stream's write half. The writer takes commands between pieces and between the parts of a
+//! piece: a Cancel skips a queued request, or cuts the piece being sent short (the abandoning
+//! zero-length part; its length is already on the wire).
 //!
 //! Pieces go out as a header, then the payload in parts read from the source's file with
 //! positioned reads on the blocking pool (direct, bypassing the page cache, where the store
@@ -490,7 +491,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             }
             self.queue_haves();
             if let Some(&piece) = self.queue.front() {
-                if let Step::Done = self.step(piece).await? {
+                if let Step::Done = self.step(piece, rx).await? {
                     last_activity = Instant::now();
                     continue;
                 }
@@ -611,7 +612,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 
     /// Takes the front request `piece` as far as it goes: answered, sent, or waiting for a
     /// send slot of the blob.
-    async fn step(&mut self, piece: u32) -> Result<Step, End> {
+    async fn step(&mut self, piece: u32, rx: &mut mpsc::Receiver<Cmd>) -> Result<Step, End> {
         if !self.have.borrow().get(piece) && !self.offer.borrow().get(piece) {
             self.queue.pop_front();
             if self.withdrawn.get(piece) {
@@ -649,7 +650,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             }
         }
         self.queue.pop_front();
-        if self.send_piece(piece).await? {
+        if self.send_piece(piece, rx).await? {
             // Those waiting compete with our next request for the slot.
             if let (Some(slot), Some(&next)) = (self.slot.take(), self.queue.front()) {
                 match slot.pass_or_keep(next) {
@@ -663,7 +664,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
 
     /// Sends `piece` (held, under a send slot of the blob), or answers Busy, PieceBusy or
     /// Missing (queued in `out`); true if it was sent.
-    async fn send_piece(&mut self, piece: u32) -> Result<bool, End> {
+    async fn send_piece(&mut self, piece: u32, rx: &mut mpsc::Receiver<Cmd>) -> Result<bool, End> {
         let Ok(_permit) = self.conn.sends.clone().try_acquire_owned() else {
             self.push(&Frame::Busy { piece });
             return Ok(false);
@@ -683,7 +684,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             // Offered while arriving: pass it on as it comes, or, if that copy is gone, ask the
             // downloader to come back (it will be held again once this host's download gets it).
             return match self.conn.source.arriving(&self.digest, piece) {
-                Some(arriving) => self.send_arriving(piece, arriving).await,
+                Some(arriving) => self.send_arriving(piece, arriving, rx).await,
                 None => {
                     self.push(&Frame::PieceBusy { piece });
                     Ok(false)
@@ -739,33 +740,48 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         self.out.clear();
         let mut at = 0;
         let mut cur_len = first;
+        let mut cut = false;
         loop {
+            self.pace(cur_len).await;
+            if self.cancelled(piece, rx)? {
+                cut = true;
+                break;
+            }
             let next_at = at + cur_len;
             let ahead = (next_at < len).then(|| {
                 let n = (len - next_at).min(SEND_CHUNK);
                 let buf = std::mem::take(&mut spare);
                 (n, start_read(file.clone(), next_at, n, buf))
             });
-            self.pace(cur_len).await;
             self.write(&part_header(cur_len)).await?;
             self.write(&cur.as_slice()[..cur_len]).await?;
+            at = next_at;
             let Some((n, handle)) = ahead else { break };
             let (next, read) = join_read(handle).await;
             read.map_err(|e| End::Broken(format!("piece {piece} read failed: {e}")))?;
             spare = std::mem::replace(&mut cur, next);
-            at = next_at;
             cur_len = n;
+        }
+        if cut {
+            self.write(&part_header(wire::PART_ABANDONED as usize))
+                .await?;
         }
         self.flush().await?;
         self.bufs = Some((cur, spare));
-        self.conn.source.served(&self.digest, u64::from(file.len));
-        Ok(true)
+        // `at` <= the piece's length, a u32.
+        self.conn.source.served(&self.digest, at as u64);
+        Ok(!cut)
     }
 
     /// Sends `piece` while it arrives here: each part as soon as the copy has verified and
     /// written it. True if all of it went out; false if the copy was lost and the rest was
     /// abandoned (nothing is queued for the downloader then: the zero-length part told it).
-    async fn send_arriving(&mut self, piece: u32, arriving: Arriving) -> Result<bool, End> {
+    async fn send_arriving(
+        &mut self,
+        piece: u32,
+        arriving: Arriving,
+        rx: &mut mpsc::Receiver<Cmd>,
+    ) -> Result<bool, End> {
         let Arriving {
             file,
             mut progress,
@@ -796,6 +812,10 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             } else {
                 (*progress.borrow_and_update()).min(len)
             };
+            if self.cancelled(piece, rx)? {
+                abandoned = true;
+                break;
+            }
             if ready > sent {
                 let n = ((ready - sent) as usize).min(SEND_CHUNK);
                 let (b, read) = join_read(start_read(file.clone(), sent as usize, n, buf)).await;
@@ -814,7 +834,28 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 continue;
             }
             self.flush().await?;
-            match timeout(self.conn.config.write_stall, progress.changed()).await {
+            let changed = timeout(self.conn.config.write_stall, progress.changed());
+            let cmd = async {
+                if rx.is_closed() && rx.is_empty() {
+                    std::future::pending().await
+                } else {
+                    rx.recv().await
+                }
+            };
+            let next = tokio::select! {
+                next = changed => next,
+                cmd = cmd => {
+                    // A command while the copy stalls: a cancel of this piece ends the wait.
+                    if let Some(cmd) = cmd {
+                        self.apply_during(piece, cmd, &mut abandoned)?;
+                    }
+                    if abandoned {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match next {
                 Ok(Ok(())) => {}
                 // The copy ended: whole (its bytes are all on disk) or lost.
                 Ok(Err(_)) if valid() && self.have.borrow().get(piece) => whole = true,
@@ -835,6 +876,28 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
             .source
             .served_arriving(&self.digest, u64::from(sent));
         Ok(!abandoned)
+    }
+
+    /// Takes the commands the reader has parsed while `piece` is being sent: true if one of
+    /// them cancels it (the rest of it is then abandoned: a downloader that got the piece
+    /// elsewhere should not take it twice). Requests and other cancels apply as between pieces.
+    fn cancelled(&mut self, piece: u32, rx: &mut mpsc::Receiver<Cmd>) -> Result<bool, End> {
+        let mut cut = false;
+        while let Ok(cmd) = rx.try_recv() {
+            self.apply_during(piece, cmd, &mut cut)?;
+        }
+        Ok(cut)
+    }
+
+    /// [`Writer::apply`] while `piece` is being sent, setting `cut` for a cancel of it.
+    fn apply_during(&mut self, piece: u32, cmd: Cmd, cut: &mut bool) -> Result<(), End> {
+        match cmd {
+            Cmd::Cancel(p) if p == piece => {
+                *cut = true;
+                Ok(())
+            }
+            other => self.apply(other),
+        }
     }
 
     /// Waits for the upload cap to let `bytes` of payload out (not a stall: the stream is

@@ -439,11 +439,15 @@ async fn cancelled_requests_yield_no_events() {
     }
     // Let the requests leave before cancelling (else they are withdrawn unsent).
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // A cancel returns false only when the answer was already arriving (then it is reported).
+    // A cancel returns false only when the answer was already arriving (then it is reported:
+    // received, or cut short if the cancel reached the uploader first).
     let mut expected: Vec<u32> = (0..16).collect();
+    let mut begun = Vec::new();
     for i in (1..16).step_by(2) {
         if c.session.cancel(i) {
             expected.retain(|&p| p != i);
+        } else {
+            begun.push(i);
         }
     }
     assert!(expected.len() < 12, "most cancels land: {expected:?}");
@@ -453,6 +457,7 @@ async fn cancelled_requests_yield_no_events() {
         .iter()
         .map(|e| match e {
             SessionEventKind::Received { piece, .. } => *piece,
+            SessionEventKind::Abandoned { piece, .. } if begun.contains(piece) => *piece,
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -899,7 +904,10 @@ async fn bad_uploaders_close_the_session() {
     assert_eq!(
         got,
         [
-            SessionEventKind::Abandoned(1),
+            SessionEventKind::Abandoned {
+                piece: 1,
+                bytes: 300
+            },
             SessionEventKind::Arriving(2),
             SessionEventKind::Closed(None)
         ]
@@ -1257,3 +1265,41 @@ async fn a_stalled_send_gives_up_its_host_send_when_all_are_taken() {
 }
 
 mod arriving;
+
+/// A cancel that reaches the uploader while it sends the piece cuts the rest off: a downloader
+/// that got the piece elsewhere (the end game's other copy) does not take it twice.
+#[tokio::test]
+async fn a_cancel_cuts_the_piece_being_sent_short() {
+    const PIECE: usize = 2 << 20;
+    let data = blob(PIECE);
+    let source = FakeSource::seeder(&data, PIECE as u32);
+    let digest = source.table.table.digest.clone();
+    let sink = FakeSink::new(&source.table);
+    // 1 MiB/s: a part of 512 KiB every half second, so the cancel lands mid-piece.
+    let limits = ServerLimits {
+        upload_bytes_per_s: Some(1 << 20),
+        ..ServerLimits::default()
+    };
+    let mut server = start_server(source.clone(), config(limits));
+    let mut c = open(&mut server, &digest, sink.clone(), 16).await;
+    c.session.request(0).unwrap();
+    until("the first part arrives", || c.session.payload_bytes() > 0).await;
+    assert!(!c.session.cancel(0), "its answer has begun: it is reported");
+    match answers(&mut c.events, 1).await[..] {
+        [SessionEventKind::Abandoned { piece: 0, bytes }] => {
+            assert!(bytes < PIECE as u32, "{bytes}");
+            assert_eq!(u64::from(bytes), c.session.payload_bytes());
+        }
+        ref other => panic!("unexpected {other:?}"),
+    }
+    let served = source.served.load(Ordering::Relaxed);
+    assert!(served < PIECE as u64, "served {served}");
+    assert!(!sink.inner.have.lock().unwrap().get(0));
+    // The session goes on: asked again, the piece comes whole.
+    c.session.request(0).unwrap();
+    assert!(matches!(
+        answers(&mut c.events, 1).await[..],
+        [SessionEventKind::Received { piece: 0, .. }]
+    ));
+    assert!(!c.session.is_closed());
+}

@@ -356,9 +356,12 @@ impl Driver {
                 self.answered(peer, piece);
                 self.sched.piece_busy(source, piece, now);
             }
-            // The copy it was passing on was lost upstream; like PieceBusy, nobody's fault.
-            SessionEventKind::Abandoned(piece) => {
+            // The copy it was passing on was lost upstream (like PieceBusy, nobody's fault), or
+            // we cancelled the request while it arrived.
+            SessionEventKind::Abandoned { piece, bytes } => {
                 self.answered(peer, piece);
+                self.stats.wasted(u64::from(bytes));
+                self.inner.totals.wasted(u64::from(bytes));
                 self.sched.piece_busy(source, piece, now);
             }
             SessionEventKind::Failed(piece) => {

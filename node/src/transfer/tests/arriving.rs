@@ -115,10 +115,10 @@ async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
     c.session.request(2).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     drop(copy);
-    assert_eq!(
-        answers(&mut c.events, 1).await,
-        [SessionEventKind::Abandoned(2)]
-    );
+    assert!(matches!(
+        answers(&mut c.events, 1).await[..],
+        [SessionEventKind::Abandoned { piece: 2, bytes }] if bytes < PIECE
+    ));
     assert_eq!(next(&mut c.events).await, SessionEventKind::Withdrawn(2));
     assert!(PieceSource::arriving(&*uploader, &digest, 2).is_none());
     assert!(!held.offer.borrow().get(2) && !held.have.borrow().get(2));
@@ -141,4 +141,48 @@ async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
         answers(&mut c.events, 1).await,
         [SessionEventKind::Missing(0)]
     );
+}
+
+/// A downloader that cancels a piece the uploader passes on while it arrives stops it at once,
+/// even while the uploader waits for its own copy's next block; the uploader's copy goes on
+/// and stays offered.
+#[tokio::test]
+async fn a_cancel_stops_a_piece_passed_on_while_it_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = blob(2 * PIECE as usize);
+    let table = Arc::new(signed_table(&data, PIECE));
+    let digest = table.table.digest.clone();
+    let uploader = store(dir.path()).await;
+    let held = uploader.register(table.clone()).await.unwrap();
+    let mut server = start_server(uploader.clone(), config(ServerLimits::default()));
+    let sink = FakeSink::new(&table);
+    let mut c = open(&mut server, &digest, sink.clone(), 16).await;
+
+    let piece = &data[..PIECE as usize];
+    let mut copy = uploader.receive(&digest, 0).unwrap();
+    copy.write(&piece[..2 * BATCH]).await.unwrap();
+    arrived(&uploader, &digest, 0, 2 * BATCH as u32).await;
+    assert_eq!(next(&mut c.events).await, SessionEventKind::Arriving(0));
+    c.session.request(0).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while c.session.payload_bytes() < 2 * BATCH as u64 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+    .expect("what has verified arrives");
+    // The uploader now waits for its copy; the cancel ends that wait.
+    assert!(!c.session.cancel(0));
+    assert!(matches!(
+        answers(&mut c.events, 1).await[..],
+        [SessionEventKind::Abandoned { piece: 0, bytes }] if bytes == 2 * BATCH as u32
+    ));
+    assert!(
+        held.offer.borrow().get(0),
+        "the uploader's own copy is not affected"
+    );
+    copy.write(&piece[2 * BATCH..]).await.unwrap();
+    assert_eq!(copy.finish().await.unwrap(), Verdict::Verified);
+    assert_eq!(next(&mut c.events).await, SessionEventKind::Have(0));
+    assert!(!sink.inner.have.lock().unwrap().get(0));
 }
