@@ -61,6 +61,10 @@ pub struct SimArgs {
     /// now passes a piece on while it arrives).
     #[arg(long)]
     no_forward_arriving: bool,
+    /// What-if: a Cancel never cuts short a piece being sent, as the node's server did before
+    /// (it now abandons the rest at its next part).
+    #[arg(long)]
+    no_cancel_cuts: bool,
     /// Stop the swarm run at this simulated time [default: 3600].
     #[arg(long)]
     max_time_s: Option<f64>,
@@ -106,6 +110,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
         .context("building the scenario")?;
     fleet.params.site_labels = !args.no_site_labels;
     fleet.params.forward_arriving = !args.no_forward_arriving;
+    fleet.params.cancel_cuts_short = !args.no_cancel_cuts;
     eprintln!(
         "simulating {} ({}): {} hosts ...",
         scenario,

@@ -3,7 +3,8 @@
 //! [--max-peers K] [--refresh-s S] [--origin-dedup-s S] [--origin-rps R] [--fleet-size-hint]
 //! [--streaming] [--max-time-s S] [--no-baselines] [--json] [--out-dir DIR]
 //! [--no-site-labels] [--max-copies-per-piece K] [--origin-max-sends K] [--origin-fixed-sends] [--origin-refuse-excess]
-//! [--max-sends-per-blob K] [--max-waiting-per-blob K] [--in-flight K] [--no-forward-arriving]`. It prints what `flotilla sim` prints (both call the same library
+//! [--max-sends-per-blob K] [--max-waiting-per-blob K] [--in-flight K] [--no-forward-arriving]
+//! [--no-cancel-cuts]`. It prints what `flotilla sim` prints (both call the same library
 //! functions), and builds in a fraction of the time, since it needs neither the node nor the
 //! gateway. `--no-site-labels` is a what-if (`Params::site_labels` off: nodes without a
 //! configured site, so without locality inputs); so is
@@ -15,7 +16,9 @@
 //! `Params::fixed_in_flight`: a host sends at most K pieces of a layer at once — the node's 4 —
 //! the rest wait and go rarest first; every download keeps exactly K requests out — the node's
 //! 4); and `--no-forward-arriving` (`Params::forward_arriving` off: hosts serve whole pieces
-//! only, as the node did before pieces protocol 2).
+//! only, as the node did before pieces protocol 2); and `--no-cancel-cuts`
+//! (`Params::cancel_cuts_short` off: a piece being sent is never cut short by a Cancel, as the
+//! node's server did before).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut fixed_in_flight = None;
     let mut announce_at_first_piece = false;
     let mut forward_arriving = true;
+    let mut cancel_cuts = true;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -83,6 +87,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--in-flight" => fixed_in_flight = Some(value()?.parse()?),
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-forward-arriving" => forward_arriving = false,
+            "--no-cancel-cuts" => cancel_cuts = false,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -99,6 +104,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.origin_adaptive_sends = !origin_fixed_sends;
     fleet.params.announce_at_start = !announce_at_first_piece;
     fleet.params.forward_arriving = forward_arriving;
+    fleet.params.cancel_cuts_short = cancel_cuts;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
     }

@@ -129,6 +129,9 @@ pub struct Params {
     /// piece once its first batch is in and a copy it passes on is delivered with its own;
     /// `false`: only whole pieces are served (the node before pieces protocol 2).
     pub forward_arriving: bool,
+    /// A Cancel that reaches an uploader while it sends the piece cuts the rest off, as the
+    /// node's server does (SPEC §5.2); `false`: the piece is sent whole (the node before).
+    pub cancel_cuts_short: bool,
     /// The run stops at this simulated time, finished or not.
     pub max_time_s: f64,
 }
@@ -159,6 +162,7 @@ impl Default for Params {
             streaming: false,
             announce_at_start: true,
             forward_arriving: true,
+            cancel_cuts_short: true,
             max_time_s: 3600.0,
         }
     }

@@ -448,7 +448,7 @@ impl Report {
         let _ = writeln!(
             out,
             "\nSwarm: {} left early, {} of {} left in all; wasted {:.3} × image per host; host upload utilisation {:.2}; \
-             origin requests {} ({} refused); Busy answers {}, PieceBusy {}; {} pieces offered while arriving, {} copies abandoned; \
+             origin requests {} ({} refused); Busy answers {}, PieceBusy {}; {} pieces offered while arriving, {} copies abandoned, {} cut short by a cancel; \
              sessions {} opened, {} failed, {} replaced{}.",
             s.left_early,
             self.left,
@@ -461,6 +461,7 @@ impl Report {
             s.piece_busy,
             s.arriving_offers,
             s.abandoned,
+            s.cut_short,
             s.sessions_opened,
             s.sessions_failed,
             s.sessions_replaced,

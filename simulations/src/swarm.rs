@@ -175,6 +175,8 @@ struct Stream {
     forwarding: bool,
     /// The piece it waits with, while `forwarding`.
     forwarding_piece: u32,
+    /// The piece of its `active` flow.
+    active_piece: u32,
 }
 
 #[derive(Debug)]
@@ -514,11 +516,7 @@ impl<'f> Swarm<'f> {
             Ev::Open { task, peer } => self.open(task, peer),
             Ev::Announce(t) => self.announce(t),
             Ev::PeerRequest { stream, piece } => self.peer_request(stream, piece),
-            Ev::PeerCancel { stream, piece } => {
-                if self.stream_open[stream as usize] {
-                    self.streams[stream as usize].queue.retain(|&p| p != piece);
-                }
-            }
+            Ev::PeerCancel { stream, piece } => self.peer_cancel(stream, piece),
             Ev::OriginRequest { task, piece } => self.origin_arrive(task, piece),
             Ev::OriginAdmit { task, piece } => self.origin_admit(task, piece),
             Ev::OriginCancel { task, piece } => self.origin_cancel(task, piece),

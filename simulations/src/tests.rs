@@ -458,3 +458,30 @@ fn passing_pieces_on_while_they_arrive_spreads_them_sooner() {
     // Every copy passed on landed or was cut short (bytes_are_conserved checks the sums).
     assert_eq!(with.stats.abandoned, 0, "nothing fails in a cold pull");
 }
+
+#[test]
+fn a_cancel_cuts_the_piece_being_sent_short() {
+    // 40 hosts pull 48 MiB cold. The end game's duplicates are cancelled once one copy lands;
+    // as the node's server does, the cancel stops the piece being sent, so less is wasted than
+    // when every such piece crossed whole (the node before).
+    let fleet = small(Scenario::Cold, 1);
+    assert!(
+        fleet.params.cancel_cuts_short,
+        "the node's behaviour is the default"
+    );
+    let with = run_swarm(&fleet).unwrap();
+    let mut whole = fleet.clone();
+    whole.params.cancel_cuts_short = false;
+    let without = run_swarm(&whole).unwrap();
+    assert!(with.stats.cut_short > 0);
+    assert_eq!(without.stats.cut_short, 0);
+    // Duplicates delivered whole, plus what crossed of the pieces cut short.
+    let spent = |o: &crate::swarm::SwarmOutcome| o.stats.wasted_bytes + o.stats.aborted_bytes;
+    assert!(
+        spent(&with) < spent(&without),
+        "{} {}",
+        spent(&with),
+        spent(&without)
+    );
+    assert!(with.completion.iter().all(Option::is_some));
+}

@@ -365,6 +365,7 @@ impl Swarm<'_> {
             parked: false,
             forwarding: false,
             forwarding_piece: 0,
+            active_piece: 0,
         });
         self.stream_open.push(true);
         self.tasks[up as usize]
@@ -453,6 +454,28 @@ impl Swarm<'_> {
         }
     }
 
+    /// A Cancel reached the uploader: a queued request is dropped; the piece being sent (or
+    /// passed on, waiting for the uploader's own copy) is cut short, as the node's server does
+    /// at its next part (SPEC §5.2), and the stream goes on with its next request.
+    pub(super) fn peer_cancel(&mut self, stream: u32, piece: u32) {
+        if !self.stream_open[stream as usize] {
+            return;
+        }
+        let s = &mut self.streams[stream as usize];
+        s.queue.retain(|&p| p != piece);
+        let sending = (s.active.is_some() && s.active_piece == piece)
+            || (s.forwarding && s.forwarding_piece == piece);
+        if !sending || !self.fleet.params.cancel_cuts_short {
+            return;
+        }
+        self.stats.cut_short += 1;
+        self.abort_stream_flow(stream);
+        let s = &self.streams[stream as usize];
+        if !s.parked && s.active.is_none() && !s.forwarding {
+            self.start_next(stream);
+        }
+    }
+
     /// Serves the stream's next request: sends it, or answers Busy or Missing and moves on.
     pub(super) fn start_next(&mut self, stream: u32) {
         loop {
@@ -533,6 +556,7 @@ impl Swarm<'_> {
             );
             let s = &mut self.streams[stream as usize];
             s.active = Some(flow);
+            s.active_piece = piece;
             s.reported = 0.0;
             if follow {
                 self.follow(up, piece, stream, flow);

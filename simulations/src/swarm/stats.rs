@@ -109,6 +109,8 @@ pub struct SwarmStats {
     /// Copies passed on while arriving that were abandoned because the uploader's own copy
     /// was lost.
     pub abandoned: u64,
+    /// Pieces being sent that a Cancel cut short.
+    pub cut_short: u64,
     /// Most pieces of one layer one host sent at once.
     pub peak_blob_sends: u16,
     pub sessions_opened: u64,
