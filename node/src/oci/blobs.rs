@@ -170,6 +170,9 @@ struct Reader {
     current: Option<(u32, PieceFile)>,
     /// Which pieces the store offers while they arrive (fetched at the first piece not held).
     offer: Option<watch::Receiver<Bitfield>>,
+    /// Pieces read (in part) from a copy still arriving: the client may have all their bytes
+    /// before the store holds them.
+    unsettled: Vec<u32>,
 }
 
 impl Reader {
@@ -192,7 +195,12 @@ impl Reader {
                     }
                     if let Some(arriving) = self.source.arriving(self.download.digest(), piece) {
                         match self.read_arriving(range.clone(), arriving).await? {
-                            Some(bytes) => return Ok(Some(bytes)),
+                            Some(bytes) => {
+                                if self.unsettled.last() != Some(&piece) {
+                                    self.unsettled.push(piece);
+                                }
+                                return Ok(Some(bytes));
+                            }
                             // That copy ended, whole or lost: look again.
                             None => continue,
                         }
@@ -289,6 +297,38 @@ impl Reader {
     }
 }
 
+impl Drop for Reader {
+    /// The download runs while a handle on it is held, and the pieces read from copies still
+    /// arriving may not be held yet — the client can have every byte of a piece before its
+    /// last block is written and the piece checked, and the server drops the body once it has
+    /// sent `Content-Length` bytes, without asking for its end. So a handle stays until they
+    /// are held (and, if that completes the blob, until the driver has counted them): the node
+    /// keeps what it streamed, and counts it.
+    fn drop(&mut self) {
+        let pending: Vec<u32> = std::mem::take(&mut self.unsettled)
+            .into_iter()
+            .filter(|&p| !self.download.has_piece(p))
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let download = self.download.clone();
+        runtime.spawn(async move {
+            for piece in pending {
+                if download.wait_piece(piece).await.is_err() {
+                    return;
+                }
+            }
+            if download.have.borrow().is_complete() {
+                let _ = download.wait_complete().await;
+            }
+        });
+    }
+}
+
 /// Reads `n` bytes (at most [`CHUNK`]) at `within` of the piece in `file`, on the blocking pool.
 async fn read(file: PieceFile, within: u64, n: u64) -> io::Result<Bytes> {
     let offset = file.offset + within;
@@ -316,6 +356,7 @@ fn body(download: Download, source: Arc<dyn PieceSource>, start: u64, end: u64) 
         end,
         current: None,
         offer: None,
+        unsettled: Vec::new(),
     };
     Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
         Ok::<_, io::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
