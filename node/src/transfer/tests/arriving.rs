@@ -43,18 +43,54 @@ async fn arrived(store: &Store, digest: &Digest, piece: u32, at_least: u32) {
     .expect("the piece arrives in time");
 }
 
-#[tokio::test]
-async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
+/// An uploader's store that holds none of a blob of `pieces` pieces yet (the test feeds its
+/// copies), serving it, and a downloader's session to it.
+struct Rig {
+    _dir: tempfile::TempDir,
+    data: Vec<u8>,
+    table: Arc<SignedPieceTable>,
+    digest: Digest,
+    uploader: Arc<Store>,
+    held: Held,
+    sink: Arc<FakeSink>,
+    c: Client,
+}
+
+async fn rig(pieces: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let data = blob(3 * PIECE as usize);
+    let data = blob(pieces * PIECE as usize);
     let table = Arc::new(signed_table(&data, PIECE));
-    assert_eq!(table.table.block_size, 4 << 10);
     let digest = table.table.digest.clone();
     let uploader = store(dir.path()).await;
     let held = uploader.register(table.clone()).await.unwrap();
     let mut server = start_server(uploader.clone(), config(ServerLimits::default()));
     let sink = FakeSink::new(&table);
-    let mut c = open(&mut server, &digest, sink.clone(), 16).await;
+    let c = open(&mut server, &digest, sink.clone(), 16).await;
+    Rig {
+        _dir: dir,
+        data,
+        table,
+        digest,
+        uploader,
+        held,
+        sink,
+        c,
+    }
+}
+
+#[tokio::test]
+async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
+    let Rig {
+        data,
+        table,
+        digest,
+        uploader,
+        held,
+        sink,
+        mut c,
+        _dir,
+    } = rig(3).await;
+    assert_eq!(table.table.block_size, 4 << 10);
     assert_eq!(c.opened.have.count(), 0);
 
     // The uploader's own copy of piece 1 begins: nothing is offered before a block verified.
@@ -148,15 +184,16 @@ async fn a_piece_is_passed_on_block_by_block_while_it_arrives() {
 /// and stays offered.
 #[tokio::test]
 async fn a_cancel_stops_a_piece_passed_on_while_it_arrives() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = blob(2 * PIECE as usize);
-    let table = Arc::new(signed_table(&data, PIECE));
-    let digest = table.table.digest.clone();
-    let uploader = store(dir.path()).await;
-    let held = uploader.register(table.clone()).await.unwrap();
-    let mut server = start_server(uploader.clone(), config(ServerLimits::default()));
-    let sink = FakeSink::new(&table);
-    let mut c = open(&mut server, &digest, sink.clone(), 16).await;
+    let Rig {
+        data,
+        digest,
+        uploader,
+        held,
+        sink,
+        mut c,
+        _dir,
+        ..
+    } = rig(2).await;
 
     let piece = &data[..PIECE as usize];
     let mut copy = uploader.receive(&digest, 0).unwrap();
