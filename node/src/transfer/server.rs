@@ -663,7 +663,8 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
     }
 
     /// Sends `piece` (held, under a send slot of the blob), or answers Busy, PieceBusy or
-    /// Missing (queued in `out`); true if it was sent.
+    /// Missing (queued in `out`); true if it was sent whole (false also when a Cancel cut it
+    /// short: [`Writer::cancelled`]).
     async fn send_piece(&mut self, piece: u32, rx: &mut mpsc::Receiver<Cmd>) -> Result<bool, End> {
         let Ok(_permit) = self.conn.sends.clone().try_acquire_owned() else {
             self.push(&Frame::Busy { piece });
