@@ -1,5 +1,5 @@
 //! The piece-transfer protocol (`/flotilla/pieces/2.0.0`) over libp2p streams: the server that
-//! serves pieces from a [`PieceSource`], and the client side a download driver uses — a
+//! serves pieces from a [`PieceSource`](crate::ports::PieceSource), and the client side a download driver uses — a
 //! table-only exchange ([`fetch_table`]) and a pipelined per-peer [`Session`].
 //!
 //! One stream carries one (downloader, uploader, blob) conversation; the frames and their byte
