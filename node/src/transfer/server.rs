@@ -890,14 +890,21 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         Ok(cut)
     }
 
-    /// [`Writer::apply`] while `piece` is being sent, setting `cut` for a cancel of it.
+    /// [`Writer::apply`] while `piece` is being sent, setting `cut` for a cancel of it. A
+    /// downloader that broke the rules meanwhile loses the stream without an Error frame: one
+    /// written between two parts would be read as payload.
     fn apply_during(&mut self, piece: u32, cmd: Cmd, cut: &mut bool) -> Result<(), End> {
         match cmd {
             Cmd::Cancel(p) if p == piece => {
                 *cut = true;
                 Ok(())
             }
-            other => self.apply(other),
+            other => self.apply(other).map_err(|end| match end {
+                End::Goodbye(code, message) => {
+                    End::Broken(format!("{code}: {message}, while sending piece {piece}"))
+                }
+                broken => broken,
+            }),
         }
     }
 
