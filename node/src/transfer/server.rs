@@ -31,7 +31,7 @@ use futures::{AsyncReadExt, StreamExt};
 use libp2p::PeerId;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
 use super::io::{FrameReader, send_frames};
 use super::pace::Pace;
@@ -807,6 +807,9 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
         let mut sent = 0u32;
         let mut whole = false;
         let mut abandoned = false;
+        // The copy is given up once it has made no progress for the write-stall limit
+        // (commands from the downloader meanwhile do not count).
+        let mut moved_at = Instant::now();
         while sent < len {
             let ready = if whole {
                 len
@@ -832,10 +835,11 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 self.write(&buf.as_slice()[..n]).await?;
                 // n <= SEND_CHUNK.
                 sent += n as u32;
+                moved_at = Instant::now();
                 continue;
             }
             self.flush().await?;
-            let changed = timeout(self.conn.config.write_stall, progress.changed());
+            let changed = timeout_at(moved_at + self.conn.config.write_stall, progress.changed());
             let cmd = async {
                 if rx.is_closed() && rx.is_empty() {
                     std::future::pending().await
@@ -857,7 +861,7 @@ impl<W: AsyncWrite + Unpin> Writer<'_, W> {
                 }
             };
             match next {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => moved_at = Instant::now(),
                 // The copy ended: whole (its bytes are all on disk) or lost.
                 Ok(Err(_)) if valid() && self.have.borrow().get(piece) => whole = true,
                 Ok(Err(_)) | Err(_) => {
