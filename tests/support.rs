@@ -13,10 +13,21 @@ pub fn flotilla_bin() -> &'static str {
     env!("CARGO_BIN_EXE_flotilla")
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, and never handed out before in this test
+/// process: tests run side by side, and the kernel may give a port just released to the next
+/// caller, so two servers could be told the same port and one would answer for the other.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    for _ in 0..1000 {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert(port) {
+            return port;
+        }
+    }
+    panic!("every ephemeral port the kernel offered was handed out already");
 }
 
 /// Panics (loudly, naming the package) unless `tool` is on PATH: a test that cannot run its

@@ -71,16 +71,41 @@ pub struct Proc {
     log: PathBuf,
 }
 
-/// A loopback TCP port that was free a moment ago.
-pub fn free_tcp_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral TCP port")?;
-    Ok(l.local_addr()?.port())
+/// Ports this process has handed out, TCP and UDP apart: the kernel may give a port just
+/// released to the next caller. Sixteen nodes started at once most likely got the same port
+/// once (2026-12-04): one failed to bind it while the other answered its readiness probe, so
+/// the failure showed only later.
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<(bool, u16)>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// A port from `bind` (true: TCP) that was free a moment ago and not handed out before.
+fn fresh_port(tcp: bool, bind: impl Fn() -> std::io::Result<u16>) -> anyhow::Result<u16> {
+    for _ in 0..64 {
+        let port = bind().context("binding an ephemeral loopback port")?;
+        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.insert((tcp, port)) {
+            return Ok(port);
+        }
+    }
+    bail!("no loopback port that was not handed out already")
 }
 
-/// A loopback UDP port that was free a moment ago.
+/// A loopback TCP port that was free a moment ago (and not handed out before by this process).
+pub fn free_tcp_port() -> anyhow::Result<u16> {
+    fresh_port(true, || {
+        TcpListener::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port())
+    })
+}
+
+/// A loopback UDP port that was free a moment ago (and not handed out before by this process).
 pub fn free_udp_port() -> anyhow::Result<u16> {
-    let s = UdpSocket::bind("127.0.0.1:0").context("binding an ephemeral UDP port")?;
-    Ok(s.local_addr()?.port())
+    fresh_port(false, || {
+        UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// TOML string literal (the paths here are ours, but a quote in a temp dir name must not break
@@ -350,4 +375,19 @@ pub async fn stop_all(procs: Vec<Proc>) -> anyhow::Result<()> {
         }
     }
     first
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_never_handed_out_twice() {
+        let mut tcp = std::collections::BTreeSet::new();
+        let mut udp = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            assert!(tcp.insert(free_tcp_port().unwrap()));
+            assert!(udp.insert(free_udp_port().unwrap()));
+        }
+    }
 }
