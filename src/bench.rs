@@ -14,6 +14,7 @@ mod data;
 mod fleet;
 mod limits;
 mod load;
+mod ports;
 mod registry;
 mod report;
 mod servers;

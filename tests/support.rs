@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,21 +13,20 @@ pub fn flotilla_bin() -> &'static str {
     env!("CARGO_BIN_EXE_flotilla")
 }
 
-/// A loopback port that was free a moment ago, and never handed out before in this test
-/// process: tests run side by side, and the kernel may give a port just released to the next
-/// caller, so two servers could be told the same port and one would answer for the other.
+/// Picks ports outside the kernel's ephemeral range (shared with `flotilla bench`).
+#[path = "../src/bench/ports.rs"]
+mod ports;
+
+/// A loopback port (TCP and UDP) that was free a moment ago, outside the kernel's ephemeral
+/// range, so no server's `bind(0)` or outgoing connection can take it, and never handed out
+/// before in this test process.
 pub fn free_port() -> u16 {
-    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    for _ in 0..1000 {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-        let port = l.local_addr().expect("local addr").port();
-        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.insert(port) {
-            return port;
-        }
-    }
-    panic!("every ephemeral port the kernel offered was handed out already");
+    ports::free_port().unwrap_or_else(|e| panic!("no free loopback port: {e}"))
+}
+
+/// [`free_port`] on another loopback address.
+pub fn free_port_on(ip: std::net::IpAddr) -> u16 {
+    ports::free_port_on(ip).unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
 }
 
 /// Panics (loudly, naming the package) unless `tool` is on PATH: a test that cannot run its

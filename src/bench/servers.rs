@@ -2,7 +2,6 @@
 //! data directory, and what the kernel tells about them: peak RSS (`VmHWM`, reset between phases
 //! through `/proc/<pid>/clear_refs`) and CPU time (`/proc/<pid>/stat`).
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -158,10 +157,9 @@ fn own_ticks(fields: &[usize]) -> anyhow::Result<u64> {
         .sum()
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that was free a moment ago, outside the kernel's ephemeral range.
 fn free_port() -> anyhow::Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
-    Ok(l.local_addr()?.port())
+    super::ports::free_port().context("picking a free loopback port")
 }
 
 impl Server {

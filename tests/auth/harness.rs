@@ -3,7 +3,7 @@
 //! one small HTTP/1.1 client (hyper, plain or over rustls) that checks what every answer must
 //! carry.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tokio::net::TcpStream;
 
-use crate::support::flotilla_bin;
+use crate::support::{flotilla_bin, free_port_on};
 
 /// The users every test gateway has: `root` (an admin), `alice`, `bob`.
 pub const USERS: [(&str, &str); 3] = [
@@ -119,12 +119,6 @@ pub struct AuthGateway {
     tls: Option<Arc<rustls::ClientConfig>>,
     ca_pem: Option<String>,
     _tmp: tempfile::TempDir,
-}
-
-/// A port on `ip` that was free a moment ago.
-pub fn free_port_on(ip: IpAddr) -> u16 {
-    let l = TcpListener::bind((ip, 0)).unwrap_or_else(|e| panic!("cannot bind {ip}:0: {e}"));
-    l.local_addr().unwrap().port()
 }
 
 /// A rustls client configuration trusting only `ca_pem` (aws-lc-rs, never the process default).

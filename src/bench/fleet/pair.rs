@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use flotilla_node::NodeStats;
 
 use super::image::{Blob, PullOptions, get_blob, push_blob};
-use super::procs::{GatewayStats, Proc, free_udp_port, stop_all};
+use super::procs::{GatewayStats, Proc, free_port, stop_all};
 use super::report::Pair;
 use crate::bench::data::human_bytes;
 
@@ -61,7 +61,7 @@ async fn run_with(
         .context("creating node A's identity")?
         .public()
         .to_peer_id();
-    let a_port = free_udp_port()?;
+    let a_port = free_port()?;
     let a_addr = format!("/ip4/127.0.0.1/udp/{a_port}/quic-v1");
     let a = Proc::node(
         bin,

@@ -2,7 +2,6 @@
 //! process on loopback with its own data directory and log file, and what can be read about
 //! them: `GET /flotilla/v1/stats`, CPU time (`/proc/<pid>/stat`) and peak RSS (`VmHWM`).
 
-use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -71,41 +70,10 @@ pub struct Proc {
     log: PathBuf,
 }
 
-/// Ports this process has handed out, TCP and UDP apart: the kernel may give a port just
-/// released to the next caller. Sixteen nodes started at once most likely got the same port
-/// once (2026-12-04): one failed to bind it while the other answered its readiness probe, so
-/// the failure showed only later.
-static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<(bool, u16)>> =
-    std::sync::Mutex::new(std::collections::BTreeSet::new());
-
-/// A port from `bind` (true: TCP) that was free a moment ago and not handed out before.
-fn fresh_port(tcp: bool, bind: impl Fn() -> std::io::Result<u16>) -> anyhow::Result<u16> {
-    for _ in 0..64 {
-        let port = bind().context("binding an ephemeral loopback port")?;
-        let mut seen = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
-        if seen.insert((tcp, port)) {
-            return Ok(port);
-        }
-    }
-    bail!("no loopback port that was not handed out already")
-}
-
-/// A loopback TCP port that was free a moment ago (and not handed out before by this process).
-pub fn free_tcp_port() -> anyhow::Result<u16> {
-    fresh_port(true, || {
-        TcpListener::bind("127.0.0.1:0")?
-            .local_addr()
-            .map(|a| a.port())
-    })
-}
-
-/// A loopback UDP port that was free a moment ago (and not handed out before by this process).
-pub fn free_udp_port() -> anyhow::Result<u16> {
-    fresh_port(false, || {
-        UdpSocket::bind("127.0.0.1:0")?
-            .local_addr()
-            .map(|a| a.port())
-    })
+/// A loopback port (TCP and UDP) that was free a moment ago, outside the kernel's ephemeral
+/// range, and not handed out before by this process.
+pub fn free_port() -> anyhow::Result<u16> {
+    crate::bench::ports::free_port().context("picking a free loopback port")
 }
 
 /// TOML string literal (the paths here are ours, but a quote in a temp dir name must not break
@@ -182,9 +150,9 @@ impl Proc {
     }
 
     /// Starts the command `build` makes for a free port and waits until it answers. The port was
-    /// free when picked but may be taken before the process binds it (sixteen nodes starting at
-    /// once also bind ephemeral ports for their swarms), so a process that exits saying its
-    /// address is in use is started again on another port, twice at most.
+    /// free when picked and lies outside the kernel's ephemeral range, but another program may
+    /// still take it before the process binds it, so a process that exits saying its address is
+    /// in use is started again on another port, twice at most.
     async fn spawn(
         name: &str,
         build: impl Fn(u16) -> anyhow::Result<Command>,
@@ -194,7 +162,7 @@ impl Proc {
     ) -> anyhow::Result<Proc> {
         const ATTEMPTS: usize = 3;
         for attempt in 1..=ATTEMPTS {
-            let port = free_tcp_port()?;
+            let port = free_port()?;
             let mut cmd = build(port)?;
             let log_file = std::fs::File::create(log)
                 .with_context(|| format!("creating {}", log.display()))?;
@@ -375,19 +343,4 @@ pub async fn stop_all(procs: Vec<Proc>) -> anyhow::Result<()> {
         }
     }
     first
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_are_never_handed_out_twice() {
-        let mut tcp = std::collections::BTreeSet::new();
-        let mut udp = std::collections::BTreeSet::new();
-        for _ in 0..200 {
-            assert!(tcp.insert(free_tcp_port().unwrap()));
-            assert!(udp.insert(free_udp_port().unwrap()));
-        }
-    }
 }
