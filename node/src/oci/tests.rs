@@ -392,7 +392,10 @@ async fn a_blob_streams_block_by_block_while_its_piece_arrives() {
 
     const PIECE: u32 = 4 << 20;
     const FIRST: usize = 1536 << 10;
-    let rig = Rig::new().await;
+    // The uploader's copy stalls on purpose until the client has its first MiB; on a loaded
+    // machine that can take longer than the rig's 5-s stall timeout, and the piece would then
+    // come from the origin (CI saw it while another build wrote gigabytes).
+    let rig = Rig::with(|c| c.stall_timeout = Duration::from_secs(60)).await;
     let blob = rig.blob(PIECE as usize, PIECE, 23);
     // The uploader's store gets piece 0 part way: its first 1.5 MiB, verified block by block.
     let uploader = crate::fetch::testkit::TestStore::new().await;

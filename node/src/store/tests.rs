@@ -54,11 +54,11 @@ async fn open_with(dir: &Path, capacity: u64, tuning: Tuning) -> Arc<Store> {
     .unwrap()
 }
 
-/// Opens the store in `dir` again after a `Store` there was dropped: its background tasks may
-/// still hold the database lock for a moment (seen under load), which a restarted process
-/// never meets.
+/// Opens the store in `dir` again after a `Store` there was dropped: its background tasks and
+/// sled's flusher may still hold the database lock for a while (seen for more than 5 s while
+/// another process wrote gigabytes), which a restarted process never meets.
 async fn reopen(dir: &Path, capacity: u64) -> Arc<Store> {
-    for _ in 0..100 {
+    for _ in 0..1200 {
         let config = StoreConfig {
             dir: dir.to_path_buf(),
             capacity_bytes: capacity,
