@@ -33,6 +33,9 @@ enum Command {
     Gateway(GatewayArgs),
     /// Run a fleet node: fetches layers from peers and serves a local read-only OCI endpoint.
     Node(NodeArgs),
+    /// Collect garbage in a stopped gateway's data directory now: delete the blob files no
+    /// manifest references (a running gateway does this itself every `gc_interval_secs`).
+    Gc(GcArgs),
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -58,6 +61,12 @@ struct GatewayArgs {
     /// Seconds an idle upload session lives before it and its data are removed [default: 3600].
     #[arg(long, env = "FLOTILLA_UPLOAD_TTL_SECS")]
     upload_ttl_secs: Option<u64>,
+    /// Seconds between two garbage collections; 0: never on its own [default: 86400].
+    #[arg(long, env = "FLOTILLA_GC_INTERVAL_SECS")]
+    gc_interval_secs: Option<u64>,
+    /// An unreferenced blob written or used within this many seconds is kept [default: 3600].
+    #[arg(long, env = "FLOTILLA_GC_MIN_AGE_SECS")]
+    gc_min_age_secs: Option<u64>,
     /// Most entries in one page of tags or catalog when the client sends no `n` [default: 10000].
     #[arg(long, env = "FLOTILLA_MAX_LIST_ENTRIES")]
     max_list_entries: Option<usize>,
@@ -193,6 +202,85 @@ impl NodeArgs {
 }
 
 #[derive(Debug, Args)]
+struct GcArgs {
+    /// The gateway's TOML config file (for `data_dir` and `gc_min_age_secs`).
+    #[arg(long, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+    /// The gateway's data directory [default: ./flotilla-data].
+    #[arg(long, env = "FLOTILLA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Keep unreferenced blobs written within this many seconds [default: the config's
+    /// `gc_min_age_secs`, 3600].
+    #[arg(long)]
+    min_age_secs: Option<u64>,
+    /// Only report what would be removed.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `flotilla gc`: one collection in a data directory no gateway has open.
+async fn gc(args: GcArgs) -> anyhow::Result<()> {
+    let mut cfg: flotilla_gateway::Config = load_config(args.config.as_deref())?;
+    if let Some(v) = args.data_dir {
+        cfg.data_dir = v;
+    }
+    let mut storage = cfg.storage();
+    storage.gc.interval = None;
+    let dir = cfg.data_dir.display().to_string();
+    // Opening would create an empty registry there; a mistyped path should say so instead.
+    anyhow::ensure!(
+        cfg.data_dir.join("meta").is_dir(),
+        "{dir} holds no gateway data (no meta/ directory): give the gateway's --data-dir"
+    );
+    let registry = match flotilla_gateway::registry::Registry::open(storage).await {
+        Ok(r) => r,
+        // sled says so when another process holds the database.
+        Err(e) if e.to_string().contains("could not acquire lock") => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "{dir} is in use by a running gateway: stop it, or let its own collection run \
+                 (gc_interval_secs)"
+            )));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("opening {dir}"))),
+    };
+    let opts = flotilla_gateway::registry::GcOptions {
+        min_age: std::time::Duration::from_secs(args.min_age_secs.unwrap_or(cfg.gc_min_age_secs)),
+        dry_run: args.dry_run,
+    };
+    let r = registry
+        .collect_garbage(opts)
+        .await
+        .context("collecting garbage")?;
+    if args.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let gone = if r.dry_run { "to remove" } else { "removed" };
+        let rows = [
+            ("manifests held".to_owned(), r.manifests_held as u64),
+            (
+                format!("manifest records {gone}"),
+                r.manifest_records_removed as u64,
+            ),
+            ("blobs referenced".to_owned(), r.blobs_live as u64),
+            (
+                "blobs unreferenced, kept as recent".to_owned(),
+                r.blobs_recent as u64,
+            ),
+            (format!("blobs {gone}"), r.blobs_removed as u64),
+            (format!("bytes {gone}"), r.bytes_removed),
+            (format!("repository links {gone}"), r.links_removed as u64),
+        ];
+        for (what, n) in rows {
+            println!("{what:<36}{n:>14}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
 struct UpArgs {
     /// Directory for everything: the gateway's data here, the node's in `<dir>/node`
     /// [default: ./flotilla-data].
@@ -220,6 +308,12 @@ impl GatewayArgs {
         }
         if let Some(v) = self.upload_ttl_secs {
             cfg.upload_ttl_secs = v;
+        }
+        if let Some(v) = self.gc_interval_secs {
+            cfg.gc_interval_secs = v;
+        }
+        if let Some(v) = self.gc_min_age_secs {
+            cfg.gc_min_age_secs = v;
         }
         if let Some(v) = self.max_blob_bytes {
             cfg.max_blob_bytes = v;
@@ -375,6 +469,10 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => {
             init_tracing();
             rt.block_on(up(args))
+        }
+        Command::Gc(args) => {
+            init_tracing();
+            rt.block_on(gc(args))
         }
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),

@@ -5,6 +5,8 @@
 
 /// docker build, push, rmi, pull, inspect and cp through the registry.
 mod docker;
+/// Garbage collection after `skopeo delete`: `flotilla gc` offline and the gateway's own.
+mod gc;
 /// oras (Python SDK) artifacts with a subject, the referrers API, python-dxf blobs and tags.
 mod oras;
 /// The registry under test: flotilla, or distribution 2.8 to validate the tests.

@@ -41,6 +41,14 @@ pub struct Config {
     /// Seconds an upload session may sit idle (no PATCH/PUT) before it and its partial data are
     /// removed. Absent: 3600 (one hour).
     pub upload_ttl_secs: u64,
+    /// Seconds between two garbage collections (SPEC §2.4: blob files no manifest references
+    /// are deleted, with their links). 0: never on its own (`flotilla gc` still runs one).
+    /// Absent: 86400 (daily).
+    pub gc_interval_secs: u64,
+    /// A blob no manifest references is kept while it was written or used (linked, mounted,
+    /// asked for) within this many seconds: a push names its blobs in a manifest only at the
+    /// end. Absent: 3600.
+    pub gc_min_age_secs: u64,
     /// Largest blob accepted, in bytes; a push past it gets `413 SIZE_INVALID`. Absent: 1 TiB.
     pub max_blob_bytes: u64,
     /// Most upload sessions open at once; more get `429 TOOMANYREQUESTS`. Absent: 1024.
@@ -255,6 +263,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./flotilla-data"),
             max_manifest_bytes: 4 * 1024 * 1024,
             upload_ttl_secs: 3600,
+            gc_interval_secs: 24 * 3600,
+            gc_min_age_secs: 3600,
             max_blob_bytes: 1 << 40,
             max_uploads: 1024,
             origin_dedup_ms: 8000,
@@ -291,6 +301,11 @@ impl Config {
                 max_blob_bytes: self.max_blob_bytes,
                 max_uploads: self.max_uploads.max(1),
                 body_idle: Duration::from_secs(self.body_idle_secs.max(1)),
+            },
+            gc: crate::registry::GcConfig {
+                interval: (self.gc_interval_secs > 0)
+                    .then(|| Duration::from_secs(self.gc_interval_secs)),
+                min_age: Duration::from_secs(self.gc_min_age_secs),
             },
         }
     }

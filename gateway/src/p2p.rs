@@ -96,11 +96,12 @@ async fn track_connected(seed: Seed, swarm: SwarmHandle) {
     }
 }
 
-/// Provides every blob held now, then each new one as it lands. New blobs are subscribed to
-/// before the listing, so none falls between the two; if notices were lost, the listing is read
-/// again.
+/// Provides every blob held now, then each new one as it lands, and stops providing each one
+/// garbage collection removes. New blobs are subscribed to before the listing, so none falls
+/// between the two; if notices were lost, the listing is read again.
 async fn announce(seed: Seed, swarm: SwarmHandle) {
     let mut new_blobs = seed.subscribe_new_blobs();
+    let mut removed = seed.subscribe_removed_blobs();
     let mut relist = true;
     loop {
         if relist {
@@ -117,14 +118,27 @@ async fn announce(seed: Seed, swarm: SwarmHandle) {
                 Err(e) => tracing::warn!(error = %e, "cannot list held blobs to announce"),
             }
         }
-        match new_blobs.recv().await {
-            Ok(digest) => {
-                if let Err(e) = swarm.provide(&digest).await {
-                    tracing::warn!(error = %e, %digest, "cannot announce a blob");
+        tokio::select! {
+            landed = new_blobs.recv() => match landed {
+                Ok(digest) => {
+                    if let Err(e) = swarm.provide(&digest).await {
+                        tracing::warn!(error = %e, %digest, "cannot announce a blob");
+                    }
                 }
-            }
-            Err(RecvError::Lagged(_)) => relist = true,
-            Err(RecvError::Closed) => return,
+                Err(RecvError::Lagged(_)) => relist = true,
+                Err(RecvError::Closed) => return,
+            },
+            gone = removed.recv() => match gone {
+                Ok(digest) => {
+                    if let Err(e) = swarm.unprovide(&digest).await {
+                        tracing::warn!(error = %e, %digest, "cannot withdraw a removed blob");
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "removed blobs not withdrawn from the swarm");
+                }
+                Err(RecvError::Closed) => return,
+            },
         }
     }
 }

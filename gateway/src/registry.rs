@@ -41,6 +41,8 @@ pub struct StorageConfig {
     pub upload_ttl: Duration,
     /// Bounds on what one client can make the storage hold.
     pub limits: Limits,
+    /// Garbage collection on its own (see [`Registry::collect_garbage`]).
+    pub gc: GcConfig,
 }
 
 /// Bounds that keep one client (or a stalled one) from holding the gateway's resources.
@@ -63,95 +65,6 @@ impl Default for Limits {
             body_idle: Duration::from_secs(60),
         }
     }
-}
-
-/// Why a registry operation failed. Each variant except the internal ones maps to one OCI error
-/// code in [`crate::error`].
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    /// The blob is not linked in this repository.
-    #[error("blob unknown to registry")]
-    BlobUnknown,
-    /// No such upload session in this repository.
-    #[error("blob upload unknown to registry")]
-    BlobUploadUnknown,
-    /// The upload cannot continue as asked.
-    #[error("blob upload invalid: {0}")]
-    BlobUploadInvalid(String),
-    /// The content does not have the digest the client named.
-    #[error("provided digest {expected} does not match uploaded content ({actual})")]
-    DigestInvalid {
-        /// What the client said.
-        expected: Digest,
-        /// What the bytes hash to.
-        actual: Digest,
-    },
-    /// A chunk that does not start where the upload stands.
-    #[error("chunk out of order: the upload stands at byte {offset}")]
-    RangeInvalid {
-        /// Bytes received so far.
-        offset: u64,
-    },
-    /// A size that does not fit.
-    #[error("size invalid: {0}")]
-    SizeInvalid(String),
-    /// No such manifest (or tag) in this repository.
-    #[error("manifest unknown")]
-    ManifestUnknown,
-    /// The manifest does not parse or validate.
-    #[error("manifest invalid: {0}")]
-    ManifestInvalid(String),
-    /// The manifest references a blob or manifest this repository does not hold.
-    #[error("manifest references {0}, which this repository does not hold")]
-    ManifestBlobUnknown(Digest),
-    /// The manifest exceeds the configured limit.
-    #[error("manifest larger than {limit} bytes")]
-    ManifestTooLarge {
-        /// The limit.
-        limit: usize,
-    },
-    /// No such repository.
-    #[error("repository name not known to registry")]
-    NameUnknown,
-    /// Invalid tag.
-    #[error("manifest tag did not match URI")]
-    TagInvalid,
-    /// Something this registry does not do.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
-    /// The client's request body broke off.
-    #[error("reading the request body failed: {0}")]
-    BodyRead(std::io::Error),
-    /// The blob being pushed is larger than the configured limit.
-    #[error("blob larger than the limit of {limit} bytes")]
-    BlobTooLarge {
-        /// The limit.
-        limit: u64,
-    },
-    /// Too many upload sessions are open.
-    #[error("{limit} upload sessions are open already; finish or cancel some, or retry later")]
-    TooManyUploads {
-        /// The limit.
-        limit: usize,
-    },
-    /// A disk failure.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    /// A database failure.
-    #[error("database error: {0}")]
-    Db(#[from] sled::Error),
-    /// Stored data that cannot be what this code wrote.
-    #[error("corrupt storage: {0}")]
-    Corrupt(String),
-    /// The gateway's identity (`identity.key`) cannot be read or created.
-    #[error(transparent)]
-    Identity(#[from] flotilla_node::identity::IdentityError),
-    /// A piece table could not be built or signed.
-    #[error("piece table: {0}")]
-    PieceTable(#[from] flotilla_protocol::piece::PieceError),
-    /// A tag record could not be signed.
-    #[error("tag record: {0}")]
-    TagRecord(#[from] flotilla_protocol::tagrecord::TagRecordError),
 }
 
 /// Where an upload session stands.
@@ -204,6 +117,11 @@ struct Inner {
     uploads: UploadFiles,
     meta: Arc<dyn MetaStore>,
     seed: Seed,
+    /// Held shared by whatever links a blob or makes a manifest reference one, exclusively by
+    /// garbage collection's sweep (see `gc`).
+    gc_lock: std::sync::RwLock<()>,
+    /// When blobs were last used through the API (garbage collection spares them).
+    touched: gc::Touched,
 }
 
 fn now_ms() -> u64 {
@@ -330,12 +248,7 @@ impl Registry {
         })
         .await?;
         let meta: Arc<dyn MetaStore> = Arc::new(meta);
-        let seed = Seed::start(
-            keypair,
-            blobs.clone(),
-            cfg.data_dir.join("blobs"),
-            meta.clone(),
-        );
+        let seed = Seed::start(keypair, blobs.clone(), meta.clone());
         let reg = Registry {
             inner: Arc::new(Inner {
                 cfg,
@@ -343,6 +256,8 @@ impl Registry {
                 uploads,
                 meta,
                 seed,
+                gc_lock: std::sync::RwLock::new(()),
+                touched: gc::Touched::default(),
             }),
         };
         let r = reg.clone();
@@ -352,6 +267,9 @@ impl Registry {
         })
         .await?;
         spawn_reaper(Arc::downgrade(&reg.inner), reg.inner.cfg.upload_ttl);
+        if let Some(every) = reg.inner.cfg.gc.interval {
+            gc::spawn_collector(Arc::downgrade(&reg.inner), every, reg.inner.cfg.gc.min_age);
+        }
         Ok(reg)
     }
 
@@ -364,10 +282,14 @@ impl Registry {
 
     /// Size of blob `d` in `repo`.
     pub async fn blob_stat(&self, repo: &RepoName, d: &Digest) -> Result<u64, RegistryError> {
-        self.inner
+        let size = self
+            .inner
             .meta
             .blob_link(repo, d)?
-            .ok_or(RegistryError::BlobUnknown)
+            .ok_or(RegistryError::BlobUnknown)?;
+        // A client that finds a blob here may name it in a manifest soon.
+        self.inner.touched.touch(d);
+        Ok(size)
     }
 
     /// Opens blob `d` of `repo` for reading; returns the file and its size.
@@ -376,10 +298,17 @@ impl Registry {
         repo: &RepoName,
         d: &Digest,
     ) -> Result<(std::fs::File, u64), RegistryError> {
-        self.blob_stat(repo, d).await?;
-        let inner = self.inner.clone();
-        let d2 = d.clone();
-        match blocking(move || inner.blobs.open_file(&d2)).await? {
+        let (inner, repo2, d2) = (self.inner.clone(), repo.clone(), d.clone());
+        let opened = blocking(move || {
+            // Shared, so a collection cannot delete the file between the link and the open.
+            let _reading = inner.gc_shared();
+            if inner.meta.blob_link(&repo2, &d2)?.is_none() {
+                return Err(RegistryError::BlobUnknown);
+            }
+            inner.touched.touch(&d2);
+            inner.blobs.open_file(&d2)
+        });
+        match opened.await? {
             Some(f) => Ok(f),
             None => {
                 tracing::error!(digest = %d, "blob linked but its file is missing");
@@ -408,6 +337,8 @@ impl Registry {
     ) -> Result<Option<u64>, RegistryError> {
         let (inner, repo, d, from) = (self.inner.clone(), repo.clone(), d.clone(), from.cloned());
         blocking(move || {
+            let _linking = inner.gc_shared();
+            inner.touched.touch(&d);
             if let Some(size) = inner.meta.blob_link(&repo, &d)? {
                 return Ok(Some(size));
             }
@@ -475,6 +406,8 @@ impl Registry {
         let file = done.file;
         let size = blocking(move || {
             file.sync_all()?;
+            let _linking = inner.gc_shared();
+            inner.touched.touch(&d2);
             let size = inner.blobs.install(&tmp, &d2)?;
             inner.meta.link_blob(&repo, &d2, size)?;
             Ok(size)
@@ -675,6 +608,8 @@ impl Registry {
             let size = blocking(move || {
                 let path = inner.uploads.path(&id);
                 std::fs::File::open(&path)?.sync_all()?;
+                let _linking = inner.gc_shared();
+                inner.touched.touch(&d2);
                 let size = inner.blobs.install(&path, &d2)?;
                 // A crash right here leaves a session without data: dropped at the next start.
                 inner.meta.finish_upload(&id, &repo, &d2, size)?;
@@ -760,6 +695,7 @@ impl Registry {
         let media_type = parsed.media_type.clone();
         let size = body.len() as u64;
         let previous = blocking(move || {
+            let _referencing = inner.gc_shared();
             let previous = match &tag {
                 Some(t) => inner.meta.tag(&repo, t)?,
                 None => None,
@@ -905,6 +841,13 @@ impl Registry {
 }
 
 impl Inner {
+    /// The GC lock, shared (see the field).
+    fn gc_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gc_lock
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// After a crash: sessions without data are dropped, data without a session is deleted.
     fn reconcile_uploads(&self) -> Result<(), RegistryError> {
         let sessions = self.meta.uploads()?;
@@ -968,6 +911,11 @@ fn spawn_reaper(inner: Weak<Inner>, ttl: Duration) {
         }
     });
 }
+
+mod error;
+mod gc;
+pub use error::RegistryError;
+pub use gc::{GcConfig, GcOptions, GcReport};
 
 #[cfg(test)]
 #[path = "registry/tests.rs"]

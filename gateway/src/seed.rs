@@ -44,14 +44,13 @@ mod table;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use bytes::Bytes;
 use flotilla_node::ports::PieceSource;
+use flotilla_protocol::Digest;
 use flotilla_protocol::piece::SignedPieceTable;
-use flotilla_protocol::{Algorithm, Digest};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use libp2p_identity::{Keypair, PeerId};
@@ -144,7 +143,6 @@ pub(crate) struct Core {
     keypair: Keypair,
     peer_id: PeerId,
     blobs: BlobFiles,
-    blobs_root: PathBuf,
     meta: Arc<dyn MetaStore>,
     counters: Arc<Counters>,
     tables: Mutex<Lru<Digest, Arc<TableEntry>>>,
@@ -152,6 +150,7 @@ pub(crate) struct Core {
     flights: Mutex<HashMap<Digest, Flight>>,
     addrs: RwLock<Vec<String>>,
     new_blobs: broadcast::Sender<Digest>,
+    removed_blobs: broadcast::Sender<Digest>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
@@ -187,32 +186,25 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
 }
 
 impl Seed {
-    /// Starts the seed service over the blob files under `blobs_root` (the storage's `blobs/`) and
-    /// the metadata store, with `keypair` as identity; spawns the table worker (so it must be
+    /// Starts the seed service over the blob files and the metadata store, with `keypair` as identity; spawns the table worker (so it must be
     /// called inside a tokio runtime).
-    pub(crate) fn start(
-        keypair: Keypair,
-        blobs: BlobFiles,
-        blobs_root: PathBuf,
-        meta: Arc<dyn MetaStore>,
-    ) -> Seed {
-        Self::with_queue(keypair, blobs, blobs_root, meta, QUEUE)
+    pub(crate) fn start(keypair: Keypair, blobs: BlobFiles, meta: Arc<dyn MetaStore>) -> Seed {
+        Self::with_queue(keypair, blobs, meta, QUEUE)
     }
 
     /// [`Seed::start`] with a queue of `depth` digests (tests use tiny ones).
     pub(crate) fn with_queue(
         keypair: Keypair,
         blobs: BlobFiles,
-        blobs_root: PathBuf,
         meta: Arc<dyn MetaStore>,
         depth: usize,
     ) -> Seed {
         let (new_blobs, _) = broadcast::channel(NEW_BLOBS_CAPACITY);
+        let (removed_blobs, _) = broadcast::channel(NEW_BLOBS_CAPACITY);
         let core = Arc::new(Core {
             peer_id: keypair.public().to_peer_id(),
             keypair,
             blobs,
-            blobs_root,
             meta,
             counters: Arc::new(Counters::default()),
             tables: Mutex::new(Lru::new(TABLE_CACHE_ENTRIES, TABLE_CACHE_BYTES)),
@@ -220,6 +212,7 @@ impl Seed {
             flights: Mutex::new(HashMap::new()),
             addrs: RwLock::new(Vec::new()),
             new_blobs,
+            removed_blobs,
         });
         let (queue, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(table_worker(Arc::downgrade(&core), rx));
@@ -324,6 +317,14 @@ impl Seed {
         self.core().new_blobs.subscribe()
     }
 
+    /// A receiver of the digest of every blob garbage collection removes from now on (the
+    /// swarm stops providing it). Bounded like [`Seed::subscribe_new_blobs`]; a receiver that
+    /// falls behind misses some, which then stay announced until the gateway restarts (nodes
+    /// asking for them are told the gateway does not hold them).
+    pub fn subscribe_removed_blobs(&self) -> broadcast::Receiver<Digest> {
+        self.core().removed_blobs.subscribe()
+    }
+
     /// The counters now.
     pub fn stats(&self) -> SeedStats {
         self.core().counters.snapshot()
@@ -385,6 +386,15 @@ impl Seed {
         }
         // No receiver is not an error: nobody provides blobs while no swarm runs.
         let _ = self.core().new_blobs.send(d.clone());
+    }
+
+    /// Called by garbage collection once blob `d`'s file is gone: forgets its cached table and
+    /// open file and withdraws it from the swarm.
+    pub(crate) fn blob_removed(&self, d: &Digest) {
+        let core = self.core();
+        lock(&core.tables).remove(d);
+        lock(&core.files).remove(d);
+        let _ = core.removed_blobs.send(d.clone());
     }
 
     /// The counters, for the HTTP body streams.
@@ -516,40 +526,7 @@ impl Core {
     /// Every blob file under `blobs/<algorithm>/<2 hex>/<hex>` (blocking). Stray files that do
     /// not name a digest at exactly their own path are skipped.
     fn held_digests(&self) -> Result<Vec<Digest>, RegistryError> {
-        let mut out = Vec::new();
-        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
-            for shard in read_dir_if_any(&self.blobs_root.join(algorithm.name()))? {
-                let shard = shard?;
-                if !shard.file_type()?.is_dir() {
-                    continue;
-                }
-                for file in read_dir_if_any(&shard.path())? {
-                    let file = file?;
-                    let Some(name) = file.file_name().to_str().map(str::to_owned) else {
-                        continue;
-                    };
-                    let Ok(d) = format!("{}:{name}", algorithm.name()).parse::<Digest>() else {
-                        continue;
-                    };
-                    if self.blobs.path(&d) == file.path() && file.file_type()?.is_file() {
-                        out.push(d);
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-}
-
-/// The entries of `dir`, or none if it does not exist.
-fn read_dir_if_any(
-    dir: &std::path::Path,
-) -> Result<impl Iterator<Item = std::io::Result<std::fs::DirEntry>>, RegistryError> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => Ok(Some(rd).into_iter().flatten()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None.into_iter().flatten()),
-        Err(e) => Err(e.into()),
+        self.blobs.list()
     }
 }
 

@@ -13,7 +13,7 @@ use crate::support::{noise, require_tool, run};
 
 /// An image `tag` in the OCI layout at `layout` (created if needed): two layers, a small text
 /// file and then 3 MiB of noise, with `arch` in the config.
-fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64) {
+pub(super) fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64) {
     let work = layout.parent().unwrap().join(format!("src-{tag}"));
     std::fs::create_dir_all(work.join("a")).unwrap();
     std::fs::create_dir_all(work.join("b")).unwrap();
@@ -44,7 +44,7 @@ fn build_image(layout: &Path, tag: &str, arch: &str, seed: u64) {
 }
 
 /// The descriptor tagged `tag` in an OCI layout's index.json.
-fn layout_descriptor(layout: &Path, tag: &str) -> Value {
+pub(super) fn layout_descriptor(layout: &Path, tag: &str) -> Value {
     let index: Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     index["manifests"]
@@ -57,7 +57,7 @@ fn layout_descriptor(layout: &Path, tag: &str) -> Value {
 }
 
 /// A blob of an OCI layout, checked against its name.
-fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
+pub(super) fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
     let hex = digest.strip_prefix("sha256:").unwrap();
     let b = std::fs::read(layout.join("blobs/sha256").join(hex))
         .unwrap_or_else(|e| panic!("blob {digest} missing from {}: {e}", layout.display()));
@@ -67,7 +67,7 @@ fn layout_blob(layout: &Path, digest: &str) -> Vec<u8> {
 
 /// Every blob reachable from manifest or index `digest` in layout `a` is in layout `b`, byte for
 /// byte. Returns how many blobs (manifests included) were compared.
-fn assert_same_tree(a: &Path, b: &Path, digest: &str) -> usize {
+pub(super) fn assert_same_tree(a: &Path, b: &Path, digest: &str) -> usize {
     let m = layout_blob(a, digest);
     assert_eq!(layout_blob(b, digest), m, "manifest {digest} differs");
     let v: Value = serde_json::from_slice(&m).unwrap();
@@ -96,7 +96,7 @@ fn inspect_raw(reference: &str) -> String {
 }
 
 /// `skopeo copy … --digestfile`: returns the digest skopeo says it pushed.
-fn copy(args: &[&str], tmp: &Path) -> String {
+pub(super) fn copy(args: &[&str], tmp: &Path) -> String {
     let file = tmp.join("digestfile");
     let file_s = file.display().to_string();
     let mut all = vec!["copy", "--quiet", "--digestfile", &file_s];
@@ -117,7 +117,7 @@ fn list_tags(registry: &TestRegistry, repo: &str) -> Value {
     serde_json::from_str::<Value>(&out).unwrap()["Tags"].clone()
 }
 
-fn require_tools() {
+pub(super) fn require_tools() {
     require_tool("skopeo");
     require_tool("umoci");
 }

@@ -9,16 +9,17 @@ use serde_json::json;
 
 use super::*;
 
-fn cfg(dir: &std::path::Path) -> StorageConfig {
+pub(super) fn cfg(dir: &std::path::Path) -> StorageConfig {
     StorageConfig {
         data_dir: dir.to_path_buf(),
         max_manifest_bytes: 4 << 20,
         upload_ttl: Duration::from_secs(3600),
         limits: crate::registry::Limits::default(),
+        gc: crate::registry::GcConfig::default(),
     }
 }
 
-fn body(data: &[u8], chunk: usize) -> BodyStream {
+pub(super) fn body(data: &[u8], chunk: usize) -> BodyStream {
     let chunks: Vec<Result<Bytes, std::io::Error>> = data
         .chunks(chunk.max(1))
         .map(|c| Ok(Bytes::copy_from_slice(c)))
@@ -26,17 +27,17 @@ fn body(data: &[u8], chunk: usize) -> BodyStream {
     futures::stream::iter(chunks).boxed()
 }
 
-fn data(n: usize, seed: u8) -> Vec<u8> {
+pub(super) fn data(n: usize, seed: u8) -> Vec<u8> {
     (0..n)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
 
-fn repo(s: &str) -> RepoName {
+pub(super) fn repo(s: &str) -> RepoName {
     s.parse().unwrap()
 }
 
-async fn read_blob(reg: &Registry, r: &RepoName, d: &Digest) -> Vec<u8> {
+pub(super) async fn read_blob(reg: &Registry, r: &RepoName, d: &Digest) -> Vec<u8> {
     use std::io::Read;
     let (mut f, size) = reg.blob_open(r, d).await.unwrap();
     let mut v = Vec::new();
@@ -45,7 +46,7 @@ async fn read_blob(reg: &Registry, r: &RepoName, d: &Digest) -> Vec<u8> {
     v
 }
 
-fn blob_files(dir: &std::path::Path) -> usize {
+pub(super) fn blob_files(dir: &std::path::Path) -> usize {
     fn walk(p: &std::path::Path) -> usize {
         std::fs::read_dir(p)
             .map(|rd| {
@@ -233,7 +234,11 @@ async fn idle_sessions_are_reaped_and_bad_ids_never_touch_files() {
     }
 }
 
-fn image_manifest(config: &Digest, layers: &[&Digest], extra: serde_json::Value) -> Bytes {
+pub(super) fn image_manifest(
+    config: &Digest,
+    layers: &[&Digest],
+    extra: serde_json::Value,
+) -> Bytes {
     let mut m = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -248,7 +253,7 @@ fn image_manifest(config: &Digest, layers: &[&Digest], extra: serde_json::Value)
     Bytes::from(serde_json::to_vec(&m).unwrap())
 }
 
-async fn push(reg: &Registry, r: &RepoName, bytes: &[u8]) -> Digest {
+pub(super) async fn push(reg: &Registry, r: &RepoName, bytes: &[u8]) -> Digest {
     let d = Digest::sha256_of(bytes);
     reg.blob_put(r, &d, body(bytes, 1024)).await.unwrap();
     d

@@ -70,6 +70,13 @@ impl<K: Eq + Hash + Clone, V> Lru<K, V> {
         );
     }
 
+    /// Drops `k`, if present.
+    pub(crate) fn remove(&mut self, k: &K) {
+        if let Some(s) = self.map.remove(k) {
+            self.weight -= s.weight;
+        }
+    }
+
     fn evict_oldest(&mut self) {
         let oldest = self
             .map

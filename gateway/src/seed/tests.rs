@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use flotilla_node::ports::SourceError;
-use flotilla_protocol::RepoName;
 use flotilla_protocol::piece::{PieceTable, PieceTableBuilder, piece_size_for};
+use flotilla_protocol::{Algorithm, RepoName};
 use futures::StreamExt;
 
 use super::*;
@@ -23,6 +23,7 @@ fn cfg(dir: &Path) -> StorageConfig {
         max_manifest_bytes: 4 << 20,
         upload_ttl: Duration::from_secs(3600),
         limits: crate::registry::Limits::default(),
+        gc: crate::registry::GcConfig::default(),
     }
 }
 
@@ -79,12 +80,7 @@ impl Bare {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobFiles::open(dir.path()).unwrap();
-        let seed = Seed::start(
-            Keypair::generate_ed25519(),
-            blobs.clone(),
-            dir.path().join("blobs"),
-            meta.clone(),
-        );
+        let seed = Seed::start(Keypair::generate_ed25519(), blobs.clone(), meta.clone());
         Bare {
             seed,
             blobs,
@@ -103,12 +99,7 @@ impl Bare {
 
     /// Another seed on the same storage, with an empty cache and the given identity.
     fn sibling(&self, keypair: Keypair) -> Seed {
-        Seed::start(
-            keypair,
-            self.blobs.clone(),
-            self.dir.path().join("blobs"),
-            self.meta.clone(),
-        )
+        Seed::start(keypair, self.blobs.clone(), self.meta.clone())
     }
 }
 
@@ -251,7 +242,6 @@ async fn a_full_queue_skips_without_blocking_and_on_demand_covers_it() {
     let seed = Seed::with_queue(
         bare.seed.keypair().clone(),
         bare.blobs.clone(),
-        bare.dir.path().join("blobs"),
         bare.meta.clone(),
         1,
     );

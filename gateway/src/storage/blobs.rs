@@ -118,6 +118,71 @@ impl BlobFiles {
         File::open(dir)?.sync_all()?;
         Ok(std::fs::metadata(&to)?.len())
     }
+
+    /// Every stored blob, sorted by digest (files that are not named as a blob are ignored).
+    ///
+    /// # Errors
+    /// [`RegistryError::Io`] if the blob directories cannot be read.
+    pub fn list(&self) -> Result<Vec<Digest>, RegistryError> {
+        let mut out = Vec::new();
+        for algorithm in [Algorithm::Sha256, Algorithm::Sha512] {
+            for shard in read_dir_if_any(&self.root.join(algorithm.name()))? {
+                let shard = shard?;
+                if !shard.file_type()?.is_dir() {
+                    continue;
+                }
+                for file in read_dir_if_any(&shard.path())? {
+                    let file = file?;
+                    let Some(name) = file.file_name().to_str().map(str::to_owned) else {
+                        continue;
+                    };
+                    let Ok(d) = format!("{}:{name}", algorithm.name()).parse::<Digest>() else {
+                        continue;
+                    };
+                    if self.path(&d) == file.path() && file.file_type()?.is_file() {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// The size and last modification (its install, or its upload's last write) of blob `d`.
+    pub fn stat(&self, d: &Digest) -> Result<Option<(u64, std::time::SystemTime)>, RegistryError> {
+        match std::fs::metadata(self.path(d)) {
+            Ok(m) => Ok(Some((m.len(), m.modified()?))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes blob `d`'s file durably (its directory is synced); whether it was there.
+    pub fn remove(&self, d: &Digest) -> Result<bool, RegistryError> {
+        let path = self.path(d);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    File::open(dir)?.sync_all()?;
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The entries of `dir`, or none if it does not exist.
+fn read_dir_if_any(
+    dir: &Path,
+) -> Result<impl Iterator<Item = std::io::Result<std::fs::DirEntry>>, RegistryError> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd).into_iter().flatten()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None.into_iter().flatten()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Appends `body` to `file` while feeding the same bytes to `hasher`, off the async threads.

@@ -17,6 +17,9 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::registry::RegistryError;
 
+mod sweep;
+pub use sweep::GcSnapshot;
+
 /// An upload session as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UploadRecord {
@@ -221,6 +224,13 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     /// The recorded state of `tag` in `repo` (also after its deletion), or `None` if the tag
     /// never existed. A tag older than the records gets its first record here, durably.
     fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError>;
+    /// What garbage collection marks from: held manifests, stored manifest records, blob links.
+    fn gc_snapshot(&self) -> Result<GcSnapshot, RegistryError>;
+    /// Removes each blob's links from the repositories given and its piece table, flushed
+    /// before it returns (the caller deletes the files after). The number of links removed.
+    fn gc_unlink_blobs(&self, blobs: &[(Digest, Vec<String>)]) -> Result<usize, RegistryError>;
+    /// Removes stored manifest records (which no repository holds), flushed; how many there were.
+    fn gc_remove_manifests(&self, ds: &[Digest]) -> Result<usize, RegistryError>;
 }
 
 /// [`MetaStore`] on an embedded sled database.
@@ -721,6 +731,18 @@ impl MetaStore for SledMeta {
     fn put_piece_table(&self, d: &Digest, signed: &[u8]) -> Result<(), RegistryError> {
         self.piece_tables.insert(d.as_str().as_bytes(), signed)?;
         Ok(())
+    }
+
+    fn gc_snapshot(&self) -> Result<GcSnapshot, RegistryError> {
+        self.snapshot_for_gc()
+    }
+
+    fn gc_unlink_blobs(&self, blobs: &[(Digest, Vec<String>)]) -> Result<usize, RegistryError> {
+        self.unlink_everywhere(blobs)
+    }
+
+    fn gc_remove_manifests(&self, ds: &[Digest]) -> Result<usize, RegistryError> {
+        self.remove_manifest_records(ds)
     }
 
     fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError> {
