@@ -61,6 +61,10 @@ struct GatewayArgs {
     /// Seconds an idle upload session lives before it and its data are removed [default: 3600].
     #[arg(long, env = "FLOTILLA_UPLOAD_TTL_SECS")]
     upload_ttl_secs: Option<u64>,
+    /// Blob bytes per second the gateway may send, HTTP bodies and swarm pieces together
+    /// [default: no cap].
+    #[arg(long, env = "FLOTILLA_UPLOAD_BYTES_PER_S")]
+    upload_bytes_per_s: Option<u64>,
     /// Seconds between two garbage collections; 0: never on its own [default: 86400].
     #[arg(long, env = "FLOTILLA_GC_INTERVAL_SECS")]
     gc_interval_secs: Option<u64>,
@@ -311,6 +315,9 @@ impl GatewayArgs {
         }
         if let Some(v) = self.gc_interval_secs {
             cfg.gc_interval_secs = v;
+        }
+        if let Some(v) = self.upload_bytes_per_s {
+            cfg.upload_bytes_per_s = Some(v);
         }
         if let Some(v) = self.gc_min_age_secs {
             cfg.gc_min_age_secs = v;

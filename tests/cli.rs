@@ -85,6 +85,24 @@ fn bad_config_file_is_a_clear_error() {
 }
 
 #[test]
+fn an_upload_cap_of_zero_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(flotilla_bin())
+        .args(["gateway", "--upload-bytes-per-s", "0", "--data-dir"])
+        .arg(tmp.path())
+        .env("FLOTILLA_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env_remove("FLOTILLA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("upload_bytes_per_s is 0"),
+        "the error does not name the setting: {err}"
+    );
+}
+
+#[test]
 fn a_bad_site_label_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(flotilla_bin())

@@ -49,6 +49,11 @@ pub struct Config {
     /// asked for) within this many seconds: a push names its blobs in a manifest only at the
     /// end. Absent: 3600.
     pub gc_min_age_secs: u64,
+    /// Blob bytes per second the gateway may send, HTTP blob bodies (to docker and to nodes)
+    /// and swarm pieces together, so the origin never takes more of its host's uplink than
+    /// given. Absent: no cap; 0 is refused at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upload_bytes_per_s: Option<u64>,
     /// Largest blob accepted, in bytes; a push past it gets `413 SIZE_INVALID`. Absent: 1 TiB.
     pub max_blob_bytes: u64,
     /// Most upload sessions open at once; more get `429 TOOMANYREQUESTS`. Absent: 1024.
@@ -265,6 +270,7 @@ impl Default for Config {
             upload_ttl_secs: 3600,
             gc_interval_secs: 24 * 3600,
             gc_min_age_secs: 3600,
+            upload_bytes_per_s: None,
             max_blob_bytes: 1 << 40,
             max_uploads: 1024,
             origin_dedup_ms: 8000,
@@ -307,6 +313,7 @@ impl Config {
                     .then(|| Duration::from_secs(self.gc_interval_secs)),
                 min_age: Duration::from_secs(self.gc_min_age_secs),
             },
+            upload_bytes_per_s: self.upload_bytes_per_s,
         }
     }
 

@@ -435,6 +435,9 @@ pub enum GatewayError {
     /// The `[audit]` or `[notifications]` section cannot be put into effect.
     #[error(transparent)]
     Events(#[from] crate::audit::EventsError),
+    /// A setting that cannot work (named in the message).
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 #[cfg(test)]

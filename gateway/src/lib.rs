@@ -76,6 +76,11 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), GatewayError> {
+    if config.upload_bytes_per_s == Some(0) {
+        return Err(GatewayError::Config(
+            "upload_bytes_per_s is 0: leave it out for no cap".to_owned(),
+        ));
+    }
     let registry = Registry::open(config.storage()).await?;
     let listener = TcpListener::bind(config.listen)
         .await

@@ -58,11 +58,12 @@ impl P2p {
         let addrs: Vec<String> = swarm.listen_addrs().iter().map(|a| a.to_string()).collect();
         tracing::info!(peer_id = %seed.peer_id(), ?addrs, "gateway swarm listening");
         seed.set_swarm_addrs(addrs);
-        let mut tasks = vec![tokio::spawn(transfer::run_server(
+        let mut tasks = vec![tokio::spawn(transfer::run_server_sharing(
             incoming,
             seed.source(),
             ServerLimits::default(),
             None,
+            seed.egress_pace(),
         ))];
         tasks.push(tokio::spawn(announce(seed.clone(), swarm.clone())));
         tasks.push(tokio::spawn(track_connected(seed.clone(), swarm.clone())));

@@ -43,6 +43,9 @@ pub struct StorageConfig {
     pub limits: Limits,
     /// Garbage collection on its own (see [`Registry::collect_garbage`]).
     pub gc: GcConfig,
+    /// Blob bytes the gateway may upload per second, HTTP bodies and swarm pieces together
+    /// (`None`: no cap); see [`Seed::egress_pace`].
+    pub upload_bytes_per_s: Option<u64>,
 }
 
 /// Bounds that keep one client (or a stalled one) from holding the gateway's resources.
@@ -248,7 +251,10 @@ impl Registry {
         })
         .await?;
         let meta: Arc<dyn MetaStore> = Arc::new(meta);
-        let seed = Seed::start(keypair, blobs.clone(), meta.clone());
+        let egress = cfg
+            .upload_bytes_per_s
+            .map(|rate| Arc::new(flotilla_node::transfer::Pace::new(rate)));
+        let seed = Seed::start(keypair, blobs.clone(), meta.clone(), egress);
         let reg = Registry {
             inner: Arc::new(Inner {
                 cfg,

@@ -49,6 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
 
 use bytes::Bytes;
 use flotilla_node::ports::PieceSource;
+use flotilla_node::transfer::Pace;
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::SignedPieceTable;
 use futures::FutureExt;
@@ -151,6 +152,8 @@ pub(crate) struct Core {
     addrs: RwLock<Vec<String>>,
     new_blobs: broadcast::Sender<Digest>,
     removed_blobs: broadcast::Sender<Digest>,
+    /// The gateway's upload cap, shared by HTTP blob bodies and swarm pieces.
+    egress: Option<Arc<Pace>>,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
@@ -186,10 +189,16 @@ fn unshare(e: Arc<RegistryError>) -> RegistryError {
 }
 
 impl Seed {
-    /// Starts the seed service over the blob files and the metadata store, with `keypair` as identity; spawns the table worker (so it must be
-    /// called inside a tokio runtime).
-    pub(crate) fn start(keypair: Keypair, blobs: BlobFiles, meta: Arc<dyn MetaStore>) -> Seed {
-        Self::with_queue(keypair, blobs, meta, QUEUE)
+    /// Starts the seed service over the blob files and the metadata store, with `keypair` as
+    /// identity and `egress` as the upload cap; spawns the table worker (so it must be called
+    /// inside a tokio runtime).
+    pub(crate) fn start(
+        keypair: Keypair,
+        blobs: BlobFiles,
+        meta: Arc<dyn MetaStore>,
+        egress: Option<Arc<Pace>>,
+    ) -> Seed {
+        Self::with_queue(keypair, blobs, meta, egress, QUEUE)
     }
 
     /// [`Seed::start`] with a queue of `depth` digests (tests use tiny ones).
@@ -197,6 +206,7 @@ impl Seed {
         keypair: Keypair,
         blobs: BlobFiles,
         meta: Arc<dyn MetaStore>,
+        egress: Option<Arc<Pace>>,
         depth: usize,
     ) -> Seed {
         let (new_blobs, _) = broadcast::channel(NEW_BLOBS_CAPACITY);
@@ -213,6 +223,7 @@ impl Seed {
             addrs: RwLock::new(Vec::new()),
             new_blobs,
             removed_blobs,
+            egress,
         });
         let (queue, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(table_worker(Arc::downgrade(&core), rx));
@@ -323,6 +334,12 @@ impl Seed {
     /// asking for them are told the gateway does not hold them).
     pub fn subscribe_removed_blobs(&self) -> broadcast::Receiver<Digest> {
         self.core().removed_blobs.subscribe()
+    }
+
+    /// The gateway's upload cap (`upload_bytes_per_s`), if any: HTTP blob bodies and the
+    /// swarm's piece payloads take their bytes from this one budget.
+    pub fn egress_pace(&self) -> Option<Arc<Pace>> {
+        self.core().egress.clone()
     }
 
     /// The counters now.

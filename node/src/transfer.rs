@@ -42,7 +42,8 @@ use flotilla_protocol::wire::{ErrorCode, WireError};
 use libp2p::PeerId;
 
 pub use client::{Opened, Session, fetch_table};
-pub use server::run_server;
+pub use pace::Pace;
+pub use server::{run_server, run_server_sharing};
 
 /// The libp2p protocol of piece transfer.
 pub const PROTOCOL: libp2p::StreamProtocol =

@@ -29,6 +29,7 @@ use super::{ApiResult, AppState};
 use crate::audit::{Action, Event, Origin};
 use crate::error::{ApiError, ErrorCode};
 use crate::seed::Counters;
+use flotilla_node::transfer::Pace;
 
 /// Bytes read from disk per chunk. Large chunks keep per-chunk overhead (a blocking-pool hop, a
 /// channel send, a body frame) negligible against the copy itself.
@@ -73,7 +74,13 @@ pub(super) fn send(st: &AppState, d: &Digest, file: File, size: u64, req: &Heade
             StatusCode::OK,
             d,
             size,
-            file_body(file, 0, size, st.registry.seed().counters()),
+            file_body(
+                file,
+                0,
+                size,
+                st.registry.seed().counters(),
+                st.registry.seed().egress_pace(),
+            ),
         )),
         RangeAnswer::Partial { start, end } => {
             let len = end - start + 1;
@@ -81,7 +88,13 @@ pub(super) fn send(st: &AppState, d: &Digest, file: File, size: u64, req: &Heade
                 StatusCode::PARTIAL_CONTENT,
                 d,
                 len,
-                file_body(file, start, len, st.registry.seed().counters()),
+                file_body(
+                    file,
+                    start,
+                    len,
+                    st.registry.seed().counters(),
+                    st.registry.seed().egress_pace(),
+                ),
             );
             res.headers_mut().insert(
                 header::CONTENT_RANGE,
@@ -149,16 +162,23 @@ fn not_modified(d: &Digest) -> Response {
 }
 
 /// A body streaming `len` bytes of `file` from `start` (see the module docs), counting what it
-/// yields into `counters`.
+/// yields into `counters`, no faster than `pace` allows (the gateway's upload cap, shared with
+/// every other blob body and the swarm).
 ///
 /// The caller sets `Content-Length`; if the file turns out shorter, the stream ends with an error
 /// so the connection is cut rather than the response silently truncated.
-pub(super) fn file_body(file: File, start: u64, len: u64, counters: Arc<Counters>) -> Body {
+pub(super) fn file_body(
+    file: File,
+    start: u64,
+    len: u64,
+    counters: Arc<Counters>,
+    pace: Option<Arc<Pace>>,
+) -> Body {
     if len == 0 {
         return Body::empty();
     }
     let (tx, mut rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
-    tokio::spawn(read_file(file, start, len, tx));
+    tokio::spawn(read_file(file, start, len, tx, pace));
     Body::from_stream(futures::stream::poll_fn(move |cx| {
         let next = rx.poll_recv(cx);
         if let Poll::Ready(Some(Ok(chunk))) = &next {
@@ -170,15 +190,25 @@ pub(super) fn file_body(file: File, start: u64, len: u64, counters: Arc<Counters
 
 /// The producer side of [`file_body`]: stops at the end, on a read error (sent on), or when the
 /// receiver is gone (the client went away).
-async fn read_file(mut file: File, start: u64, len: u64, tx: mpsc::Sender<io::Result<Bytes>>) {
+async fn read_file(
+    mut file: File,
+    start: u64,
+    len: u64,
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    pace: Option<Arc<Pace>>,
+) {
     let mut remaining = len;
     let mut seek_to = Some(start).filter(|&s| s > 0);
+    // Under a cap, chunks of one burst, so the bytes go out evenly rather than a MiB at a time.
+    let chunk = pace
+        .as_ref()
+        .map_or(CHUNK, |p| p.burst_bytes().clamp(16 << 10, CHUNK));
     while remaining > 0 {
         // Reserve queue space first, so a chunk is only read when it can be sent at once.
         let Ok(permit) = tx.reserve().await else {
             return;
         };
-        let want = remaining.min(CHUNK as u64);
+        let want = remaining.min(chunk as u64);
         let seek = seek_to.take();
         let joined = tokio::task::spawn_blocking(move || {
             let chunk = read_chunk(&mut file, seek, want);
@@ -198,6 +228,9 @@ async fn read_file(mut file: File, start: u64, len: u64, tx: mpsc::Sender<io::Re
         match chunk {
             Ok(bytes) => {
                 remaining -= bytes.len() as u64;
+                if let Some(p) = &pace {
+                    p.take(bytes.len()).await;
+                }
                 permit.send(Ok(bytes));
             }
             Err(e) => {
@@ -256,17 +289,23 @@ mod tests {
     async fn streams_whole_and_partial_across_chunk_boundaries() {
         let data: Vec<u8> = (0..(CHUNK * 2 + 12345)).map(|i| (i % 251) as u8).collect();
         let c = counters();
-        let all = collect(file_body(temp_file(&data), 0, data.len() as u64, c.clone()))
-            .await
-            .unwrap();
+        let all = collect(file_body(
+            temp_file(&data),
+            0,
+            data.len() as u64,
+            c.clone(),
+            None,
+        ))
+        .await
+        .unwrap();
         assert_eq!(all, data);
         let (start, len) = (CHUNK as u64 - 3, CHUNK as u64 + 10);
-        let part = collect(file_body(temp_file(&data), start, len, c.clone()))
+        let part = collect(file_body(temp_file(&data), start, len, c.clone(), None))
             .await
             .unwrap();
         assert_eq!(part, &data[start as usize..(start + len) as usize]);
         assert!(
-            collect(file_body(temp_file(&data), 0, 0, c.clone()))
+            collect(file_body(temp_file(&data), 0, 0, c.clone(), None))
                 .await
                 .unwrap()
                 .is_empty()
@@ -278,17 +317,46 @@ mod tests {
     async fn an_abandoned_body_counts_only_what_it_yielded() {
         let data: Vec<u8> = vec![1u8; CHUNK * 5];
         let c = counters();
-        let mut s = file_body(temp_file(&data), 0, data.len() as u64, c.clone()).into_data_stream();
+        let mut s =
+            file_body(temp_file(&data), 0, data.len() as u64, c.clone(), None).into_data_stream();
         let first = s.next().await.unwrap().unwrap();
         drop(s);
         assert_eq!(c.snapshot().http_blob_bytes, first.len() as u64);
+    }
+
+    /// Two bodies under one cap of 4 MiB/s: 6 MiB between them take 1.5 s at least (less one
+    /// burst), however they share it, and both arrive whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bodies_sharing_a_cap_keep_to_it_together() {
+        let pace = Arc::new(Pace::new(4 << 20));
+        let a: Vec<u8> = (0..(4 << 20)).map(|i| (i % 251) as u8).collect();
+        let b = vec![9u8; 2 << 20];
+        let body = |data: &[u8]| {
+            let len = data.len() as u64;
+            collect(file_body(
+                temp_file(data),
+                0,
+                len,
+                counters(),
+                Some(pace.clone()),
+            ))
+        };
+        let t0 = std::time::Instant::now();
+        let (got_a, got_b) = tokio::join!(body(&a), body(&b));
+        let took = t0.elapsed();
+        assert!(got_a.unwrap() == a && got_b.unwrap() == b);
+        assert!(
+            took >= std::time::Duration::from_millis(1400),
+            "6 MiB at 4 MiB/s in {took:?}"
+        );
+        assert!(took < std::time::Duration::from_secs(30), "{took:?}");
     }
 
     #[tokio::test]
     async fn short_file_is_an_error_not_a_truncation() {
         let data = vec![7u8; 100];
         assert!(
-            collect(file_body(temp_file(&data), 0, 200, counters()))
+            collect(file_body(temp_file(&data), 0, 200, counters(), None))
                 .await
                 .is_err()
         );

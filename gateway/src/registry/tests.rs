@@ -16,6 +16,7 @@ pub(super) fn cfg(dir: &std::path::Path) -> StorageConfig {
         upload_ttl: Duration::from_secs(3600),
         limits: crate::registry::Limits::default(),
         gc: crate::registry::GcConfig::default(),
+        upload_bytes_per_s: None,
     }
 }
 

@@ -24,6 +24,7 @@ fn cfg(dir: &Path) -> StorageConfig {
         upload_ttl: Duration::from_secs(3600),
         limits: crate::registry::Limits::default(),
         gc: crate::registry::GcConfig::default(),
+        upload_bytes_per_s: None,
     }
 }
 
@@ -80,7 +81,12 @@ impl Bare {
         let dir = tempfile::tempdir().unwrap();
         let meta: Arc<dyn MetaStore> = Arc::new(SledMeta::open(&dir.path().join("meta")).unwrap());
         let blobs = BlobFiles::open(dir.path()).unwrap();
-        let seed = Seed::start(Keypair::generate_ed25519(), blobs.clone(), meta.clone());
+        let seed = Seed::start(
+            Keypair::generate_ed25519(),
+            blobs.clone(),
+            meta.clone(),
+            None,
+        );
         Bare {
             seed,
             blobs,
@@ -99,7 +105,7 @@ impl Bare {
 
     /// Another seed on the same storage, with an empty cache and the given identity.
     fn sibling(&self, keypair: Keypair) -> Seed {
-        Seed::start(keypair, self.blobs.clone(), self.meta.clone())
+        Seed::start(keypair, self.blobs.clone(), self.meta.clone(), None)
     }
 }
 
@@ -243,6 +249,7 @@ async fn a_full_queue_skips_without_blocking_and_on_demand_covers_it() {
         bare.seed.keypair().clone(),
         bare.blobs.clone(),
         bare.meta.clone(),
+        None,
         1,
     );
     let digests: Vec<Digest> = (0..5u8)

@@ -19,27 +19,37 @@ use tokio::time::{Instant, sleep_until};
 /// useful rate without letting a cap turn into bursts a switch has to queue.
 pub(crate) const BURST: Duration = Duration::from_millis(50);
 
-/// A byte rate shared by all the streams of a server.
+/// A byte rate shared by all the streams of a server (and, in the gateway, by its HTTP blob
+/// bodies too: one budget for everything it uploads).
 #[derive(Debug)]
-pub(crate) struct Pace {
+pub struct Pace {
     /// Seconds per byte.
     per_byte: f64,
+    /// The rate.
+    bytes_per_s: u64,
     /// When the bytes booked so far have all been sent at the rate.
     due: Mutex<Instant>,
 }
 
 impl Pace {
     /// A cap of `bytes_per_s` (at least 1).
-    pub(crate) fn new(bytes_per_s: u64) -> Pace {
+    pub fn new(bytes_per_s: u64) -> Pace {
         Pace {
             per_byte: 1.0 / bytes_per_s.max(1) as f64,
+            bytes_per_s: bytes_per_s.max(1),
             due: Mutex::new(Instant::now()),
         }
     }
 
+    /// The bytes one burst allows: writers that choose their own sizes keep to it, so the
+    /// rate holds over short spans too.
+    pub fn burst_bytes(&self) -> usize {
+        (self.bytes_per_s as f64 * BURST.as_secs_f64()) as usize
+    }
+
     /// Waits until `bytes` more may go out. A caller that stops waiting still used its share
     /// (the bytes were booked), which errs on the side of the cap.
-    pub(crate) async fn take(&self, bytes: usize) {
+    pub async fn take(&self, bytes: usize) {
         let at = self.book(bytes, Instant::now());
         if let Some(at) = at {
             sleep_until(at).await;

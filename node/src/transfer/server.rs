@@ -62,6 +62,8 @@ pub(crate) struct ServerConfig {
     pub(crate) write_stall: Duration,
     /// The same while its send slot is wanted ([`CONTENDED_STALL_TIMEOUT`]).
     pub(crate) contended_stall: Duration,
+    /// The upload cap, if any (see [`run_server_sharing`]).
+    pub(crate) pace: Option<Arc<Pace>>,
 }
 
 /// Serves every stream of `incoming` until it ends, then waits for the streams being served.
@@ -76,6 +78,21 @@ pub async fn run_server(
     limits: ServerLimits,
     site: Option<String>,
 ) {
+    let pace = limits
+        .upload_bytes_per_s
+        .map(|rate| Arc::new(Pace::new(rate)));
+    run_server_sharing(incoming, source, limits, site, pace).await;
+}
+
+/// [`run_server`] with its payload bytes paced by `pace` (shared with whatever else the caller
+/// uploads) instead of a cap of its own; [`ServerLimits::upload_bytes_per_s`] is not read.
+pub async fn run_server_sharing(
+    incoming: impl futures::Stream<Item = (PeerId, PeerStream)> + Send + Unpin + 'static,
+    source: Arc<dyn PieceSource>,
+    limits: ServerLimits,
+    site: Option<String>,
+    pace: Option<Arc<Pace>>,
+) {
     run_server_with(
         incoming,
         source,
@@ -86,6 +103,7 @@ pub async fn run_server(
             idle_timeout: IDLE_TIMEOUT,
             write_stall: WRITE_STALL_TIMEOUT,
             contended_stall: CONTENDED_STALL_TIMEOUT,
+            pace,
         },
     )
     .await;
@@ -114,10 +132,7 @@ pub(super) async fn serve_with_slots(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let sends = Arc::new(Semaphore::new(config.limits.max_concurrent_sends));
     let copies = Arc::new(Counts::default());
-    let pace = config
-        .limits
-        .upload_bytes_per_s
-        .map(|rate| Arc::new(Pace::new(rate)));
+    let pace = config.pace.clone();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {

@@ -227,6 +227,9 @@ fn config(limits: ServerLimits) -> ServerConfig {
         idle_timeout: IDLE_TIMEOUT,
         write_stall: WRITE_STALL_TIMEOUT,
         contended_stall: CONTENDED_STALL_TIMEOUT,
+        pace: limits
+            .upload_bytes_per_s
+            .map(|rate| Arc::new(super::Pace::new(rate))),
     }
 }
 
