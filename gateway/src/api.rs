@@ -40,6 +40,7 @@ mod flotilla;
 pub mod headers;
 mod listing;
 mod manifests;
+mod metrics;
 mod send_pool;
 mod uploads;
 
@@ -75,6 +76,8 @@ pub(crate) struct AppState {
     /// The origin's refusal window for piece ranges just sent to another member.
     pub(crate) origin_dedup: Arc<dedup::OriginDedup>,
     pub(crate) send_pool: Arc<send_pool::SendPool>,
+    /// Requests answered, per method and status (`GET /metrics`).
+    pub(crate) requests: Arc<access_log::RequestCounts>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
@@ -95,7 +98,9 @@ pub fn router_with_events(
     auth: Option<Auth>,
     events: Events,
 ) -> Router {
+    let requests = Arc::new(access_log::RequestCounts::default());
     let state = AppState {
+        requests: requests.clone(),
         registry,
         max_manifest_bytes: config.max_manifest_bytes,
         page_limit: config.page_limit(),
@@ -114,7 +119,10 @@ pub fn router_with_events(
     Router::new()
         .fallback(dispatch)
         .with_state(state)
-        .layer(axum::middleware::from_fn(access_log::layer))
+        .layer(axum::middleware::from_fn_with_state(
+            requests,
+            access_log::layer,
+        ))
 }
 
 /// The result type of handlers.
@@ -125,6 +133,10 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
     let res = match percent_decode(req.uri().path()) {
         Some(path) if flotilla::owns(&path) => flotilla::handle(&st, &path, req).await,
+        Some(path) if path == "/metrics" => match *req.method() {
+            Method::GET | Method::HEAD => Ok(metrics::answer(&st)),
+            _ => Err(method_not_allowed("GET, HEAD")),
+        },
         Some(path) if path == auth::TOKEN_PATH && st.auth.is_some() => match &st.auth {
             Some(a) => {
                 let origin = st.events.origin(&req);

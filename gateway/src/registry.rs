@@ -125,6 +125,8 @@ struct Inner {
     gc_lock: std::sync::RwLock<()>,
     /// When blobs were last used through the API (garbage collection spares them).
     touched: gc::Touched,
+    /// What collections removed since start.
+    gc_totals: std::sync::Mutex<GcTotals>,
 }
 
 fn now_ms() -> u64 {
@@ -264,6 +266,7 @@ impl Registry {
                 seed,
                 gc_lock: std::sync::RwLock::new(()),
                 touched: gc::Touched::default(),
+                gc_totals: std::sync::Mutex::default(),
             }),
         };
         let r = reg.clone();
@@ -921,7 +924,7 @@ fn spawn_reaper(inner: Weak<Inner>, ttl: Duration) {
 mod error;
 mod gc;
 pub use error::RegistryError;
-pub use gc::{GcConfig, GcOptions, GcReport};
+pub use gc::{GcConfig, GcOptions, GcReport, GcTotals};
 
 #[cfg(test)]
 #[path = "registry/tests.rs"]

@@ -23,6 +23,7 @@ pub mod fetch;
 pub mod gateway_http;
 pub mod identity;
 pub mod meta;
+pub mod metrics;
 mod node;
 pub mod oci;
 pub mod ports;

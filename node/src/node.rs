@@ -340,6 +340,7 @@ impl Node {
         };
         let router = Router::new()
             .route("/flotilla/v1/stats", get(stats))
+            .route("/metrics", get(metrics))
             .with_state(stats_state)
             .merge(oci::router(state));
         let listener =
@@ -488,6 +489,68 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
 
 async fn stats(State(s): State<StatsState>) -> axum::Json<NodeStats> {
     axum::Json(node_stats(&s.fetcher, &s.store, &s.swarm))
+}
+
+/// `GET /metrics`: [`NodeStats`] in the Prometheus text format.
+async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoResponse {
+    use crate::metrics::{CONTENT_TYPE, Exposition, Kind};
+    let n = node_stats(&s.fetcher, &s.store, &s.swarm);
+    let mut e = Exposition::new();
+    for (name, help, value) in [
+        (
+            "flotilla_node_peer_bytes_total",
+            "Bytes of verified pieces received from peers.",
+            n.peer_bytes,
+        ),
+        (
+            "flotilla_node_far_peer_bytes_total",
+            "The part of peer bytes received from peers of another site.",
+            n.far_peer_bytes,
+        ),
+        (
+            "flotilla_node_origin_bytes_total",
+            "Bytes of verified pieces received from the gateway over HTTP.",
+            n.origin_bytes,
+        ),
+        (
+            "flotilla_node_wasted_bytes_total",
+            "Bytes received and dropped: lost duplicates, pieces cut short, failed verification.",
+            n.wasted_bytes,
+        ),
+        (
+            "flotilla_node_peers_banned_total",
+            "Peers banned for sending corrupted pieces.",
+            n.peers_banned,
+        ),
+        (
+            "flotilla_node_served_bytes_total",
+            "Piece bytes this node served to peers.",
+            n.served_bytes,
+        ),
+        (
+            "flotilla_node_served_arriving_bytes_total",
+            "The part of served bytes passed on while the piece was still arriving here.",
+            n.served_arriving_bytes,
+        ),
+    ] {
+        e.metric(name, Kind::Counter, help, value as f64);
+    }
+    e.metric(
+        "flotilla_node_stored_bytes",
+        Kind::Gauge,
+        "Bytes of blobs on disk.",
+        n.stored_bytes as f64,
+    )
+    .metric(
+        "flotilla_node_known_peers",
+        Kind::Gauge,
+        "Nodes in the DHT routing table.",
+        n.known_peers as f64,
+    );
+    (
+        [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
+        e.finish(),
+    )
 }
 
 async fn gateway_info(

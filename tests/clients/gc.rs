@@ -209,5 +209,22 @@ fn the_gateway_collects_on_its_own() {
         "{}",
         gw.log()
     );
+    // Counted in the stats and on the metrics page (once the collection that deleted the
+    // files has returned).
+    let stats_url = format!("{}/flotilla/v1/stats", gw.url());
+    let mut stats = super::get(&stats_url, None).json();
+    while stats["gc"]["blobs_removed"] != 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        stats = super::get(&stats_url, None).json();
+    }
+    assert_eq!(stats["gc"]["blobs_removed"], 3, "{stats}");
+    let dropped_bytes: u64 = p.dropped.iter().map(|b| b.1).sum();
+    assert_eq!(stats["gc"]["bytes_removed"], dropped_bytes, "{stats}");
+    let page = super::get(&format!("{}/metrics", gw.url()), None).body;
+    let page = String::from_utf8(page).unwrap();
+    assert!(
+        page.contains("\nflotilla_gateway_gc_blobs_removed_total 3\n"),
+        "{page}"
+    );
     check_after(&gw, tmp.path(), &p);
 }

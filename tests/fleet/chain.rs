@@ -116,6 +116,32 @@ async fn chain(dir: &Path, log: &LogFile) {
     if sc.peer_bytes == 0 {
         failures.push("C took nothing from its peers".to_owned());
     }
+    // The same counters in the Prometheus text format (the stats have settled).
+    let page = http
+        .get(format!("{}/metrics", b.url))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("the metrics page");
+    for (name, want) in [
+        ("flotilla_node_peer_bytes_total", sb.peer_bytes),
+        ("flotilla_node_served_bytes_total", sb.served_bytes),
+        (
+            "flotilla_node_served_arriving_bytes_total",
+            sb.served_arriving_bytes,
+        ),
+    ] {
+        let got = page
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok());
+        if got != Some(want as f64) {
+            failures.push(format!(
+                "B's /metrics: {name} {got:?}, its stats say {want}"
+            ));
+        }
+    }
     for n in [a, b, c] {
         n.stop().await;
     }

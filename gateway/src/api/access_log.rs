@@ -7,12 +7,14 @@
 //! at the end of the body (rather than when the handler returns) makes the duration of a download
 //! the transfer time and shows aborted transfers as `complete=false`.
 
+use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::extract::Request;
+use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -20,8 +22,48 @@ use http_body::{Frame, SizeHint};
 
 use super::headers::DOCKER_API_VERSION;
 
-/// The middleware (use with `axum::middleware::from_fn`).
-pub(crate) async fn layer(req: Request, next: Next) -> Response {
+/// Requests answered and body bytes sent, per method and status, for `GET /metrics`. Bounded:
+/// seven method names (others count as `other`) times the statuses the API answers with.
+#[derive(Debug, Default)]
+pub(crate) struct RequestCounts(Mutex<BTreeMap<RequestKind, Tally>>);
+
+/// A method name and a status code.
+pub(crate) type RequestKind = (&'static str, u16);
+
+/// Requests, and the body bytes they sent.
+pub(crate) type Tally = (u64, u64);
+
+impl RequestCounts {
+    fn record(&self, method: &Method, status: StatusCode, bytes: u64) {
+        let name = match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::PUT => "PUT",
+            Method::POST => "POST",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = map.entry((name, status.as_u16())).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+    }
+
+    /// `((method, status), (requests, body bytes))`, sorted.
+    pub(crate) fn snapshot(&self) -> Vec<(RequestKind, Tally)> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+}
+
+/// The middleware (use with `axum::middleware::from_fn_with_state`).
+pub(crate) async fn layer(
+    State(counts): State<Arc<RequestCounts>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -54,6 +96,7 @@ pub(crate) async fn layer(req: Request, next: Next) -> Response {
                 expected,
                 ended: false,
                 failed: false,
+                counts,
             },
         })
     })
@@ -69,11 +112,13 @@ struct LogLine {
     expected: Option<u64>,
     ended: bool,
     failed: bool,
+    counts: Arc<RequestCounts>,
 }
 
 impl Drop for LogLine {
     fn drop(&mut self) {
         let complete = !self.failed && (self.ended || self.expected == Some(self.bytes));
+        self.counts.record(&self.method, self.status, self.bytes);
         let duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
         let duration = format!("{duration_ms:.3}ms");
         tracing::info!(

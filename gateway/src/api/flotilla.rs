@@ -337,6 +337,8 @@ struct Stats {
     seed: crate::seed::SeedStats,
     audit: crate::audit::AuditStats,
     notifications: Vec<crate::notify::NotifyStats>,
+    /// What garbage collection removed since start.
+    gc: crate::registry::GcTotals,
     /// Piece ranges refused because another member was sent them moments ago.
     origin_refused: u64,
     /// Piece answers streaming now, allowed to at once now, and waiting for a send slot now
@@ -355,6 +357,7 @@ fn stats(st: &AppState) -> Stats {
         seed: st.registry.seed().stats(),
         audit: st.events.audit_stats(),
         notifications: st.events.notify_stats(),
+        gc: st.registry.gc_totals(),
         origin_refused: st.origin_dedup.refused(),
         origin_sending: st.send_pool.sending(),
         origin_send_limit: st.send_pool.limit(),

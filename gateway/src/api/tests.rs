@@ -319,3 +319,57 @@ async fn blob_reads_and_ranges() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The value of the sample `line_start` (`name{labels}`) on a metrics page.
+fn sample(page: &str, line_start: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_count_requests_bytes_and_collections() {
+    let api = Api::new().await;
+    let data = vec![5u8; 3000];
+    let d = api.push_blob("team/app", &data).await;
+    let uri = format!("/v2/team/app/blobs/{d}");
+    assert_eq!(api.get(&uri).await.status, StatusCode::OK);
+    assert_eq!(api.get(&uri).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("/v2/team/app/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    let r = api.get("/metrics").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.header(header::CONTENT_TYPE),
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let page = std::str::from_utf8(&r.body).unwrap();
+    let get = |labels: &str| sample(page, &format!("flotilla_gateway_{labels}"));
+    assert_eq!(
+        get("http_requests_total{method=\"GET\",code=\"200\"}"),
+        Some(2.0),
+        "{page}"
+    );
+    assert_eq!(
+        get("http_requests_total{method=\"GET\",code=\"404\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        get("http_response_bytes_total{method=\"GET\",code=\"200\"}"),
+        Some(6000.0)
+    );
+    assert_eq!(get("blob_bytes_sent_total{via=\"http\"}"), Some(6000.0));
+    assert_eq!(get("blob_bytes_sent_total{via=\"swarm\"}"), Some(0.0));
+    assert_eq!(get("gc_runs_total"), Some(0.0));
+    assert!(page.contains("# TYPE flotilla_gateway_origin_sending gauge\n"));
+
+    let r = api.call(Method::HEAD, "/metrics", &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.is_empty());
+    let r = api.call(Method::POST, "/metrics", &[], Vec::new()).await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}

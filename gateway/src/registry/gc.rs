@@ -78,6 +78,19 @@ pub struct GcReport {
     pub links_removed: usize,
 }
 
+/// What every collection since start removed (`GET /flotilla/v1/stats`, `GET /metrics`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct GcTotals {
+    /// Collections that ran to the end (dry runs not counted).
+    pub runs: u64,
+    /// Blob files removed.
+    pub blobs_removed: u64,
+    /// Their bytes.
+    pub bytes_removed: u64,
+    /// When the last collection ended (Unix seconds; 0: none yet).
+    pub last_run_unix_s: u64,
+}
+
 /// When each blob was last used through the API (in memory: after a restart only file ages
 /// count, and a push cut by the restart starts again).
 #[derive(Debug, Default)]
@@ -142,7 +155,29 @@ impl Registry {
         for d in &removed {
             self.inner.seed.blob_removed(d);
         }
+        if !report.dry_run {
+            let mut t = self
+                .inner
+                .gc_totals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            t.runs += 1;
+            t.blobs_removed += report.blobs_removed as u64;
+            t.bytes_removed += report.bytes_removed;
+            t.last_run_unix_s = SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+        }
         Ok(report)
+    }
+
+    /// What every collection since start removed.
+    pub fn gc_totals(&self) -> GcTotals {
+        *self
+            .inner
+            .gc_totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -1,0 +1,207 @@
+//! `GET /metrics`: the gateway's counters in the Prometheus text format — requests by method
+//! and status, blob bytes sent over HTTP and the swarm, the origin's send pool and refusals,
+//! garbage collection, the audit log and each notification endpoint. Open like
+//! `/flotilla/v1/stats` (SPEC §3.6); the same figures, scrapeable.
+
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use flotilla_node::metrics::{CONTENT_TYPE, Exposition, Kind};
+
+use super::AppState;
+
+/// The page (the dispatcher strips it for a `HEAD`).
+pub(super) fn answer(st: &AppState) -> Response {
+    let mut res = render(st).into_response();
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    res
+}
+
+fn render(st: &AppState) -> String {
+    let mut e = Exposition::new();
+    let requests = st.requests.snapshot();
+    let codes: Vec<String> = requests.iter().map(|((_, c), _)| c.to_string()).collect();
+    let labels: Vec<[(&str, &str); 2]> = requests
+        .iter()
+        .zip(&codes)
+        .map(|(((m, _), _), c)| [("method", *m), ("code", c.as_str())])
+        .collect();
+    e.family(
+        "flotilla_gateway_http_requests_total",
+        Kind::Counter,
+        "HTTP requests answered, by method and status.",
+        labels
+            .iter()
+            .zip(&requests)
+            .map(|(l, (_, (n, _)))| (&l[..], *n as f64)),
+    )
+    .family(
+        "flotilla_gateway_http_response_bytes_total",
+        Kind::Counter,
+        "Response body bytes sent, by method and status.",
+        labels
+            .iter()
+            .zip(&requests)
+            .map(|(l, (_, (_, b)))| (&l[..], *b as f64)),
+    );
+
+    let seed = st.registry.seed().stats();
+    e.family(
+        "flotilla_gateway_blob_bytes_sent_total",
+        Kind::Counter,
+        "Blob bytes sent: HTTP bodies (clients and nodes) and swarm pieces.",
+        [
+            (&[("via", "http")][..], seed.http_blob_bytes as f64),
+            (&[("via", "swarm")][..], seed.swarm_bytes as f64),
+        ],
+    );
+    for (name, kind, help, value) in [
+        (
+            "flotilla_gateway_piece_tables_computed_total",
+            Kind::Counter,
+            "Piece tables hashed and signed.",
+            seed.tables_computed as f64,
+        ),
+        (
+            "flotilla_gateway_origin_refused_total",
+            Kind::Counter,
+            "Piece ranges refused because another member was sent them moments ago.",
+            st.origin_dedup.refused() as f64,
+        ),
+        (
+            "flotilla_gateway_origin_waited_total",
+            Kind::Counter,
+            "Piece requests that waited for a send slot.",
+            st.send_pool.waited() as f64,
+        ),
+        (
+            "flotilla_gateway_origin_queue_full_total",
+            Kind::Counter,
+            "Piece requests refused because too many waited for a send slot.",
+            st.send_pool.overflowed() as f64,
+        ),
+        (
+            "flotilla_gateway_origin_sending",
+            Kind::Gauge,
+            "Piece answers streaming to members now.",
+            st.send_pool.sending() as f64,
+        ),
+        (
+            "flotilla_gateway_origin_send_limit",
+            Kind::Gauge,
+            "Piece answers allowed to stream at once now (0: no send pool).",
+            st.send_pool.limit() as f64,
+        ),
+        (
+            "flotilla_gateway_origin_waiting",
+            Kind::Gauge,
+            "Piece requests waiting for a send slot now.",
+            st.send_pool.waiting() as f64,
+        ),
+    ] {
+        e.metric(name, kind, help, value);
+    }
+
+    let gc = st.registry.gc_totals();
+    let audit = st.events.audit_stats();
+    for (name, kind, help, value) in [
+        (
+            "flotilla_gateway_gc_runs_total",
+            Kind::Counter,
+            "Garbage collections run to the end.",
+            gc.runs,
+        ),
+        (
+            "flotilla_gateway_gc_blobs_removed_total",
+            Kind::Counter,
+            "Blob files garbage collection removed.",
+            gc.blobs_removed,
+        ),
+        (
+            "flotilla_gateway_gc_bytes_removed_total",
+            Kind::Counter,
+            "Bytes of the blob files garbage collection removed.",
+            gc.bytes_removed,
+        ),
+        (
+            "flotilla_gateway_gc_last_run_timestamp_seconds",
+            Kind::Gauge,
+            "When the last garbage collection ended (Unix seconds; 0: none yet).",
+            gc.last_run_unix_s,
+        ),
+        (
+            "flotilla_gateway_audit_lines_written_total",
+            Kind::Counter,
+            "Audit log lines written.",
+            audit.lines_written,
+        ),
+        (
+            "flotilla_gateway_audit_lines_dropped_total",
+            Kind::Counter,
+            "Audit log lines lost (channel full, writer stopped, write failed).",
+            audit.lines_dropped,
+        ),
+        (
+            "flotilla_gateway_audit_write_errors_total",
+            Kind::Counter,
+            "Audit log writes or fsyncs that failed.",
+            audit.write_errors,
+        ),
+    ] {
+        e.metric(name, kind, help, value as f64);
+    }
+
+    let notify = st.events.notify_stats();
+    let endpoints: Vec<[(&str, &str); 1]> = notify
+        .iter()
+        .map(|n| [("endpoint", n.name.as_str())])
+        .collect();
+    type Pick = fn(&crate::notify::NotifyStats) -> u64;
+    let families: [(&str, Kind, &str, Pick); 5] = [
+        (
+            "flotilla_gateway_notifications_delivered_total",
+            Kind::Counter,
+            "Events a notification endpoint accepted.",
+            |n| n.delivered,
+        ),
+        (
+            "flotilla_gateway_notifications_failed_total",
+            Kind::Counter,
+            "Notification attempts that failed.",
+            |n| n.failed,
+        ),
+        (
+            "flotilla_gateway_notifications_dropped_total",
+            Kind::Counter,
+            "Events dropped because an endpoint's queue was full.",
+            |n| n.dropped,
+        ),
+        (
+            "flotilla_gateway_notifications_expired_total",
+            Kind::Counter,
+            "Events dropped after failing for their whole lifetime.",
+            |n| n.expired,
+        ),
+        (
+            "flotilla_gateway_notifications_pending",
+            Kind::Gauge,
+            "Events waiting for an endpoint now.",
+            |n| n.pending,
+        ),
+    ];
+    for (name, kind, help, pick) in families {
+        if notify.is_empty() {
+            continue;
+        }
+        e.family(
+            name,
+            kind,
+            help,
+            endpoints
+                .iter()
+                .zip(&notify)
+                .map(|(l, n)| (&l[..], pick(n) as f64)),
+        );
+    }
+    e.finish()
+}
