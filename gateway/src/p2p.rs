@@ -130,6 +130,8 @@ async fn announce(seed: Seed, swarm: SwarmHandle) {
                 Err(RecvError::Closed) => return,
             },
             gone = removed.recv() => match gone {
+                // Pushed again since (its landing may be read first): still provided.
+                Ok(digest) if seed.blob_size(&digest).await.is_ok() => {}
                 Ok(digest) => {
                     if let Err(e) = swarm.unprovide(&digest).await {
                         tracing::warn!(error = %e, %digest, "cannot withdraw a removed blob");
