@@ -133,6 +133,15 @@ struct Marked {
     live: HashSet<Digest>,
 }
 
+/// What a collection did: its report, the blobs whose files are gone, and the first failure
+/// (the sweep goes on past a file it cannot delete; that blob is unlinked, and the next
+/// collection deletes its file).
+struct Swept {
+    report: GcReport,
+    removed: Vec<Digest>,
+    failure: Option<RegistryError>,
+}
+
 /// What a sweep would remove.
 struct Plan {
     report: GcReport,
@@ -151,7 +160,12 @@ impl Registry {
     /// if a held manifest is missing or does not parse (then nothing is removed).
     pub async fn collect_garbage(&self, opts: GcOptions) -> Result<GcReport, RegistryError> {
         let inner = self.inner.clone();
-        let (report, removed) = blocking(move || inner.collect_garbage(opts)).await?;
+        let Swept {
+            report,
+            removed,
+            failure,
+        } = blocking(move || inner.collect_garbage(opts)).await?;
+        // What was removed is withdrawn and counted even when the sweep failed part way.
         for d in &removed {
             self.inner.seed.blob_removed(d);
         }
@@ -168,7 +182,10 @@ impl Registry {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
         }
-        Ok(report)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 
     /// What every collection since start removed.
@@ -182,13 +199,17 @@ impl Registry {
 }
 
 impl Inner {
-    fn collect_garbage(&self, opts: GcOptions) -> Result<(GcReport, Vec<Digest>), RegistryError> {
+    fn collect_garbage(&self, opts: GcOptions) -> Result<Swept, RegistryError> {
         let mut parsed = Parsed::new();
         let first = self.mark(&mut parsed)?;
         if opts.dry_run {
             let mut plan = self.plan(&first, opts.min_age)?;
             plan.report.dry_run = true;
-            return Ok((plan.report, Vec::new()));
+            return Ok(Swept {
+                report: plan.report,
+                removed: Vec::new(),
+                failure: None,
+            });
         }
         let _sweeping = self.gc_lock.write().unwrap_or_else(PoisonError::into_inner);
         // Marked again under the lock: manifests pushed and blobs linked since the first mark
@@ -210,17 +231,36 @@ impl Inner {
         // the next collection removes, never a link to a missing file.
         report.links_removed = self.meta.gc_unlink_blobs(&unlink)?;
         let mut removed = Vec::with_capacity(plan.doomed.len());
+        let mut failure = None;
         for (d, _, size) in plan.doomed {
-            if self.blobs.remove(&d)? {
-                report.blobs_removed += 1;
-                report.bytes_removed += size;
-                tracing::info!(digest = %d, bytes = size, "garbage collection removed a blob");
+            match self.blobs.remove(&d) {
+                Ok(was_there) => {
+                    if was_there {
+                        report.blobs_removed += 1;
+                        report.bytes_removed += size;
+                        tracing::info!(digest = %d, bytes = size, "garbage collection removed a blob");
+                    }
+                    removed.push(d);
+                }
+                Err(e) => {
+                    tracing::warn!(digest = %d, error = %e, "garbage collection cannot delete a blob file");
+                    failure.get_or_insert(e);
+                }
             }
-            removed.push(d);
         }
-        report.manifest_records_removed = self.meta.gc_remove_manifests(&plan.dead_manifests)?;
+        match self.meta.gc_remove_manifests(&plan.dead_manifests) {
+            Ok(n) => report.manifest_records_removed = n,
+            Err(e) => {
+                report.manifest_records_removed = 0;
+                failure.get_or_insert(e);
+            }
+        }
         self.touched.prune(opts.min_age);
-        Ok((report, removed))
+        Ok(Swept {
+            report,
+            removed,
+            failure,
+        })
     }
 
     /// Reads what references what; parses the held manifests not in `parsed` yet.
