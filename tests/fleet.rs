@@ -18,6 +18,8 @@ mod disk_full;
 mod docker;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
 mod in_process;
+/// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.
+mod origin_cap;
 /// `flotilla node` processes: four at once, and a node killed mid-download that resumes.
 mod processes;
 /// Nodes with site labels: each site takes the image from outside about once.
@@ -82,16 +84,24 @@ impl FleetGateway {
     /// Starts a gateway with a config file that puts its swarm on 127.0.0.1 and sets the fleet
     /// token to [`FLEET_TOKEN`].
     pub fn start() -> FleetGateway {
-        Self::start_listening(&loopback_p2p())
+        Self::start_listening(&loopback_p2p(), "")
+    }
+
+    /// [`FleetGateway::start`] with `upload_bytes_per_s` set.
+    pub fn start_capped(bytes_per_s: u64) -> FleetGateway {
+        Self::start_listening(
+            &loopback_p2p(),
+            &format!("upload_bytes_per_s = {bytes_per_s}\n"),
+        )
     }
 
     /// A gateway with no swarm: nodes can take blobs from it over HTTP only, and find each
     /// other through the bootstrap peers they are given.
     pub fn start_without_swarm() -> FleetGateway {
-        Self::start_listening(&[])
+        Self::start_listening(&[], "")
     }
 
-    fn start_listening(p2p: &[String]) -> FleetGateway {
+    fn start_listening(p2p: &[String], extra: &str) -> FleetGateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.toml");
         let list = p2p
@@ -101,7 +111,7 @@ impl FleetGateway {
             .join(", ");
         std::fs::write(
             &path,
-            format!("p2p_listen = [{list}]\nfleet_token = {FLEET_TOKEN:?}\n"),
+            format!("p2p_listen = [{list}]\nfleet_token = {FLEET_TOKEN:?}\n{extra}"),
         )
         .expect("write config");
         let gw = Gateway::start_with_args(&["--config", path.to_str().expect("utf-8 path")]);
