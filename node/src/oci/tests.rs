@@ -392,10 +392,15 @@ async fn a_blob_streams_block_by_block_while_its_piece_arrives() {
 
     const PIECE: u32 = 4 << 20;
     const FIRST: usize = 1536 << 10;
-    // The uploader's copy stalls on purpose until the client has its first MiB; on a loaded
-    // machine that can take longer than the rig's 5-s stall timeout, and the piece would then
-    // come from the origin (CI saw it while another build wrote gigabytes).
+    // The uploader's copy stalls on purpose until the client has its first MiB. On a loaded
+    // machine that can outlast a request's timeout or the rig's 5-s stall timeout, and the node
+    // would take the piece from the origin (CI saw it twice): the origin refuses every blob
+    // here, so the peer's arriving copy is the only source, however long anything takes.
     let rig = Rig::with(|c| c.stall_timeout = Duration::from_secs(60)).await;
+    rig.gw
+        .state
+        .refuse_blobs
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let blob = rig.blob(PIECE as usize, PIECE, 23);
     // The uploader's store gets piece 0 part way: its first 1.5 MiB, verified block by block.
     let uploader = crate::fetch::testkit::TestStore::new().await;
