@@ -51,25 +51,86 @@ impl Exposition {
         let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.text, "# TYPE {name} {kind}");
         for (labels, value) in samples {
-            self.text.push_str(name);
-            if !labels.is_empty() {
-                self.text.push('{');
-                for (i, (k, v)) in labels.iter().enumerate() {
-                    if i > 0 {
-                        self.text.push(',');
-                    }
-                    let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
-                }
-                self.text.push('}');
-            }
-            let _ = writeln!(self.text, " {value}");
+            self.sample(name, labels, None, value);
         }
         self
+    }
+
+    /// One histogram with a series per label set: `_bucket{le}` (cumulative), `_sum`, `_count`.
+    pub fn histogram<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (&'a [(&'a str, &'a str)], &'a Histogram)>,
+    ) -> &mut Self {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} histogram");
+        for (labels, h) in series {
+            let mut cumulative = 0;
+            let bounds = h.bounds.iter().map(|b| b.to_string());
+            let les = bounds.chain(std::iter::once("+Inf".to_owned()));
+            for (le, n) in les.zip(&h.counts) {
+                cumulative += n;
+                self.sample(
+                    &format!("{name}_bucket"),
+                    labels,
+                    Some(&le),
+                    cumulative as f64,
+                );
+            }
+            self.sample(&format!("{name}_sum"), labels, None, h.sum);
+            self.sample(&format!("{name}_count"), labels, None, cumulative as f64);
+        }
+        self
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], le: Option<&str>, value: f64) {
+        self.text.push_str(name);
+        let le = le.map(|v| ("le", v));
+        let all: Vec<(&str, &str)> = labels.iter().copied().chain(le).collect();
+        if !all.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in all.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
     }
 
     /// The page.
     pub fn finish(self) -> String {
         self.text
+    }
+}
+
+/// Observations counted into buckets (upper bounds, ascending) and one overflow bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), the last one past every bound.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    /// Empty, with buckets up to each of `bounds` (ascending) and one past them.
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
+    }
+
+    /// Counts one observation.
+    pub fn observe(&mut self, value: f64) {
+        let i = self.bounds.partition_point(|b| *b < value);
+        self.counts[i] += 1;
+        self.sum += value;
     }
 }
 
@@ -107,6 +168,25 @@ mod tests {
             "# HELP a_total Things done.\n# TYPE a_total counter\na_total 3\n\
              # HELP b Per \\\\ kind\\nof thing.\n# TYPE b gauge\nb{k=\"x\",v=\"1\"} 1.5\n\
              b{k=\"say \\\"hi\\\"\\n\"} 0\n"
+        );
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.1, 0.5, 3.0] {
+            h.observe(v);
+        }
+        let mut e = Exposition::new();
+        e.histogram("d_seconds", "Time.", [(&[("m", "GET")][..], &h)]);
+        assert_eq!(
+            e.finish(),
+            "# HELP d_seconds Time.\n# TYPE d_seconds histogram\n\
+             d_seconds_bucket{m=\"GET\",le=\"0.1\"} 2\n\
+             d_seconds_bucket{m=\"GET\",le=\"1\"} 3\n\
+             d_seconds_bucket{m=\"GET\",le=\"+Inf\"} 4\n\
+             d_seconds_sum{m=\"GET\"} 3.65\n\
+             d_seconds_count{m=\"GET\"} 4\n"
         );
     }
 }

@@ -20,12 +20,27 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
+use flotilla_node::metrics::Histogram;
+
 use super::headers::DOCKER_API_VERSION;
 
-/// Requests answered and body bytes sent, per method and status, for `GET /metrics`. Bounded:
-/// seven method names (others count as `other`) times the statuses the API answers with.
+/// Requests answered and body bytes sent, per method and status, and how long requests took
+/// per method, for `GET /metrics`. Bounded: seven method names (others count as `other`) times
+/// the statuses the API answers with.
 #[derive(Debug, Default)]
-pub(crate) struct RequestCounts(Mutex<BTreeMap<RequestKind, Tally>>);
+pub(crate) struct RequestCounts(Mutex<Counted>);
+
+#[derive(Debug, Default)]
+struct Counted {
+    by_status: BTreeMap<RequestKind, Tally>,
+    durations: BTreeMap<&'static str, Histogram>,
+}
+
+/// Upper bounds of the request-duration buckets, in seconds: manifest answers take
+/// milliseconds, blob bodies up to minutes.
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
 
 /// A method name and a status code.
 pub(crate) type RequestKind = (&'static str, u16);
@@ -34,7 +49,7 @@ pub(crate) type RequestKind = (&'static str, u16);
 pub(crate) type Tally = (u64, u64);
 
 impl RequestCounts {
-    fn record(&self, method: &Method, status: StatusCode, bytes: u64) {
+    fn record(&self, method: &Method, status: StatusCode, bytes: u64, seconds: f64) {
         let name = match *method {
             Method::GET => "GET",
             Method::HEAD => "HEAD",
@@ -45,16 +60,26 @@ impl RequestCounts {
             Method::OPTIONS => "OPTIONS",
             _ => "other",
         };
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = map.entry((name, status.as_u16())).or_default();
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = c.by_status.entry((name, status.as_u16())).or_default();
         e.0 += 1;
         e.1 += bytes;
+        c.durations
+            .entry(name)
+            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+            .observe(seconds);
     }
 
     /// `((method, status), (requests, body bytes))`, sorted.
     pub(crate) fn snapshot(&self) -> Vec<(RequestKind, Tally)> {
-        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        map.iter().map(|(k, v)| (*k, *v)).collect()
+        let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        c.by_status.iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
+    /// Request durations (seconds, until the body was sent) per method, sorted.
+    pub(crate) fn durations(&self) -> Vec<(&'static str, Histogram)> {
+        let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        c.durations.iter().map(|(k, v)| (*k, v.clone())).collect()
     }
 }
 
@@ -118,8 +143,10 @@ struct LogLine {
 impl Drop for LogLine {
     fn drop(&mut self) {
         let complete = !self.failed && (self.ended || self.expected == Some(self.bytes));
-        self.counts.record(&self.method, self.status, self.bytes);
-        let duration_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.counts
+            .record(&self.method, self.status, self.bytes, seconds);
+        let duration_ms = seconds * 1e3;
         let duration = format!("{duration_ms:.3}ms");
         tracing::info!(
             method = %self.method,

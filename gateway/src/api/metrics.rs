@@ -45,6 +45,17 @@ fn render(st: &AppState) -> String {
             .map(|(l, (_, (_, b)))| (&l[..], *b as f64)),
     );
 
+    let durations = st.requests.durations();
+    let methods: Vec<[(&str, &str); 1]> = durations.iter().map(|(m, _)| [("method", *m)]).collect();
+    e.histogram(
+        "flotilla_gateway_http_request_duration_seconds",
+        "Time from a request's arrival until its response body was sent (or dropped), by method.",
+        methods
+            .iter()
+            .zip(&durations)
+            .map(|(l, (_, h))| (&l[..], h)),
+    );
+
     let seed = st.registry.seed().stats();
     e.family(
         "flotilla_gateway_blob_bytes_sent_total",

@@ -366,6 +366,26 @@ async fn metrics_count_requests_bytes_and_collections() {
     assert_eq!(get("blob_bytes_sent_total{via=\"swarm\"}"), Some(0.0));
     assert_eq!(get("gc_runs_total"), Some(0.0));
     assert!(page.contains("# TYPE flotilla_gateway_origin_sending gauge\n"));
+    // Three GETs so far (the page's own is counted once it is sent), in cumulative buckets.
+    let hist = "http_request_duration_seconds";
+    assert_eq!(
+        get(&format!("{hist}_count{{method=\"GET\"}}")),
+        Some(3.0),
+        "{page}"
+    );
+    assert_eq!(
+        get(&format!("{hist}_bucket{{method=\"GET\",le=\"+Inf\"}}")),
+        Some(3.0)
+    );
+    let buckets: Vec<f64> = page
+        .lines()
+        .filter(|l| {
+            l.starts_with("flotilla_gateway_http_request_duration_seconds_bucket{method=\"GET\"")
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .collect();
+    assert_eq!(buckets.len(), 16, "{page}");
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "{buckets:?}");
 
     let r = api.call(Method::HEAD, "/metrics", &[], Vec::new()).await;
     assert_eq!(r.status, StatusCode::OK);
