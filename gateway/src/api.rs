@@ -77,7 +77,7 @@ pub(crate) struct AppState {
     pub(crate) origin_dedup: Arc<dedup::OriginDedup>,
     pub(crate) send_pool: Arc<send_pool::SendPool>,
     /// Requests answered, per method and status (`GET /metrics`).
-    pub(crate) requests: Arc<access_log::RequestCounts>,
+    pub(crate) requests: Arc<flotilla_node::metrics::RequestCounts>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
@@ -98,7 +98,7 @@ pub fn router_with_events(
     auth: Option<Auth>,
     events: Events,
 ) -> Router {
-    let requests = Arc::new(access_log::RequestCounts::default());
+    let requests = Arc::new(flotilla_node::metrics::RequestCounts::default());
     let state = AppState {
         requests: requests.clone(),
         registry,

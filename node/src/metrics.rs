@@ -5,7 +5,9 @@
 //! rendering is a few lines of text per metric, where a metrics crate would want its own
 //! registry of metric objects beside ours.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::{Mutex, PoisonError};
 
 /// The `Content-Type` of the text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -131,6 +133,96 @@ impl Histogram {
         let i = self.bounds.partition_point(|b| *b < value);
         self.counts[i] += 1;
         self.sum += value;
+    }
+}
+
+/// Requests answered and body bytes sent, per method and status, and how long requests took
+/// per method: what an HTTP endpoint's access log counts for `GET /metrics`. Bounded: eight
+/// method names (others count as `other`) times the statuses the endpoint answers with.
+#[derive(Debug, Default)]
+pub struct RequestCounts(Mutex<Counted>);
+
+#[derive(Debug, Default)]
+struct Counted {
+    /// `(method, status)` → (requests, body bytes).
+    by_status: BTreeMap<(&'static str, u16), (u64, u64)>,
+    durations: BTreeMap<&'static str, Histogram>,
+}
+
+/// Upper bounds of the request-duration buckets, in seconds: manifest answers take
+/// milliseconds, blob bodies up to minutes.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+];
+
+impl RequestCounts {
+    /// Counts one request whose body ended (sent or dropped) `seconds` after it arrived.
+    pub fn record(&self, method: &http::Method, status: u16, bytes: u64, seconds: f64) {
+        use http::Method;
+        let name = match *method {
+            Method::GET => "GET",
+            Method::HEAD => "HEAD",
+            Method::PUT => "PUT",
+            Method::POST => "POST",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::OPTIONS => "OPTIONS",
+            _ => "other",
+        };
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let e = c.by_status.entry((name, status)).or_default();
+        e.0 += 1;
+        e.1 += bytes;
+        c.durations
+            .entry(name)
+            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
+            .observe(seconds);
+    }
+
+    /// Writes `{prefix}_http_requests_total` and `{prefix}_http_response_bytes_total` (by
+    /// `method` and `code`) and the histogram `{prefix}_http_request_duration_seconds` (by
+    /// `method`).
+    pub fn write(&self, e: &mut Exposition, prefix: &str) {
+        let (by_status, durations) = {
+            let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let d: Vec<(&'static str, Histogram)> =
+                c.durations.iter().map(|(k, v)| (*k, v.clone())).collect();
+            (c.by_status.clone(), d)
+        };
+        let codes: Vec<String> = by_status.keys().map(|(_, c)| c.to_string()).collect();
+        let labels: Vec<[(&str, &str); 2]> = by_status
+            .keys()
+            .zip(&codes)
+            .map(|((m, _), c)| [("method", *m), ("code", c.as_str())])
+            .collect();
+        e.family(
+            &format!("{prefix}_http_requests_total"),
+            Kind::Counter,
+            "HTTP requests answered, by method and status.",
+            labels
+                .iter()
+                .zip(by_status.values())
+                .map(|(l, (n, _))| (&l[..], *n as f64)),
+        )
+        .family(
+            &format!("{prefix}_http_response_bytes_total"),
+            Kind::Counter,
+            "Response body bytes sent, by method and status.",
+            labels
+                .iter()
+                .zip(by_status.values())
+                .map(|(l, (_, b))| (&l[..], *b as f64)),
+        );
+        let methods: Vec<[(&str, &str); 1]> =
+            durations.iter().map(|(m, _)| [("method", *m)]).collect();
+        e.histogram(
+            &format!("{prefix}_http_request_duration_seconds"),
+            "Time from a request's arrival until its response body was sent (or dropped), by method.",
+            methods
+                .iter()
+                .zip(&durations)
+                .map(|(l, (_, h))| (&l[..], h)),
+        );
     }
 }
 

@@ -337,6 +337,7 @@ impl Node {
             fetcher: fetcher.clone(),
             store: store.clone(),
             swarm: swarm.clone(),
+            requests: state.requests.clone(),
         };
         let router = Router::new()
             .route("/flotilla/v1/stats", get(stats))
@@ -463,6 +464,8 @@ struct StatsState {
     fetcher: Fetcher,
     store: Arc<Store>,
     swarm: SwarmHandle,
+    /// The OCI endpoint's request counts.
+    requests: Arc<crate::metrics::RequestCounts>,
 }
 
 fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStats {
@@ -547,6 +550,7 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         "Nodes in the DHT routing table.",
         n.known_peers as f64,
     );
+    s.requests.write(&mut e, "flotilla_node");
     (
         [(axum::http::header::CONTENT_TYPE, CONTENT_TYPE)],
         e.finish(),

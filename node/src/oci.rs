@@ -70,6 +70,8 @@ pub struct OciState {
     /// Signs the requests sent on to the gateway as a fleet member's (so the gateway serves
     /// this node's clients without their credentials; SPEC §5.3).
     pub member: crate::gateway_http::MemberSigner,
+    /// What the access log counts for `GET /metrics`.
+    pub requests: Arc<crate::metrics::RequestCounts>,
 }
 
 impl OciState {
@@ -97,6 +99,7 @@ impl OciState {
             source,
             meta: None,
             member: crate::gateway_http::MemberSigner::new(),
+            requests: Arc::default(),
         })
     }
 
@@ -124,10 +127,11 @@ impl OciState {
 
 /// The endpoint as an axum `Router` (no listener).
 pub fn router(state: OciState) -> Router {
+    let requests = state.requests.clone();
     Router::new()
         .fallback(dispatch)
         .with_state(state)
-        .layer(axum::middleware::from_fn(access_log))
+        .layer(axum::middleware::from_fn_with_state(requests, access_log))
 }
 
 /// An error answered in the registry's JSON form.
@@ -377,7 +381,11 @@ fn percent_decode(path: &str) -> Option<String> {
 }
 
 /// Adds the API version header and logs one line per request when its body is done.
-async fn access_log(req: Request, next: Next) -> Response {
+async fn access_log(
+    State(requests): State<Arc<crate::metrics::RequestCounts>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -390,6 +398,7 @@ async fn access_log(req: Request, next: Next) -> Response {
         status: res.status(),
         start,
         bytes: 0,
+        requests,
     };
     // The closure owns the line: it is written when the body is dropped (sent or aborted).
     res.map(|body| {
@@ -409,6 +418,7 @@ struct LogLine {
     status: StatusCode,
     start: Instant,
     bytes: u64,
+    requests: Arc<crate::metrics::RequestCounts>,
 }
 
 impl LogLine {
@@ -419,7 +429,10 @@ impl LogLine {
 
 impl Drop for LogLine {
     fn drop(&mut self) {
-        let duration = format!("{:.3}ms", self.start.elapsed().as_secs_f64() * 1e3);
+        let seconds = self.start.elapsed().as_secs_f64();
+        self.requests
+            .record(&self.method, self.status.as_u16(), self.bytes, seconds);
+        let duration = format!("{:.3}ms", seconds * 1e3);
         tracing::info!(
             method = %self.method,
             path = %self.path,

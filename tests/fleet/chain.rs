@@ -142,6 +142,23 @@ async fn chain(dir: &Path, log: &LogFile) {
             ));
         }
     }
+    // B's OCI endpoint answered the pull: a manifest and the image's blobs, each counted and
+    // timed.
+    let count = |prefix: &str| {
+        page.lines().find_map(|l| {
+            l.strip_prefix(prefix)?
+                .strip_prefix(' ')?
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    let answered = count("flotilla_node_http_requests_total{method=\"GET\",code=\"200\"}");
+    let timed = count("flotilla_node_http_request_duration_seconds_count{method=\"GET\"}");
+    if answered.is_none_or(|n| n < 2.0) || timed < answered {
+        failures.push(format!(
+            "B's /metrics: {answered:?} GETs answered 200 and {timed:?} timed, for a pull"
+        ));
+    }
     for n in [a, b, c] {
         n.stop().await;
     }

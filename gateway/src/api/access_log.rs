@@ -7,9 +7,8 @@
 //! at the end of the body (rather than when the handler returns) makes the duration of a download
 //! the transfer time and shows aborted transfers as `complete=false`.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -20,68 +19,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use http_body::{Frame, SizeHint};
 
-use flotilla_node::metrics::Histogram;
+use flotilla_node::metrics::RequestCounts;
 
 use super::headers::DOCKER_API_VERSION;
-
-/// Requests answered and body bytes sent, per method and status, and how long requests took
-/// per method, for `GET /metrics`. Bounded: seven method names (others count as `other`) times
-/// the statuses the API answers with.
-#[derive(Debug, Default)]
-pub(crate) struct RequestCounts(Mutex<Counted>);
-
-#[derive(Debug, Default)]
-struct Counted {
-    by_status: BTreeMap<RequestKind, Tally>,
-    durations: BTreeMap<&'static str, Histogram>,
-}
-
-/// Upper bounds of the request-duration buckets, in seconds: manifest answers take
-/// milliseconds, blob bodies up to minutes.
-pub(crate) const DURATION_BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-];
-
-/// A method name and a status code.
-pub(crate) type RequestKind = (&'static str, u16);
-
-/// Requests, and the body bytes they sent.
-pub(crate) type Tally = (u64, u64);
-
-impl RequestCounts {
-    fn record(&self, method: &Method, status: StatusCode, bytes: u64, seconds: f64) {
-        let name = match *method {
-            Method::GET => "GET",
-            Method::HEAD => "HEAD",
-            Method::PUT => "PUT",
-            Method::POST => "POST",
-            Method::PATCH => "PATCH",
-            Method::DELETE => "DELETE",
-            Method::OPTIONS => "OPTIONS",
-            _ => "other",
-        };
-        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let e = c.by_status.entry((name, status.as_u16())).or_default();
-        e.0 += 1;
-        e.1 += bytes;
-        c.durations
-            .entry(name)
-            .or_insert_with(|| Histogram::new(DURATION_BUCKETS))
-            .observe(seconds);
-    }
-
-    /// `((method, status), (requests, body bytes))`, sorted.
-    pub(crate) fn snapshot(&self) -> Vec<(RequestKind, Tally)> {
-        let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        c.by_status.iter().map(|(k, v)| (*k, *v)).collect()
-    }
-
-    /// Request durations (seconds, until the body was sent) per method, sorted.
-    pub(crate) fn durations(&self) -> Vec<(&'static str, Histogram)> {
-        let c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        c.durations.iter().map(|(k, v)| (*k, v.clone())).collect()
-    }
-}
 
 /// The middleware (use with `axum::middleware::from_fn_with_state`).
 pub(crate) async fn layer(
@@ -145,7 +85,7 @@ impl Drop for LogLine {
         let complete = !self.failed && (self.ended || self.expected == Some(self.bytes));
         let seconds = self.start.elapsed().as_secs_f64();
         self.counts
-            .record(&self.method, self.status, self.bytes, seconds);
+            .record(&self.method, self.status.as_u16(), self.bytes, seconds);
         let duration_ms = seconds * 1e3;
         let duration = format!("{duration_ms:.3}ms");
         tracing::info!(

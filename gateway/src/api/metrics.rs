@@ -19,42 +19,7 @@ pub(super) fn answer(st: &AppState) -> Response {
 
 fn render(st: &AppState) -> String {
     let mut e = Exposition::new();
-    let requests = st.requests.snapshot();
-    let codes: Vec<String> = requests.iter().map(|((_, c), _)| c.to_string()).collect();
-    let labels: Vec<[(&str, &str); 2]> = requests
-        .iter()
-        .zip(&codes)
-        .map(|(((m, _), _), c)| [("method", *m), ("code", c.as_str())])
-        .collect();
-    e.family(
-        "flotilla_gateway_http_requests_total",
-        Kind::Counter,
-        "HTTP requests answered, by method and status.",
-        labels
-            .iter()
-            .zip(&requests)
-            .map(|(l, (_, (n, _)))| (&l[..], *n as f64)),
-    )
-    .family(
-        "flotilla_gateway_http_response_bytes_total",
-        Kind::Counter,
-        "Response body bytes sent, by method and status.",
-        labels
-            .iter()
-            .zip(&requests)
-            .map(|(l, (_, (_, b)))| (&l[..], *b as f64)),
-    );
-
-    let durations = st.requests.durations();
-    let methods: Vec<[(&str, &str); 1]> = durations.iter().map(|(m, _)| [("method", *m)]).collect();
-    e.histogram(
-        "flotilla_gateway_http_request_duration_seconds",
-        "Time from a request's arrival until its response body was sent (or dropped), by method.",
-        methods
-            .iter()
-            .zip(&durations)
-            .map(|(l, (_, h))| (&l[..], h)),
-    );
+    st.requests.write(&mut e, "flotilla_gateway");
 
     let seed = st.registry.seed().stats();
     e.family(
