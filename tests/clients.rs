@@ -56,6 +56,11 @@ impl Answer {
 
 /// A blocking `GET` for tests that otherwise drive command-line clients.
 pub fn get(url: &str, accept: Option<&str>) -> Answer {
+    request(reqwest::Method::GET, url, accept)
+}
+
+/// A blocking request with an empty body (`POST` to an endpoint that takes no body, say).
+pub fn request(method: reqwest::Method, url: &str, accept: Option<&str>) -> Answer {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -64,14 +69,14 @@ pub fn get(url: &str, accept: Option<&str>) -> Answer {
         let mut req = flotilla_node::gateway_http::client_builder()
             .build()
             .unwrap()
-            .get(url);
+            .request(method.clone(), url);
         if let Some(a) = accept {
             req = req.header("Accept", a);
         }
         let r = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = r.status().as_u16();
         let headers = r.headers().clone();
         let body = r.bytes().await.unwrap().to_vec();

@@ -35,6 +35,7 @@
 
 mod access_log;
 mod blobs;
+mod collect;
 mod dedup;
 mod flotilla;
 pub mod headers;
@@ -78,6 +79,10 @@ pub(crate) struct AppState {
     pub(crate) send_pool: Arc<send_pool::SendPool>,
     /// Requests answered, per method and status (`GET /metrics`).
     pub(crate) requests: Arc<flotilla_node::metrics::RequestCounts>,
+    /// `gc_min_age_secs`, for collections asked for over HTTP.
+    pub(crate) gc_min_age: std::time::Duration,
+    /// Held while such a collection runs (one at a time).
+    pub(crate) gc_running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The API as an axum `Router` (no listener): every response carries
@@ -101,6 +106,8 @@ pub fn router_with_events(
     let requests = Arc::new(flotilla_node::metrics::RequestCounts::default());
     let state = AppState {
         requests: requests.clone(),
+        gc_min_age: std::time::Duration::from_secs(config.gc_min_age_secs),
+        gc_running: Arc::default(),
         registry,
         max_manifest_bytes: config.max_manifest_bytes,
         page_limit: config.page_limit(),

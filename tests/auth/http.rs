@@ -276,3 +276,33 @@ async fn mounts_need_pull_on_the_source() {
     .await
     .expect(201);
 }
+
+/// `POST /flotilla/v1/gc` with `[auth]`: admins only — a challenge for anonymous callers,
+/// `403 DENIED` for other users — and for root the collection's report (a dry run here).
+#[tokio::test]
+async fn only_admins_may_ask_for_a_garbage_collection() {
+    let gw = AuthGateway::start().await;
+    let gw = &gw;
+    let ask = |auth: Option<String>| async move {
+        let h: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|a| ("authorization", a))
+            .into_iter()
+            .collect();
+        gw.send("POST", "/flotilla/v1/gc?dry_run=true", &h, "")
+            .await
+    };
+    let r = ask(None).await;
+    r.expect_error(401, "UNAUTHORIZED");
+    assert!(
+        r.challenge().starts_with("Bearer realm=\""),
+        "{}",
+        r.challenge()
+    );
+    ask(Some(pw("alice"))).await.expect_error(403, "DENIED");
+    let r = ask(Some(pw("root"))).await;
+    r.expect(200);
+    let report = r.json();
+    assert_eq!(report["dry_run"], true, "{report}");
+    assert_eq!(report["blobs_removed"], 0, "{report}");
+}

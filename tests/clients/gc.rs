@@ -1,7 +1,8 @@
 //! Garbage collection with real images: two images built with umoci and pushed with skopeo, one
 //! deleted with `skopeo delete`. `flotilla gc` on the stopped gateway's data directory removes
 //! exactly the blobs only the deleted image used, and skopeo pulls the other back byte for byte;
-//! the gateway's own periodic collection does the same while it serves. Flotilla only:
+//! the gateway's own periodic collection, and one asked for with `POST /flotilla/v1/gc`, do the
+//! same while it serves. Flotilla only:
 //! distribution collects with its own offline command.
 
 use std::collections::BTreeSet;
@@ -226,5 +227,36 @@ fn the_gateway_collects_on_its_own() {
         page.contains("\nflotilla_gateway_gc_blobs_removed_total 3\n"),
         "{page}"
     );
+    check_after(&gw, tmp.path(), &p);
+}
+
+#[test]
+fn an_http_request_collects_now() {
+    require_tools();
+    let gw = Gateway::start_with_args(&["--gc-interval-secs", "0", "--gc-min-age-secs", "0"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let p = push_two(&gw, tmp.path());
+    let url = format!("{}/flotilla/v1/gc", gw.url());
+    let post = |q: &str| super::request(reqwest::Method::POST, &format!("{url}{q}"), None);
+
+    assert_eq!(post("?dry_run=maybe").status, 400);
+    assert_eq!(super::get(&url, None).status, 405);
+    let dry = post("?dry_run=true");
+    assert_eq!(dry.status, 200);
+    let dry = dry.json();
+    assert_eq!(
+        (dry["dry_run"].clone(), dry["blobs_removed"].clone()),
+        (true.into(), 3.into()),
+        "{dry}"
+    );
+    assert_eq!(stored(&gw).len(), 6, "a dry run removed files");
+
+    let done = post("");
+    assert_eq!(done.status, 200);
+    let done = done.json();
+    assert_eq!(done["blobs_removed"], 3, "{done}");
+    let dropped_bytes: u64 = p.dropped.iter().map(|b| b.1).sum();
+    assert_eq!(done["bytes_removed"], dropped_bytes, "{done}");
+    assert_eq!(stored(&gw), p.keep_blobs);
     check_after(&gw, tmp.path(), &p);
 }

@@ -23,6 +23,7 @@
 //! - `POST /flotilla/v1/join`: a fleet membership certificate for the node that presents the
 //!   fleet token (`Authorization: Bearer`) and a proof of its key (`crate::fleet`); `401
 //!   UNAUTHORIZED` without the right token, `400 UNSUPPORTED` for a bad proof.
+//! - `POST /flotilla/v1/gc[?dry_run=true]`: a garbage collection now (see `collect.rs`).
 //! - `GET /flotilla/v1/stats`: the seed's counters (`http_blob_bytes`, `swarm_bytes`,
 //!   `tables_computed`) as JSON, with the audit log's (`audit`: `enabled`, `lines_written`,
 //!   `lines_dropped`, `write_errors`) and one entry per notification endpoint
@@ -95,6 +96,8 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
         None if rest == "info" || rest == "stats" => Err(method_not_allowed("GET, HEAD")),
         None if rest == "join" && m == Method::POST => join(st, req).await,
         None if rest == "join" => Err(method_not_allowed("POST")),
+        None if rest == "gc" && m == Method::POST => super::collect::trigger(st, req).await,
+        None if rest == "gc" => Err(method_not_allowed("POST")),
         Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?, m == Method::GET).await,
         Some(("pieces", _)) => Err(method_not_allowed("GET, HEAD")),
         Some(("swarm", d)) if get => {
