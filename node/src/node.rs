@@ -549,6 +549,12 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Gauge,
         "Nodes in the DHT routing table.",
         n.known_peers as f64,
+    )
+    .metric(
+        "flotilla_node_downloads_active",
+        Kind::Gauge,
+        "Blob downloads under way (each shared by every client reading that blob).",
+        s.fetcher.active_downloads() as f64,
     );
     s.requests.write(&mut e, "flotilla_node");
     (

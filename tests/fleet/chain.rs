@@ -152,6 +152,9 @@ async fn chain(dir: &Path, log: &LogFile) {
                 .ok()
         })
     };
+    if count("flotilla_node_downloads_active") != Some(0.0) {
+        failures.push("B's /metrics: downloads still active once its pull is done".to_owned());
+    }
     let answered = count("flotilla_node_http_requests_total{method=\"GET\",code=\"200\"}");
     let timed = count("flotilla_node_http_request_duration_seconds_count{method=\"GET\"}");
     if answered.is_none_or(|n| n < 2.0) || timed < answered {
