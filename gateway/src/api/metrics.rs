@@ -31,6 +31,8 @@ fn render(st: &AppState) -> String {
             (&[("via", "swarm")][..], seed.swarm_bytes as f64),
         ],
     );
+    let gc = st.registry.gc_totals();
+    let audit = st.events.audit_stats();
     for (name, kind, help, value) in [
         (
             "flotilla_gateway_piece_tables_computed_total",
@@ -74,57 +76,50 @@ fn render(st: &AppState) -> String {
             "Piece requests waiting for a send slot now.",
             st.send_pool.waiting() as f64,
         ),
-    ] {
-        e.metric(name, kind, help, value);
-    }
-
-    let gc = st.registry.gc_totals();
-    let audit = st.events.audit_stats();
-    for (name, kind, help, value) in [
         (
             "flotilla_gateway_gc_runs_total",
             Kind::Counter,
             "Garbage collections run to the end.",
-            gc.runs,
+            gc.runs as f64,
         ),
         (
             "flotilla_gateway_gc_blobs_removed_total",
             Kind::Counter,
             "Blob files garbage collection removed.",
-            gc.blobs_removed,
+            gc.blobs_removed as f64,
         ),
         (
             "flotilla_gateway_gc_bytes_removed_total",
             Kind::Counter,
             "Bytes of the blob files garbage collection removed.",
-            gc.bytes_removed,
+            gc.bytes_removed as f64,
         ),
         (
             "flotilla_gateway_gc_last_run_timestamp_seconds",
             Kind::Gauge,
             "When the last garbage collection ended (Unix seconds; 0: none yet).",
-            gc.last_run_unix_s,
+            gc.last_run_unix_s as f64,
         ),
         (
             "flotilla_gateway_audit_lines_written_total",
             Kind::Counter,
             "Audit log lines written.",
-            audit.lines_written,
+            audit.lines_written as f64,
         ),
         (
             "flotilla_gateway_audit_lines_dropped_total",
             Kind::Counter,
             "Audit log lines lost (channel full, writer stopped, write failed).",
-            audit.lines_dropped,
+            audit.lines_dropped as f64,
         ),
         (
             "flotilla_gateway_audit_write_errors_total",
             Kind::Counter,
             "Audit log writes or fsyncs that failed.",
-            audit.write_errors,
+            audit.write_errors as f64,
         ),
     ] {
-        e.metric(name, kind, help, value as f64);
+        e.metric(name, kind, help, value);
     }
 
     let notify = st.events.notify_stats();
