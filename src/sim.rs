@@ -65,6 +65,10 @@ pub struct SimArgs {
     /// (it now abandons the rest at its next part).
     #[arg(long)]
     no_cancel_cuts: bool,
+    /// What-if: a session the rotation policy replaces closes at once, cutting off the piece
+    /// being sent, as the node's driver did before (it now lets that piece finish).
+    #[arg(long)]
+    no_graceful_retire: bool,
     /// Stop the swarm run at this simulated time [default: 3600].
     #[arg(long)]
     max_time_s: Option<f64>,
@@ -111,6 +115,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<()> {
     fleet.params.site_labels = !args.no_site_labels;
     fleet.params.forward_arriving = !args.no_forward_arriving;
     fleet.params.cancel_cuts_short = !args.no_cancel_cuts;
+    fleet.params.retire_gracefully = !args.no_graceful_retire;
     eprintln!(
         "simulating {} ({}): {} hosts ...",
         scenario,

@@ -87,6 +87,8 @@ pub struct FetchConfig {
     /// The scheduler's tunables; the seed is replaced by one derived from this node's peer id and
     /// the digest, so nodes break ties differently.
     pub scheduler: scheduler::Config,
+    /// Which sessions a download keeps (the protocol crate's rotation policy, SPEC §4.2).
+    pub rotation: scheduler::RotationConfig,
     /// TLS trust for an `https://` gateway.
     pub tls: crate::gateway_http::HttpTls,
     /// Signs origin requests as a fleet member (the gateway refuses unsigned ones).
@@ -107,6 +109,7 @@ impl FetchConfig {
             connect_timeout: Duration::from_secs(10),
             http_timeout: Duration::from_secs(10),
             scheduler: scheduler::Config::default(),
+            rotation: scheduler::RotationConfig::default(),
             tls: crate::gateway_http::HttpTls::default(),
             member: crate::gateway_http::MemberSigner::new(),
         }
@@ -205,6 +208,9 @@ pub struct TransferStats {
     pub origin_pieces: u64,
     /// Peers banned for sending corrupted pieces.
     pub peers_banned: u64,
+    /// Verified pieces that sessions being replaced finished before they closed (SPEC §6.2;
+    /// counted in `peer_pieces` too).
+    pub retired_pieces: u64,
 }
 
 /// Lock-free counters behind [`TransferStats`].
@@ -217,6 +223,7 @@ pub(crate) struct Counters {
     peer_pieces: AtomicU64,
     origin_pieces: AtomicU64,
     peers_banned: AtomicU64,
+    retired_pieces: AtomicU64,
 }
 
 impl Counters {
@@ -229,6 +236,7 @@ impl Counters {
             peer_pieces: self.peer_pieces.load(Ordering::Relaxed),
             origin_pieces: self.origin_pieces.load(Ordering::Relaxed),
             peers_banned: self.peers_banned.load(Ordering::Relaxed),
+            retired_pieces: self.retired_pieces.load(Ordering::Relaxed),
         }
     }
 
@@ -245,6 +253,11 @@ impl Counters {
     fn origin(&self, bytes: u64) {
         self.origin_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.origin_pieces.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A piece from a session being replaced, which it finished first (counted in `peer` too).
+    fn retired(&self) {
+        self.retired_pieces.fetch_add(1, Ordering::Relaxed);
     }
 
     fn banned(&self) {

@@ -157,6 +157,7 @@ mod locality;
 mod peer;
 mod pick;
 mod rarity;
+mod retire;
 mod rotation;
 mod spread;
 
@@ -265,6 +266,8 @@ pub struct Scheduler<P> {
     pending_rtt: VecDeque<(P, Duration)>,
     /// Seeded tie-breaks among equally rare pieces.
     rng: XorShift,
+    /// Requests kept at peers being retired (`retire.rs`), at most `max_peers`.
+    retired: Vec<retire::Retired<P>>,
 }
 
 impl<P> Debug for Scheduler<P> {
@@ -324,6 +327,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
             last_near_new: now,
             pending_rtt: VecDeque::new(),
             rng,
+            retired: Vec::new(),
             have,
             cfg: config,
         };
@@ -614,6 +618,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn peer_removed(&mut self, peer: P, now: Duration) {
         self.tick(now);
         self.forget_peer(peer);
+        self.forget_retired(peer);
     }
 
     fn forget_peer(&mut self, peer: P) {

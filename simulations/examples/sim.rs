@@ -18,7 +18,9 @@
 //! 4); and `--no-forward-arriving` (`Params::forward_arriving` off: hosts serve whole pieces
 //! only, as the node did before pieces protocol 2); and `--no-cancel-cuts`
 //! (`Params::cancel_cuts_short` off: a piece being sent is never cut short by a Cancel, as the
-//! node's server did before).
+//! node's server did before); and `--no-graceful-retire` (`Params::retire_gracefully` off: a
+//! session the rotation policy replaces closes at once, cutting off the piece being sent, as the
+//! node's driver did before).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,6 +61,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut announce_at_first_piece = false;
     let mut forward_arriving = true;
     let mut cancel_cuts = true;
+    let mut graceful_retire = true;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -88,6 +91,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--announce-at-first-piece" => announce_at_first_piece = true,
             "--no-forward-arriving" => forward_arriving = false,
             "--no-cancel-cuts" => cancel_cuts = false,
+            "--no-graceful-retire" => graceful_retire = false,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -105,6 +109,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.announce_at_start = !announce_at_first_piece;
     fleet.params.forward_arriving = forward_arriving;
     fleet.params.cancel_cuts_short = cancel_cuts;
+    fleet.params.retire_gracefully = graceful_retire;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
     }

@@ -132,6 +132,10 @@ pub struct Params {
     /// A Cancel that reaches an uploader while it sends the piece cuts the rest off, as the
     /// node's server does (SPEC §5.2); `false`: the piece is sent whole (the node before).
     pub cancel_cuts_short: bool,
+    /// A session the rotation policy replaces finishes the piece it is sending before it
+    /// closes, as the node's driver does (`Scheduler::peer_retiring`); `false`: it closes at
+    /// once and the piece is cut off (the node before).
+    pub retire_gracefully: bool,
     /// The run stops at this simulated time, finished or not.
     pub max_time_s: f64,
 }
@@ -163,6 +167,7 @@ impl Default for Params {
             announce_at_start: true,
             forward_arriving: true,
             cancel_cuts_short: true,
+            retire_gracefully: true,
             max_time_s: 3600.0,
         }
     }

@@ -449,7 +449,7 @@ impl Report {
             out,
             "\nSwarm: {} left early, {} of {} left in all; wasted {:.3} × image per host; host upload utilisation {:.2}; \
              origin requests {} ({} refused); Busy answers {}, PieceBusy {}; {} pieces offered while arriving, {} copies abandoned, {} cut short by a cancel; \
-             sessions {} opened, {} failed, {} replaced{}.",
+             sessions {} opened, {} failed, {} replaced ({} finishing their piece first){}.",
             s.left_early,
             self.left,
             self.nodes,
@@ -465,6 +465,7 @@ impl Report {
             s.sessions_opened,
             s.sessions_failed,
             s.sessions_replaced,
+            s.sessions_retired,
             self.origin_gone_s
                 .map_or(String::new(), |g| format!("; the origin left at {g:.2} s"))
         );

@@ -116,6 +116,9 @@ struct Task {
     /// Streams this task downloads through.
     /// With the host at the other end (so finding a peer's stream touches no stream).
     sessions: Vec<(u32, u32)>,
+    /// Sessions the rotation policy replaced that finish one piece before they close:
+    /// (stream, host at the other end, the piece).
+    retiring: Vec<(u32, u32, u32)>,
     /// Hosts a session is being opened to.
     connecting: Vec<u32>,
     /// Streams this task's host serves this layer on.
@@ -355,6 +358,7 @@ impl<'f> Swarm<'f> {
                 blob: (t % n_blobs) as u16,
                 state: State::Waiting,
                 sessions: Vec::new(),
+                retiring: Vec::new(),
                 connecting: Vec::new(),
                 subscribers: Vec::new(),
                 held: 0,
@@ -530,6 +534,7 @@ impl<'f> Swarm<'f> {
                 let now = self.at();
                 if let Some(s) = self.sched(task) {
                     s.request_refused(source(src), piece, now);
+                    self.retired_answer(task, src, piece);
                     if src != ORIGIN {
                         self.busy(task, src);
                     }
@@ -540,6 +545,7 @@ impl<'f> Swarm<'f> {
                 let now = self.at();
                 if let Some(s) = self.sched(task) {
                     s.piece_busy(source(src), piece, now);
+                    self.retired_answer(task, src, piece);
                     self.drain(task);
                 }
             }
@@ -547,6 +553,7 @@ impl<'f> Swarm<'f> {
                 let now = self.at();
                 if let Some(s) = self.sched(task) {
                     s.request_failed(source(src), piece, now);
+                    self.retired_answer(task, src, piece);
                     self.drain(task);
                 }
             }
@@ -720,7 +727,10 @@ impl<'f> Swarm<'f> {
                     source: Source::Peer(p),
                     piece,
                 } => {
-                    if let Some(stream) = self.stream_to(t, p) {
+                    if self.retired_answer(t, p, piece) {
+                        // The kept piece timed out or came from elsewhere: the session closes
+                        // (its stream's reset stops the piece at the uploader).
+                    } else if let Some(stream) = self.stream_to(t, p) {
                         let owd = self.net.owd_hosts(host, p);
                         self.push(now + owd, Ev::PeerCancel { stream, piece });
                     }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
-use flotilla_protocol::scheduler::{Action, Rotation, RotationConfig, Scheduler, Source};
+use flotilla_protocol::scheduler::{Action, Rotation, Scheduler, Source};
 use flotilla_protocol::site::label_rtt;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
@@ -123,7 +123,7 @@ async fn drive(
     cfg.seed = seed(&local, &digest);
     let start = Instant::now();
     let have = held.have.borrow().clone();
-    let rotation = Rotation::new(RotationConfig::default(), cfg.seed, Duration::ZERO);
+    let rotation = Rotation::new(inner.cfg.rotation.clone(), cfg.seed, Duration::ZERO);
     let sched = Scheduler::new(local, have.clone(), cfg, Duration::ZERO);
     let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
     let (subst_tx, subst_rx) = mpsc::channel(SUBSTITUTION_QUEUE);
@@ -145,6 +145,7 @@ async fn drive(
         rank: held.rank.map(RankGuard),
         rank_dirty: true,
         sessions: HashMap::new(),
+        retiring: HashMap::new(),
         connecting: HashMap::new(),
         banned: HashSet::new(),
         refused: HashSet::new(),
@@ -235,6 +236,10 @@ struct Driver {
     /// The store's bit field of this blob.
     store_have: watch::Receiver<Bitfield>,
     sessions: HashMap<PeerId, Session>,
+    /// Sessions the rotation policy replaced that finish the piece their peer is sending
+    /// (`Scheduler::peer_retiring`, at most `max_peers` of them), with that piece: closed
+    /// (dropped) once it is answered or the scheduler cancels it.
+    retiring: HashMap<PeerId, (Session, u32)>,
     /// Sessions being opened, with events that arrived before the session was handed over.
     connecting: HashMap<PeerId, Vec<SessionEvent>>,
     /// Never reopened for this blob: sent corrupted pieces.
@@ -546,9 +551,13 @@ impl Driver {
                 // An answer that has begun to arrive still comes as an event: keep expecting
                 // it, so the piece is attributed (and counted) when it does.
                 let answer_coming = match source {
-                    Source::Peer(peer) => {
-                        self.sessions.get(&peer).is_some_and(|s| !s.cancel(piece))
+                    // The piece a retiring session waited for came from elsewhere or timed
+                    // out: the session closes (dropping it resets the stream).
+                    Source::Peer(peer) if self.retiring_for(peer) == Some(piece) => {
+                        self.close_retiring(peer, "its piece was cancelled");
+                        false
                     }
+                    Source::Peer(peer) => self.session(peer).is_some_and(|s| !s.cancel(piece)),
                     Source::Origin => {
                         if let Some((_, task)) = self.origin_tasks.remove(&piece) {
                             task.abort();

@@ -175,6 +175,36 @@ impl PieceSource for CorruptSource {
     fn served(&self, _: &Digest, _: u64) {}
 }
 
+/// A source that takes `delay` to produce each piece: a slow uploader.
+pub(crate) struct SlowSource {
+    pub inner: Arc<dyn PieceSource>,
+    pub delay: std::time::Duration,
+}
+
+impl PieceSource for SlowSource {
+    fn held(&self, digest: &Digest) -> BoxFuture<'static, Result<Option<Held>, SourceError>> {
+        self.inner.held(digest)
+    }
+
+    fn piece_file(
+        &self,
+        digest: &Digest,
+        index: u32,
+    ) -> BoxFuture<'static, Result<PieceFile, SourceError>> {
+        let real = self.inner.piece_file(digest, index);
+        let delay = self.delay;
+        async move {
+            tokio::time::sleep(delay).await;
+            real.await
+        }
+        .boxed()
+    }
+
+    fn served(&self, digest: &Digest, bytes: u64) {
+        self.inner.served(digest, bytes);
+    }
+}
+
 /// `tokio::io::DuplexStream` as a futures-io stream (what libp2p streams are).
 pub(crate) struct Pipe(tokio::io::DuplexStream);
 

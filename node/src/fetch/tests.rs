@@ -9,7 +9,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 
-use super::testkit::{CorruptSource, FakeGateway, FakeNetwork, TestBlob, TestStore};
+use super::testkit::{CorruptSource, FakeGateway, FakeNetwork, SlowSource, TestBlob, TestStore};
 use super::{FetchConfig, FetchError, Fetcher};
 use crate::ports::PieceSource;
 
@@ -586,4 +586,54 @@ async fn the_download_ranks_pieces_for_the_local_server_and_clears_the_rank_at_t
         assert!(std::time::Instant::now() < deadline, "rank not cleared");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+#[tokio::test]
+async fn a_replaced_session_finishes_the_piece_it_is_sending() {
+    // A slow uploader and a quick one hold the sessions (2 per blob here); the scheduler keeps
+    // four requests out, so the slow one always has one. A third provider appears. At the
+    // rotation policy's first period judged (200 ms periods here) the slow session, far behind
+    // the other, makes room for it: it is replaced, but first finishes the piece its peer is
+    // sending, which is received and kept rather than cut off with the stream.
+    let rig = Rig::with(|c| {
+        c.max_peers_per_blob = 2;
+        c.rotation.period = Duration::from_millis(200);
+        // Requests queued behind the slow pieces are not to time out meanwhile.
+        c.scheduler.min_timeout = Duration::from_secs(3);
+    })
+    .await;
+    let blob = rig.blob(256 * 16384, 16384, 11);
+    let n = blob.pieces();
+    let add = |delay: u64| {
+        let rig = &rig;
+        let blob = &blob;
+        async move {
+            let store = TestStore::new().await;
+            store.seed(blob, 0..n).await;
+            let id = rig.net.add_peer(Arc::new(SlowSource {
+                inner: store.source(),
+                delay: Duration::from_millis(delay),
+            }));
+            std::mem::forget(store);
+            id
+        }
+    };
+    let slow = add(250).await;
+    add(10).await;
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    let spare = add(10).await;
+    within(30, dl.wait_complete()).await.unwrap();
+    assert_eq!(
+        read_back(&*rig.local.store, &blob).await,
+        blob.data.as_slice()
+    );
+    let stats = dl.stats();
+    assert_eq!(rig.net.opens_of(&slow), 1, "{stats:?}");
+    assert_eq!(
+        rig.net.opens_of(&spare),
+        1,
+        "the spare took its place: {stats:?}"
+    );
+    assert!(stats.retired_pieces >= 1, "{stats:?}");
+    assert_eq!(stats.wasted_bytes, 0, "{stats:?}");
 }

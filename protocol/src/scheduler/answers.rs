@@ -12,7 +12,14 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// Takes the request for `piece` out of `source`'s in-flight list (the piece keeps its
     /// claim in `sources`; the caller releases or settles it).
     pub(super) fn take_request(&mut self, source: Source<P>, piece: u32) -> Option<peer::InFlight> {
-        let r = self.update_source(source, |st| st.take(piece))??;
+        let r = match (
+            self.update_source(source, |st| st.take(piece)).flatten(),
+            source,
+        ) {
+            (Some(r), _) => r,
+            (None, Source::Peer(p)) => self.take_retired(p, piece)?,
+            (None, Source::Origin) => return None,
+        };
         match source {
             Source::Origin => self.poll_origin = true,
             Source::Peer(_) => {
@@ -58,6 +65,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                 .iter()
                 .filter(|p| p.source.has_request(piece))
                 .map(|p| Source::Peer(p.key))
+                .chain(self.retired_requesting(piece).map(Source::Peer))
                 .chain(self.origin.has_request(piece).then_some(Source::Origin))
                 .collect();
             for source in losers {
@@ -216,9 +224,11 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     pub fn is_requested(&self, source: Source<P>, piece: u32) -> bool {
         match source {
             Source::Origin => self.origin.has_request(piece),
-            Source::Peer(p) => self
-                .peer_index(p)
-                .is_some_and(|i| self.peers[i].source.has_request(piece)),
+            Source::Peer(p) => {
+                self.peer_index(p)
+                    .is_some_and(|i| self.peers[i].source.has_request(piece))
+                    || self.retired_requesting(piece).any(|r| r == p)
+            }
         }
     }
 
@@ -263,6 +273,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         for (t, p) in self.peer_times.iter_mut().zip(&self.peers) {
             t.sync(&p.source);
+        }
+        for (peer, piece) in self.expire_retired(now, hard_limit) {
+            expired.push((Source::Peer(peer), piece));
         }
         // The origin is trusted and shared by the whole swarm: a request overdue there is most
         // likely queued behind everyone else's, and cancelling it would only lose its place.

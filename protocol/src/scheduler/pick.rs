@@ -374,6 +374,9 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         for r in &self.origin.requests {
             consider(r.deadline);
         }
+        if let Some(d) = self.retired_deadline() {
+            consider(d);
+        }
         if let Some(d) = self.near_timer() {
             consider(d);
         }

@@ -2,6 +2,7 @@
 
 mod driver;
 mod locality;
+mod retire;
 mod scale;
 
 use std::collections::{HashMap, HashSet};

@@ -19,11 +19,33 @@ use super::{Ev, Nanos, State, Stream, Swarm, Tag};
 impl Swarm<'_> {
     /// The stream task `t` downloads from host `peer` through, if the session is up.
     pub(super) fn stream_to(&self, t: u32, peer: u32) -> Option<u32> {
-        self.tasks[t as usize]
-            .sessions
+        let task = &self.tasks[t as usize];
+        task.sessions
             .iter()
             .find(|&&(_, p)| p == peer)
             .map(|&(s, _)| s)
+            .or_else(|| {
+                task.retiring
+                    .iter()
+                    .find(|&&(_, p, _)| p == peer)
+                    .map(|&(s, _, _)| s)
+            })
+    }
+
+    /// Task `t` heard the answer to (or cancelled) its request for `piece` from `peer`: if that
+    /// was the piece a retiring session waited for, the session closes now. Whether it was.
+    pub(super) fn retired_answer(&mut self, t: u32, peer: u32, piece: u32) -> bool {
+        let task = &mut self.tasks[t as usize];
+        let Some(k) = task
+            .retiring
+            .iter()
+            .position(|&(_, p, x)| p == peer && x == piece)
+        else {
+            return false;
+        };
+        let (stream, _, _) = task.retiring.swap_remove(k);
+        self.close_stream(stream, true);
+        true
     }
 
     /// The node's housekeeping tick (every `refresh`, at most 0.25 s apart): the swarm size goes to
@@ -156,19 +178,38 @@ impl Swarm<'_> {
         }
     }
 
-    /// Closes task `t`'s session to `peer` (the node drops it, which resets the stream) and
-    /// opens one to a spare provider.
+    /// Closes task `t`'s session to `peer` and opens one to a spare provider. As the node's
+    /// driver does, the session first finishes the piece the peer is sending
+    /// (`Scheduler::peer_retiring`: its other requests are cancelled) and closes when that
+    /// piece's answer comes or the scheduler cancels it; without
+    /// `Params::retire_gracefully` it closes at once, cutting that piece off.
     fn replace_session(&mut self, t: u32, peer: u32) {
         self.stats.sessions_replaced += 1;
-        if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize]
-                .sessions
-                .retain(|&(s, _)| s != stream);
-            self.close_stream(stream, true);
-        }
         let now = self.at();
-        if let Some(s) = self.sched(t) {
-            s.peer_removed(peer, now);
+        let graceful = self.fleet.params.retire_gracefully;
+        let kept = match self.sched(t) {
+            Some(s) if graceful => s.peer_retiring(peer, now),
+            Some(s) => {
+                s.peer_removed(peer, now);
+                None
+            }
+            None => None,
+        };
+        let task = &mut self.tasks[t as usize];
+        if let Some(k) = task.sessions.iter().position(|&(_, p)| p == peer) {
+            let (stream, _) = task.sessions.remove(k);
+            match kept {
+                Some(piece) => {
+                    task.retiring.push((stream, peer, piece));
+                    self.stats.sessions_retired += 1;
+                }
+                None => self.close_stream(stream, true),
+            }
+        } else if let Some(piece) = kept
+            && let Some(s) = self.sched(t)
+        {
+            // No session to finish it on (cannot happen: the policy replaces open ones).
+            s.request_failed(super::source(peer), piece, now);
         }
         self.fill(t);
     }
@@ -719,11 +760,9 @@ impl Swarm<'_> {
 
     /// The downloader noticed that the uploader `peer` is gone.
     pub(super) fn peer_gone(&mut self, t: u32, peer: u32) {
-        if let Some(stream) = self.stream_to(t, peer) {
-            self.tasks[t as usize]
-                .sessions
-                .retain(|&(s, _)| s != stream);
-        }
+        let task = &mut self.tasks[t as usize];
+        task.sessions.retain(|&(_, p)| p != peer);
+        task.retiring.retain(|&(_, p, _)| p != peer);
         if let Some(r) = self.tasks[t as usize].rotation.as_deref_mut() {
             r.closed(peer);
         }
@@ -768,7 +807,12 @@ impl Swarm<'_> {
                 );
             }
             let sessions = std::mem::take(&mut self.tasks[t as usize].sessions);
-            for (s, _) in sessions {
+            let retiring = std::mem::take(&mut self.tasks[t as usize].retiring);
+            for s in sessions
+                .iter()
+                .map(|&(s, _)| s)
+                .chain(retiring.iter().map(|r| r.0))
+            {
                 self.close_stream(s, true);
             }
             let keys: Vec<(u32, u32)> = self

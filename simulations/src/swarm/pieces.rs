@@ -17,6 +17,7 @@ impl Swarm<'_> {
         };
         let new = !sched.have().get(piece);
         sched.piece_received(source(src), piece, now);
+        self.retired_answer(t, src, piece);
         if src != super::ORIGIN
             && let Some(r) = self.tasks[t as usize].rotation.as_deref_mut()
         {
@@ -159,7 +160,12 @@ impl Swarm<'_> {
         self.timers[t as usize] = None;
         let host = task.host;
         let sessions = std::mem::take(&mut task.sessions);
-        for (s, _) in sessions {
+        let retiring = std::mem::take(&mut task.retiring);
+        for s in sessions
+            .iter()
+            .map(|&(s, _)| s)
+            .chain(retiring.iter().map(|r| r.0))
+        {
             self.close_stream(s, false);
         }
         let n_blobs = self.blobs.len();

@@ -117,6 +117,8 @@ pub struct SwarmStats {
     pub sessions_failed: u64,
     /// Sessions closed by the rotation policy to make room for a fresh provider.
     pub sessions_replaced: u64,
+    /// Of those, sessions that finished the piece being sent before closing.
+    pub sessions_retired: u64,
     /// Hosts that left before completing.
     pub left_early: u64,
     /// Events handled, by kind.

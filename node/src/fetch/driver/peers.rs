@@ -45,11 +45,37 @@ pub(super) struct Strikes {
 }
 
 impl Driver {
-    /// Closes the session to `peer` for the rotation policy and opens one to a spare provider.
+    /// Replaces the session to `peer` for the rotation policy with one to a spare provider. The
+    /// old session first finishes the piece the peer is sending (`Scheduler::peer_retiring`
+    /// cancels its other requests) and closes once that piece is answered or cancelled:
+    /// dropping it at once cut the piece off, and every copy passed on from it (simulated
+    /// edge-20x50: 9.5 % of all bytes sent were such cut pieces).
     pub(super) fn replace_session(&mut self, peer: PeerId, why: &str) {
-        debug!(digest = %self.digest, %peer, "replacing a session: {why}");
-        self.drop_peer(peer);
+        let now = self.now();
+        let kept = self.sched.peer_retiring(peer, now);
+        debug!(digest = %self.digest, %peer, ?kept, "replacing a session: {why}");
+        if let Some(piece) = kept
+            && let Some(session) = self.sessions.remove(&peer)
+        {
+            self.rotation.closed(peer);
+            self.retiring.insert(peer, (session, piece));
+            self.rank_dirty = true;
+        } else {
+            self.drop_peer(peer);
+        }
         self.fill();
+    }
+
+    /// The open session to `peer`, retiring or not.
+    pub(super) fn session(&self, peer: PeerId) -> Option<&Session> {
+        self.sessions
+            .get(&peer)
+            .or_else(|| self.retiring.get(&peer).map(|(s, _)| s))
+    }
+
+    /// The piece the retiring session to `peer` waits for, if it is retiring.
+    pub(super) fn retiring_for(&self, peer: PeerId) -> Option<u32> {
+        self.retiring.get(&peer).map(|&(_, piece)| piece)
     }
 
     /// Opens sessions to spare providers (a random one each time) up to the per-blob limit.
@@ -207,6 +233,7 @@ impl Driver {
         }
         warn!(digest = %self.digest, %peer, everywhere, "banning peer: {why}");
         self.sessions.remove(&peer);
+        self.retiring.remove(&peer);
         self.strikes.remove(&peer);
         self.rotation.closed(peer);
         self.rotation.forget(peer);
@@ -222,7 +249,7 @@ impl Driver {
 
     /// A ban the scheduler did not decide: it must forget the peer too.
     pub(super) fn ban_and_remove(&mut self, peer: PeerId, why: &str, everywhere: bool) {
-        if self.sessions.contains_key(&peer) {
+        if self.session(peer).is_some() {
             let now = self.now();
             self.sched.peer_removed(peer, now);
         }
@@ -232,7 +259,7 @@ impl Driver {
     /// `peer` let a request expire in this timeout sweep.
     pub(super) fn stalled(&mut self, peer: PeerId) {
         let now = self.now();
-        let progress = self.sessions.get(&peer).map_or(0, Session::progress);
+        let progress = self.session(peer).map_or(0, Session::progress);
         let st = self.strikes.entry(peer).or_default();
         if st.last_sweep == Some(now) {
             return;
@@ -265,11 +292,24 @@ impl Driver {
         }
         self.outstanding.remove(&(Source::Peer(peer), piece));
         self.reconcile = true;
+        if self.retiring_for(peer) == Some(piece) {
+            self.close_retiring(peer, "its piece was answered");
+        }
+    }
+
+    /// Closes the retiring session to `peer` (dropping it resets the stream): the answers of
+    /// requests cancelled there will not come.
+    pub(super) fn close_retiring(&mut self, peer: PeerId, why: &str) {
+        if self.retiring.remove(&peer).is_some() {
+            debug!(digest = %self.digest, %peer, "retired session closed: {why}");
+            self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
+        }
     }
 
     /// Forgets a peer whose session is gone or unusable.
     pub(super) fn drop_peer(&mut self, peer: PeerId) {
         self.sessions.remove(&peer);
+        self.retiring.remove(&peer);
         self.far.remove(&peer);
         self.rotation.closed(peer);
         self.outstanding.retain(|(s, _)| *s != Source::Peer(peer));
@@ -288,7 +328,7 @@ impl Driver {
             return;
         }
         let peer = ev.peer;
-        if !self.sessions.contains_key(&peer) {
+        if self.session(peer).is_none() {
             // A session we dropped (banned or refused): nothing more to learn from it.
             return;
         }
@@ -312,6 +352,10 @@ impl Driver {
                 verdict,
                 bytes,
             } => {
+                if verdict == Verdict::Verified && self.retiring_for(peer) == Some(piece) {
+                    self.stats.retired();
+                    self.inner.totals.retired();
+                }
                 self.answered(peer, piece);
                 if verdict != Verdict::Invalid {
                     self.rotation.delivered(peer);
