@@ -141,7 +141,7 @@ async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
     let res = match percent_decode(req.uri().path()) {
         Some(path) if flotilla::owns(&path) => flotilla::handle(&st, &path, req).await,
         Some(path) if path == "/metrics" => match *req.method() {
-            Method::GET | Method::HEAD => Ok(metrics::answer(&st)),
+            Method::GET | Method::HEAD => metrics::serve(&st, req.headers(), req.uri()).await,
             _ => Err(method_not_allowed("GET, HEAD")),
         },
         Some(path) if path == auth::TOKEN_PATH && st.auth.is_some() => match &st.auth {

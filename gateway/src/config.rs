@@ -148,6 +148,11 @@ pub struct AuthConfig {
     pub htpasswd: Option<PathBuf>,
     /// Users allowed everything on every repository, and the catalog (`GET /v2/_catalog`).
     pub admins: Vec<String>,
+    /// Users who may read `GET /metrics`, besides the admins (a Prometheus scraper's account;
+    /// it sends Basic credentials or a bearer token). Absent: `/metrics` is open to anyone, as
+    /// `/flotilla/v1/stats` is; `[]`: admins only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_users: Option<Vec<String>>,
     /// Seconds a successful Basic password check is remembered, so that clients sending
     /// `Authorization: Basic` on every request do not pay a bcrypt verification each time.
     /// 0 disables the cache. Absent: 60.
@@ -164,6 +169,7 @@ impl Default for AuthConfig {
         AuthConfig {
             htpasswd: None,
             admins: Vec::new(),
+            metrics_users: None,
             credential_cache_secs: 60,
             token: TokenConfig::default(),
             rules: Vec::new(),

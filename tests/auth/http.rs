@@ -1,7 +1,7 @@
 //! Access control with Basic credentials and without any: `/v2/`, pulls and pushes per rule,
 //! 401 with the right challenge vs 403, the catalog, mounts, and the anonymous node endpoints.
 
-use super::harness::{AuthGateway, USERS, basic, digest};
+use super::harness::{AuthGateway, Setup, USERS, basic, bearer, digest};
 
 fn pw(user: &str) -> String {
     let (u, p) = USERS.iter().find(|(u, _)| *u == user).unwrap();
@@ -305,4 +305,39 @@ async fn only_admins_may_ask_for_a_garbage_collection() {
     let report = r.json();
     assert_eq!(report["dry_run"], true, "{report}");
     assert_eq!(report["blobs_removed"], 0, "{report}");
+}
+
+/// `GET /metrics` with `[auth]`: open to anyone by default (as `/flotilla/v1/stats`); with
+/// `metrics_users` only those users and the admins read it — a challenge for anonymous callers,
+/// `403 DENIED` for other users, the page for a listed user's Basic credentials or bearer token.
+#[tokio::test]
+async fn metrics_are_open_unless_metrics_users_are_named() {
+    let open = AuthGateway::start().await;
+    let r = open.get("/metrics", None).await;
+    r.expect(200);
+    assert!(r.text().contains("flotilla_gateway_http_requests_total"));
+
+    let gw = AuthGateway::start_with(Setup {
+        auth_extra: "metrics_users = [\"bob\"]".to_owned(),
+        ..Setup::default()
+    })
+    .await;
+    let r = gw.get("/metrics", None).await;
+    r.expect_error(401, "UNAUTHORIZED");
+    assert!(
+        r.challenge().starts_with("Bearer realm=\""),
+        "{}",
+        r.challenge()
+    );
+    gw.get("/metrics", Some(&pw("alice")))
+        .await
+        .expect_error(403, "DENIED");
+    let r = gw.get("/metrics", Some(&pw("bob"))).await;
+    r.expect(200);
+    assert!(r.text().contains("flotilla_gateway_http_requests_total"));
+    gw.get("/metrics", Some(&pw("root"))).await.expect(200);
+    let token = gw.token(&[], Some(("bob", "bob-pw"))).await;
+    gw.get("/metrics", Some(&bearer(&token))).await.expect(200);
+    // The stats stay open: nodes and the benchmarks read them.
+    gw.get("/flotilla/v1/stats", None).await.expect(200);
 }

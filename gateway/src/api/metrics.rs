@@ -1,16 +1,39 @@
 //! `GET /metrics`: the gateway's counters in the Prometheus text format — requests by method
 //! and status, blob bytes sent over HTTP and the swarm, the origin's send pool and refusals,
 //! garbage collection, the audit log and each notification endpoint. Open like
-//! `/flotilla/v1/stats` (SPEC §3.6); the same figures, scrapeable.
+//! `/flotilla/v1/stats` (SPEC §3.6), the same figures, scrapeable — unless `[auth]` names
+//! `metrics_users`: then only they and the admins may read it (SPEC §3.8).
 
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, Uri, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_node::metrics::{CONTENT_TYPE, Exposition, Kind};
 
-use super::AppState;
+use super::{ApiResult, AppState};
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorCode};
+
+/// Answers `GET`/`HEAD /metrics`, checking `metrics_users` when `[auth]` sets it: anonymous
+/// callers get the usual `401` challenge, other users `403 DENIED`.
+pub(super) async fn serve(st: &AppState, headers: &HeaderMap, uri: &Uri) -> ApiResult {
+    if let Some(auth) = &st.auth
+        && auth.policy().metrics_restricted()
+    {
+        let caller = auth.caller(headers, uri).await?;
+        if !auth.policy().may_read_metrics(caller.identity()) {
+            return Err(match caller {
+                Caller::Anonymous => auth
+                    .unauthorized(headers, uri, None, None)
+                    .with_message("metrics are for metrics_users and admins: log in as one"),
+                _ => ApiError::new(ErrorCode::Denied)
+                    .with_message("metrics are for metrics_users and admins"),
+            });
+        }
+    }
+    Ok(answer(st))
+}
 
 /// The page (the dispatcher strips it for a `HEAD`).
-pub(super) fn answer(st: &AppState) -> Response {
+fn answer(st: &AppState) -> Response {
     let mut res = render(st).into_response();
     res.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));

@@ -81,6 +81,8 @@ struct Rule {
 pub(crate) struct Policy {
     rules: Vec<Rule>,
     admins: HashSet<String>,
+    /// `metrics_users`: who may read `/metrics` besides the admins (`None`: anyone).
+    metrics: Option<HashSet<String>>,
 }
 
 impl Policy {
@@ -105,6 +107,10 @@ impl Policy {
         Ok(Policy {
             rules,
             admins: cfg.admins.iter().cloned().collect(),
+            metrics: cfg
+                .metrics_users
+                .as_ref()
+                .map(|users| users.iter().cloned().collect()),
         })
     }
 
@@ -112,8 +118,24 @@ impl Policy {
     pub(crate) fn named_users(&self) -> impl Iterator<Item = &str> {
         self.admins
             .iter()
+            .chain(self.metrics.iter().flatten())
             .chain(self.rules.iter().flat_map(|r| r.users.keys()))
             .map(String::as_str)
+    }
+
+    /// Whether `GET /metrics` needs credentials (`metrics_users` is set).
+    pub(crate) fn metrics_restricted(&self) -> bool {
+        self.metrics.is_some()
+    }
+
+    /// Whether `who` may read `GET /metrics`.
+    pub(crate) fn may_read_metrics(&self, who: Identity<'_>) -> bool {
+        match &self.metrics {
+            None => true,
+            Some(users) => {
+                self.is_admin(who) || matches!(who, Identity::User(u) if users.contains(u))
+            }
+        }
     }
 
     /// Whether `who` is an admin.
