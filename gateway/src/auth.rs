@@ -277,6 +277,28 @@ impl Auth {
     pub(crate) fn policy(&self) -> &Policy {
         &self.0.policy
     }
+
+    /// Lets the request through only if its caller passes `allowed` (an endpoint outside the
+    /// repository rules: garbage collection, metrics): an anonymous caller gets the `401`
+    /// challenge, anyone else `403 DENIED`, both saying `who` may.
+    pub(crate) async fn require(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        allowed: impl Fn(&Policy, Identity<'_>) -> bool,
+        who: &str,
+    ) -> Result<(), ApiError> {
+        let caller = self.caller(headers, uri).await?;
+        if allowed(self.policy(), caller.identity()) {
+            return Ok(());
+        }
+        Err(match caller {
+            Caller::Anonymous => self
+                .unauthorized(headers, uri, None, None)
+                .with_message(format!("{who}: log in as one")),
+            _ => ApiError::new(ErrorCode::Denied).with_message(who.to_owned()),
+        })
+    }
 }
 
 /// Whether `host` can go into a quoted header parameter and a URL unchanged.

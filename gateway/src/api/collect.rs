@@ -14,16 +14,13 @@ use crate::registry::GcOptions;
 /// Runs one collection for `req` (a `POST`).
 pub(super) async fn trigger(st: &AppState, req: Request) -> ApiResult {
     if let Some(auth) = &st.auth {
-        let caller = auth.caller(req.headers(), req.uri()).await?;
-        if !auth.policy().is_admin(caller.identity()) {
-            return Err(match caller {
-                crate::auth::Caller::Anonymous => auth
-                    .unauthorized(req.headers(), req.uri(), None, None)
-                    .with_message("garbage collection is for admins: log in as one"),
-                _ => ApiError::new(ErrorCode::Denied)
-                    .with_message("garbage collection is for admins"),
-            });
-        }
+        auth.require(
+            req.headers(),
+            req.uri(),
+            |p, who| p.is_admin(who),
+            "garbage collection is for admins",
+        )
+        .await?;
     }
     let dry_run = match req.uri().query() {
         None => false,

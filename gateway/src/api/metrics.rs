@@ -9,8 +9,6 @@ use axum::response::{IntoResponse, Response};
 use flotilla_node::metrics::{CONTENT_TYPE, Exposition, Kind};
 
 use super::{ApiResult, AppState};
-use crate::auth::Caller;
-use crate::error::{ApiError, ErrorCode};
 
 /// Answers `GET`/`HEAD /metrics`, checking `metrics_users` when `[auth]` sets it: anonymous
 /// callers get the usual `401` challenge, other users `403 DENIED`.
@@ -18,16 +16,13 @@ pub(super) async fn serve(st: &AppState, headers: &HeaderMap, uri: &Uri) -> ApiR
     if let Some(auth) = &st.auth
         && auth.policy().metrics_restricted()
     {
-        let caller = auth.caller(headers, uri).await?;
-        if !auth.policy().may_read_metrics(caller.identity()) {
-            return Err(match caller {
-                Caller::Anonymous => auth
-                    .unauthorized(headers, uri, None, None)
-                    .with_message("metrics are for metrics_users and admins: log in as one"),
-                _ => ApiError::new(ErrorCode::Denied)
-                    .with_message("metrics are for metrics_users and admins"),
-            });
-        }
+        auth.require(
+            headers,
+            uri,
+            |p, who| p.may_read_metrics(who),
+            "metrics are for metrics_users and admins",
+        )
+        .await?;
     }
     Ok(answer(st))
 }
