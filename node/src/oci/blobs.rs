@@ -8,7 +8,8 @@
 //! to what its copy has verified and written (the store's [`PieceSource::arriving`], as the
 //! transfer server passes a piece on), each read kept only if that copy still owned the piece
 //! after it. So the client gets each block as soon as it is verified — not a piece later —
-//! never a byte that was not, and at most one chunk per response is in memory. If the download
+//! never a byte that was not, and at most two chunks per response are in memory (the one
+//! going out and, for a piece held whole, the next one, read meanwhile). If the download
 //! fails midway the body ends with an error, so the client sees a broken transfer rather than a
 //! short blob.
 //!
@@ -173,6 +174,9 @@ struct Reader {
     /// Pieces read (in part) from a copy still arriving: the client may have all their bytes
     /// before the store holds them.
     unsettled: Vec<u32>,
+    /// The read of the next chunk of a held piece, started while the client took the one
+    /// before: its blob offset and length, and the read.
+    ahead: Option<(u64, u64, tokio::task::JoinHandle<io::Result<Bytes>>)>,
 }
 
 impl Reader {
@@ -223,8 +227,20 @@ impl Reader {
                 "piece {piece} on disk is shorter than its table says"
             )));
         }
-        let data = read(file, within, n).await?;
+        let data = match self.ahead.take() {
+            Some((at, len, job)) if at == self.pos && len == n => {
+                job.await.map_err(io::Error::other)??
+            }
+            _ => read(file.clone(), within, n).await?,
+        };
         self.pos += n;
+        // The next chunk of this piece is read while the client takes this one: a direct read
+        // waits on the disk, and one at a time the disk's latency and the socket's add up.
+        let next = CHUNK.min(range.end - self.pos).min(self.end - self.pos);
+        if next > 0 {
+            let job = spawn_read(file, self.pos - range.start, next);
+            self.ahead = Some((self.pos, next, job));
+        }
         Ok(Some(data))
     }
 
@@ -331,6 +347,13 @@ impl Drop for Reader {
 
 /// Reads `n` bytes (at most [`CHUNK`]) at `within` of the piece in `file`, on the blocking pool.
 async fn read(file: PieceFile, within: u64, n: u64) -> io::Result<Bytes> {
+    spawn_read(file, within, n)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Starts [`read`] on the blocking pool; dropping the handle leaves the read to finish unseen.
+fn spawn_read(file: PieceFile, within: u64, n: u64) -> tokio::task::JoinHandle<io::Result<Bytes>> {
     let offset = file.offset + within;
     tokio::task::spawn_blocking(move || {
         // n <= CHUNK, so it fits a usize.
@@ -339,8 +362,6 @@ async fn read(file: PieceFile, within: u64, n: u64) -> io::Result<Bytes> {
         direct_io::read_at(&file.file, file.direct.as_deref(), &mut buf, n, offset)
             .map(|()| buf.into_bytes())
     })
-    .await
-    .map_err(io::Error::other)?
 }
 
 /// The response body for bytes `start..end` of the blob of `download`.
@@ -357,6 +378,7 @@ fn body(download: Download, source: Arc<dyn PieceSource>, start: u64, end: u64) 
         current: None,
         offer: None,
         unsettled: Vec::new(),
+        ahead: None,
     };
     Body::from_stream(futures::stream::try_unfold(reader, |mut r| async move {
         Ok::<_, io::Error>(r.next_chunk().await?.map(|chunk| (chunk, r)))
