@@ -378,11 +378,14 @@ pub async fn report_egress(
 /// Prints one node's counters.
 pub fn print_stats(what: &str, name: &str, s: &NodeStats) {
     println!(
-        "[{what}] {name}: peer {} (far {}) origin {} wasted {} served {} (while arriving {}) stored {} known_peers {}",
+        "[{what}] {name}: peer {} (far {}) origin {} wasted {} (duplicates {} cut {} invalid {}) served {} (while arriving {}) stored {} known_peers {}",
         s.peer_bytes,
         s.far_peer_bytes,
         s.origin_bytes,
         s.wasted_bytes,
+        s.duplicate_bytes,
+        s.cut_bytes,
+        s.invalid_bytes,
         s.served_bytes,
         s.served_arriving_bytes,
         s.stored_bytes,
@@ -406,6 +409,23 @@ pub fn check_fresh_node(name: &str, s: &NodeStats, img: &Image, failures: &mut V
             "{name}: stored_bytes = {}, want the image size {}",
             s.stored_bytes,
             img.size()
+        ));
+    }
+    check_honest_waste(name, s, failures);
+}
+
+/// Checks that a node among honest peers dropped no corrupt piece and that its dropped bytes
+/// add up by kind. Adds what is wrong to `failures`.
+pub fn check_honest_waste(name: &str, s: &NodeStats, failures: &mut Vec<String>) {
+    if s.invalid_bytes != 0 {
+        failures.push(format!(
+            "{name}: {} B failed verification, but every peer is honest: {s:?}",
+            s.invalid_bytes
+        ));
+    }
+    if s.wasted_bytes != s.duplicate_bytes + s.cut_bytes + s.invalid_bytes {
+        failures.push(format!(
+            "{name}: wasted_bytes is not duplicates + cut + invalid: {s:?}"
         ));
     }
 }

@@ -199,9 +199,16 @@ pub struct TransferStats {
     pub far_peer_bytes: u64,
     /// Bytes of verified pieces received from the gateway's HTTP origin.
     pub origin_bytes: u64,
-    /// Bytes received but not kept: duplicates that lost a race, and pieces that failed
-    /// verification.
+    /// Bytes received but not kept: the sum of the three below.
     pub wasted_bytes: u64,
+    /// Whole verified copies of a piece already held or counted (an end-game duplicate, or
+    /// the late answer to a request given up on): the copy that lost the race.
+    pub duplicate_bytes: u64,
+    /// Copies that ended part way: cut short by our Cancel (the piece landed elsewhere
+    /// first), or abandoned by an uploader whose own copy was lost upstream (SPEC §5.2).
+    pub cut_bytes: u64,
+    /// Pieces that failed verification.
+    pub invalid_bytes: u64,
     /// Verified pieces received from peers.
     pub peer_pieces: u64,
     /// Verified pieces received from the origin.
@@ -220,6 +227,9 @@ pub(crate) struct Counters {
     far_peer_bytes: AtomicU64,
     origin_bytes: AtomicU64,
     wasted_bytes: AtomicU64,
+    duplicate_bytes: AtomicU64,
+    cut_bytes: AtomicU64,
+    invalid_bytes: AtomicU64,
     peer_pieces: AtomicU64,
     origin_pieces: AtomicU64,
     peers_banned: AtomicU64,
@@ -233,6 +243,9 @@ impl Counters {
             far_peer_bytes: self.far_peer_bytes.load(Ordering::Relaxed),
             origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
             wasted_bytes: self.wasted_bytes.load(Ordering::Relaxed),
+            duplicate_bytes: self.duplicate_bytes.load(Ordering::Relaxed),
+            cut_bytes: self.cut_bytes.load(Ordering::Relaxed),
+            invalid_bytes: self.invalid_bytes.load(Ordering::Relaxed),
             peer_pieces: self.peer_pieces.load(Ordering::Relaxed),
             origin_pieces: self.origin_pieces.load(Ordering::Relaxed),
             peers_banned: self.peers_banned.load(Ordering::Relaxed),
@@ -264,9 +277,23 @@ impl Counters {
         self.peers_banned.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn wasted(&self, bytes: u64) {
+    fn wasted(&self, bytes: u64, why: Waste) {
         self.wasted_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let by_kind = match why {
+            Waste::Duplicate => &self.duplicate_bytes,
+            Waste::Cut => &self.cut_bytes,
+            Waste::Invalid => &self.invalid_bytes,
+        };
+        by_kind.fetch_add(bytes, Ordering::Relaxed);
     }
+}
+
+/// Why received bytes were dropped ([`TransferStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waste {
+    Duplicate,
+    Cut,
+    Invalid,
 }
 
 /// Something that keeps a blob in the store while held (the store's lease, type-erased).

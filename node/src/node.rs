@@ -95,8 +95,18 @@ pub struct NodeStats {
     pub far_peer_bytes: u64,
     /// Bytes of verified pieces received from the gateway over HTTP.
     pub origin_bytes: u64,
-    /// Bytes received and dropped (lost duplicates, failed verification).
+    /// Bytes received and dropped: the sum of the three below.
     pub wasted_bytes: u64,
+    /// Whole copies of pieces already held (end-game duplicates, late answers to requests
+    /// given up on).
+    #[serde(default)]
+    pub duplicate_bytes: u64,
+    /// Copies that ended part way (cut short by a Cancel, or lost upstream by the uploader).
+    #[serde(default)]
+    pub cut_bytes: u64,
+    /// Pieces that failed verification.
+    #[serde(default)]
+    pub invalid_bytes: u64,
     /// Peers banned for sending corrupted pieces.
     pub peers_banned: u64,
     /// Bytes this node served to peers.
@@ -474,6 +484,9 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         far_peer_bytes,
         origin_bytes,
         wasted_bytes,
+        duplicate_bytes,
+        cut_bytes,
+        invalid_bytes,
         peers_banned,
         ..
     } = fetcher.totals();
@@ -482,6 +495,9 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         far_peer_bytes,
         origin_bytes,
         wasted_bytes,
+        duplicate_bytes,
+        cut_bytes,
+        invalid_bytes,
         peers_banned,
         served_bytes: store.served_total(),
         served_arriving_bytes: store.served_arriving_total(),
@@ -519,6 +535,21 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
             "flotilla_node_wasted_bytes_total",
             "Bytes received and dropped: lost duplicates, pieces cut short, failed verification.",
             n.wasted_bytes,
+        ),
+        (
+            "flotilla_node_duplicate_bytes_total",
+            "The part of wasted bytes that were whole copies of pieces already held.",
+            n.duplicate_bytes,
+        ),
+        (
+            "flotilla_node_cut_bytes_total",
+            "The part of wasted bytes from copies that ended part way (cancelled, lost upstream).",
+            n.cut_bytes,
+        ),
+        (
+            "flotilla_node_invalid_bytes_total",
+            "The part of wasted bytes from pieces that failed verification.",
+            n.invalid_bytes,
         ),
         (
             "flotilla_node_peers_banned_total",

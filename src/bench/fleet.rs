@@ -375,6 +375,8 @@ async fn pulls(
         fleet.peer_bytes += s.peer_bytes;
         fleet.origin_bytes += s.origin_bytes;
         fleet.wasted_bytes += s.wasted_bytes;
+        fleet.duplicate_bytes += s.duplicate_bytes;
+        fleet.cut_bytes += s.cut_bytes;
         fleet.served_bytes += s.served_bytes;
         fleet.node_peak_rss.push(n.peak_rss()?);
         let (count, first) = n.warnings();

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use flotilla_node::NodeOptions;
 
 use super::{
-    FLEET_TOKEN, FleetGateway, Image, InNode, LogFile, MIB, PULL_LIMIT, client, log_runtime,
-    print_stats, pull, report_egress, settled_stats, warnings,
+    FLEET_TOKEN, FleetGateway, Image, InNode, LogFile, MIB, PULL_LIMIT, check_honest_waste, client,
+    log_runtime, print_stats, pull, report_egress, settled_stats, warnings,
 };
 
 /// A's upload cap: each 4-MiB piece takes a second or more to reach B, so C asks B for pieces
@@ -116,6 +116,9 @@ async fn chain(dir: &Path, log: &LogFile) {
     if sc.peer_bytes == 0 {
         failures.push("C took nothing from its peers".to_owned());
     }
+    for (name, s) in [("A", &sa), ("B", &sb), ("C", &sc)] {
+        check_honest_waste(name, s, &mut failures);
+    }
     // The same counters in the Prometheus text format (the stats have settled).
     let page = http
         .get(format!("{}/metrics", b.url))
@@ -132,6 +135,10 @@ async fn chain(dir: &Path, log: &LogFile) {
             "flotilla_node_served_arriving_bytes_total",
             sb.served_arriving_bytes,
         ),
+        ("flotilla_node_wasted_bytes_total", sb.wasted_bytes),
+        ("flotilla_node_duplicate_bytes_total", sb.duplicate_bytes),
+        ("flotilla_node_cut_bytes_total", sb.cut_bytes),
+        ("flotilla_node_invalid_bytes_total", sb.invalid_bytes),
     ] {
         let got = page
             .lines()

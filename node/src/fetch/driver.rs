@@ -548,6 +548,7 @@ impl Driver {
             } => self.request_origin(piece),
             Action::Cancel { source, piece } => {
                 let was_outstanding = self.outstanding.contains(&(source, piece));
+                debug!(digest = %self.digest, ?source, piece, timed_out = self.expiry_sweep, "request cancelled");
                 // An answer that has begun to arrive still comes as an event: keep expecting
                 // it, so the piece is attributed (and counted) when it does.
                 let answer_coming = match source {

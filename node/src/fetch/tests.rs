@@ -166,7 +166,12 @@ async fn a_peer_sending_corrupted_pieces_is_banned() {
         blob.data.as_slice()
     );
     let stats = dl.stats();
-    assert!(stats.wasted_bytes >= 2 * 16384, "{stats:?}");
+    assert!(stats.invalid_bytes >= 2 * 16384, "{stats:?}");
+    assert_eq!(
+        stats.wasted_bytes,
+        stats.duplicate_bytes + stats.cut_bytes + stats.invalid_bytes,
+        "{stats:?}"
+    );
     assert_eq!(stats.peer_bytes, blob.data.len() as u64);
     // Banned after its second bad piece: never asked again, never reopened.
     let reads = corrupt.reads.load(Ordering::Relaxed);

@@ -150,6 +150,10 @@ pub struct Fleet {
     pub origin_bytes: u64,
     /// … received and dropped.
     pub wasted_bytes: u64,
+    /// … of it, whole copies of pieces already held.
+    pub duplicate_bytes: u64,
+    /// … of it, copies that ended part way.
+    pub cut_bytes: u64,
     /// … served to peers.
     pub served_bytes: u64,
     /// WARN/ERROR lines in the nodes' logs.
@@ -416,10 +420,12 @@ impl Report {
         out.push_str(&markdown(&rows));
         let fl = &self.fleet;
         out.push_str(&format!(
-            "\nnodes received {:.0} MiB from peers and {:.0} MiB from the gateway over HTTP, dropped {:.0} MiB; served {:.0} MiB to peers; {} WARN/ERROR lines in their logs. Image pushed at {:.0} MB/s.\n",
+            "\nnodes received {:.0} MiB from peers and {:.0} MiB from the gateway over HTTP, dropped {:.0} MiB ({:.0} in duplicate copies, {:.0} cut short); served {:.0} MiB to peers; {} WARN/ERROR lines in their logs. Image pushed at {:.0} MB/s.\n",
             mib(fl.peer_bytes),
             mib(fl.origin_bytes),
             mib(fl.wasted_bytes),
+            mib(fl.duplicate_bytes),
+            mib(fl.cut_bytes),
             mib(fl.served_bytes),
             fl.node_warnings,
             self.push_mb_s
@@ -630,6 +636,8 @@ impl Report {
                 "peer_bytes": f.peer_bytes,
                 "origin_bytes": f.origin_bytes,
                 "wasted_bytes": f.wasted_bytes,
+                "duplicate_bytes": f.duplicate_bytes,
+                "cut_bytes": f.cut_bytes,
                 "served_bytes": f.served_bytes,
                 "log_warnings": f.node_warnings,
             },

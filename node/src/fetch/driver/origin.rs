@@ -11,6 +11,7 @@ use tracing::{debug, warn};
 
 use super::super::gateway::{OriginAsk, OriginOutcome};
 use super::{Driver, Internal, Substitution};
+use crate::fetch::Waste;
 use crate::ports::Verdict;
 
 impl Driver {
@@ -125,16 +126,16 @@ impl Driver {
                 }
                 Verdict::Verified | Verdict::Duplicate => {
                     self.last_origin_ok = Instant::now();
-                    self.stats.wasted(bytes);
-                    self.inner.totals.wasted(bytes);
+                    self.stats.wasted(bytes, Waste::Duplicate);
+                    self.inner.totals.wasted(bytes, Waste::Duplicate);
                     if current {
                         self.sched.piece_received(Source::Origin, piece, now);
                     }
                 }
                 Verdict::Invalid => {
                     warn!(digest = %self.digest, piece, "the gateway sent a piece that does not match its table");
-                    self.stats.wasted(bytes);
-                    self.inner.totals.wasted(bytes);
+                    self.stats.wasted(bytes, Waste::Invalid);
+                    self.inner.totals.wasted(bytes, Waste::Invalid);
                     self.last_origin_error = Some(format!("piece {piece} failed verification"));
                     if current {
                         self.sched.request_failed(Source::Origin, piece, now);

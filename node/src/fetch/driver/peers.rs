@@ -11,6 +11,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::{Driver, Internal};
+use crate::fetch::Waste;
 use crate::ports::Verdict;
 use crate::transfer::{Opened, Session, SessionEvent, SessionEventKind};
 
@@ -374,14 +375,15 @@ impl Driver {
                         self.sched.piece_received(source, piece, now);
                     }
                     Verdict::Verified | Verdict::Duplicate => {
-                        self.stats.wasted(bytes);
-                        self.inner.totals.wasted(bytes);
+                        debug!(digest = %self.digest, %peer, piece, bytes, "dropped a duplicate copy");
+                        self.stats.wasted(bytes, Waste::Duplicate);
+                        self.inner.totals.wasted(bytes, Waste::Duplicate);
                         self.sched.piece_received(source, piece, now);
                     }
                     Verdict::Invalid => {
                         warn!(digest = %self.digest, %peer, piece, "peer sent a corrupted piece");
-                        self.stats.wasted(bytes);
-                        self.inner.totals.wasted(bytes);
+                        self.stats.wasted(bytes, Waste::Invalid);
+                        self.inner.totals.wasted(bytes, Waste::Invalid);
                         self.sched.piece_invalid(peer, piece, now);
                         self.rank_dirty = true;
                     }
@@ -403,9 +405,10 @@ impl Driver {
             // The copy it was passing on was lost upstream (like PieceBusy, nobody's fault), or
             // we cancelled the request while it arrived.
             SessionEventKind::Abandoned { piece, bytes } => {
+                debug!(digest = %self.digest, %peer, piece, bytes, "dropped a copy that ended part way");
                 self.answered(peer, piece);
-                self.stats.wasted(u64::from(bytes));
-                self.inner.totals.wasted(u64::from(bytes));
+                self.stats.wasted(u64::from(bytes), Waste::Cut);
+                self.inner.totals.wasted(u64::from(bytes), Waste::Cut);
                 self.sched.piece_busy(source, piece, now);
             }
             SessionEventKind::Failed(piece) => {
