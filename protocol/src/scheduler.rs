@@ -83,7 +83,11 @@
 //!   blob, forgot holds and let nodes ask again at once).
 //! - **End game.** Once every missing piece is requested, free slots duplicate in-flight
 //!   pieces (oldest request first) at a second peer, up to [`Config::max_duplicates`] (2)
-//!   sources per piece; the first copy to land wins and the others are cancelled. Not while a
+//!   sources per piece; the first copy to land wins and the others are cancelled. Only a
+//!   straggler: a request that has taken as long as requests at its source usually take (its
+//!   smoothed latency, else the download's, else [`Config::initial_latency`]); a timer wakes
+//!   the scheduler when the next one becomes one. Duplicating every last piece at once made
+//!   8 nodes pulling 16 one-piece layers drop 277 MiB besides the 512 they kept. Not while a
 //!   missing piece is waiting for some candidate (or the origin) to have it: early in a swarm
 //!   the candidates hold only what is already in flight, and duplicating then spent 7 % of a
 //!   simulated 10,000-node pull's uploads (65 % of the LAN bytes of 20 edge sites) on copies

@@ -149,11 +149,16 @@ fn end_game_duplicates_then_cancels() {
     s.peer_added(1, full(2), ms(0));
     s.peer_added(2, full(2), ms(0));
     let r = requests(&drain(&mut s));
-    // Peer 1 takes both pieces; peer 2 duplicates them.
-    assert_eq!(r.len(), 4, "{r:?}");
-    let dup: Vec<_> = r.iter().filter(|r| r.0 == Source::Peer(2)).collect();
-    assert_eq!(dup.len(), 2);
-    s.piece_received(Source::Peer(2), 0, ms(50));
+    // Peer 1 takes both pieces; peer 2 duplicates them only once they are late: after the
+    // usual latency (nothing measured yet: the initial guess).
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(r.iter().all(|r| r.0 == Source::Peer(1)), "{r:?}");
+    let due = s.poll_timeout();
+    assert_eq!(due, Some(cfg().initial_latency), "stragglers from then on");
+    s.handle_timeout(cfg().initial_latency);
+    let r = requests(&drain(&mut s));
+    assert_eq!(r, vec![(Source::Peer(2), 0), (Source::Peer(2), 1)], "{r:?}");
+    s.piece_received(Source::Peer(2), 0, ms(1050));
     assert_eq!(
         drain(&mut s),
         vec![Action::Cancel {
@@ -161,7 +166,7 @@ fn end_game_duplicates_then_cancels() {
             piece: 0
         }]
     );
-    s.piece_received(Source::Peer(1), 1, ms(60));
+    s.piece_received(Source::Peer(1), 1, ms(1060));
     assert_eq!(
         drain(&mut s),
         vec![
@@ -195,7 +200,63 @@ fn no_end_game_while_a_missing_piece_is_not_requested() {
         .map(|r| r.1)
         .collect();
     assert_eq!(fresh, HashSet::from([1, 2]), "{r:?}");
-    assert!(r.iter().any(|r| r.1 == 0), "piece 0 duplicated: {r:?}");
+    // Every missing piece is in flight: piece 0, sent first, is duplicated once it is late.
+    assert!(
+        !r.iter().any(|r| r.1 == 0),
+        "piece 0 duplicated on time: {r:?}"
+    );
+    s.handle_timeout(cfg().initial_latency);
+    let r = requests(&drain(&mut s));
+    assert!(r.iter().any(|r| r.1 == 0), "piece 0 not duplicated: {r:?}");
+}
+
+#[test]
+fn the_end_game_duplicates_only_requests_later_than_usual() {
+    // Peer 1 answers every request 100 ms after it was sent, so requests there usually take
+    // 100 ms; once every missing piece is in flight, a free slot at peer 2 duplicates the
+    // oldest of them when it has taken that long, not before.
+    let n = 3;
+    // One request at a time, so the last one goes out when the one before lands.
+    let c = Config {
+        initial_window: 1,
+        max_window: 1,
+        ..cfg()
+    };
+    let mut s = Scheduler::new(0, Bitfield::new(n), c, ms(0));
+    s.peer_added(1, full(n), ms(0));
+    let mut out: std::collections::VecDeque<(u32, u64)> = Default::default();
+    let mut now = 0;
+    loop {
+        for (_, piece) in requests(&drain(&mut s)) {
+            out.push_back((piece, now));
+        }
+        if out.len() == (n - s.have().count()) as usize {
+            break;
+        }
+        let (piece, sent) = out.pop_front().expect("a request in flight");
+        now = sent + 100;
+        s.piece_received(Source::Peer(1), piece, ms(now));
+    }
+    let (oldest, sent) = out[0];
+    assert!(s.have().count() > 0, "nothing measured: {out:?}");
+    let due = ms(sent + 100);
+    assert!(
+        due > ms(now),
+        "the oldest request is late already: {due:?} {now}"
+    );
+    s.peer_added(2, full(n), ms(now));
+    let dup_at_2 = |r: &[(Source<u32>, u32)]| r.iter().any(|r| r.0 == Source::Peer(2));
+    if due > ms(now) {
+        assert!(!dup_at_2(&requests(&drain(&mut s))), "duplicated on time");
+        while let Some(t) = s.poll_timeout().filter(|&t| t < due) {
+            s.handle_timeout(t);
+            assert!(!dup_at_2(&requests(&drain(&mut s))), "duplicated at {t:?}");
+        }
+        assert_eq!(s.poll_timeout(), Some(due));
+        s.handle_timeout(due);
+    }
+    let r = requests(&drain(&mut s));
+    assert!(r.contains(&(Source::Peer(2), oldest)), "{r:?}");
 }
 
 #[test]
@@ -492,8 +553,11 @@ fn no_end_game_copy_of_a_piece_still_arriving_at_the_peer() {
     // Peer 1 takes both; peer 2's copies cannot land before their own arrival, and would
     // land together with every other copy passed on from them: no duplicates there.
     assert_eq!(r, vec![(Source::Peer(1), 0), (Source::Peer(1), 1)], "{r:?}");
-    // Whole there now: the end game may duplicate at peer 2.
+    // Whole there now: the end game may duplicate at peer 2, once the request is late.
     s.peer_have(2, 0, ms(10));
+    assert_eq!(requests(&drain(&mut s)), vec![]);
+    assert_eq!(s.poll_timeout(), Some(cfg().initial_latency));
+    s.handle_timeout(cfg().initial_latency);
     let r = requests(&drain(&mut s));
     assert_eq!(r, vec![(Source::Peer(2), 0)], "{r:?}");
 }
