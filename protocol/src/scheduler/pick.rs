@@ -153,8 +153,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
     /// it has taken as long as requests at its source usually take (the source's smoothed
     /// latency, which carries its queue; else this download's; else the initial guess). A
     /// request on time is left alone: the first copy to land wins and every other is dropped
-    /// or cut short, and duplicating every last piece at once doubled a small layer's bytes
-    /// (8 nodes pulling 16 one-piece layers dropped 277 MiB besides the 512 they kept).
+    /// or cut short, and duplicating every last piece at once inflated small layers (8 nodes
+    /// pulling 16 one-piece layers dropped 277 MiB besides the 512 they kept).
     fn end_game_candidates(&self) -> impl Iterator<Item = (&InFlight, Duration)> + '_ {
         let fallback = self
             .latency_fallback()
@@ -413,6 +413,7 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
                     && self.peers.iter().enumerate().any(|(i, p)| {
                         !p.source.has_request(r.piece)
                             && !p.arriving.contains(&r.piece)
+                            && (p.near || !self.locality())
                             && self.can_serve(i, r.piece)
                     })
                 {
