@@ -1,7 +1,7 @@
 //! The locality rules: near peers first, one fetch across the WAN per site and piece (the
 //! rendezvous winner among the near nodes), its fallback, one far request at a time, far
-//! requests cancelled once a near peer holds the piece, patient far timeouts, and round trips
-//! heard before a peer is added.
+//! requests cancelled once a near peer holds the piece, patient far timeouts, round trips
+//! heard before a peer is added, and no end-game copy across the WAN.
 
 use super::*;
 use crate::scheduler::peer::{rank, stable_hash};
@@ -188,5 +188,28 @@ fn without_round_trips_nothing_changes() {
     assert!(
         r.iter().filter(|r| r.0 == Source::Peer(2)).count() >= 2,
         "{r:?}"
+    );
+}
+
+#[test]
+fn no_end_game_copy_across_the_wan_and_no_wake_up_for_one() {
+    let mut s = two_sites(1, full(1), full(1));
+    assert_eq!(sources(&drain(&mut s)), vec![(Source::Peer(1), 0)]);
+    // Every missing piece is in flight and only a far peer could take a second copy: none
+    // goes, and the scheduler does not wake for one. Its next timer is the request's own
+    // deadline, which cancels it.
+    let t = s.poll_timeout().expect("the request's deadline");
+    assert!(
+        t > cfg().initial_latency,
+        "woke at {t:?} for a copy it will not send"
+    );
+    s.handle_timeout(t);
+    let actions = drain(&mut s);
+    assert!(
+        actions.contains(&Action::Cancel {
+            source: Source::Peer(1),
+            piece: 0
+        }),
+        "{actions:?}"
     );
 }
