@@ -130,23 +130,24 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
 
     /// An in-flight piece to duplicate at peer `i`: the oldest straggler it could also serve.
     fn end_game_pick(&self, i: usize) -> Option<u32> {
-        let p = &self.peers[i];
-        let limit = self.cfg.max_duplicates;
         let now = self.now;
         self.end_game_candidates()
-            .filter(|&(r, due)| {
-                due <= now
-                    && self.sources[r.piece as usize] < limit
-                    && self.can_serve(i, r.piece)
-                    && !p.source.has_request(r.piece)
-                    // Not a copy still arriving there: it cannot land before that copy, and
-                    // lands with every other copy passed on from it, all but one wasted.
-                    && !p.arriving.contains(&r.piece)
-                    // Never a second copy across the WAN: that link is what a site is short of.
-                    && (p.near || !self.locality())
-            })
+            .filter(|&(r, due)| due <= now && self.may_duplicate_at(i, r.piece))
             .min_by_key(|(r, _)| (r.sent, r.piece))
             .map(|(r, _)| r.piece)
+    }
+
+    /// Whether peer `i` may take an end-game copy of `piece`, which is in flight elsewhere.
+    fn may_duplicate_at(&self, i: usize, piece: u32) -> bool {
+        let p = &self.peers[i];
+        self.sources[piece as usize] < self.cfg.max_duplicates
+            && self.can_serve(i, piece)
+            && !p.source.has_request(piece)
+            // Not a copy still arriving there: it cannot land before that copy, and lands
+            // with every other copy passed on from it, all but one wasted.
+            && !p.arriving.contains(&piece)
+            // Never a second copy across the WAN: that link is what a site is short of.
+            && (p.near || !self.locality())
     }
 
     /// Every request in flight, with the time from which the end game may duplicate it: once
@@ -406,17 +407,8 @@ impl<P: Copy + Eq + Hash + Ord + Debug> Scheduler<P> {
         }
         if self.end_game() {
             // When the next request in flight becomes a straggler a free slot may duplicate.
-            let limit = self.cfg.max_duplicates;
             for (r, due) in self.end_game_candidates() {
-                if due > now
-                    && self.sources[r.piece as usize] < limit
-                    && self.peers.iter().enumerate().any(|(i, p)| {
-                        !p.source.has_request(r.piece)
-                            && !p.arriving.contains(&r.piece)
-                            && (p.near || !self.locality())
-                            && self.can_serve(i, r.piece)
-                    })
-                {
+                if due > now && (0..self.peers.len()).any(|i| self.may_duplicate_at(i, r.piece)) {
                     consider(due);
                 }
             }
