@@ -226,7 +226,6 @@ pub(crate) struct Counters {
     peer_bytes: AtomicU64,
     far_peer_bytes: AtomicU64,
     origin_bytes: AtomicU64,
-    wasted_bytes: AtomicU64,
     duplicate_bytes: AtomicU64,
     cut_bytes: AtomicU64,
     invalid_bytes: AtomicU64,
@@ -238,14 +237,17 @@ pub(crate) struct Counters {
 
 impl Counters {
     fn snapshot(&self) -> TransferStats {
+        let duplicate_bytes = self.duplicate_bytes.load(Ordering::Relaxed);
+        let cut_bytes = self.cut_bytes.load(Ordering::Relaxed);
+        let invalid_bytes = self.invalid_bytes.load(Ordering::Relaxed);
         TransferStats {
             peer_bytes: self.peer_bytes.load(Ordering::Relaxed),
             far_peer_bytes: self.far_peer_bytes.load(Ordering::Relaxed),
             origin_bytes: self.origin_bytes.load(Ordering::Relaxed),
-            wasted_bytes: self.wasted_bytes.load(Ordering::Relaxed),
-            duplicate_bytes: self.duplicate_bytes.load(Ordering::Relaxed),
-            cut_bytes: self.cut_bytes.load(Ordering::Relaxed),
-            invalid_bytes: self.invalid_bytes.load(Ordering::Relaxed),
+            wasted_bytes: duplicate_bytes + cut_bytes + invalid_bytes,
+            duplicate_bytes,
+            cut_bytes,
+            invalid_bytes,
             peer_pieces: self.peer_pieces.load(Ordering::Relaxed),
             origin_pieces: self.origin_pieces.load(Ordering::Relaxed),
             peers_banned: self.peers_banned.load(Ordering::Relaxed),
@@ -278,7 +280,6 @@ impl Counters {
     }
 
     fn wasted(&self, bytes: u64, why: Waste) {
-        self.wasted_bytes.fetch_add(bytes, Ordering::Relaxed);
         let by_kind = match why {
             Waste::Duplicate => &self.duplicate_bytes,
             Waste::Cut => &self.cut_bytes,

@@ -36,7 +36,7 @@ use tracing::{debug, info, warn};
 
 use super::gateway::OriginOutcome;
 use super::table;
-use super::{Counters, FetchError, Inner, Outcome, Ready, State};
+use super::{Counters, FetchError, Inner, Outcome, Ready, State, Waste};
 use crate::ports::{NetworkError, PieceRank, SourceError};
 use crate::transfer::{Opened, Session, SessionEvent, TransferError};
 
@@ -309,6 +309,12 @@ impl Drop for RankGuard {
 
 impl Driver {
     /// Copies `piece`'s availability to the rank our server orders waiting requests by.
+    /// Counts `bytes` received and dropped, in this download's stats and the node's.
+    fn wasted(&self, bytes: u64, why: Waste) {
+        self.stats.wasted(bytes, why);
+        self.inner.totals.wasted(bytes, why);
+    }
+
     fn rank_piece(&self, piece: u32) {
         if let Some(r) = &self.rank {
             r.0.set(piece, self.sched.availability(piece));

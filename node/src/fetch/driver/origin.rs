@@ -126,16 +126,14 @@ impl Driver {
                 }
                 Verdict::Verified | Verdict::Duplicate => {
                     self.last_origin_ok = Instant::now();
-                    self.stats.wasted(bytes, Waste::Duplicate);
-                    self.inner.totals.wasted(bytes, Waste::Duplicate);
+                    self.wasted(bytes, Waste::Duplicate);
                     if current {
                         self.sched.piece_received(Source::Origin, piece, now);
                     }
                 }
                 Verdict::Invalid => {
                     warn!(digest = %self.digest, piece, "the gateway sent a piece that does not match its table");
-                    self.stats.wasted(bytes, Waste::Invalid);
-                    self.inner.totals.wasted(bytes, Waste::Invalid);
+                    self.wasted(bytes, Waste::Invalid);
                     self.last_origin_error = Some(format!("piece {piece} failed verification"));
                     if current {
                         self.sched.request_failed(Source::Origin, piece, now);

@@ -376,14 +376,12 @@ impl Driver {
                     }
                     Verdict::Verified | Verdict::Duplicate => {
                         debug!(digest = %self.digest, %peer, piece, bytes, "dropped a duplicate copy");
-                        self.stats.wasted(bytes, Waste::Duplicate);
-                        self.inner.totals.wasted(bytes, Waste::Duplicate);
+                        self.wasted(bytes, Waste::Duplicate);
                         self.sched.piece_received(source, piece, now);
                     }
                     Verdict::Invalid => {
                         warn!(digest = %self.digest, %peer, piece, "peer sent a corrupted piece");
-                        self.stats.wasted(bytes, Waste::Invalid);
-                        self.inner.totals.wasted(bytes, Waste::Invalid);
+                        self.wasted(bytes, Waste::Invalid);
                         self.sched.piece_invalid(peer, piece, now);
                         self.rank_dirty = true;
                     }
@@ -407,8 +405,7 @@ impl Driver {
             SessionEventKind::Abandoned { piece, bytes } => {
                 debug!(digest = %self.digest, %peer, piece, bytes, "dropped a copy that ended part way");
                 self.answered(peer, piece);
-                self.stats.wasted(u64::from(bytes), Waste::Cut);
-                self.inner.totals.wasted(u64::from(bytes), Waste::Cut);
+                self.wasted(u64::from(bytes), Waste::Cut);
                 self.sched.piece_busy(source, piece, now);
             }
             SessionEventKind::Failed(piece) => {
