@@ -5,6 +5,7 @@
 //! environment variable first, then the file, then the default.
 
 mod bench;
+mod prefetch;
 mod sim;
 
 use std::net::SocketAddr;
@@ -36,6 +37,9 @@ enum Command {
     /// Collect garbage in a stopped gateway's data directory now: delete the blob files no
     /// manifest references (a running gateway does this itself every `gc_interval_secs`).
     Gc(GcArgs),
+    /// Ask a node to fetch an image (or one blob) into its store ahead of its pulls, and
+    /// print what came from where.
+    Prefetch(prefetch::PrefetchArgs),
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -481,6 +485,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing();
             rt.block_on(gc(args))
         }
+        Command::Prefetch(args) => rt.block_on(prefetch::run(args)),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),
     }

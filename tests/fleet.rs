@@ -20,6 +20,9 @@ mod docker;
 mod in_process;
 /// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.
 mod origin_cap;
+/// `flotilla prefetch`: one platform of an image fetched and pinned ahead of its pull, then
+/// pulled with the gateway stopped.
+mod prefetch;
 /// `flotilla node` processes: four at once, and a node killed mid-download that resumes.
 mod processes;
 /// Nodes with site labels: each site takes the image from outside about once.

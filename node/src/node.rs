@@ -340,9 +340,14 @@ impl Node {
 
         let source: Arc<dyn PieceSource> = store.clone();
         let oci_http = tls.client(Duration::from_secs(10)).map_err(tls_err)?;
+        let pin_store = store.clone();
         let state = OciState::new(fetcher.clone(), gateway_url, source)?
             .with_meta(meta)
-            .with_gateway_http(oci_http, signer);
+            .with_gateway_http(oci_http, signer)
+            .with_pinning(Arc::new(move |digest| {
+                let store = pin_store.clone();
+                Box::pin(async move { store.pin(&digest).await.map_err(|e| e.to_string()) })
+            }));
         let stats_state = StatsState {
             fetcher: fetcher.clone(),
             store: store.clone(),

@@ -13,6 +13,8 @@
 //!   repository-free, so the name only has to be valid.
 //! - Anything that writes (`POST`, `PUT`, `PATCH`, `DELETE`, and every upload route) is
 //!   `405 UNSUPPORTED`: pushes go to the gateway. Unknown paths are `404 UNSUPPORTED`.
+//! - `POST /flotilla/v1/prefetch` fetches an image's blobs (or one blob) into the store ahead
+//!   of its pulls, and pins them if asked (`oci/prefetch.rs`).
 //!
 //! Paths are routed with [`split_v2_path`], so names with many segments work, and bad names,
 //! tags and digests get the registry's error codes. As a registry mirror it takes docker's
@@ -24,6 +26,7 @@
 
 mod blobs;
 mod manifests;
+mod prefetch;
 mod proxy;
 #[cfg(test)]
 mod tests;
@@ -37,8 +40,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use flotilla_protocol::ReferenceError;
 use flotilla_protocol::reference::{RouteError, V2Route, split_v2_path};
+use flotilla_protocol::{Digest, ReferenceError};
 use http_body_util::BodyExt as _;
 use serde::Serialize;
 
@@ -72,7 +75,13 @@ pub struct OciState {
     pub member: crate::gateway_http::MemberSigner,
     /// What the access log counts for `GET /metrics`.
     pub requests: Arc<crate::metrics::RequestCounts>,
+    /// Pins a blob held whole (never evicted); `None`: prefetches cannot pin.
+    pub pin: Option<PinFn>,
 }
+
+/// Pins a blob the store holds whole; the error says why it could not.
+pub type PinFn =
+    Arc<dyn Fn(Digest) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 impl OciState {
     /// The state for a gateway at `gateway_url`, with an HTTP client that gives up connecting
@@ -100,6 +109,7 @@ impl OciState {
             meta: None,
             member: crate::gateway_http::MemberSigner::new(),
             requests: Arc::default(),
+            pin: None,
         })
     }
 
@@ -123,12 +133,23 @@ impl OciState {
         self.meta = Some(meta);
         self
     }
+
+    /// Lets prefetches pin what they fetch.
+    #[must_use]
+    pub fn with_pinning(mut self, pin: PinFn) -> Self {
+        self.pin = Some(pin);
+        self
+    }
 }
 
 /// The endpoint as an axum `Router` (no listener).
 pub fn router(state: OciState) -> Router {
     let requests = state.requests.clone();
     Router::new()
+        .route(
+            "/flotilla/v1/prefetch",
+            axum::routing::any(prefetch::handle),
+        )
         .fallback(dispatch)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(requests, access_log))

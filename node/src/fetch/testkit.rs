@@ -411,6 +411,8 @@ pub(crate) struct GatewayState {
     pub v2: Mutex<Vec<Seen>>,
     /// Answer every blob request with 503.
     pub refuse_blobs: std::sync::atomic::AtomicBool,
+    /// More manifests to answer: path → (Content-Type, body).
+    pub manifests: Mutex<HashMap<String, (&'static str, String)>>,
 }
 
 /// A fake gateway listening on loopback.
@@ -435,6 +437,7 @@ impl FakeGateway {
             table_requests: AtomicUsize::new(0),
             v2: Mutex::new(Vec::new()),
             refuse_blobs: std::sync::atomic::AtomicBool::new(false),
+            manifests: Mutex::new(HashMap::new()),
         });
         let app = Router::new()
             .route("/flotilla/v1/info", get(info))
@@ -472,6 +475,20 @@ impl FakeGateway {
 
     pub fn origin_bytes(&self) -> u64 {
         self.state.origin_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Answers `GET /v2/<repo>/manifests/<reference>` with `body` as `content_type`.
+    pub fn add_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        content_type: &'static str,
+        body: &str,
+    ) {
+        self.state.manifests.lock().unwrap().insert(
+            format!("/v2/{repo}/manifests/{reference}"),
+            (content_type, body.to_owned()),
+        );
     }
 }
 
@@ -548,14 +565,19 @@ async fn v2(State(st): State<Arc<GatewayState>>, req: Request) -> Response {
     };
     st.v2.lock().unwrap().push(seen);
     let path = req.uri().path();
-    let (status, ctype, body, digest) = match path {
-        "/v2/library/alpine/manifests/latest" => (
+    let extra = st.manifests.lock().unwrap().get(path).cloned();
+    let (status, ctype, body, digest) = match (path, extra) {
+        (_, Some((ctype, body))) => {
+            let digest = Digest::sha256_of(body.as_bytes());
+            (StatusCode::OK, ctype, body, Some(digest))
+        }
+        ("/v2/library/alpine/manifests/latest", None) => (
             StatusCode::OK,
             "application/vnd.oci.image.manifest.v1+json",
             MANIFEST.to_owned(),
             Some(Digest::sha256_of(MANIFEST.as_bytes())),
         ),
-        "/v2/library/alpine/tags/list" => (
+        ("/v2/library/alpine/tags/list", None) => (
             StatusCode::OK,
             "application/json",
             r#"{"name":"library/alpine","tags":["latest"]}"#.to_owned(),

@@ -25,8 +25,12 @@ impl Drop for Node {
 
 impl Node {
     async fn start(rig: &Rig) -> Node {
+        Node::start_with(rig, |s| s).await
+    }
+
+    async fn start_with(rig: &Rig, tune: impl FnOnce(OciState) -> OciState) -> Node {
         let state = OciState::new(rig.fetcher.clone(), rig.gw.url(), rig.local.source()).unwrap();
-        let app = router(state);
+        let app = router(tune(state));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -449,4 +453,263 @@ async fn a_blob_streams_block_by_block_while_its_piece_arrives() {
     .expect("the body ends");
     assert!(got[..] == blob.data[..]);
     assert_eq!(rig.gw.origin_bytes(), 0);
+}
+
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const IMAGE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+fn image_manifest(blobs: &[&TestBlob]) -> String {
+    let desc = |b: &TestBlob, mt: &str| serde_json::json!({"mediaType": mt, "digest": b.digest.as_str(), "size": b.data.len()});
+    serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": IMAGE,
+        "config": desc(blobs[0], "application/vnd.oci.image.config.v1+json"),
+        "layers": blobs[1..].iter().map(|b| desc(b, "application/vnd.oci.image.layer.v1.tar")).collect::<Vec<_>>(),
+    })
+    .to_string()
+}
+
+fn index_entry(manifest: &str, platform: Value) -> Value {
+    serde_json::json!({
+        "mediaType": IMAGE,
+        "digest": flotilla_protocol::Digest::sha256_of(manifest.as_bytes()).as_str(),
+        "size": manifest.len(),
+        "platform": platform,
+    })
+}
+
+async fn prefetch(node: &Node, body: Value) -> (StatusCode, Value) {
+    let res = node
+        .req(Method::POST, "/flotilla/v1/prefetch")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (res.status(), res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn prefetch_fetches_one_platform_of_an_index_and_pins_it() {
+    let rig = Rig::new().await;
+    let config_amd = rig.blob(300, 4096, 31);
+    let shared = rig.blob(5 * 4096 + 7, 4096, 32);
+    let only_amd = rig.blob(3 * 4096, 4096, 33);
+    let config_arm = rig.blob(200, 4096, 34);
+    let only_arm = rig.blob(2 * 4096 + 1, 4096, 35);
+    rig.peer(&shared, 0..shared.pieces()).await;
+    let amd = image_manifest(&[&config_amd, &shared, &only_amd]);
+    let arm = image_manifest(&[&config_arm, &shared, &only_arm]);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [
+            index_entry(&arm, serde_json::json!({"os": "linux", "architecture": "arm64"})),
+            index_entry(&amd, serde_json::json!({"os": "linux", "architecture": "amd64"})),
+            index_entry(&amd, serde_json::json!({"os": "unknown", "architecture": "unknown"})),
+        ],
+    })
+    .to_string();
+    for m in [&amd, &arm] {
+        let d = flotilla_protocol::Digest::sha256_of(m.as_bytes());
+        rig.gw.add_manifest("team/app", d.as_str(), IMAGE, m);
+    }
+    rig.gw.add_manifest("team/app", "v1", INDEX, &index);
+    let store = rig.local.store.clone();
+    let node = Node::start_with(&rig, |s| {
+        s.with_pinning(std::sync::Arc::new(move |d| {
+            let store = store.clone();
+            Box::pin(async move { store.pin(&d).await.map_err(|e| e.to_string()) })
+        }))
+    })
+    .await;
+
+    let (status, report) = prefetch(
+        &node,
+        serde_json::json!({"image": "localhost:5000/team/app:v1", "platform": "linux/amd64", "pin": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{report}");
+    assert_eq!(report["image"], "team/app:v1");
+    assert_eq!(report["platform"], "linux/amd64");
+    let index_digest = flotilla_protocol::Digest::sha256_of(index.as_bytes());
+    let amd_digest = flotilla_protocol::Digest::sha256_of(amd.as_bytes());
+    assert_eq!(
+        report["manifests"],
+        serde_json::json!([index_digest.as_str(), amd_digest.as_str()])
+    );
+    let want = [&config_amd, &shared, &only_amd];
+    let blobs = report["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), 3, "{report}");
+    let size: u64 = want.iter().map(|b| b.data.len() as u64).sum();
+    assert_eq!(report["bytes"], size);
+    assert_eq!(report["fetched_bytes"], size);
+    assert_eq!(report["pinned"], true);
+    for (b, r) in want.iter().zip(blobs) {
+        assert_eq!(r["digest"], b.digest.as_str());
+        assert_eq!(r["held_before"], false);
+        let e = rig.local.store.entry(&b.digest).expect("held");
+        assert!(e.complete && e.pinned, "{}: {e:?}", b.digest);
+    }
+    // The shared layer came from its peer, the others from the origin (nobody else has them).
+    assert_eq!(blobs[1]["peer_bytes"], shared.data.len() as u64);
+    assert_eq!(
+        rig.gw.origin_bytes(),
+        (config_amd.data.len() + only_amd.data.len()) as u64
+    );
+    for b in [&config_arm, &only_arm] {
+        assert!(
+            rig.local.store.entry(&b.digest).is_none(),
+            "arm64 blob fetched"
+        );
+    }
+
+    // Again: everything is held, nothing moves.
+    let (status, again) = prefetch(
+        &node,
+        serde_json::json!({"image": "team/app:v1", "platform": "linux/amd64"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["fetched_bytes"], 0);
+    assert_eq!(again["pinned"], false);
+    assert!(
+        again["blobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["held_before"] == true)
+    );
+
+    // `all` takes every entry (the shared layer and the amd64 image once).
+    let (status, all) = prefetch(
+        &node,
+        serde_json::json!({"image": "team/app:v1", "platform": "all"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert_eq!(all["blobs"].as_array().unwrap().len(), 5, "{all}");
+    assert_eq!(
+        all["fetched_bytes"],
+        (config_arm.data.len() + only_arm.data.len()) as u64
+    );
+    assert!(!rig.local.store.entry(&only_arm.digest).unwrap().pinned);
+
+    // One blob by digest, and an image by digest.
+    let (status, one) =
+        prefetch(&node, serde_json::json!({"blob": only_arm.digest.as_str()})).await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["blobs"][0]["held_before"], true);
+    assert!(one.get("image").is_none());
+    let (status, by_digest) = prefetch(
+        &node,
+        serde_json::json!({"image": format!("team/app@{arm_digest}", arm_digest = flotilla_protocol::Digest::sha256_of(arm.as_bytes()))}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{by_digest}");
+    assert_eq!(by_digest["blobs"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn prefetch_errors_are_the_registry_s() {
+    let rig = Rig::new().await;
+    let config = rig.blob(100, 4096, 41);
+    let amd = image_manifest(&[&config]);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": [index_entry(&amd, serde_json::json!({"os": "linux", "architecture": "amd64"}))],
+    })
+    .to_string();
+    let d = flotilla_protocol::Digest::sha256_of(amd.as_bytes());
+    rig.gw.add_manifest("team/app", d.as_str(), IMAGE, &amd);
+    rig.gw.add_manifest("team/app", "v1", INDEX, &index);
+    let node = Node::start(&rig).await;
+    let unknown = TestBlob::new(100, 64, 42, &rig.key);
+
+    let cases = [
+        (
+            serde_json::json!({"image": "team/app:v1", "platform": "linux/s390x"}),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            serde_json::json!({"image": "team/app:v2"}),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            serde_json::json!({"image": "Team/App"}),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            serde_json::json!({"image": "team/app:v1", "platform": "linux"}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            serde_json::json!({"blob": unknown.digest.as_str()}),
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            serde_json::json!({"blob": "sha256:abc"}),
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            serde_json::json!({"blob": unknown.digest.as_str(), "platform": "all"}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            serde_json::json!({"image": "team/app:v1", "blob": unknown.digest.as_str()}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            serde_json::json!({}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            serde_json::json!({"image": "team/app:v1", "layers": 1}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        // This endpoint was given no way to pin.
+        (
+            serde_json::json!({"image": "team/app:v1", "platform": "all", "pin": true}),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = prefetch(&node, body.clone()).await;
+        assert_eq!(got, status, "{body} -> {answer}");
+        assert_eq!(answer["errors"][0]["code"], code, "{body} -> {answer}");
+    }
+    let (_, answer) = prefetch(
+        &node,
+        serde_json::json!({"image": "team/app:v1", "platform": "linux/s390x"}),
+    )
+    .await;
+    let detail = answer["errors"][0]["detail"].as_str().unwrap();
+    assert!(detail.contains("linux/amd64"), "{detail}");
+    // Not JSON at all, and the wrong method.
+    let res = node
+        .req(Method::POST, "/flotilla/v1/prefetch")
+        .body("image=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(res).await, "UNSUPPORTED");
+    let res = node.get("/flotilla/v1/prefetch").await;
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(header_str(&res, "allow"), Some("POST"));
+    assert_eq!(error_code(res).await, "UNSUPPORTED");
+    // Nothing was fetched for any of them.
+    assert_eq!(rig.gw.origin_bytes(), 0);
+    assert!(rig.local.store.entry(&config.digest).is_none());
 }
