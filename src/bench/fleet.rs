@@ -10,8 +10,9 @@
 //!    `/v2` at once: the baseline a fleet without flotilla pays;
 //! 4. *fleet*: N clients pull it at once, each through its node's OCI endpoint: manifest by tag,
 //!    then every blob, `--parallel` at a time, each blob checked as it streams (`--verify`);
-//! 5. the two-node run (`fleet/pair.rs`): node B pulls one blob from node A only, with the
-//!    gateway's swarm off; then plain quinn on the same box (`fleet/quic.rs`) as its ceiling.
+//! 5. the two-node run (`fleet/pair.rs`), with the gateway's swarm off: node B fetches one blob
+//!    from node A only into its store, then a client pulls it through node C from A; then plain
+//!    quinn on the same box (`fleet/quic.rs`) as the ceiling.
 //!
 //! Both pulls record the time from the common start to each client's last byte, the gateway's
 //! egress (its `/flotilla/v1/stats` before and after), CPU of every process (`/proc/<pid>/stat`)
@@ -216,7 +217,7 @@ async fn run_to_end(args: FleetArgs) -> anyhow::Result<()> {
             stall,
             received: &received,
         };
-        // Plain quinn right before and right after B's pull, so that the ratio compares
+        // Plain quinn right before and right after each transfer, so that the ratios compare
         // transfers that met the same machine state.
         let probe = async || -> anyhow::Result<f64> {
             let (rate, _) = quinn_once(pair_size, Suites::Libp2p).await?;

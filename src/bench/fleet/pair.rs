@@ -1,7 +1,10 @@
 //! The two-node run behind `piece_mb_s`: a gateway with no swarm (so it can only be the HTTP
-//! origin), node A that pulls one blob from it, then node B, whose only peer is A, pulling the
-//! same blob. B's pull measures the piece transfer between two nodes over QUIC; the gateway's
-//! HTTP egress during it shows whether B fell back to the origin.
+//! origin), node A that pulls one blob from it, then node B, whose only peer is A, fetching the
+//! same blob into its store (`POST /flotilla/v1/prefetch`): the piece transfer between two
+//! nodes over QUIC, every piece verified and written, no client. Then B stops and node C, whose
+//! only peer is A too, serves a client pulling the blob through its OCI endpoint: the same
+//! transfer with the client's stream on top. The gateway's HTTP egress during each shows
+//! whether the node fell back to the origin.
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,7 +14,7 @@ use flotilla_node::NodeStats;
 
 use super::image::{Blob, PullOptions, get_blob, push_blob};
 use super::procs::{GatewayStats, Proc, free_port, stop_all};
-use super::report::Pair;
+use super::report::{ClientPull, Pair};
 use crate::bench::data::human_bytes;
 
 const PAIR_REPO: &str = "bench/pair";
@@ -103,22 +106,18 @@ async fn run_with(
     let g0: GatewayStats = gateway.stats(http).await?;
     let a0: NodeStats = a.stats(http).await?;
     let cpu0 = a.cpu_time()? + b.cpu_time()?;
-    progress("pair: node B pulls it from node A");
+    progress("pair: node B fetches it from node A into its store");
     let start = Instant::now();
-    let first_byte = get_blob(http, &b.base, PAIR_REPO, blob, opts)
-        .await
-        .context("node B's pull from node A")?;
+    prefetch(http, &b.base, blob).await?;
     let time = start.elapsed();
     let cpu = (a.cpu_time()? + b.cpu_time()?).saturating_sub(cpu0);
     let g1: GatewayStats = gateway.stats(http).await?;
     let a1: NodeStats = a.stats(http).await?;
     let bs: NodeStats = b.stats(http).await?;
     let peak_rss = (a.peak_rss()?, b.peak_rss()?);
-    let quinn_after = probe().await?;
-    let pair = Pair {
+    let mut pair = Pair {
         seed_time,
         time,
-        first_byte,
         egress: g1.since(&g0),
         b_peer_bytes: bs.peer_bytes,
         b_origin_bytes: bs.origin_bytes,
@@ -126,7 +125,8 @@ async fn run_with(
         a_served_bytes: a1.served_bytes.saturating_sub(a0.served_bytes),
         cpu,
         peak_rss,
-        quinn_around: (quinn_before, quinn_after),
+        quinn_around: (quinn_before, 0.0),
+        client: None,
     };
     progress(format!(
         "pair: {:.0} MB/s from A ({:.1} MiB from A, {:.1} MiB from the gateway over HTTP)",
@@ -137,5 +137,69 @@ async fn run_with(
     for p in procs.iter_mut() {
         p.check_alive()?;
     }
+    // B goes, so that C's only source is A, as B's was.
+    if let Some(b) = procs.pop() {
+        b.stop().await.context("stopping node B")?;
+    }
+
+    let c = Proc::node(
+        bin,
+        &dir.join("c"),
+        2,
+        &gw,
+        &["/ip4/127.0.0.1/udp/0/quic-v1".to_owned()],
+        &[format!("{a_addr}/p2p/{a_id}")],
+        log,
+        http,
+    )
+    .await?;
+    procs.push(c);
+    // After C's start, as B's fetch came after B's: both had the probe's time to connect to A.
+    let quinn_between = probe().await?;
+    pair.quinn_around.1 = quinn_between;
+    let (gateway, a, c) = (&procs[0], &procs[1], &procs[2]);
+    let g0: GatewayStats = gateway.stats(http).await?;
+    let cpu0 = a.cpu_time()? + c.cpu_time()?;
+    progress("pair: a client pulls it through node C, which fetches it from node A");
+    let start = Instant::now();
+    let first_byte = get_blob(http, &c.base, PAIR_REPO, blob, opts)
+        .await
+        .context("the pull through node C from node A")?;
+    let time = start.elapsed();
+    let cpu = (a.cpu_time()? + c.cpu_time()?).saturating_sub(cpu0);
+    let g1: GatewayStats = gateway.stats(http).await?;
+    let cs: NodeStats = c.stats(http).await?;
+    let quinn_after = probe().await?;
+    pair.client = Some(ClientPull {
+        time,
+        first_byte,
+        peer_bytes: cs.peer_bytes,
+        gateway_http_bytes: g1.since(&g0).http_blob_bytes,
+        cpu,
+        quinn_around: (quinn_between, quinn_after),
+    });
+    for p in procs.iter_mut() {
+        p.check_alive()?;
+    }
     Ok(pair)
+}
+
+/// Asks the node at `base` to fetch `blob` into its store; returns once it holds it.
+async fn prefetch(http: &reqwest::Client, base: &str, blob: &Blob) -> anyhow::Result<()> {
+    let url = format!("{base}/flotilla/v1/prefetch");
+    let res = http
+        .post(&url)
+        .json(&serde_json::json!({ "blob": blob.digest }))
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = res.status();
+    let answer: serde_json::Value = res
+        .json()
+        .await
+        .with_context(|| format!("POST {url}: the answer is not JSON"))?;
+    if !status.is_success() || answer["bytes"].as_u64() != Some(blob.size) {
+        anyhow::bail!("POST {url}: {status}: {answer}");
+    }
+    Ok(())
 }

@@ -173,17 +173,17 @@ impl Fleet {
     }
 }
 
-/// The two-node run: node B pulls one blob that node A holds.
+/// The two-node run: node B fetches one blob that node A holds into its store, then a client
+/// pulls it through node C from A.
 #[derive(Debug, Clone, Default)]
 pub struct Pair {
     /// A's pull of the blob from the gateway (no swarm there: HTTP origin only).
     pub seed_time: Duration,
-    /// B's pull: GET through B's endpoint, first request to last byte.
+    /// B's fetch (`POST /flotilla/v1/prefetch`): request to answer, every piece verified and
+    /// written. It includes finding the table and A (plain quinn's clock starts after its
+    /// handshake).
     pub time: Duration,
-    /// Of that, the time to the first body byte: B finding the table and A, and the first
-    /// piece's arrival (plain quinn's clock starts after its handshake).
-    pub first_byte: Duration,
-    /// The gateway's egress during B's pull.
+    /// The gateway's egress during B's fetch.
     pub egress: GatewayStats,
     /// Bytes B received from peers / from the gateway over HTTP / dropped.
     pub b_peer_bytes: u64,
@@ -197,9 +197,48 @@ pub struct Pair {
     pub cpu: Duration,
     /// Peak RSS of A and B.
     pub peak_rss: (u64, u64),
-    /// Plain quinn (libp2p's cipher order, same size) right before and right after B's pull,
+    /// Plain quinn (libp2p's cipher order, same size) right before and right after B's fetch,
     /// MB/s: the yardstick of `piece_vs_quinn`.
     pub quinn_around: (f64, f64),
+    /// The client's pull through node C, unless it failed.
+    pub client: Option<ClientPull>,
+}
+
+/// A client pulls the blob through node C, whose only peer is A: the piece transfer with the
+/// node's OCI endpoint streaming to a client on top (what `piece_mb_s` measured until
+/// 2026-12-05).
+#[derive(Debug, Clone, Default)]
+pub struct ClientPull {
+    /// GET through C's endpoint, first request to last byte.
+    pub time: Duration,
+    /// Of that, the time to the first body byte.
+    pub first_byte: Duration,
+    /// Bytes C received from peers.
+    pub peer_bytes: u64,
+    /// The gateway's HTTP blob bytes during it.
+    pub gateway_http_bytes: u64,
+    /// CPU of A and C during it.
+    pub cpu: Duration,
+    /// Plain quinn right before and right after it, MB/s.
+    pub quinn_around: (f64, f64),
+}
+
+impl ClientPull {
+    /// MB/s.
+    pub fn mb_s(&self, size: u64) -> f64 {
+        mb_s(size, self.time)
+    }
+
+    /// After the first body byte, MB/s.
+    pub fn streaming_mb_s(&self, size: u64) -> f64 {
+        mb_s(size, self.time.saturating_sub(self.first_byte))
+    }
+
+    /// Against the plain quinn runs around it.
+    pub fn vs_quinn(&self, size: u64) -> Option<f64> {
+        let q = (self.quinn_around.0 + self.quinn_around.1) / 2.0;
+        (q > 0.0).then(|| self.mb_s(size) / q)
+    }
 }
 
 /// Plain quinn, MB/s: the median of its runs for each cipher order.
@@ -267,24 +306,19 @@ fn mb_s(bytes: u64, d: Duration) -> f64 {
 }
 
 impl Pair {
-    /// B's pull, MB/s.
+    /// B's fetch, MB/s.
     pub fn mb_s(&self, size: u64) -> f64 {
         mb_s(size, self.time)
     }
 
-    /// B's pull after its first body byte, MB/s: the transfer without the setup before it.
-    pub fn streaming_mb_s(&self, size: u64) -> f64 {
-        mb_s(size, self.time.saturating_sub(self.first_byte))
-    }
-
-    /// The mean of the plain quinn runs around B's pull, MB/s.
+    /// The mean of the plain quinn runs around B's fetch, MB/s.
     pub fn quinn_mb_s(&self) -> f64 {
         (self.quinn_around.0 + self.quinn_around.1) / 2.0
     }
 }
 
 impl Report {
-    /// B's piece transfer / plain quinn right before and after it (the machine's load drifts;
+    /// B's fetch from A / plain quinn right before and after it (the machine's load drifts;
     /// runs minutes apart are not comparable on a shared machine).
     pub fn piece_vs_quinn(&self) -> Option<f64> {
         let pair = self.pair.as_ref()?;
@@ -314,7 +348,7 @@ impl Report {
             },
             Target {
                 key: "piece_vs_quinn",
-                label: format!("piece transfer >= {PIECE_VS_QUINN_MIN} x plain quinn"),
+                label: format!("node-to-node piece transfer >= {PIECE_VS_QUINN_MIN} x plain quinn"),
                 value: self.piece_vs_quinn(),
                 bound: PIECE_VS_QUINN_MIN,
                 at_most: false,
@@ -437,16 +471,8 @@ impl Report {
         ]];
         if let Some(pair) = &self.pair {
             rows.push(vec![
-                "node B pulls from node A (MB/s)".into(),
+                "node B fetches it from node A into its store (MB/s)".into(),
                 format!("{:.0}", pair.mb_s(p.pair_size)),
-            ]);
-            rows.push(vec![
-                "of it: first body byte after (ms) / MB/s from then on".into(),
-                format!(
-                    "{:.0} / {:.0}",
-                    pair.first_byte.as_secs_f64() * 1e3,
-                    pair.streaming_mb_s(p.pair_size)
-                ),
             ]);
             rows.push(vec![
                 "B received from A / gateway HTTP / dropped (MiB)".into(),
@@ -473,9 +499,36 @@ impl Report {
                 format!("{:.1} / {:.1}", mib(pair.peak_rss.0), mib(pair.peak_rss.1)),
             ]);
             rows.push(vec![
-                "plain quinn right before / after B's pull (MB/s)".into(),
+                "plain quinn right before / after B's fetch (MB/s)".into(),
                 format!("{:.0} / {:.0}", pair.quinn_around.0, pair.quinn_around.1),
             ]);
+            if let Some(c) = &pair.client {
+                rows.push(vec![
+                    "a client pulls it through node C from node A (MB/s)".into(),
+                    format!("{:.0}", c.mb_s(p.pair_size)),
+                ]);
+                rows.push(vec![
+                    "of it: first body byte after (ms) / MB/s from then on".into(),
+                    format!(
+                        "{:.0} / {:.0}",
+                        c.first_byte.as_secs_f64() * 1e3,
+                        c.streaming_mb_s(p.pair_size)
+                    ),
+                ]);
+                rows.push(vec![
+                    "C received from A / gateway HTTP (MiB); CPU of A + C (s/GiB)".into(),
+                    format!(
+                        "{:.1} / {:.1}; {:.2}",
+                        mib(c.peer_bytes),
+                        mib(c.gateway_http_bytes),
+                        c.cpu.as_secs_f64() / (p.pair_size as f64 / f64::from(1u32 << 30))
+                    ),
+                ]);
+                rows.push(vec![
+                    "the client's pull / plain quinn around it".into(),
+                    fmt(c.vs_quinn(p.pair_size), 2),
+                ]);
+            }
             rows.push(vec![
                 "node A's pull from the gateway, HTTP only (MB/s)".into(),
                 format!("{:.0}", mb_s(p.pair_size, pair.seed_time)),
@@ -497,7 +550,7 @@ impl Report {
         }
         if rows.len() > 1 {
             rows.push(vec![
-                "piece transfer / plain quinn around it".into(),
+                "node-to-node piece transfer / plain quinn around it".into(),
                 fmt(self.piece_vs_quinn(), 2),
             ]);
             out.push('\n');
@@ -588,8 +641,17 @@ impl Report {
             json!({
                 "mb_s": pair.mb_s(p.pair_size),
                 "seconds": pair.time.as_secs_f64(),
-                "first_byte_s": pair.first_byte.as_secs_f64(),
-                "streaming_mb_s": pair.streaming_mb_s(p.pair_size),
+                "client": pair.client.as_ref().map(|c| json!({
+                    "mb_s": c.mb_s(p.pair_size),
+                    "seconds": c.time.as_secs_f64(),
+                    "first_byte_s": c.first_byte.as_secs_f64(),
+                    "streaming_mb_s": c.streaming_mb_s(p.pair_size),
+                    "c_peer_bytes": c.peer_bytes,
+                    "gateway_http_blob_bytes": c.gateway_http_bytes,
+                    "cpu_s_per_gib": c.cpu.as_secs_f64() / (p.pair_size as f64 / f64::from(1u32 << 30)),
+                    "quinn_around_mb_s": [c.quinn_around.0, c.quinn_around.1],
+                    "vs_quinn": c.vs_quinn(p.pair_size),
+                })),
                 "seed_mb_s": mb_s(p.pair_size, pair.seed_time),
                 "gateway_http_blob_bytes": pair.egress.http_blob_bytes,
                 "gateway_swarm_bytes": pair.egress.swarm_bytes,
@@ -627,6 +689,7 @@ impl Report {
             "quinn_median_mb_s": self.quinn.as_ref().map(|q| q.mb_s),
             "quinn_aes_mb_s": self.quinn.as_ref().map(|q| q.aes_mb_s),
             "piece_vs_quinn": self.piece_vs_quinn(),
+            "client_pull_vs_quinn": self.pair.as_ref().and_then(|x| x.client.as_ref()?.vs_quinn(p.pair_size)),
             "push_mb_s": self.push_mb_s,
             "fleet": self.pull_json(&f.pull),
             "direct": self.pull_json(&self.direct),
