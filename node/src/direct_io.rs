@@ -124,6 +124,23 @@ impl AlignedBuf {
         self.len += data.len();
     }
 
+    /// The free room after the bytes held (capacity − length), writable in place: a read can
+    /// fill it directly, then [`AlignedBuf::grow`] counts what it put there.
+    pub fn spare_mut(&mut self) -> &mut [u8] {
+        let at = self.start + self.len;
+        &mut self.vec[at..self.start + self.cap]
+    }
+
+    /// Counts `n` more bytes as held, written into [`AlignedBuf::spare_mut`]'s room.
+    pub fn grow(&mut self, n: usize) {
+        assert!(
+            self.len + n <= self.cap,
+            "{n} bytes more than the {} left",
+            self.cap - self.len
+        );
+        self.len += n;
+    }
+
     /// The first `n` bytes (`n` ≤ capacity) as writable memory, for a read; sets the length.
     fn fill_window(&mut self, n: usize) -> &mut [u8] {
         assert!(

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
+use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use futures::io::{AsyncRead, AsyncWrite};
 use libp2p::PeerId;
@@ -173,6 +174,22 @@ pub trait PieceReceiver: Send {
     /// The next bytes of the piece (copied or consumed before the future resolves: the caller
     /// reuses its buffer).
     fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>>;
+    /// Room for the next `1..=n` bytes of the piece, to read them into directly instead of
+    /// handing them to [`PieceReceiver::write`] (which copies them); `None`: use `write`. What
+    /// is put there counts once [`PieceReceiver::commit`] says how much.
+    fn spare(&mut self, n: usize) -> Option<&mut [u8]> {
+        let _ = n;
+        None
+    }
+    /// The first `k` bytes of the room [`PieceReceiver::spare`] gave now hold the piece's next
+    /// bytes: as a `write` of them.
+    fn commit(&mut self, k: usize) -> BoxFuture<'_, Result<(), SourceError>> {
+        let _ = k;
+        futures::future::ready(Err(SourceError::Other(
+            "commit without room: this receiver takes bytes through write".into(),
+        )))
+        .boxed()
+    }
     /// Verifies what was written against the table and, if it matches, stores the piece and
     /// sets its bit before answering. A crash afterwards leaves the piece either held with
     /// correct bytes or not held at all (the store persists bits only after syncing the data).

@@ -345,14 +345,56 @@ impl Receiver {
                 .min(batch.saturating_sub(self.stage.len()).max(1));
             self.stage.extend_from_slice(&rest[..k]);
             rest = &rest[k..];
-            if self.stage.len() >= batch {
-                // Whole blocks only, so the batch can go direct; the rest waits for more bytes.
-                let n = self.stage.len() - self.stage.len() % ALIGN;
-                self.flush_stage(if n > 0 { n } else { self.stage.len() })
-                    .await?;
-            }
+            self.flush_full_stage().await?;
         }
         Ok(())
+    }
+
+    /// Sends a full batch on its way: whole blocks only, so it can go direct; the rest waits
+    /// for more bytes.
+    async fn flush_full_stage(&mut self) -> Result<(), StoreError> {
+        if self.stage.len() >= self.inner.tuning.write_batch {
+            let n = self.stage.len() - self.stage.len() % ALIGN;
+            self.flush_stage(if n > 0 { n } else { self.stage.len() })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Room in the stage for the next `1..=n` bytes (see [`PieceReceiver::spare`]): only where
+    /// [`Receiver::write_chunk`] would stage them, and never past the piece or the batch.
+    fn stage_room(&mut self, n: usize) -> Option<&mut [u8]> {
+        let healthy = !self.failed
+            && !self.overflow
+            && (self.hasher.is_some() || self.in_flight.is_some())
+            && !matches!(self.mode, Mode::Buffer { .. });
+        let left = u64::from(self.len).saturating_sub(self.received);
+        if !healthy || n == 0 || left == 0 {
+            return None;
+        }
+        let batch = self.inner.tuning.write_batch;
+        if self.stage.capacity() == 0 {
+            self.stage = self
+                .inner
+                .take_stage()
+                .unwrap_or_else(|| AlignedBuf::with_capacity(batch));
+        }
+        let room = batch
+            .saturating_sub(self.stage.len())
+            .min(self.stage.capacity() - self.stage.len())
+            .min(n)
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        (room > 0).then(|| &mut self.stage.spare_mut()[..room])
+    }
+
+    /// Counts `k` bytes read into [`Receiver::stage_room`]'s room, as `write_chunk` would.
+    async fn commit_staged(&mut self, k: usize) -> Result<(), StoreError> {
+        if self.failed || (self.hasher.is_none() && self.in_flight.is_none()) {
+            return Err(StoreError::Poisoned);
+        }
+        self.stage.grow(k);
+        self.received += k as u64;
+        self.flush_full_stage().await
     }
 
     /// Starts hashing (and, for a claimant still owning the slot, writing) the first `n` staged
@@ -542,6 +584,19 @@ impl PieceReceiver for Receiver {
     fn write<'a>(&'a mut self, chunk: &'a [u8]) -> BoxFuture<'a, Result<(), SourceError>> {
         async move {
             let r = self.write_chunk(chunk).await;
+            self.inner.note_write(r.as_ref().err());
+            r.map_err(SourceError::from)
+        }
+        .boxed()
+    }
+
+    fn spare(&mut self, n: usize) -> Option<&mut [u8]> {
+        self.stage_room(n)
+    }
+
+    fn commit(&mut self, k: usize) -> BoxFuture<'_, Result<(), SourceError>> {
+        async move {
+            let r = self.commit_staged(k).await;
             self.inner.note_write(r.as_ref().err());
             r.map_err(SourceError::from)
         }

@@ -199,6 +199,81 @@ async fn aligned_batches_land_at_their_offsets_whatever_the_chunks() {
     }
 }
 
+/// Bytes read straight into a receiver's room (`spare` + `commit`, as the transfer client
+/// does) land exactly as written ones, mixed with `write`s, and a corrupt piece still fails;
+/// a receiver that buffers (a second copy of a piece) offers no room.
+#[tokio::test]
+async fn bytes_read_into_the_receiver_s_room_land_as_written_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let piece_size = 4 * crate::direct_io::ALIGN as u32;
+    let mut t = tuning();
+    t.write_batch = 2 * crate::direct_io::ALIGN;
+    t.max_buffered = u64::from(piece_size);
+    let store = open_with(dir.path(), 1 << 24, t).await;
+    let blob = data(2 * piece_size as usize + 999, 11);
+    let table_of = table;
+    let table = table_of(&blob, piece_size);
+    let d = table.table.digest.clone();
+    store.register(table).await.unwrap();
+    let range = |i: u32| {
+        i as usize * piece_size as usize..((i as usize + 1) * piece_size as usize).min(blob.len())
+    };
+    for i in 0..3u32 {
+        let bytes = &blob[range(i)];
+        let mut r = store.receive(&d, i).unwrap();
+        let mut at = 0;
+        let mut step = 0;
+        while at < bytes.len() {
+            step += 1;
+            let want = [3000, 1, 5000, 700][step % 4].min(bytes.len() - at);
+            if step % 3 == 0 {
+                r.write(&bytes[at..at + want]).await.unwrap();
+                at += want;
+                continue;
+            }
+            let room = r.spare(want).expect("a claimant offers room");
+            assert!(!room.is_empty() && room.len() <= want);
+            let k = room.len();
+            room.copy_from_slice(&bytes[at..at + k]);
+            r.commit(k).await.unwrap();
+            at += k;
+        }
+        assert!(r.spare(1).is_none(), "no room past the piece");
+        assert_eq!(r.finish().await.unwrap(), Verdict::Verified, "piece {i}");
+    }
+    assert_eq!(on_disk(dir.path(), &d), blob);
+
+    // A second copy of a held piece hashes only; a corrupt one through the room is refused.
+    let mut r = store.receive(&d, 1).unwrap();
+    let bad = garbage(piece_size as usize);
+    let mut at = 0;
+    while let Some(room) = r.spare(bad.len() - at) {
+        let k = room.len();
+        room.copy_from_slice(&bad[at..at + k]);
+        r.commit(k).await.unwrap();
+        at += k;
+    }
+    assert_eq!(at, bad.len());
+    assert_eq!(r.finish().await.unwrap(), Verdict::Invalid);
+    assert_eq!(on_disk(dir.path(), &d), blob);
+
+    // While one copy claims a piece, a second one buffers whole and takes bytes only by write.
+    let other = data(piece_size as usize, 12);
+    let t2 = table_of(&other, piece_size);
+    let d2 = t2.table.digest.clone();
+    store.register(t2).await.unwrap();
+    let mut first = store.receive(&d2, 0).unwrap();
+    assert!(first.spare(10).is_some());
+    let mut second = store.receive(&d2, 0).unwrap();
+    assert!(
+        second.spare(10).is_none(),
+        "a buffering copy offers no room"
+    );
+    send(&mut second, &other).await;
+    assert_eq!(second.finish().await.unwrap(), Verdict::Verified);
+    drop(first);
+}
+
 /// `direct_io = false` keeps every blob file on the page cache path, for new and recovered
 /// blobs alike; `true` takes the direct path wherever this file system allows it.
 #[tokio::test]

@@ -56,6 +56,27 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Fills `dst` with the next payload bytes: bytes already buffered first, then straight
+    /// from the stream.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the stream ends first.
+    pub(crate) async fn payload_into(&mut self, dst: &mut [u8]) -> std::io::Result<()> {
+        let have = self.buf.len().min(dst.len());
+        dst[..have].copy_from_slice(&self.buf[..have]);
+        self.buf.advance(have);
+        let mut filled = have;
+        while filled < dst.len() {
+            match self.io.read(&mut dst[filled..]).await {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(k) => filled += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// The next `n` payload bytes, valid until the next call: bytes already buffered first, then
     /// exactly what is missing, read straight into the reused payload buffer.
     ///
