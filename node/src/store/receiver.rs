@@ -389,7 +389,10 @@ impl Receiver {
 
     /// Counts `k` bytes read into [`Receiver::stage_room`]'s room, as `write_chunk` would.
     async fn commit_staged(&mut self, k: usize) -> Result<(), StoreError> {
-        if self.failed || (self.hasher.is_none() && self.in_flight.is_none()) {
+        if self.failed
+            || (self.hasher.is_none() && self.in_flight.is_none())
+            || k > self.stage.capacity() - self.stage.len()
+        {
             return Err(StoreError::Poisoned);
         }
         self.stage.grow(k);

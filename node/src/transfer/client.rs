@@ -586,34 +586,17 @@ impl Task {
                 };
             }
             let n = part.min(RECEIVE_CHUNK);
-            // Straight into the receiver's batch where it offers room: one copy fewer.
-            if let Some(room) = receiver.as_mut().and_then(|r| r.spare(n)) {
-                let k = room.len();
-                if let Err(e) = reader.payload_into(room).await {
-                    drop(receiver);
-                    self.emit(SessionEventKind::Failed(index)).await?;
-                    return Err(broken(index, &e));
+            // Straight into the receiver's batch where it offers room (one copy fewer), else
+            // through the reader's buffer and `write`.
+            let read = match receiver.as_mut().and_then(|r| r.spare(n)) {
+                Some(room) => {
+                    let k = room.len();
+                    reader.payload_into(room).await.map(|()| (k, None))
                 }
-                left -= k;
-                part -= k;
-                self.moved();
-                self.shared
-                    .payload
-                    .fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
-                if let Some(r) = receiver.as_mut()
-                    && let Err(e) = r.commit(k).await
-                {
-                    tracing::warn!(
-                        digest = self.digest.short(),
-                        index,
-                        "sink write failed: {e}"
-                    );
-                    receiver = None;
-                }
-                continue;
-            }
-            let chunk = match reader.payload(n).await {
-                Ok(chunk) => chunk,
+                None => reader.payload(n).await.map(|chunk| (n, Some(chunk))),
+            };
+            let (k, chunk) = match read {
+                Ok(got) => got,
                 Err(e) => {
                     // The piece broke off: report it before the stream's end.
                     drop(receiver);
@@ -621,21 +604,25 @@ impl Task {
                     return Err(broken(index, &e));
                 }
             };
-            left -= n;
-            part -= n;
+            left -= k;
+            part -= k;
             self.moved();
             self.shared
                 .payload
-                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-            if let Some(r) = receiver.as_mut()
-                && let Err(e) = r.write(chunk).await
-            {
-                tracing::warn!(
-                    digest = self.digest.short(),
-                    index,
-                    "sink write failed: {e}"
-                );
-                receiver = None;
+                .fetch_add(k as u64, std::sync::atomic::Ordering::Relaxed);
+            if let Some(r) = receiver.as_mut() {
+                let stored = match chunk {
+                    Some(chunk) => r.write(chunk).await,
+                    None => r.commit(k).await,
+                };
+                if let Err(e) = stored {
+                    tracing::warn!(
+                        digest = self.digest.short(),
+                        index,
+                        "sink write failed: {e}"
+                    );
+                    receiver = None;
+                }
             }
         }
         let kind = match receiver {
