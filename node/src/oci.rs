@@ -352,31 +352,18 @@ fn route(uri: &Uri) -> Result<V2Route, OciError> {
     };
     split_v2_path(rest).map_err(|e| match e {
         RouteError::NotFound => not_found(),
-        RouteError::Name(e) => OciError::new(
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-            "invalid repository name",
-        )
-        .detail(e.to_string()),
-        RouteError::Reference(e @ ReferenceError::BadTag(_)) => OciError::new(
-            StatusCode::BAD_REQUEST,
-            "TAG_INVALID",
-            "manifest tag did not match URI",
-        )
-        .detail(e.to_string()),
-        RouteError::Reference(e @ ReferenceError::BadDigest(_)) => OciError::new(
-            StatusCode::BAD_REQUEST,
-            "DIGEST_INVALID",
-            "provided digest is invalid",
-        )
-        .detail(e.to_string()),
-        RouteError::Reference(e) => OciError::new(
-            StatusCode::BAD_REQUEST,
-            "NAME_INVALID",
-            "invalid repository name",
-        )
-        .detail(e.to_string()),
+        RouteError::Name(e) | RouteError::Reference(e) => reference_error(&e),
     })
+}
+
+/// The registry's answer to a bad name, tag or digest.
+pub(crate) fn reference_error(e: &ReferenceError) -> OciError {
+    let (code, message) = match e {
+        ReferenceError::BadName(_) => ("NAME_INVALID", "invalid repository name"),
+        ReferenceError::BadTag(_) => ("TAG_INVALID", "manifest tag did not match URI"),
+        ReferenceError::BadDigest(_) => ("DIGEST_INVALID", "provided digest is invalid"),
+    };
+    OciError::new(StatusCode::BAD_REQUEST, code, message).detail(e.to_string())
 }
 
 /// `%XX`-decodes a path; `None` for a broken escape or a result that is not UTF-8.

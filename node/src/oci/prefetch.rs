@@ -27,12 +27,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_protocol::manifest::{Descriptor, ParsedManifest, media_type, parse_manifest};
-use flotilla_protocol::{Digest, Reference, RepoName, Tag};
+use flotilla_protocol::{Digest, Reference, ReferenceError, RepoName, Tag};
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{OciError, OciState, manifests};
+use super::{OciError, OciState, manifests, reference_error};
 use crate::tags::MAX_MANIFEST_BYTES;
 
 /// Largest request body.
@@ -188,14 +188,7 @@ fn parse_image(s: &str) -> Result<(RepoName, Reference), OciError> {
     let (name, reference) = if let Some((name, digest)) = s.split_once('@') {
         let d: Digest = digest
             .parse()
-            .map_err(|e: flotilla_protocol::DigestError| {
-                OciError::new(
-                    StatusCode::BAD_REQUEST,
-                    "DIGEST_INVALID",
-                    "provided digest is invalid",
-                )
-                .detail(e.to_string())
-            })?;
+            .map_err(|e| reference_error(&ReferenceError::BadDigest(e)))?;
         (name, Reference::Digest(d))
     } else {
         let slash = s.rfind('/').map_or(0, |i| i + 1);
@@ -203,28 +196,10 @@ fn parse_image(s: &str) -> Result<(RepoName, Reference), OciError> {
             Some(i) => (&s[..slash + i], &s[slash + i + 1..]),
             None => (s, "latest"),
         };
-        let tag: Tag = tag
-            .parse()
-            .map_err(|e: flotilla_protocol::ReferenceError| {
-                OciError::new(
-                    StatusCode::BAD_REQUEST,
-                    "TAG_INVALID",
-                    "manifest tag did not match URI",
-                )
-                .detail(e.to_string())
-            })?;
+        let tag: Tag = tag.parse().map_err(|e| reference_error(&e))?;
         (name, Reference::Tag(tag))
     };
-    let name: RepoName = name
-        .parse()
-        .map_err(|e: flotilla_protocol::ReferenceError| {
-            OciError::new(
-                StatusCode::BAD_REQUEST,
-                "NAME_INVALID",
-                "invalid repository name",
-            )
-            .detail(e.to_string())
-        })?;
+    let name: RepoName = name.parse().map_err(|e| reference_error(&e))?;
     Ok((name, reference))
 }
 
@@ -310,15 +285,9 @@ async fn run(st: &OciState, ask: Ask) -> Result<Report, Response> {
             if ask.platform.is_some() {
                 return Err(malformed("platform applies to an image, not a blob").into_response());
             }
-            let digest: Digest = blob.parse().map_err(|e: flotilla_protocol::DigestError| {
-                OciError::new(
-                    StatusCode::BAD_REQUEST,
-                    "DIGEST_INVALID",
-                    "provided digest is invalid",
-                )
-                .detail(e.to_string())
-                .into_response()
-            })?;
+            let digest: Digest = blob
+                .parse()
+                .map_err(|e| reference_error(&ReferenceError::BadDigest(e)).into_response())?;
             (None, None, Vec::new(), vec![(digest, None)])
         }
         _ => {
