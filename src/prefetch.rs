@@ -1,6 +1,8 @@
 //! `flotilla prefetch`: asks a node (`POST /flotilla/v1/prefetch` on its OCI endpoint, SPEC
 //! §6.3) to fetch an image's blobs, or one blob, into its store before they are pulled, and
-//! prints what came from where. It returns when the node holds everything.
+//! prints what came from where. It returns when the node holds everything. Several targets are
+//! fetched one after another (a rollout's images, in the order given); one that fails does not
+//! stop the others, and the exit status says whether all were fetched.
 
 use std::time::Duration;
 
@@ -10,10 +12,11 @@ use serde_json::{Value, json};
 
 #[derive(Debug, Args)]
 pub struct PrefetchArgs {
-    /// The image, `name[:tag|@digest]` (a leading registry host such as `localhost:5000/` is
-    /// ignored; no tag means `latest`), or with --blob a blob digest.
-    target: String,
-    /// TARGET is a blob digest, not an image.
+    /// Images, `name[:tag|@digest]` (a leading registry host such as `localhost:5000/` is
+    /// ignored; no tag means `latest`), or with --blob blob digests.
+    #[arg(required = true)]
+    targets: Vec<String>,
+    /// The targets are blob digests, not images.
     #[arg(long)]
     blob: bool,
     /// The node's OCI endpoint.
@@ -36,10 +39,29 @@ pub struct PrefetchArgs {
 }
 
 pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .context("building the HTTP client")?;
+    let mut failed = 0;
+    for target in &args.targets {
+        if let Err(e) = one(&http, &args, target).await {
+            eprintln!("flotilla prefetch {target}: {e:#}");
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} prefetches failed", args.targets.len());
+    }
+    Ok(())
+}
+
+/// Prefetches one target and prints the node's report.
+async fn one(http: &reqwest::Client, args: &PrefetchArgs, target: &str) -> anyhow::Result<()> {
     let mut body = if args.blob {
-        json!({ "blob": args.target })
+        json!({ "blob": target })
     } else {
-        json!({ "image": args.target })
+        json!({ "image": target })
     };
     if let Some(p) = &args.platform {
         body["platform"] = json!(p);
@@ -47,10 +69,6 @@ pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
     if args.pin {
         body["pin"] = json!(true);
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .build()
-        .context("building the HTTP client")?;
     let url = format!("{}/flotilla/v1/prefetch", args.node.trim_end_matches('/'));
     let res = http
         .post(&url)
@@ -80,7 +98,8 @@ pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
         println!("{answer}");
         return Ok(());
     }
-    print!("{}", table(&answer));
+    // A blank line after each report keeps several apart.
+    println!("{}", table(&answer));
     Ok(())
 }
 

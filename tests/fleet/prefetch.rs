@@ -104,11 +104,17 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
         "{warmed:?}"
     );
 
-    // Again, as a table: everything was held already.
-    let (ok, out, err) = prefetch(&base, &[&image, "--platform", "linux/amd64"]);
+    // Again, as tables, with the same image under its own tag: everything was held already.
+    let amd_tag = format!("{repo}:amd64");
+    let (ok, out, err) = prefetch(&base, &[&image, &amd_tag, "--platform", "linux/amd64"]);
     assert!(ok, "{err}");
-    assert_eq!(out.matches("| yes |").count(), amd.blobs.len(), "{out}");
-    assert!(out.contains("0.0 MiB fetched now"), "{out}");
+    assert_eq!(out.matches("| yes |").count(), 2 * amd.blobs.len(), "{out}");
+    assert_eq!(out.matches("0.0 MiB fetched now").count(), 2, "{out}");
+    // One target failing does not stop the next; the exit status says so.
+    let (ok, out, err) = prefetch(&base, &[&format!("{repo}:nope"), &amd_tag]);
+    assert!(!ok, "a failed target went unreported");
+    assert!(err.contains("1 of 2 prefetches failed"), "{err}");
+    assert!(out.contains(&format!("{amd_tag} (linux/")), "{out}");
 
     // The gateway goes away; the node still answers the tag and the image, from its store.
     assert!(gw.gw.stop(), "the gateway did not stop cleanly");
