@@ -26,7 +26,7 @@
 
 mod blobs;
 mod manifests;
-mod prefetch;
+pub mod prefetch;
 mod proxy;
 #[cfg(test)]
 mod tests;
@@ -77,6 +77,8 @@ pub struct OciState {
     pub requests: Arc<crate::metrics::RequestCounts>,
     /// Pins a blob held whole (never evicted); `None`: prefetches cannot pin.
     pub pin: Option<PinFn>,
+    /// Blobs that prefetches may fetch at once, node-wide (pulls are not counted).
+    pub prefetch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// Pins a blob the store holds whole; the error says why it could not.
@@ -110,6 +112,7 @@ impl OciState {
             member: crate::gateway_http::MemberSigner::new(),
             requests: Arc::default(),
             pin: None,
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(prefetch::MAX_BLOBS)),
         })
     }
 
@@ -131,6 +134,14 @@ impl OciState {
     #[must_use]
     pub fn with_meta(mut self, meta: Meta) -> Self {
         self.meta = Some(meta);
+        self
+    }
+
+    /// Lets prefetches fetch at most `blobs` blobs at once, node-wide (default
+    /// [`prefetch::MAX_BLOBS`]).
+    #[must_use]
+    pub fn with_prefetch_slots(mut self, blobs: usize) -> Self {
+        self.prefetch_slots = Arc::new(tokio::sync::Semaphore::new(blobs.max(1)));
         self
     }
 

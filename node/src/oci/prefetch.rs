@@ -11,7 +11,7 @@
 //! kept for pulls while the gateway is unreachable too. An index is narrowed to `platform`
 //! (default this host's, `linux/<GOARCH>`; `all` takes every entry), and every config and
 //! layer blob is fetched through the swarm as a pull would fetch it, [`PARALLEL`] at a time like
-//! docker. The answer comes once every blob is held: `200` and a JSON report of what was
+//! docker, and at most [`MAX_BLOBS`] for all prefetches on the node together. The answer comes once every blob is held: `200` and a JSON report of what was
 //! fetched from where. The prefetch lasts as long as its request: a client that goes away
 //! cancels the blobs not yet held (their verified pieces stay, and the next prefetch or pull
 //! resumes from them). Errors are the registry's (`404 MANIFEST_UNKNOWN` for an unknown tag or a
@@ -39,6 +39,9 @@ use crate::tags::MAX_MANIFEST_BYTES;
 const MAX_BODY: usize = 64 * 1024;
 /// Blobs of one prefetch fetched at once (docker pulls three layers at a time).
 pub const PARALLEL: usize = 3;
+/// Blobs of all prefetches fetched at once on a node: a script warming many images at once
+/// queues here instead of starting a download (and its sessions and buffers) per blob.
+pub const MAX_BLOBS: usize = 6;
 /// Most manifests one prefetch follows (an index, its children, theirs).
 const MAX_MANIFESTS: usize = 256;
 
@@ -453,6 +456,13 @@ async fn fetch_blob(
     size: Option<u64>,
     pin: bool,
 ) -> Result<BlobReport, OciError> {
+    let _slot = st.prefetch_slots.acquire().await.map_err(|_| {
+        OciError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UNAVAILABLE",
+            "the node is shutting down",
+        )
+    })?;
     let start = Instant::now();
     let download = st.fetcher.open(&digest).await?;
     let actual = download.table.table.size;

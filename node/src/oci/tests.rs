@@ -713,3 +713,39 @@ async fn prefetch_errors_are_the_registry_s() {
     assert_eq!(rig.gw.origin_bytes(), 0);
     assert!(rig.local.store.entry(&config.digest).is_none());
 }
+
+#[tokio::test]
+async fn prefetches_together_fetch_at_most_their_node_wide_share_of_blobs_at_once() {
+    let rig = Rig::new().await;
+    // Nobody has these and the origin refuses for now: their downloads stay open.
+    let blobs: Vec<TestBlob> = (0..6).map(|i| rig.blob(5000, 4096, 60 + i)).collect();
+    rig.gw
+        .state
+        .refuse_blobs
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let node = Node::start_with(&rig, |s| s.with_prefetch_slots(2)).await;
+    let asks = blobs
+        .iter()
+        .map(|b| prefetch(&node, serde_json::json!({"blob": b.digest.as_str()})));
+    let all = futures::future::join_all(asks);
+    tokio::pin!(all);
+    let mut most = 0;
+    for _ in 0..20 {
+        tokio::select! {
+            _ = &mut all => panic!("prefetches finished while the origin refused"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        most = most.max(rig.fetcher.active_downloads());
+    }
+    assert_eq!(most, 2, "six prefetched blobs, two slots");
+    rig.gw
+        .state
+        .refuse_blobs
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    for (status, report) in all.await {
+        assert_eq!(status, StatusCode::OK, "{report}");
+    }
+    for b in &blobs {
+        assert!(rig.local.store.entry(&b.digest).is_some_and(|e| e.complete));
+    }
+}
