@@ -332,13 +332,7 @@ impl Receiver {
         let batch = self.inner.tuning.write_batch;
         let mut rest = chunk;
         while !rest.is_empty() {
-            if self.stage.capacity() == 0 {
-                // One batch, reused from receiver to receiver.
-                self.stage = self
-                    .inner
-                    .take_stage()
-                    .unwrap_or_else(|| AlignedBuf::with_capacity(batch));
-            }
+            self.ensure_stage();
             // Never more than a batch staged: two per receiver is all it holds.
             let k = rest
                 .len()
@@ -348,6 +342,17 @@ impl Receiver {
             self.flush_full_stage().await?;
         }
         Ok(())
+    }
+
+    /// A stage to fill: one batch, reused from receiver to receiver.
+    fn ensure_stage(&mut self) {
+        if self.stage.capacity() == 0 {
+            let batch = self.inner.tuning.write_batch;
+            self.stage = self
+                .inner
+                .take_stage()
+                .unwrap_or_else(|| AlignedBuf::with_capacity(batch));
+        }
     }
 
     /// Sends a full batch on its way: whole blocks only, so it can go direct; the rest waits
@@ -373,12 +378,7 @@ impl Receiver {
             return None;
         }
         let batch = self.inner.tuning.write_batch;
-        if self.stage.capacity() == 0 {
-            self.stage = self
-                .inner
-                .take_stage()
-                .unwrap_or_else(|| AlignedBuf::with_capacity(batch));
-        }
+        self.ensure_stage();
         let room = batch
             .saturating_sub(self.stage.len())
             .min(self.stage.capacity() - self.stage.len())

@@ -88,18 +88,22 @@ async fn run_with(
         .context("node A's pull from the gateway")?;
     let seed_time = start.elapsed();
 
-    // QUIC only on B as on A: the figure is compared with plain quinn.
-    let b = Proc::node(
-        bin,
-        &dir.join("b"),
-        1,
-        &gw,
-        &["/ip4/127.0.0.1/udp/0/quic-v1".to_owned()],
-        &[format!("{a_addr}/p2p/{a_id}")],
-        log,
-        http,
-    )
-    .await?;
+    // B and C: QUIC only, as A, since the figures are compared with plain quinn; A their only
+    // peer.
+    let behind_a = async |name: &str, index| {
+        Proc::node(
+            bin,
+            &dir.join(name),
+            index,
+            &gw,
+            &["/ip4/127.0.0.1/udp/0/quic-v1".to_owned()],
+            &[format!("{a_addr}/p2p/{a_id}")],
+            log,
+            http,
+        )
+        .await
+    };
+    let b = behind_a("b", 1).await?;
     procs.push(b);
     let quinn_before = probe().await?;
     let (gateway, a, b) = (&procs[0], &procs[1], &procs[2]);
@@ -142,17 +146,7 @@ async fn run_with(
         b.stop().await.context("stopping node B")?;
     }
 
-    let c = Proc::node(
-        bin,
-        &dir.join("c"),
-        2,
-        &gw,
-        &["/ip4/127.0.0.1/udp/0/quic-v1".to_owned()],
-        &[format!("{a_addr}/p2p/{a_id}")],
-        log,
-        http,
-    )
-    .await?;
+    let c = behind_a("c", 2).await?;
     procs.push(c);
     // After C's start, as B's fetch came after B's: both had the probe's time to connect to A.
     let quinn_between = probe().await?;
