@@ -341,7 +341,12 @@ impl Report {
             },
             Target {
                 key: "node_peak_rss_mib",
-                label: format!("node peak RSS <= {NODE_RSS_MAX_MIB} MiB"),
+                label: format!(
+                    "node peak RSS <= {NODE_RSS_MAX_MIB} MiB (set for streaming one 4 GiB layer; this run {} layer(s) of {}, {} at a time)",
+                    p.layers,
+                    human_bytes(p.size / p.layers.max(1)),
+                    p.parallel
+                ),
                 value: self.fleet.max_rss().map(mib),
                 bound: NODE_RSS_MAX_MIB,
                 at_most: true,
@@ -633,6 +638,10 @@ impl Report {
             if t.key == "gateway_egress_ratio" {
                 entry.insert("set_for_nodes".into(), json!(EGRESS_TARGET_NODES));
                 entry.insert("nodes".into(), json!(p.nodes));
+            }
+            if t.key == "node_peak_rss_mib" {
+                entry.insert("set_for".into(), json!("streaming one 4 GiB layer"));
+                entry.insert("layers".into(), json!(p.layers));
             }
             target_map.insert(t.key.to_owned(), Value::Object(entry));
         }
