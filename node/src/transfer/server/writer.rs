@@ -14,10 +14,10 @@ use futures::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout, timeout_at};
 
-use super::super::slots::{Acquire, SendSlot, StreamSlots, Ticket};
 use super::{Cmd, Conn, GOODBYE_TIMEOUT, goodbye};
 use crate::direct_io::{self, AlignedBuf};
 use crate::ports::{Arriving, PieceFile};
+use crate::transfer::slots::{Acquire, SendSlot, StreamSlots, Ticket};
 
 /// Bytes per positioned read and per stream write of a piece payload.
 const SEND_CHUNK: usize = 512 << 10;
