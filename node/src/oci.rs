@@ -28,6 +28,18 @@ mod blobs;
 mod manifests;
 pub mod prefetch;
 mod proxy;
+
+/// `405` with the methods the route takes in `Allow`.
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response {
+    OciError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "UNSUPPORTED",
+        "method not allowed",
+    )
+    .header(header::ALLOW, HeaderValue::from_static(allow))
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -314,13 +326,7 @@ async fn dispatch(State(st): State<OciState>, req: Request) -> Response {
         return read_only().into_response();
     }
     if method != Method::GET && method != Method::HEAD {
-        return OciError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            "method not allowed",
-        )
-        .header(header::ALLOW, HeaderValue::from_static("GET, HEAD"))
-        .into_response();
+        return method_not_allowed("GET, HEAD");
     }
     let head = method == Method::HEAD;
     let res = match route {

@@ -24,7 +24,7 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::to_bytes;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_protocol::manifest::{Descriptor, ParsedManifest, media_type, parse_manifest};
 use flotilla_protocol::{Digest, Reference, ReferenceError, RepoName, Tag};
@@ -218,13 +218,7 @@ fn malformed(detail: impl Into<String>) -> OciError {
 /// The route's handler (see the module docs).
 pub(super) async fn handle(State(st): State<OciState>, req: Request) -> Response {
     if req.method() != Method::POST {
-        return OciError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "UNSUPPORTED",
-            "method not allowed",
-        )
-        .header(header::ALLOW, HeaderValue::from_static("POST"))
-        .into_response();
+        return super::method_not_allowed("POST");
     }
     let body = match to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,

@@ -492,18 +492,8 @@ async fn stale_answers_after_cancel_are_dropped() {
     let (tx, mut events) = mpsc::channel(8);
     let digest = table.table.digest.clone();
     let uploader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64];
-        let _ = theirs.read(&mut buf).await.unwrap(); // Hello
+        greet_as_uploader(&mut theirs).await;
         let mut out = Vec::new();
-        let welcome = Frame::Welcome {
-            size: 3000,
-            piece_size: 1000,
-            table: None,
-            have: Bitfield::full(3),
-            site: None,
-        };
-        wire::encode(&welcome, &mut out).unwrap();
-        theirs.write_all(&out).await.unwrap();
         // Request 1, Cancel 1, Request 1: 9 bytes each.
         let mut got = [0u8; 27];
         theirs.read_exact(&mut got).await.unwrap();
@@ -725,6 +715,23 @@ async fn not_held_and_fetch_table() {
         .await
         .unwrap_err();
     assert!(matches!(err, TransferError::NotHeld), "{err}");
+}
+
+/// Plays a fake uploader's opening: reads the downloader's Hello and answers with a Welcome
+/// for a 3000-byte blob of three 1000-byte pieces, all held.
+async fn greet_as_uploader(theirs: &mut PeerStream) {
+    let mut buf = vec![0u8; 64];
+    let _ = theirs.read(&mut buf).await.unwrap();
+    let mut out = Vec::new();
+    let welcome = Frame::Welcome {
+        size: 3000,
+        piece_size: 1000,
+        table: None,
+        have: Bitfield::full(3),
+        site: None,
+    };
+    wire::encode(&welcome, &mut out).unwrap();
+    theirs.write_all(&out).await.unwrap();
 }
 
 fn frame(f: &Frame) -> Vec<u8> {

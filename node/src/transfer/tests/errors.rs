@@ -88,18 +88,7 @@ async fn scripted(script: Vec<u8>) -> Vec<SessionEventKind> {
     let sink = FakeSink::new(&table);
     let (ours, mut theirs) = pipe();
     let uploader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 64];
-        let _ = theirs.read(&mut buf).await.unwrap();
-        let mut out = Vec::new();
-        let welcome = Frame::Welcome {
-            size: 3000,
-            piece_size: 1000,
-            table: None,
-            have: Bitfield::full(3),
-            site: None,
-        };
-        wire::encode(&welcome, &mut out).unwrap();
-        theirs.write_all(&out).await.unwrap();
+        greet_as_uploader(&mut theirs).await;
         // Wait for the request, then play the script and hang up.
         let mut req = [0u8; 9];
         theirs.read_exact(&mut req).await.unwrap();
