@@ -12,6 +12,9 @@
 mod byzantine;
 /// A chain of nodes: a piece passed on while it arrives, under an upload cap.
 mod chain;
+/// containerd pulls an image through a node: as the gateway's mirror (`hosts.toml`) and by the
+/// node's own address.
+mod containerd;
 /// A node whose disk fills: a clear refusal, no corruption, recovery when space returns.
 mod disk_full;
 /// docker pulls an image through a node's OCI endpoint.

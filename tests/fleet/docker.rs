@@ -10,9 +10,9 @@ use super::{FleetGateway, NodeProc, client, digest_of, print_stats, settled_stat
 use crate::support::{noise, require_tool, run};
 
 /// Removes the images and containers the test made, even when it fails.
-struct Cleanup {
-    images: Vec<String>,
-    containers: Vec<String>,
+pub(super) struct Cleanup {
+    pub images: Vec<String>,
+    pub containers: Vec<String>,
 }
 
 impl Drop for Cleanup {
@@ -45,28 +45,37 @@ fn pushed_digest(out: &str) -> String {
     panic!("no digest in docker push output:\n{out}")
 }
 
-#[test]
-fn docker_pulls_through_a_node() {
-    const WHAT: &str = "docker";
-    require_tool("docker");
-    let t0 = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = client();
-    let gw = FleetGateway::start();
-    rt.block_on(gw.info(&http));
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProc::start(&gw.url(), tmp.path());
+/// An image built by the Docker engine `FROM scratch` (nothing is pulled from anywhere) and
+/// pushed to a gateway, then removed from the engine, so a later pull must fetch it.
+pub(super) struct Pushed {
+    /// `flotilla-test/fleet-…`: the repository, unique to this run.
+    pub path: String,
+    /// The manifest digest `docker push` printed.
+    pub digest: String,
+    /// The image id (its config's digest).
+    pub id: String,
+    pub motd: String,
+    pub payload: Vec<u8>,
+}
+
+/// A string no other run of the tests shares: process, gateway port and clock.
+pub(super) fn unique_suffix(port: u16) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .subsec_nanos();
-    let unique = format!("{}-{}-{nanos}", std::process::id(), gw.gw.addr.port());
+    format!("{}-{port}-{nanos}", std::process::id())
+}
 
-    let ctx = tmp.path().join("ctx");
+/// Builds an image of a small file and a 9-MiB one in `dir`, pushes it as
+/// `{gateway}/flotilla-test/fleet-{unique}:v1`, and removes it from the engine again.
+pub(super) fn build_and_push(
+    gateway: &str,
+    dir: &std::path::Path,
+    unique: &str,
+    cleanup: &mut Cleanup,
+) -> Pushed {
+    let ctx = dir.join("ctx");
     std::fs::create_dir_all(&ctx).unwrap();
     let motd = format!("pulled through a flotilla node {unique}\n");
     let payload = noise(9 << 20, 11);
@@ -79,12 +88,8 @@ fn docker_pulls_through_a_node() {
     .unwrap();
 
     let path = format!("flotilla-test/fleet-{unique}");
-    let pushed = format!("{}/{path}:v1", gw.gw.host());
-    let pulled = format!("{}/{path}:v1", node.addr);
-    let mut cleanup = Cleanup {
-        images: vec![pushed.clone(), pulled.clone()],
-        containers: Vec::new(),
-    };
+    let pushed = format!("{gateway}/{path}:v1");
+    cleanup.images.push(pushed.clone());
     // The classic builder needs nothing but the daemon (no buildx plugin, no base image).
     let built = Command::new("docker")
         .env("DOCKER_BUILDKIT", "0")
@@ -106,6 +111,44 @@ fn docker_pulls_through_a_node() {
         !docker_output(&["image", "inspect", &id]).status.success(),
         "image still present after rmi"
     );
+    Pushed {
+        path,
+        digest,
+        id,
+        motd,
+        payload,
+    }
+}
+
+#[test]
+fn docker_pulls_through_a_node() {
+    const WHAT: &str = "docker";
+    require_tool("docker");
+    let t0 = Instant::now();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = client();
+    let gw = FleetGateway::start();
+    rt.block_on(gw.info(&http));
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProc::start(&gw.url(), tmp.path());
+    let unique = unique_suffix(gw.gw.addr.port());
+    let mut cleanup = Cleanup {
+        images: Vec::new(),
+        containers: Vec::new(),
+    };
+    let Pushed {
+        path,
+        digest,
+        id,
+        motd,
+        payload,
+    } = build_and_push(&gw.gw.host(), tmp.path(), &unique, &mut cleanup);
+    let pulled = format!("{}/{path}:v1", node.addr);
+    cleanup.images.push(pulled.clone());
 
     let t1 = Instant::now();
     let out = docker_output(&["pull", &pulled]);
