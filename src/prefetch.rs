@@ -36,6 +36,13 @@ pub struct PrefetchArgs {
     /// Print the node's JSON answer instead of a table.
     #[arg(long)]
     json: bool,
+    /// The fleet token, which a node on another host asks for (a node takes prefetches from
+    /// its own host without one).
+    #[arg(long, env = "FLOTILLA_FLEET_TOKEN", hide_env_values = true)]
+    fleet_token: Option<String>,
+    /// A file holding the fleet token.
+    #[arg(long, env = "FLOTILLA_FLEET_TOKEN_FILE")]
+    fleet_token_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
@@ -43,9 +50,19 @@ pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
         .connect_timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
+    let token = match (&args.fleet_token, &args.fleet_token_file) {
+        (Some(t), _) => Some(t.trim().to_owned()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading the fleet token from {}", path.display()))?
+                .trim()
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
     let mut failed = 0;
     for target in &args.targets {
-        if let Err(e) = one(&http, &args, target).await {
+        if let Err(e) = one(&http, &args, token.as_deref(), target).await {
             eprintln!("flotilla prefetch {target}: {e:#}");
             failed += 1;
         }
@@ -57,7 +74,12 @@ pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
 }
 
 /// Prefetches one target and prints the node's report.
-async fn one(http: &reqwest::Client, args: &PrefetchArgs, target: &str) -> anyhow::Result<()> {
+async fn one(
+    http: &reqwest::Client,
+    args: &PrefetchArgs,
+    token: Option<&str>,
+    target: &str,
+) -> anyhow::Result<()> {
     let mut body = if args.blob {
         json!({ "blob": target })
     } else {
@@ -70,12 +92,11 @@ async fn one(http: &reqwest::Client, args: &PrefetchArgs, target: &str) -> anyho
         body["pin"] = json!(true);
     }
     let url = format!("{}/flotilla/v1/prefetch", args.node.trim_end_matches('/'));
-    let res = http
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let mut req = http.post(&url).json(&body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let res = req.send().await.with_context(|| format!("POST {url}"))?;
     let status = res.status();
     let answer: Value = res
         .json()

@@ -193,6 +193,7 @@ impl Node {
             ))
         })?;
         let fleet_token = fleet_token(&config)?;
+        let prefetch_token: Arc<str> = Arc::from(fleet_token.as_str());
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let store = Store::open(StoreConfig {
@@ -344,6 +345,7 @@ impl Node {
         let state = OciState::new(fetcher.clone(), gateway_url, source)?
             .with_meta(meta)
             .with_gateway_http(oci_http, signer)
+            .with_prefetch_token(prefetch_token)
             .with_pinning(Arc::new(move |digest| {
                 let store = pin_store.clone();
                 Box::pin(async move { store.pin(&digest).await.map_err(|e| e.to_string()) })
@@ -431,7 +433,12 @@ impl Node {
             shutdown.await;
             let _ = signalled_tx.send(());
         };
-        let server = axum::serve(listener, self.router.clone())
+        // The peer's address lets the prefetch route tell this host's callers from others.
+        let app = self
+            .router
+            .clone()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>();
+        let server = axum::serve(listener, app)
             .with_graceful_shutdown(signal)
             .into_future();
         tokio::pin!(server);

@@ -91,6 +91,9 @@ pub struct OciState {
     pub pin: Option<PinFn>,
     /// Blobs that prefetches may fetch at once, node-wide (pulls are not counted).
     pub prefetch_slots: Arc<tokio::sync::Semaphore>,
+    /// The bearer token a prefetch from another host must present (the fleet token); `None`:
+    /// prefetches are taken from this host only. See [`prefetch`]'s module docs.
+    pub prefetch_token: Option<Arc<str>>,
 }
 
 /// Pins a blob the store holds whole; the error says why it could not.
@@ -125,6 +128,7 @@ impl OciState {
             requests: Arc::default(),
             pin: None,
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(prefetch::MAX_BLOBS)),
+            prefetch_token: None,
         })
     }
 
@@ -154,6 +158,13 @@ impl OciState {
     #[must_use]
     pub fn with_prefetch_slots(mut self, blobs: usize) -> Self {
         self.prefetch_slots = Arc::new(tokio::sync::Semaphore::new(blobs.max(1)));
+        self
+    }
+
+    /// Takes prefetches from other hosts that present `token` (`Authorization: Bearer …`).
+    #[must_use]
+    pub fn with_prefetch_token(mut self, token: impl Into<Arc<str>>) -> Self {
+        self.prefetch_token = Some(token.into());
         self
     }
 

@@ -68,6 +68,18 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
     let (ok, _, err) = prefetch(&base, &[&format!("{repo}:nope")]);
     assert!(!ok, "prefetch of a missing tag succeeded");
     assert!(err.contains("MANIFEST_UNKNOWN"), "{err}");
+    // A fleet token that cannot be read is said so before anything is asked.
+    let missing = dir.join("no-such.token");
+    let (ok, _, err) = prefetch(
+        &base,
+        &[
+            &format!("{repo}:v1"),
+            "--fleet-token-file",
+            &missing.display().to_string(),
+        ],
+    );
+    assert!(!ok, "prefetch with an unreadable token file succeeded");
+    assert!(err.contains("reading the fleet token from"), "{err}");
 
     let t1 = Instant::now();
     let image = format!("localhost:5000/{repo}:v1");

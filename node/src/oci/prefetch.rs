@@ -16,15 +16,23 @@
 //! cancels the blobs not yet held (their verified pieces stay, and the next prefetch or pull
 //! resumes from them). Errors are the registry's (`404 MANIFEST_UNKNOWN` for an unknown tag or a
 //! platform the index lacks, the blob errors of a pull, `400` for a malformed request).
+//!
+//! A prefetch starts downloads and may pin blobs, disk that eviction cannot take back, so it
+//! is not taken from just anyone that reaches the endpoint: a caller on this host (its TCP peer
+//! a loopback address) may, and one elsewhere only with the fleet token as a bearer token
+//! (`401 UNAUTHORIZED` without it or with another; `403 DENIED` when the node has no token to
+//! check against). Pulls stay open to every client that reaches the endpoint, as a registry
+//! mirror's are.
 
 use std::collections::HashSet;
 use std::fmt;
 use std::time::Instant;
 
+use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::Json;
 use axum::body::to_bytes;
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use flotilla_protocol::manifest::{Descriptor, ParsedManifest, media_type, parse_manifest};
 use flotilla_protocol::{Digest, Reference, ReferenceError, RepoName, Tag};
@@ -215,10 +223,65 @@ fn malformed(detail: impl Into<String>) -> OciError {
     .detail(detail)
 }
 
+/// Whether `req` may prefetch (see the module docs). Without the server's `ConnectInfo` the
+/// caller counts as another host's.
+fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
+    let local = req
+        .extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| is_loopback(c.0.ip()));
+    if local {
+        return Ok(());
+    }
+    let Some(token) = st.prefetch_token.as_deref() else {
+        return Err(OciError::new(
+            StatusCode::FORBIDDEN,
+            "DENIED",
+            "this node takes prefetches from its own host only",
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    if presented.is_some_and(|p| verify_slices_are_equal(p.as_bytes(), token.as_bytes()).is_ok()) {
+        return Ok(());
+    }
+    Err(OciError::new(
+        StatusCode::UNAUTHORIZED,
+        "UNAUTHORIZED",
+        "a prefetch from another host needs the fleet token (Authorization: Bearer …)",
+    )
+    .header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"flotilla-node\""),
+    ))
+}
+
+/// A loopback address, IPv4-mapped ones included (a dual-stack listener sees `::ffff:127.0.0.1`).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
 /// The route's handler (see the module docs).
 pub(super) async fn handle(State(st): State<OciState>, req: Request) -> Response {
     if req.method() != Method::POST {
         return super::method_not_allowed("POST");
+    }
+    if let Err(e) = admit(&st, &req) {
+        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>();
+        tracing::warn!(peer = ?peer.map(|c| c.0), "prefetch from another host refused");
+        return e.into_response();
     }
     let body = match to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,

@@ -30,7 +30,8 @@ impl Node {
 
     async fn start_with(rig: &Rig, tune: impl FnOnce(OciState) -> OciState) -> Node {
         let state = OciState::new(rig.fetcher.clone(), rig.gw.url(), rig.local.source()).unwrap();
-        let app = router(tune(state));
+        // As the node serves it: with the peer's address, which the prefetch route reads.
+        let app = router(tune(state)).into_make_service_with_connect_info::<std::net::SocketAddr>();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
@@ -607,6 +608,129 @@ async fn prefetch_fetches_one_platform_of_an_index_and_pins_it() {
     .await;
     assert_eq!(status, StatusCode::OK, "{by_digest}");
     assert_eq!(by_digest["blobs"].as_array().unwrap().len(), 3);
+}
+
+/// A prefetch whose TCP peer is `peer`, straight into the route's handler (a test cannot
+/// connect from another host's address).
+async fn prefetch_from(
+    state: &OciState,
+    peer: &str,
+    bearer: Option<&str>,
+) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
+    let mut req = axum::http::Request::post("/flotilla/v1/prefetch");
+    if let Some(t) = bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let mut req = req.body(axum::body::Body::from("{}")).unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo::<std::net::SocketAddr>(
+            peer.parse().unwrap(),
+        ));
+    let res = super::prefetch::handle(axum::extract::State(state.clone()), req).await;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    (status, serde_json::from_slice(&body).unwrap(), headers)
+}
+
+#[tokio::test]
+async fn prefetch_from_another_host_needs_the_fleet_token() {
+    let rig = Rig::new().await;
+    let open = OciState::new(rig.fetcher.clone(), rig.gw.url(), rig.local.source()).unwrap();
+    let guarded = open.clone().with_prefetch_token("s3cret-fleet-token");
+    // The body `{}` is malformed: an admitted caller gets 400 UNSUPPORTED, past the check.
+    let cases = [
+        (
+            &open,
+            "127.0.0.1:40000",
+            None,
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            &open,
+            "[::1]:40000",
+            None,
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            &open,
+            "[::ffff:127.0.0.1]:40000",
+            None,
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            &open,
+            "10.1.2.3:40000",
+            None,
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            &open,
+            "10.1.2.3:40000",
+            Some("s3cret-fleet-token"),
+            StatusCode::FORBIDDEN,
+            "DENIED",
+        ),
+        (
+            &guarded,
+            "127.0.0.2:40000",
+            None,
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+        (
+            &guarded,
+            "10.1.2.3:40000",
+            None,
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        ),
+        (
+            &guarded,
+            "10.1.2.3:40000",
+            Some("s3cret-fleet-token-"),
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        ),
+        (
+            &guarded,
+            "[2001:db8::1]:40000",
+            Some("wrong"),
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+        ),
+        (
+            &guarded,
+            "10.1.2.3:40000",
+            Some("s3cret-fleet-token"),
+            StatusCode::BAD_REQUEST,
+            "UNSUPPORTED",
+        ),
+    ];
+    for (state, peer, bearer, status, code) in cases {
+        let (got, answer, headers) = prefetch_from(state, peer, bearer).await;
+        let what = format!("{peer} with {bearer:?}, token {:?}", state.prefetch_token);
+        assert_eq!(got, status, "{what}: {answer}");
+        assert_eq!(answer["errors"][0]["code"], code, "{what}: {answer}");
+        if got == StatusCode::UNAUTHORIZED {
+            assert_eq!(
+                headers["www-authenticate"], "Bearer realm=\"flotilla-node\"",
+                "{what}"
+            );
+        }
+    }
+    // Without the server's peer address the caller counts as another host's.
+    let req = axum::http::Request::post("/flotilla/v1/prefetch")
+        .body(axum::body::Body::from("{}"))
+        .unwrap();
+    let res = super::prefetch::handle(axum::extract::State(open), req).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
