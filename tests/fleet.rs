@@ -30,6 +30,9 @@ mod prefetch;
 mod processes;
 /// Nodes with site labels: each site takes the image from outside about once.
 mod sites;
+/// `flotilla up`, the README's first command: docker pushes to it and pulls through its node,
+/// before and after a restart.
+mod up;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
