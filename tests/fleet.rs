@@ -19,6 +19,8 @@ mod containerd;
 mod disk_full;
 /// docker pulls an image through a node's OCI endpoint.
 mod docker;
+/// A second Docker engine with the node as its registry mirror pulls a Docker Hub name.
+mod docker_mirror;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
 mod in_process;
 /// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.
