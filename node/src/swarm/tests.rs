@@ -211,6 +211,18 @@ async fn a_provider_known_only_from_a_lookup_is_dialable() {
     let connected = seeker.connected_peers().await.unwrap();
     if connected.contains(&provider.local_peer_id()) {
         seeker.disconnect(provider.local_peer_id()).await.unwrap();
+        // The close takes effect a moment later; a stream opened before that would be opened
+        // on the closing connection and fail (seen once under a loaded test run).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seeker
+            .connected_peers()
+            .await
+            .unwrap()
+            .contains(&provider.local_peer_id())
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     exchange(&seeker, provider.local_peer_id()).await;
     assert!(
