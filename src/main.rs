@@ -40,6 +40,9 @@ enum Command {
     /// Ask a node to fetch an image (or one blob) into its store ahead of its pulls, and
     /// print what came from where.
     Prefetch(prefetch::PrefetchArgs),
+    /// Ask a node to unpin an image's blobs (or one blob) that a prefetch pinned: they become
+    /// evictable again.
+    Unpin(prefetch::UnpinArgs),
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -486,6 +489,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(gc(args))
         }
         Command::Prefetch(args) => rt.block_on(prefetch::run(args)),
+        Command::Unpin(args) => rt.block_on(prefetch::unpin(args)),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),
     }

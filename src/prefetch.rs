@@ -2,7 +2,8 @@
 //! §6.3) to fetch an image's blobs, or one blob, into its store before they are pulled, and
 //! prints what came from where. It returns when the node holds everything. Several targets are
 //! fetched one after another (a rollout's images, in the order given); one that fails does not
-//! stop the others, and the exit status says whether all were fetched.
+//! stop the others, and the exit status says whether all were fetched. `flotilla unpin` names
+//! the same targets and makes them evictable again (`POST /flotilla/v1/unpin`).
 
 use std::time::Duration;
 
@@ -10,8 +11,9 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use serde_json::{Value, json};
 
+/// What `prefetch` and `unpin` both take.
 #[derive(Debug, Args)]
-pub struct PrefetchArgs {
+pub struct Targets {
     /// Images, `name[:tag|@digest]` (a leading registry host such as `localhost:5000/` is
     /// ignored; no tag means `latest`), or with --blob blob digests.
     #[arg(required = true)]
@@ -30,14 +32,11 @@ pub struct PrefetchArgs {
     /// node's host's, linux/<arch>].
     #[arg(long)]
     platform: Option<String>,
-    /// Pin what is fetched: the node never evicts it.
-    #[arg(long)]
-    pin: bool,
     /// Print the node's JSON answer instead of a table.
     #[arg(long)]
     json: bool,
-    /// The fleet token, which a node on another host asks for (a node takes prefetches from
-    /// its own host without one).
+    /// The fleet token, which a node on another host asks for (a node takes these requests
+    /// from its own host without one).
     #[arg(long, env = "FLOTILLA_FLEET_TOKEN", hide_env_values = true)]
     fleet_token: Option<String>,
     /// A file holding the fleet token.
@@ -45,7 +44,44 @@ pub struct PrefetchArgs {
     fleet_token_file: Option<std::path::PathBuf>,
 }
 
+#[derive(Debug, Args)]
+pub struct PrefetchArgs {
+    #[command(flatten)]
+    targets: Targets,
+    /// Pin what is fetched: the node never evicts it (until `flotilla unpin`).
+    #[arg(long)]
+    pin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct UnpinArgs {
+    #[command(flatten)]
+    targets: Targets,
+}
+
 pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
+    let pin = args.pin;
+    each(&args.targets, "prefetch", "prefetches", |body| {
+        if pin {
+            body["pin"] = json!(true);
+        }
+    })
+    .await
+}
+
+/// `flotilla unpin`: the same targets made evictable again (`POST /flotilla/v1/unpin`).
+pub async fn unpin(args: UnpinArgs) -> anyhow::Result<()> {
+    each(&args.targets, "unpin", "unpins", |_| {}).await
+}
+
+/// Posts each target to `/flotilla/v1/{route}` in turn and prints each answer; fails if any
+/// failed (`what` names them in the summary).
+async fn each(
+    args: &Targets,
+    route: &str,
+    what: &str,
+    extra: impl Fn(&mut Value),
+) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .build()
@@ -62,37 +98,42 @@ pub async fn run(args: PrefetchArgs) -> anyhow::Result<()> {
     };
     let mut failed = 0;
     for target in &args.targets {
-        if let Err(e) = one(&http, &args, token.as_deref(), target).await {
-            eprintln!("flotilla prefetch {target}: {e:#}");
-            failed += 1;
+        let mut body = if args.blob {
+            json!({ "blob": target })
+        } else {
+            json!({ "image": target })
+        };
+        if let Some(p) = &args.platform {
+            body["platform"] = json!(p);
+        }
+        extra(&mut body);
+        match one(&http, args, route, token.as_deref(), &body).await {
+            Ok(answer) if args.json => println!("{answer}"),
+            // A blank line after each report keeps several apart.
+            Ok(answer) if route == "unpin" => println!("{}", unpin_table(&answer)),
+            Ok(answer) => println!("{}", table(&answer)),
+            Err(e) => {
+                eprintln!("flotilla {route} {target}: {e:#}");
+                failed += 1;
+            }
         }
     }
     if failed > 0 {
-        bail!("{failed} of {} prefetches failed", args.targets.len());
+        bail!("{failed} of {} {what} failed", args.targets.len());
     }
     Ok(())
 }
 
-/// Prefetches one target and prints the node's report.
+/// Posts one request; the node's JSON answer, or its error as one line.
 async fn one(
     http: &reqwest::Client,
-    args: &PrefetchArgs,
+    args: &Targets,
+    route: &str,
     token: Option<&str>,
-    target: &str,
-) -> anyhow::Result<()> {
-    let mut body = if args.blob {
-        json!({ "blob": target })
-    } else {
-        json!({ "image": target })
-    };
-    if let Some(p) = &args.platform {
-        body["platform"] = json!(p);
-    }
-    if args.pin {
-        body["pin"] = json!(true);
-    }
-    let url = format!("{}/flotilla/v1/prefetch", args.node.trim_end_matches('/'));
-    let mut req = http.post(&url).json(&body);
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let url = format!("{}/flotilla/v1/{route}", args.node.trim_end_matches('/'));
+    let mut req = http.post(&url).json(body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -115,13 +156,33 @@ async fn one(
             }
         );
     }
-    if args.json {
-        println!("{answer}");
-        return Ok(());
+    Ok(answer)
+}
+
+/// An unpin report: each blob, whether it is held and was pinned, and the count.
+fn unpin_table(r: &Value) -> String {
+    let mut out = String::new();
+    if let Some(image) = r["image"].as_str() {
+        out.push_str(&format!(
+            "{image} ({})\n\n",
+            r["platform"].as_str().unwrap_or("?")
+        ));
     }
-    // A blank line after each report keeps several apart.
-    println!("{}", table(&answer));
-    Ok(())
+    out.push_str("| blob | held | was pinned |\n|---|---|---|\n");
+    let yes = |v: &Value| if *v == true { "yes" } else { "no" };
+    for b in r["blobs"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "| {} | {} | {} |\n",
+            b["digest"].as_str().unwrap_or("?"),
+            yes(&b["held"]),
+            yes(&b["was_pinned"]),
+        ));
+    }
+    out.push_str(&format!(
+        "\n{} blob(s) unpinned\n",
+        r["unpinned"].as_u64().unwrap_or(0)
+    ));
+    out
 }
 
 /// The node's report as a Markdown table and a summary line.
@@ -165,6 +226,23 @@ fn table(r: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unpin_table_says_what_was_pinned() {
+        let r = json!({
+            "image": "team/app:v1", "platform": "linux/amd64", "manifests": ["sha256:a"],
+            "blobs": [
+                {"digest": "sha256:c", "held": true, "was_pinned": true},
+                {"digest": "sha256:d", "held": false, "was_pinned": false},
+            ],
+            "unpinned": 1,
+        });
+        let t = unpin_table(&r);
+        assert!(t.starts_with("team/app:v1 (linux/amd64)"), "{t}");
+        assert!(t.contains("| sha256:c | yes | yes |"), "{t}");
+        assert!(t.contains("| sha256:d | no | no |"), "{t}");
+        assert!(t.contains("1 blob(s) unpinned"), "{t}");
+    }
 
     #[test]
     fn the_table_names_every_blob_and_the_totals() {

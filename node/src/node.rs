@@ -117,6 +117,9 @@ pub struct NodeStats {
     pub served_arriving_bytes: u64,
     /// Bytes of blobs on disk.
     pub stored_bytes: u64,
+    /// The part of `stored_bytes` in pinned blobs (never evicted).
+    #[serde(default)]
+    pub pinned_bytes: u64,
     /// Nodes in the DHT routing table.
     pub known_peers: usize,
 }
@@ -346,9 +349,20 @@ impl Node {
             .with_meta(meta)
             .with_gateway_http(oci_http, signer)
             .with_prefetch_token(prefetch_token)
-            .with_pinning(Arc::new(move |digest| {
+            .with_pinning(Arc::new(move |digest, pin| {
                 let store = pin_store.clone();
-                Box::pin(async move { store.pin(&digest).await.map_err(|e| e.to_string()) })
+                Box::pin(async move {
+                    let set = if pin {
+                        store.pin(&digest).await
+                    } else {
+                        store.unpin(&digest).await
+                    };
+                    match set {
+                        Ok(was) => Ok(Some(was)),
+                        Err(crate::store::StoreError::NotHeld(_)) => Ok(None),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
             }));
         let stats_state = StatsState {
             fetcher: fetcher.clone(),
@@ -514,6 +528,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         served_bytes: store.served_total(),
         served_arriving_bytes: store.served_arriving_total(),
         stored_bytes: store.usage().0,
+        pinned_bytes: store.pinned_usage().1,
         known_peers: swarm.known_peers(),
     }
 }
@@ -586,6 +601,12 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Gauge,
         "Bytes of blobs on disk.",
         n.stored_bytes as f64,
+    )
+    .metric(
+        "flotilla_node_pinned_bytes",
+        Kind::Gauge,
+        "The part of the stored bytes in pinned blobs, which eviction never takes.",
+        n.pinned_bytes as f64,
     )
     .metric(
         "flotilla_node_known_peers",
@@ -769,7 +790,7 @@ async fn fetch_and_pin(fetcher: Fetcher, store: Arc<Store>, digest: Digest) {
         }
     }
     match store.pin(&digest).await {
-        Ok(()) => tracing::info!(%digest, "pinned"),
+        Ok(_) => tracing::info!(%digest, "pinned"),
         Err(e) => tracing::warn!(error = %e, %digest, "cannot pin"),
     }
 }

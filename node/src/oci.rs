@@ -14,7 +14,8 @@
 //! - Anything that writes (`POST`, `PUT`, `PATCH`, `DELETE`, and every upload route) is
 //!   `405 UNSUPPORTED`: pushes go to the gateway. Unknown paths are `404 UNSUPPORTED`.
 //! - `POST /flotilla/v1/prefetch` fetches an image's blobs (or one blob) into the store ahead
-//!   of its pulls, and pins them if asked (`oci/prefetch.rs`).
+//!   of its pulls, and pins them if asked (`oci/prefetch.rs`); `POST /flotilla/v1/unpin` makes
+//!   them evictable again (`oci/unpin.rs`).
 //!
 //! Paths are routed with [`split_v2_path`], so names with many segments work, and bad names,
 //! tags and digests get the registry's error codes. As a registry mirror it takes docker's
@@ -28,6 +29,7 @@ mod blobs;
 mod manifests;
 pub mod prefetch;
 mod proxy;
+mod unpin;
 
 /// `405` with the methods the route takes in `Allow`.
 pub(crate) fn method_not_allowed(allow: &'static str) -> Response {
@@ -87,7 +89,8 @@ pub struct OciState {
     pub member: crate::gateway_http::MemberSigner,
     /// What the access log counts for `GET /metrics`.
     pub requests: Arc<crate::metrics::RequestCounts>,
-    /// Pins a blob held whole (never evicted); `None`: prefetches cannot pin.
+    /// Pins and unpins blobs held (a pinned one is never evicted); `None`: prefetches cannot pin
+    /// and nothing can be unpinned.
     pub pin: Option<PinFn>,
     /// Blobs that prefetches may fetch at once, node-wide (pulls are not counted).
     pub prefetch_slots: Arc<tokio::sync::Semaphore>,
@@ -96,9 +99,13 @@ pub struct OciState {
     pub prefetch_token: Option<Arc<str>>,
 }
 
-/// Pins a blob the store holds whole; the error says why it could not.
-pub type PinFn =
-    Arc<dyn Fn(Digest) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// Pins (`true`) or unpins (`false`) a blob the store holds: `Some(whether it was pinned)`, or
+/// `None` if the store does not hold it; the error says why it could not.
+pub type PinFn = Arc<
+    dyn Fn(Digest, bool) -> futures::future::BoxFuture<'static, Result<Option<bool>, String>>
+        + Send
+        + Sync,
+>;
 
 impl OciState {
     /// The state for a gateway at `gateway_url`, with an HTTP client that gives up connecting
@@ -168,7 +175,7 @@ impl OciState {
         self
     }
 
-    /// Lets prefetches pin what they fetch.
+    /// Lets prefetches pin what they fetch, and unpins.
     #[must_use]
     pub fn with_pinning(mut self, pin: PinFn) -> Self {
         self.pin = Some(pin);
@@ -184,6 +191,7 @@ pub fn router(state: OciState) -> Router {
             "/flotilla/v1/prefetch",
             axum::routing::any(prefetch::handle),
         )
+        .route("/flotilla/v1/unpin", axum::routing::any(unpin::handle))
         .fallback(dispatch)
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(requests, access_log))

@@ -561,20 +561,30 @@ impl Store {
         self.inner.use_guard(digest).map(|g| Lease { guard: g })
     }
 
-    /// Pins `digest` (never evicted), persistently.
+    /// Pins `digest` (never evicted), persistently. Returns whether it was pinned already.
     ///
     /// # Errors
     /// [`StoreError::NotHeld`], or a database error.
-    pub async fn pin(&self, digest: &Digest) -> Result<(), StoreError> {
+    pub async fn pin(&self, digest: &Digest) -> Result<bool, StoreError> {
         self.inner.set_pinned(digest, true).await
     }
 
-    /// Unpins `digest`, persistently.
+    /// Unpins `digest`, persistently: it is evicted again like any other blob. Returns whether
+    /// it was pinned.
     ///
     /// # Errors
     /// [`StoreError::NotHeld`], or a database error.
-    pub async fn unpin(&self, digest: &Digest) -> Result<(), StoreError> {
+    pub async fn unpin(&self, digest: &Digest) -> Result<bool, StoreError> {
         self.inner.set_pinned(digest, false).await
+    }
+
+    /// Pinned blobs and their bytes together.
+    pub fn pinned_usage(&self) -> (usize, u64) {
+        let st = self.inner.lock();
+        st.entries
+            .values()
+            .filter(|e| e.pinned)
+            .fold((0, 0), |(n, b), e| (n + 1, b + e.table.table.size))
     }
 
     /// Removes `digest` (file and records) and announces it on the eviction channel. Returns

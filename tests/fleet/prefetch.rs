@@ -15,8 +15,13 @@ const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// `flotilla prefetch ARGS… --node URL`: exit status, stdout, stderr.
 fn prefetch(node: &str, args: &[&str]) -> (bool, String, String) {
+    flotilla("prefetch", node, args)
+}
+
+/// `flotilla COMMAND ARGS… --node URL`: exit status, stdout, stderr.
+fn flotilla(command: &str, node: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(flotilla_bin())
-        .arg("prefetch")
+        .arg(command)
         .args(args)
         .args(["--node", node])
         .output()
@@ -115,6 +120,7 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
         amd.size(),
         "{warmed:?}"
     );
+    assert_eq!(warmed.pinned_bytes, amd.size(), "{warmed:?}");
 
     // Again, as tables, with the same image under its own tag: everything was held already.
     let amd_tag = format!("{repo}:amd64");
@@ -156,5 +162,20 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
     let (ok, _, err) = prefetch(&base, &[&image, "--platform", "linux/arm64"]);
     assert!(!ok, "arm64 prefetched with the gateway stopped");
     println!("[{WHAT}] arm64 without the gateway: {}", err.trim());
+
+    // Unpinned as it was pinned (the manifests come from the node's kept copies): evictable
+    // again, and held still.
+    let (ok, out, err) = flotilla("unpin", &base, &[&image, "--platform", "linux/amd64"]);
+    assert!(ok, "flotilla unpin failed: {err}");
+    assert!(
+        out.contains(&format!("{} blob(s) unpinned", amd.blobs.len())),
+        "{out}"
+    );
+    let unpinned = node_stats(&http, &base).await;
+    assert_eq!(unpinned.pinned_bytes, 0, "{unpinned:?}");
+    assert_eq!(unpinned.stored_bytes, warmed.stored_bytes, "{unpinned:?}");
+    let (ok, out, err) = flotilla("unpin", &base, &[&image, "--platform", "linux/amd64"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0 blob(s) unpinned"), "{out}");
     println!("[{WHAT}] total {:?}", t0.elapsed());
 }

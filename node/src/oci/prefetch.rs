@@ -214,7 +214,7 @@ fn parse_image(s: &str) -> Result<(RepoName, Reference), OciError> {
     Ok((name, reference))
 }
 
-fn malformed(detail: impl Into<String>) -> OciError {
+pub(super) fn malformed(detail: impl Into<String>) -> OciError {
     OciError::new(
         StatusCode::BAD_REQUEST,
         "UNSUPPORTED",
@@ -225,7 +225,7 @@ fn malformed(detail: impl Into<String>) -> OciError {
 
 /// Whether `req` may prefetch (see the module docs). Without the server's `ConnectInfo` the
 /// caller counts as another host's.
-fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
+pub(super) fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     let local = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -274,7 +274,7 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
 }
 
 /// The route's handler (see the module docs).
-pub(super) async fn handle(State(st): State<OciState>, req: Request) -> Response {
+pub(crate) async fn handle(State(st): State<OciState>, req: Request) -> Response {
     if req.method() != Method::POST {
         return super::method_not_allowed("POST");
     }
@@ -311,15 +311,26 @@ pub(super) async fn handle(State(st): State<OciState>, req: Request) -> Response
     }
 }
 
-async fn run(st: &OciState, ask: Ask) -> Result<Report, Response> {
-    let start = Instant::now();
-    if ask.pin && st.pin.is_none() {
-        return Err(malformed("this node cannot pin").into_response());
-    }
-    let (image, platform, manifests, blobs) = match (ask.image, ask.blob) {
+/// What a prefetch or an unpin names, resolved: the image as read (absent for a blob), the
+/// platform it was narrowed to, the manifests read, and the blobs with their manifest sizes.
+pub(super) struct Targets {
+    pub image: Option<String>,
+    pub platform: Option<String>,
+    pub manifests: Vec<Digest>,
+    pub blobs: Vec<(Digest, Option<u64>)>,
+}
+
+/// Resolves exactly one of `image` (narrowed to `platform`) and `blob` (see the module docs).
+pub(super) async fn targets(
+    st: &OciState,
+    image: Option<String>,
+    blob: Option<String>,
+    platform: Option<String>,
+) -> Result<Targets, Response> {
+    match (image, blob) {
         (Some(image), None) => {
             let (repo, reference) = parse_image(&image).map_err(IntoResponse::into_response)?;
-            let platform = match ask.platform.as_deref() {
+            let platform = match platform.as_deref() {
                 None => Platform::host(),
                 Some(p) => Platform::parse(p).ok_or_else(|| {
                     malformed(format!(
@@ -334,26 +345,42 @@ async fn run(st: &OciState, ask: Ask) -> Result<Report, Response> {
             } else {
                 ':'
             };
-            (
-                Some(format!("{repo}{sep}{reference}")),
-                Some(platform.to_string()),
+            Ok(Targets {
+                image: Some(format!("{repo}{sep}{reference}")),
+                platform: Some(platform.to_string()),
                 manifests,
                 blobs,
-            )
+            })
         }
         (None, Some(blob)) => {
-            if ask.platform.is_some() {
+            if platform.is_some() {
                 return Err(malformed("platform applies to an image, not a blob").into_response());
             }
             let digest: Digest = blob
                 .parse()
                 .map_err(|e| reference_error(&ReferenceError::BadDigest(e)).into_response())?;
-            (None, None, Vec::new(), vec![(digest, None)])
+            Ok(Targets {
+                image: None,
+                platform: None,
+                manifests: Vec::new(),
+                blobs: vec![(digest, None)],
+            })
         }
-        _ => {
-            return Err(malformed("give exactly one of \"image\" and \"blob\"").into_response());
-        }
-    };
+        _ => Err(malformed("give exactly one of \"image\" and \"blob\"").into_response()),
+    }
+}
+
+async fn run(st: &OciState, ask: Ask) -> Result<Report, Response> {
+    let start = Instant::now();
+    if ask.pin && st.pin.is_none() {
+        return Err(malformed("this node cannot pin").into_response());
+    }
+    let Targets {
+        image,
+        platform,
+        manifests,
+        blobs,
+    } = targets(st, ask.image, ask.blob, ask.platform).await?;
     let pin = ask.pin;
     let reports: Vec<BlobReport> = futures::stream::iter(blobs)
         .map(|(digest, size)| fetch_blob(st, digest, size, pin))
@@ -538,15 +565,19 @@ async fn fetch_blob(
     download.wait_complete().await?;
     let stats = download.stats();
     if pin && let Some(pinner) = &st.pin {
-        pinner(digest.clone()).await.map_err(|e| {
+        // The download's lease keeps the blob until here, so "not held" means it went since.
+        let pinned = pinner(digest.clone(), true)
+            .await
+            .and_then(|held| held.ok_or_else(|| "it is no longer held".to_owned()));
+        if let Err(e) = pinned {
             tracing::error!(%digest, error = %e, "cannot pin a prefetched blob");
-            OciError::new(
+            return Err(OciError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "UNKNOWN",
                 "the blob was fetched but cannot be pinned",
             )
-            .detail(e)
-        })?;
+            .detail(e));
+        }
     }
     Ok(BlobReport {
         digest,

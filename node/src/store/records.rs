@@ -13,19 +13,28 @@ use super::{Inner, StoreError, disk};
 use crate::ports::Held;
 
 impl Inner {
-    pub(super) async fn set_pinned(&self, digest: &Digest, pinned: bool) -> Result<(), StoreError> {
+    pub(super) async fn set_pinned(
+        &self,
+        digest: &Digest,
+        pinned: bool,
+    ) -> Result<bool, StoreError> {
         let _g = self.db_lock.lock().await;
-        {
+        let was = {
             let mut st = self.lock();
             let e = st
                 .entries
                 .get_mut(digest)
                 .ok_or_else(|| StoreError::NotHeld(digest.clone()))?;
+            let was = e.pinned;
             e.pinned = pinned;
             e.meta_dirty = true;
+            was
+        };
+        if was != pinned {
+            self.sync_locked(digest).await?;
+            self.flush_db().await?;
         }
-        self.sync_locked(digest).await?;
-        self.flush_db().await
+        Ok(was)
     }
 
     /// Registers `table`'s blob (see [`PieceSink::register`]).

@@ -613,7 +613,8 @@ async fn eviction_is_lru_and_spares_pins_and_leases() {
     assert_eq!(store.held_blobs(), held);
 
     // c is now the oldest, but pinned; a is next, but leased: d goes.
-    store.pin(&c).await.unwrap();
+    assert!(!store.pin(&c).await.unwrap(), "c was not pinned before");
+    assert!(store.pin(&c).await.unwrap(), "a second pin finds it pinned");
     let lease = store.lease(&a).unwrap();
     assert_eq!(lease.digest(), &a);
     store.touch(&d);
@@ -647,7 +648,10 @@ async fn eviction_is_lru_and_spares_pins_and_leases() {
     pinned.sort();
     assert_eq!(store.held_blobs(), pinned);
     assert!(store.entry(&c).unwrap().pinned);
-    store.unpin(&c).await.unwrap();
+    assert_eq!(store.pinned_usage(), (2, 2000));
+    assert!(store.unpin(&c).await.unwrap(), "c was pinned");
+    assert!(!store.unpin(&c).await.unwrap());
+    assert_eq!(store.pinned_usage(), (1, 1000));
     assert!(store.remove(&c).await.unwrap());
     assert!(!store.remove(&c).await.unwrap());
     assert_eq!(store.usage(), (1000, 2000));
