@@ -120,6 +120,9 @@ pub struct NodeStats {
     /// The part of `stored_bytes` in pinned blobs (never evicted).
     #[serde(default)]
     pub pinned_bytes: u64,
+    /// Bytes of blobs evicted to make room since the node started.
+    #[serde(default)]
+    pub evicted_bytes: u64,
     /// Nodes in the DHT routing table.
     pub known_peers: usize,
 }
@@ -372,6 +375,7 @@ impl Node {
         };
         let router = Router::new()
             .route("/flotilla/v1/stats", get(stats))
+            .route("/flotilla/v1/blobs", get(blobs))
             .route("/metrics", get(metrics))
             .with_state(stats_state)
             .merge(oci::router(state));
@@ -529,12 +533,44 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         served_arriving_bytes: store.served_arriving_total(),
         stored_bytes: store.usage().0,
         pinned_bytes: store.pinned_usage().1,
+        evicted_bytes: store.evicted_total().1,
         known_peers: swarm.known_peers(),
     }
 }
 
 async fn stats(State(s): State<StatsState>) -> axum::Json<NodeStats> {
     axum::Json(node_stats(&s.fetcher, &s.store, &s.swarm))
+}
+
+/// One blob in `GET /flotilla/v1/blobs`.
+#[derive(serde::Serialize)]
+struct BlobListing {
+    digest: flotilla_protocol::Digest,
+    #[serde(flatten)]
+    info: crate::store::EntryInfo,
+}
+
+/// `GET /flotilla/v1/blobs`: every blob in the store, most recently used first, with the
+/// store's totals (SPEC §6.3).
+async fn blobs(State(s): State<StatsState>) -> axum::Json<serde_json::Value> {
+    let (stored, capacity) = s.store.usage();
+    let (pinned_blobs, pinned_bytes) = s.store.pinned_usage();
+    let (evicted_blobs, evicted_bytes) = s.store.evicted_total();
+    let list: Vec<BlobListing> = s
+        .store
+        .blobs()
+        .into_iter()
+        .map(|(digest, info)| BlobListing { digest, info })
+        .collect();
+    axum::Json(serde_json::json!({
+        "stored_bytes": stored,
+        "cache_bytes": capacity,
+        "pinned_blobs": pinned_blobs,
+        "pinned_bytes": pinned_bytes,
+        "evicted_blobs": evicted_blobs,
+        "evicted_bytes": evicted_bytes,
+        "blobs": list,
+    }))
 }
 
 /// `GET /metrics`: [`NodeStats`] in the Prometheus text format.
@@ -592,6 +628,11 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
             "flotilla_node_served_arriving_bytes_total",
             "The part of served bytes passed on while the piece was still arriving here.",
             n.served_arriving_bytes,
+        ),
+        (
+            "flotilla_node_evicted_bytes_total",
+            "Bytes of blobs evicted to make room for others.",
+            n.evicted_bytes,
         ),
     ] {
         e.metric(name, Kind::Counter, help, value as f64);

@@ -232,7 +232,7 @@ impl From<StoreError> for SourceError {
 }
 
 /// What the store holds of one blob.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct EntryInfo {
     /// The blob's size.
     pub size: u64,
@@ -332,6 +332,9 @@ pub(crate) struct Inner {
     served_total: AtomicU64,
     /// The part of `served_total` passed on while its piece still arrived.
     served_arriving_total: AtomicU64,
+    /// Blobs evicted (to make room, or to meet a lowered budget at open) and their bytes.
+    evicted_blobs: AtomicU64,
+    evicted_bytes: AtomicU64,
     tuning: Tuning,
     /// Raw OS error every piece write fails with (tests simulate a full disk).
     #[cfg(test)]
@@ -469,6 +472,8 @@ impl Store {
             buffered: AtomicU64::new(0),
             served_total: AtomicU64::new(0),
             served_arriving_total: AtomicU64::new(0),
+            evicted_blobs: AtomicU64::new(0),
+            evicted_bytes: AtomicU64::new(0),
             tuning,
             #[cfg(test)]
             write_fault: Mutex::new(None),
@@ -608,6 +613,29 @@ impl Store {
             let _ = inner.evictions.send(digest);
         }
         Ok(true)
+    }
+
+    /// Blobs evicted since the store opened (to make room for others, or to meet a budget
+    /// lowered since the last run; not those removed on purpose), and their bytes.
+    pub fn evicted_total(&self) -> (u64, u64) {
+        (
+            self.inner.evicted_blobs.load(Ordering::Relaxed),
+            self.inner.evicted_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Every registered blob with what is held of it, most recently used first: what
+    /// `GET /flotilla/v1/blobs` lists.
+    pub fn blobs(&self) -> Vec<(Digest, EntryInfo)> {
+        let mut v: Vec<(Digest, EntryInfo)> = self
+            .inner
+            .lock()
+            .entries
+            .iter()
+            .map(|(d, e)| (d.clone(), e.info()))
+            .collect();
+        v.sort_by(|a, b| b.1.last_used_ms.cmp(&a.1.last_used_ms).then(a.0.cmp(&b.0)));
+        v
     }
 
     /// Bytes held (every registered blob at its full size) and the budget.

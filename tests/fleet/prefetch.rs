@@ -121,6 +121,32 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
         "{warmed:?}"
     );
     assert_eq!(warmed.pinned_bytes, amd.size(), "{warmed:?}");
+    let listed: Value = http
+        .get(format!("{base}/flotilla/v1/blobs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["pinned_bytes"], amd.size(), "{listed}");
+    let mut held: Vec<&str> = listed["blobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|b| {
+            assert_eq!(
+                (b["complete"].clone(), b["pinned"].clone()),
+                (true.into(), true.into()),
+                "{b}"
+            );
+        })
+        .map(|b| b["digest"].as_str().unwrap())
+        .collect();
+    held.sort_unstable();
+    let mut want_sorted = want.clone();
+    want_sorted.sort_unstable();
+    assert_eq!(held, want_sorted, "{listed}");
 
     // Again, as tables, with the same image under its own tag: everything was held already.
     let amd_tag = format!("{repo}:amd64");

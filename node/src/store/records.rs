@@ -2,6 +2,7 @@
 //! least recently used victims), pins, deletion, and persisting records and piece bitmaps by
 //! the durability rule of the parent module (the flusher, a blob's completion).
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -155,6 +156,9 @@ impl Inner {
     pub(super) async fn delete_victims(&self, victims: Vec<(Digest, Entry)>) {
         for (digest, entry) in victims {
             tracing::info!(digest = %digest, size = entry.table.table.size, "evicting blob");
+            self.evicted_blobs.fetch_add(1, Ordering::Relaxed);
+            self.evicted_bytes
+                .fetch_add(entry.table.table.size, Ordering::Relaxed);
             if let Err(e) = self.delete_blob(digest.clone(), entry).await {
                 tracing::warn!(digest = %digest, error = %e, "deleting an evicted blob failed");
             }

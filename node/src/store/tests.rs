@@ -618,8 +618,15 @@ async fn eviction_is_lru_and_spares_pins_and_leases() {
     let lease = store.lease(&a).unwrap();
     assert_eq!(lease.digest(), &a);
     store.touch(&d);
+    let before = store.evicted_total();
     let e = register_sized(&store, 1000, 14).await;
     assert_eq!(evicted.try_recv().unwrap(), d);
+    assert_eq!(store.evicted_total(), (before.0 + 1, before.1 + 1000));
+    // The listing: most recently used first, e (just registered) at the head.
+    let listed = store.blobs();
+    assert_eq!(listed.len(), 3);
+    assert_eq!(listed[0].0, e);
+    assert!(listed.iter().any(|(d, i)| *d == c && i.pinned));
     assert!(store.remove(&a).await.is_err());
     // Everything left is pinned or leased: no room, and nothing is evicted trying.
     store.pin(&e).await.unwrap();
