@@ -16,9 +16,8 @@
 
 use std::path::{Path, PathBuf};
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use flotilla_node::identity::membership::{JoinRequest, JoinResponse};
+use flotilla_node::identity::membership::{JoinRequest, JoinResponse, bearer_matches};
 use flotilla_protocol::membership::MemberCertificate;
 use flotilla_protocol::membership::http::{MEMBER_HEADER, MemberHeader};
 use libp2p_identity::{Keypair, PeerId};
@@ -176,17 +175,7 @@ impl Fleet {
         fleet_key: &Keypair,
         now: u64,
     ) -> Result<JoinResponse, ApiError> {
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim);
-        let authorized = presented
-            .is_some_and(|p| verify_slices_are_equal(p.as_bytes(), self.token.as_bytes()).is_ok());
-        if !authorized {
+        if !bearer_matches(headers, &self.token) {
             return Err(ApiError::new(ErrorCode::Unauthorized)
                 .with_message("a valid fleet join token is required")
                 .with_header(

@@ -347,26 +347,11 @@ impl Node {
 
         let source: Arc<dyn PieceSource> = store.clone();
         let oci_http = tls.client(Duration::from_secs(10)).map_err(tls_err)?;
-        let pin_store = store.clone();
         let state = OciState::new(fetcher.clone(), gateway_url, source)?
             .with_meta(meta)
             .with_gateway_http(oci_http, signer)
             .with_prefetch_token(prefetch_token)
-            .with_pinning(Arc::new(move |digest, pin| {
-                let store = pin_store.clone();
-                Box::pin(async move {
-                    let set = if pin {
-                        store.pin(&digest).await
-                    } else {
-                        store.unpin(&digest).await
-                    };
-                    match set {
-                        Ok(was) => Ok(Some(was)),
-                        Err(crate::store::StoreError::NotHeld(_)) => Ok(None),
-                        Err(e) => Err(e.to_string()),
-                    }
-                })
-            }));
+            .with_pinning(store.pinning());
         let stats_state = StatsState {
             fetcher: fetcher.clone(),
             store: store.clone(),

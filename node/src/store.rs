@@ -583,6 +583,27 @@ impl Store {
         self.inner.set_pinned(digest, false).await
     }
 
+    /// [`Store::pin`] and [`Store::unpin`] as the OCI endpoint's prefetch and unpin routes call
+    /// them (a blob not held is `Ok(None)`).
+    pub fn pinning(self: &Arc<Self>) -> crate::oci::PinFn {
+        let store = self.clone();
+        Arc::new(move |digest, pin| {
+            let store = store.clone();
+            Box::pin(async move {
+                let set = if pin {
+                    store.pin(&digest).await
+                } else {
+                    store.unpin(&digest).await
+                };
+                match set {
+                    Ok(was) => Ok(Some(was)),
+                    Err(StoreError::NotHeld(_)) => Ok(None),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        })
+    }
+
     /// Pinned blobs and their bytes together.
     pub fn pinned_usage(&self) -> (usize, u64) {
         let st = self.inner.lock();

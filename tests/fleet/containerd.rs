@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Instant;
 
-use super::docker::{Cleanup, Pushed, build_and_push, unique_suffix};
-use super::{FleetGateway, NodeProc, client, digest_of, print_stats, settled_stats, warnings};
+use super::docker::{EngineRig, Pushed};
+use super::{digest_of, print_stats, settled_stats, warnings};
 use crate::support::require_tool;
 
 /// Where containerd listens: its own service, or the one the Docker engine starts.
@@ -134,28 +134,23 @@ fn containerd_pulls_through_a_node() {
     require_tool("ctr");
     let address = containerd_address();
     let t0 = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = client();
-    let gw = FleetGateway::start();
-    rt.block_on(gw.info(&http));
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProc::start(&gw.url(), tmp.path());
-    let unique = unique_suffix(gw.gw.addr.port());
-    let mut cleanup = Cleanup {
-        images: Vec::new(),
-        containers: Vec::new(),
-    };
-    let Pushed {
-        path,
-        digest,
-        motd,
-        payload,
-        ..
-    } = build_and_push(&gw.gw.host(), tmp.path(), &unique, &mut cleanup);
+    let EngineRig {
+        rt,
+        http,
+        node,
+        gw,
+        unique,
+        cleanup: _cleanup,
+        pushed:
+            Pushed {
+                path,
+                digest,
+                motd,
+                payload,
+                ..
+            },
+        tmp,
+    } = EngineRig::start();
 
     // As README *A fleet* configures it: the gateway's name, the node as its mirror.
     let hosts = tmp.path().join("certs.d");

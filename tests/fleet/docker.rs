@@ -120,33 +120,73 @@ pub(super) fn build_and_push(
     }
 }
 
+/// Where each container-engine test starts: a gateway, a `flotilla node` process, and an image
+/// built by the Docker engine and pushed to the gateway (then removed from the engine).
+pub(super) struct EngineRig {
+    pub rt: tokio::runtime::Runtime,
+    pub http: reqwest::Client,
+    /// Dropped (killed) before the gateway and the directory it writes in.
+    pub node: NodeProc,
+    pub gw: FleetGateway,
+    pub unique: String,
+    pub cleanup: Cleanup,
+    pub pushed: Pushed,
+    pub tmp: tempfile::TempDir,
+}
+
+impl EngineRig {
+    pub(super) fn start() -> EngineRig {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let http = client();
+        let gw = FleetGateway::start();
+        rt.block_on(gw.info(&http));
+        let tmp = tempfile::tempdir().unwrap();
+        let node = NodeProc::start(&gw.url(), tmp.path());
+        let unique = unique_suffix(gw.gw.addr.port());
+        let mut cleanup = Cleanup {
+            images: Vec::new(),
+            containers: Vec::new(),
+        };
+        let pushed = build_and_push(&gw.gw.host(), tmp.path(), &unique, &mut cleanup);
+        EngineRig {
+            rt,
+            http,
+            node,
+            gw,
+            unique,
+            cleanup,
+            pushed,
+            tmp,
+        }
+    }
+}
+
 #[test]
 fn docker_pulls_through_a_node() {
     const WHAT: &str = "docker";
     require_tool("docker");
     let t0 = Instant::now();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = client();
-    let gw = FleetGateway::start();
-    rt.block_on(gw.info(&http));
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProc::start(&gw.url(), tmp.path());
-    let unique = unique_suffix(gw.gw.addr.port());
-    let mut cleanup = Cleanup {
-        images: Vec::new(),
-        containers: Vec::new(),
-    };
-    let Pushed {
-        path,
-        digest,
-        id,
-        motd,
-        payload,
-    } = build_and_push(&gw.gw.host(), tmp.path(), &unique, &mut cleanup);
+    let EngineRig {
+        rt,
+        http,
+        node,
+        gw: _gw,
+        unique,
+        mut cleanup,
+        pushed:
+            Pushed {
+                path,
+                digest,
+                id,
+                motd,
+                payload,
+            },
+        tmp,
+    } = EngineRig::start();
     let pulled = format!("{}/{path}:v1", node.addr);
     cleanup.images.push(pulled.clone());
 

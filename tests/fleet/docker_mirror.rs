@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::docker::{Cleanup, Pushed, build_and_push, unique_suffix};
-use super::{FleetGateway, NodeProc, client, print_stats, settled_stats, warnings};
+use super::docker::{EngineRig, Pushed};
+use super::{print_stats, settled_stats, warnings};
 use crate::support::require_tool;
 
 /// The containerd the host's engine runs, which the second engine shares.
@@ -145,21 +145,16 @@ fn docker_pulls_docker_hub_names_through_a_node_as_its_mirror() {
     require_tool("docker");
     require_tool("dockerd");
     let t0 = Instant::now();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = client();
-    let gw = FleetGateway::start();
-    rt.block_on(gw.info(&http));
-    let tmp = tempfile::tempdir().unwrap();
-    let node = NodeProc::start(&gw.url(), tmp.path());
-    let unique = unique_suffix(gw.gw.addr.port());
-    let mut cleanup = Cleanup {
-        images: Vec::new(),
-        containers: Vec::new(),
-    };
-    let Pushed { path, id, .. } = build_and_push(&gw.gw.host(), tmp.path(), &unique, &mut cleanup);
+    let EngineRig {
+        rt,
+        http,
+        node,
+        gw: _gw,
+        unique,
+        cleanup: _cleanup,
+        pushed: Pushed { path, id, .. },
+        tmp,
+    } = EngineRig::start();
 
     let engine = Engine::start(
         &tmp.path().join("engine"),

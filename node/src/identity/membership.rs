@@ -25,6 +25,24 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Shortest wait before renewing (a gateway issuing very short certificates is not hammered).
 const RENEW_MIN: Duration = Duration::from_secs(5);
 
+/// Whether `headers` carry `token` as `Authorization: Bearer <token>` (compared in constant
+/// time): how the gateway's enrollment and a node's prefetch and unpin routes check the fleet
+/// token.
+pub fn bearer_matches(headers: &http::HeaderMap, token: &str) -> bool {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .is_some_and(|p| {
+            aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), token.as_bytes())
+                .is_ok()
+        })
+}
+
 /// Why a certificate could not be obtained or kept.
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {

@@ -28,7 +28,6 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Instant;
 
-use aws_lc_rs::constant_time::verify_slices_are_equal;
 use axum::Json;
 use axum::body::to_bytes;
 use axum::extract::{ConnectInfo, Request, State};
@@ -223,9 +222,31 @@ pub(super) fn malformed(detail: impl Into<String>) -> OciError {
     .detail(detail)
 }
 
+/// The JSON body of a `POST` to the prefetch or unpin route (`what`), once [`admit`] let its
+/// caller in; the answer to send instead if not.
+pub(super) async fn admitted_body<T: serde::de::DeserializeOwned>(
+    st: &OciState,
+    req: Request,
+    what: &str,
+) -> Result<T, Response> {
+    if req.method() != Method::POST {
+        return Err(super::method_not_allowed("POST"));
+    }
+    if let Err(e) = admit(st, &req) {
+        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>();
+        tracing::warn!(peer = ?peer.map(|c| c.0), "{what} from another host refused");
+        return Err(e.into_response());
+    }
+    let body = to_bytes(req.into_body(), MAX_BODY).await.map_err(|e| {
+        malformed(format!("body unreadable or over {MAX_BODY} bytes: {e}")).into_response()
+    })?;
+    serde_json::from_slice(&body)
+        .map_err(|e| malformed(format!("body is not the expected JSON: {e}")).into_response())
+}
+
 /// Whether `req` may prefetch (see the module docs). Without the server's `ConnectInfo` the
 /// caller counts as another host's.
-pub(super) fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
+fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     let local = req
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
@@ -240,16 +261,7 @@ pub(super) fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
             "this node takes prefetches from its own host only",
         ));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim);
-    if presented.is_some_and(|p| verify_slices_are_equal(p.as_bytes(), token.as_bytes()).is_ok()) {
+    if crate::identity::membership::bearer_matches(req.headers(), token) {
         return Ok(());
     }
     Err(OciError::new(
@@ -275,24 +287,9 @@ fn is_loopback(ip: std::net::IpAddr) -> bool {
 
 /// The route's handler (see the module docs).
 pub(crate) async fn handle(State(st): State<OciState>, req: Request) -> Response {
-    if req.method() != Method::POST {
-        return super::method_not_allowed("POST");
-    }
-    if let Err(e) = admit(&st, &req) {
-        let peer = req.extensions().get::<ConnectInfo<std::net::SocketAddr>>();
-        tracing::warn!(peer = ?peer.map(|c| c.0), "prefetch from another host refused");
-        return e.into_response();
-    }
-    let body = match to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return malformed(format!("body unreadable or over {MAX_BODY} bytes: {e}"))
-                .into_response();
-        }
-    };
-    let ask: Ask = match serde_json::from_slice(&body) {
+    let ask: Ask = match admitted_body(&st, req, "prefetch").await {
         Ok(a) => a,
-        Err(e) => return malformed(format!("body is not the expected JSON: {e}")).into_response(),
+        Err(res) => return res,
     };
     match run(&st, ask).await {
         Ok(report) => {

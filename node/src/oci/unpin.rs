@@ -14,18 +14,14 @@
 //! prefetch's.
 
 use axum::Json;
-use axum::body::to_bytes;
 use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use flotilla_protocol::Digest;
 use serde::{Deserialize, Serialize};
 
-use super::prefetch::{Targets, admit, malformed, targets};
+use super::prefetch::{Targets, admitted_body, malformed, targets};
 use super::{OciError, OciState};
-
-/// Largest request body.
-const MAX_BODY: usize = 64 * 1024;
 
 /// The request body.
 #[derive(Debug, Deserialize)]
@@ -63,25 +59,14 @@ struct BlobReport {
 
 /// The route's handler (see the module docs).
 pub(super) async fn handle(State(st): State<OciState>, req: Request) -> Response {
-    if req.method() != Method::POST {
-        return super::method_not_allowed("POST");
-    }
-    if let Err(e) = admit(&st, &req) {
-        return e.into_response();
-    }
-    let Some(pin) = st.pin.clone() else {
-        return malformed("this node cannot pin or unpin").into_response();
-    };
-    let body = match to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return malformed(format!("body unreadable or over {MAX_BODY} bytes: {e}"))
-                .into_response();
-        }
-    };
-    let ask: Ask = match serde_json::from_slice(&body) {
+    // A node that cannot pin says so only to the callers it admits.
+    let pin = st.pin.clone();
+    let ask: Ask = match admitted_body(&st, req, "unpin").await {
         Ok(a) => a,
-        Err(e) => return malformed(format!("body is not the expected JSON: {e}")).into_response(),
+        Err(res) => return res,
+    };
+    let Some(pin) = pin else {
+        return malformed("this node cannot pin or unpin").into_response();
     };
     let Targets {
         image,

@@ -54,22 +54,7 @@ async fn post(node: &Node, path: &str, body: Value) -> (StatusCode, Value) {
 
 /// Pins and unpins in the rig's local store, as the node wires its store.
 fn pinning(rig: &Rig) -> crate::oci::PinFn {
-    let store = rig.local.store.clone();
-    std::sync::Arc::new(move |d, pin| {
-        let store = store.clone();
-        Box::pin(async move {
-            let set = if pin {
-                store.pin(&d).await
-            } else {
-                store.unpin(&d).await
-            };
-            match set {
-                Ok(was) => Ok(Some(was)),
-                Err(crate::store::StoreError::NotHeld(_)) => Ok(None),
-                Err(e) => Err(e.to_string()),
-            }
-        })
-    })
+    rig.local.store.pinning()
 }
 
 #[tokio::test]
