@@ -360,7 +360,7 @@ impl Node {
         };
         let router = Router::new()
             .route("/flotilla/v1/stats", get(stats))
-            .route("/flotilla/v1/blobs", get(blobs))
+            .route("/flotilla/v1/store", get(store_listing))
             .route("/metrics", get(metrics))
             .with_state(stats_state)
             .merge(oci::router(state));
@@ -527,7 +527,7 @@ async fn stats(State(s): State<StatsState>) -> axum::Json<NodeStats> {
     axum::Json(node_stats(&s.fetcher, &s.store, &s.swarm))
 }
 
-/// One blob in `GET /flotilla/v1/blobs`.
+/// One blob in `GET /flotilla/v1/store`.
 #[derive(serde::Serialize)]
 struct BlobListing {
     digest: flotilla_protocol::Digest,
@@ -535,9 +535,9 @@ struct BlobListing {
     info: crate::store::EntryInfo,
 }
 
-/// `GET /flotilla/v1/blobs`: every blob in the store, most recently used first, with the
+/// `GET /flotilla/v1/store`: every blob in the store, most recently used first, with the
 /// store's totals (SPEC §6.3).
-async fn blobs(State(s): State<StatsState>) -> axum::Json<serde_json::Value> {
+async fn store_listing(State(s): State<StatsState>) -> axum::Json<serde_json::Value> {
     let (stored, capacity) = s.store.usage();
     let (pinned_blobs, pinned_bytes) = s.store.pinned_usage();
     let (evicted_blobs, evicted_bytes) = s.store.evicted_total();

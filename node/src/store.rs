@@ -646,7 +646,7 @@ impl Store {
     }
 
     /// Every registered blob with what is held of it, most recently used first: what
-    /// `GET /flotilla/v1/blobs` lists.
+    /// `GET /flotilla/v1/store` lists.
     pub fn blobs(&self) -> Vec<(Digest, EntryInfo)> {
         let mut v: Vec<(Digest, EntryInfo)> = self
             .inner

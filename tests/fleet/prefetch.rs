@@ -122,7 +122,7 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
     );
     assert_eq!(warmed.pinned_bytes, amd.size(), "{warmed:?}");
     let listed: Value = http
-        .get(format!("{base}/flotilla/v1/blobs"))
+        .get(format!("{base}/flotilla/v1/store"))
         .send()
         .await
         .unwrap()
