@@ -366,19 +366,33 @@ fn load_config<T: serde::de::DeserializeOwned + Default>(
     toml::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
 }
 
-fn init_tracing() {
+fn init_tracing() -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("FLOTILLA_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colour only on a terminal: logs redirected to files must stay searchable.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
-        && std::env::var_os("NO_COLOR").is_none();
-    tracing_subscriber::fmt()
+    // stderr, as the README says: stdout is for what a command prints (`gc --json`'s report).
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    // One JSON object per line for log shippers (Loki, Elasticsearch, journald's JSON
+    // readers); text otherwise, coloured only on a terminal so that files stay searchable.
+    match std::env::var("FLOTILLA_LOG_FORMAT").as_deref() {
+        Ok("json") => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        Ok("text") | Err(std::env::VarError::NotPresent) => {
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(ansi).init();
+        }
+        Ok(other) => anyhow::bail!("FLOTILLA_LOG_FORMAT is {other:?}: use \"text\" or \"json\""),
+        Err(e) => anyhow::bail!("FLOTILLA_LOG_FORMAT: {e}"),
+    }
+    Ok(())
 }
 
 /// Resolves when SIGTERM or SIGINT arrives, so servers can drain in-flight requests.
@@ -469,23 +483,23 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     match cli.command {
         Command::Gateway(args) => {
-            init_tracing();
+            init_tracing()?;
             let cfg = args.resolve()?;
             rt.block_on(flotilla_gateway::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Command::Node(args) => {
-            init_tracing();
+            init_tracing()?;
             let cfg = args.resolve()?;
             rt.block_on(flotilla_node::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Command::Up(args) => {
-            init_tracing();
+            init_tracing()?;
             rt.block_on(up(args))
         }
         Command::Gc(args) => {
-            init_tracing();
+            init_tracing()?;
             rt.block_on(gc(args))
         }
         Command::Prefetch(args) => rt.block_on(prefetch::run(args)),

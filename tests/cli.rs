@@ -67,6 +67,57 @@ fn config_file_then_env_then_flag() {
 }
 
 #[test]
+fn json_logs_are_one_object_per_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = tmp.path().join("gateway.log");
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(flotilla_bin())
+        .args(["gateway", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FLOTILLA_LISTEN", format!("127.0.0.1:{port}"))
+        .env("FLOTILLA_LOG_FORMAT", "json")
+        .env_remove("FLOTILLA_CONFIG")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let up = wait_status(format!("127.0.0.1:{port}").parse().unwrap(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the gateway did not start");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing logged");
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not one JSON object per line ({e}): {line}"));
+        // Some events (libp2p's) carry fields only, no message.
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("\"addr\":\"127.0.0.1:")),
+        "the listening line with its address as a field: {text}"
+    );
+
+    // Anything but text or json is refused before the gateway starts.
+    let out = Command::new(flotilla_bin())
+        .args(["gateway", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("FLOTILLA_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("FLOTILLA_LOG_FORMAT", "xml")
+        .env_remove("FLOTILLA_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("FLOTILLA_LOG_FORMAT"), "{err}");
+}
+
+#[test]
 fn bad_config_file_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("bad.toml");
