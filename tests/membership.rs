@@ -86,6 +86,48 @@ async fn members_pull_and_a_stranger_gets_nothing() {
         tmp.path().join("a").join("member.cert").is_file(),
         "the certificate is kept for restarts"
     );
+    // Their health says the same: the member is ready, the stranger is not and says why.
+    let health = |url: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("{url}/flotilla/v1/health"))
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, h) = health(a.url.clone()).await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(
+        (h["ready"].clone(), h["member"].clone()),
+        (true.into(), true.into()),
+        "{h}"
+    );
+    assert_eq!(h["gateway_peer_id"], info["peer_id"], "{h}");
+    assert!(h["certificate_not_after_unix_s"].as_u64().is_some(), "{h}");
+    let (status, h) = health(stranger.url.clone()).await;
+    assert_eq!(status, 503, "{h}");
+    assert_eq!(h["ready"], false, "{h}");
+    assert!(
+        h["reasons"][0]
+            .as_str()
+            .is_some_and(|r| r.contains("no membership certificate")),
+        "{h}"
+    );
+    let metrics = http
+        .get(format!("{}/metrics", stranger.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nflotilla_node_ready 0\n"), "{metrics}");
     assert_eq!(
         a.swarm.fleet().map(|p| p.to_string()),
         info["peer_id"].as_str().map(str::to_owned)

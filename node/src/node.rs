@@ -14,6 +14,8 @@
 //! the node then enrolls (`POST /flotilla/v1/join` with the fleet token) for the membership
 //! certificate its swarm presents to peers, before it joins the DHT through the gateway.
 
+mod health;
+
 use std::net::SocketAddr;
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -361,6 +363,7 @@ impl Node {
         let router = Router::new()
             .route("/flotilla/v1/stats", get(stats))
             .route("/flotilla/v1/store", get(store_listing))
+            .route("/flotilla/v1/health", get(health::handle))
             .route("/metrics", get(metrics))
             .with_state(stats_state)
             .merge(oci::router(state));
@@ -645,6 +648,19 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Gauge,
         "Blob downloads under way (each shared by every client reading that blob).",
         s.fetcher.active_downloads() as f64,
+    );
+    let h = health::check(&s).await;
+    e.metric(
+        "flotilla_node_ready",
+        Kind::Gauge,
+        "1 while the node holds a valid membership certificate and can fetch through the swarm.",
+        f64::from(u8::from(h.ready)),
+    )
+    .metric(
+        "flotilla_node_connected_peers",
+        Kind::Gauge,
+        "Peers with an open swarm connection.",
+        h.connected_peers as f64,
     );
     s.requests.write(&mut e, "flotilla_node");
     (

@@ -604,6 +604,16 @@ impl Store {
         })
     }
 
+    /// Why the latest piece write found the disk full, until a write succeeds again.
+    pub fn disk_full_now(&self) -> Option<String> {
+        self.inner
+            .disk_full
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|(_, why)| why.clone())
+    }
+
     /// Pinned blobs and their bytes together.
     pub fn pinned_usage(&self) -> (usize, u64) {
         let st = self.inner.lock();
