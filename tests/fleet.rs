@@ -88,7 +88,7 @@ pub const FLEET_TOKEN: &str = "flotilla-test-fleet-token";
 pub struct FleetGateway {
     /// The process.
     pub gw: Gateway,
-    _config_dir: tempfile::TempDir,
+    config_dir: tempfile::TempDir,
 }
 
 impl FleetGateway {
@@ -104,6 +104,27 @@ impl FleetGateway {
             &loopback_p2p(),
             &format!("upload_bytes_per_s = {bytes_per_s}\n"),
         )
+    }
+
+    /// [`FleetGateway::start`] with `extra` lines in its config file.
+    pub fn start_with_config(extra: &str) -> FleetGateway {
+        Self::start_listening(&loopback_p2p(), extra)
+    }
+
+    /// Stops it and starts it again (same port, data and identity) with `token` as its fleet
+    /// token: an operator rotating the token.
+    pub fn restart_with_token(&mut self, token: &str) {
+        let path = self.config_dir.path().join("gateway.toml");
+        let text = std::fs::read_to_string(&path).expect("read config");
+        let rotated = text.replacen(
+            &format!("fleet_token = {FLEET_TOKEN:?}"),
+            &format!("fleet_token = {token:?}"),
+            1,
+        );
+        assert_ne!(rotated, text, "the config names no fleet token to rotate");
+        std::fs::write(&path, rotated).expect("write config");
+        assert!(self.gw.stop(), "the gateway did not stop cleanly");
+        self.gw.restart();
     }
 
     /// A gateway with no swarm: nodes can take blobs from it over HTTP only, and find each
@@ -128,7 +149,7 @@ impl FleetGateway {
         let gw = Gateway::start_with_args(&["--config", path.to_str().expect("utf-8 path")]);
         FleetGateway {
             gw,
-            _config_dir: dir,
+            config_dir: dir,
         }
     }
 

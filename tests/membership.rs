@@ -244,3 +244,51 @@ fn a_gateway_without_a_token_makes_a_private_one() {
     assert_eq!(mode & 0o777, 0o600);
     assert!(gw.log().contains("fleet.token"), "{}", gw.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_reaches_the_next_renewal() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Certificates of the shortest life the gateway issues (60 s): renewal after 30.
+    let mut gw = FleetGateway::start_with_config("member_cert_secs = 60\n");
+    let http = client();
+    gw.info(&http).await;
+    let token_file = tmp.path().join("fleet.token");
+    std::fs::write(&token_file, format!("{FLEET_TOKEN}\n")).unwrap();
+    let file = token_file.clone();
+    let node = InNode::start_tuned(
+        &gw.url(),
+        FLEET_TOKEN,
+        &tmp.path().join("node"),
+        NodeOptions::default(),
+        |c| {
+            c.fleet_token = None;
+            c.fleet_token_file = Some(file);
+        },
+    )
+    .await;
+    let first = node.swarm.certificate().expect("enrolled").not_after;
+
+    // The operator rotates the token: the gateway takes the new one, the file on the node's
+    // host is replaced. The node is not restarted.
+    gw.restart_with_token("a-rotated-fleet-token");
+    std::fs::write(&token_file, "a-rotated-fleet-token\n").unwrap();
+    wait_until(
+        "a renewal with the rotated token",
+        Duration::from_secs(60),
+        || {
+            let swarm = node.swarm.clone();
+            async move { swarm.certificate().is_some_and(|c| c.not_after > first) }
+        },
+    )
+    .await;
+    let h: serde_json::Value = http
+        .get(format!("{}/flotilla/v1/health", node.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["ready"], true, "{h}");
+    node.stop().await;
+}

@@ -57,7 +57,8 @@ pub struct NodeConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_token: Option<String>,
     /// A file holding the fleet join token (surrounding whitespace ignored); used when
-    /// [`NodeConfig::fleet_token`] is absent.
+    /// [`NodeConfig::fleet_token`] is absent, and read again at every enrollment and renewal,
+    /// so a rotated token needs no restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fleet_token_file: Option<PathBuf>,
     /// A PEM file of CA certificates to trust for an `https://` gateway, besides the system's

@@ -34,7 +34,7 @@ use crate::config::NodeConfig;
 use crate::fetch::{FetchConfig, Fetcher, TransferStats};
 use crate::gateway_http::{HttpClientError, HttpTls, MemberSigner};
 use crate::identity;
-use crate::identity::membership::{Enrollment, MembershipConfig};
+use crate::identity::membership::{Enrollment, FleetToken, MembershipConfig};
 use crate::oci::{self, OciState};
 use crate::ports::{Network, PieceSource};
 use crate::store::{Store, StoreConfig};
@@ -201,7 +201,7 @@ impl Node {
             ))
         })?;
         let fleet_token = fleet_token(&config)?;
-        let prefetch_token: Arc<str> = Arc::from(fleet_token.as_str());
+        let prefetch_token = fleet_token.clone();
         let keypair = identity::load_or_create(&config.data_dir)?;
         let peer_id = keypair.public().to_peer_id();
         let store = Store::open(StoreConfig {
@@ -703,24 +703,22 @@ async fn join_gateway(swarm: &SwarmHandle, peer: PeerId, addrs: &[Multiaddr]) {
     }
 }
 
-/// The fleet token from the config: `fleet_token`, else the contents of `fleet_token_file`.
-fn fleet_token(config: &NodeConfig) -> Result<String, NodeError> {
-    let token = match (&config.fleet_token, &config.fleet_token_file) {
-        (Some(t), _) => t.trim().to_owned(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| NodeError::Config(format!("fleet_token_file {}: {e}", path.display())))?
-            .trim()
-            .to_owned(),
-        (None, None) => String::new(),
-    };
-    if token.is_empty() {
-        return Err(NodeError::Config(
+/// The fleet token from the config: `fleet_token`, else the contents of `fleet_token_file`
+/// (read again at every use, so a rotated file needs no restart).
+fn fleet_token(config: &NodeConfig) -> Result<FleetToken, NodeError> {
+    let missing = || {
+        NodeError::Config(
             "no fleet token: set fleet_token or fleet_token_file (--fleet-token, \
              FLOTILLA_FLEET_TOKEN); the gateway keeps it in <data_dir>/fleet.token"
                 .to_owned(),
-        ));
+        )
+    };
+    match (&config.fleet_token, &config.fleet_token_file) {
+        (Some(t), _) if t.trim().is_empty() => Err(missing()),
+        (Some(t), _) => Ok(FleetToken::from(t.as_str())),
+        (None, Some(path)) => FleetToken::file(path).map_err(NodeError::Config),
+        (None, None) => Err(missing()),
     }
-    Ok(token)
 }
 
 /// Makes the gateway's peer the fleet key and gets this node's certificate (stored or new);

@@ -96,7 +96,7 @@ pub struct OciState {
     pub prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// The bearer token a prefetch from another host must present (the fleet token); `None`:
     /// prefetches are taken from this host only. See [`prefetch`]'s module docs.
-    pub prefetch_token: Option<Arc<str>>,
+    pub prefetch_token: Option<crate::identity::membership::FleetToken>,
 }
 
 /// Pins (`true`) or unpins (`false`) a blob the store holds: `Some(whether it was pinned)`, or
@@ -170,7 +170,10 @@ impl OciState {
 
     /// Takes prefetches from other hosts that present `token` (`Authorization: Bearer …`).
     #[must_use]
-    pub fn with_prefetch_token(mut self, token: impl Into<Arc<str>>) -> Self {
+    pub fn with_prefetch_token(
+        mut self,
+        token: impl Into<crate::identity::membership::FleetToken>,
+    ) -> Self {
         self.prefetch_token = Some(token.into());
         self
     }

@@ -4,6 +4,7 @@
 //! through its life.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_protocol::membership::{JoinProof, MemberCertificate};
@@ -24,6 +25,88 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// Shortest wait before renewing (a gateway issuing very short certificates is not hammered).
 const RENEW_MIN: Duration = Duration::from_secs(5);
+
+/// The fleet join token: given in the configuration, or read from a file at every use, so a
+/// rotated secret (a replaced file, a Kubernetes secret's mounted file) reaches the next
+/// enrollment or renewal, and the node's prefetch check, without a restart. A file that cannot
+/// be read, or is empty, at a later use leaves the last token read in place (and is logged).
+#[derive(Clone)]
+pub struct FleetToken(Arc<TokenSource>);
+
+enum TokenSource {
+    Fixed(String),
+    File { path: PathBuf, last: Mutex<String> },
+}
+
+impl std::fmt::Debug for FleetToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &*self.0 {
+            TokenSource::Fixed(_) => f.write_str("FleetToken(given)"),
+            TokenSource::File { path, .. } => write!(f, "FleetToken(file {})", path.display()),
+        }
+    }
+}
+
+impl From<&str> for FleetToken {
+    fn from(token: &str) -> Self {
+        FleetToken(Arc::new(TokenSource::Fixed(token.trim().to_owned())))
+    }
+}
+
+impl From<String> for FleetToken {
+    fn from(token: String) -> Self {
+        FleetToken::from(token.as_str())
+    }
+}
+
+impl FleetToken {
+    /// The token in `path` (surrounding whitespace ignored), read now and at every later use.
+    ///
+    /// # Errors
+    /// The file cannot be read, or holds no token.
+    pub fn file(path: &Path) -> Result<FleetToken, String> {
+        let token = read_token(path)?;
+        Ok(FleetToken(Arc::new(TokenSource::File {
+            path: path.to_owned(),
+            last: Mutex::new(token),
+        })))
+    }
+
+    /// The token as it is now.
+    pub fn current(&self) -> String {
+        match &*self.0 {
+            TokenSource::Fixed(t) => t.clone(),
+            TokenSource::File { path, last } => {
+                let mut last = last
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                match read_token(path) {
+                    Ok(t) => {
+                        if *last != t {
+                            tracing::info!(file = %path.display(), "fleet token changed");
+                            *last = t;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "keeping the fleet token read before");
+                    }
+                }
+                last.clone()
+            }
+        }
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("fleet_token_file {}: {e}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Err(format!("fleet_token_file {} is empty", path.display()));
+    }
+    Ok(token)
+}
 
 /// Whether `headers` carry `token` as `Authorization: Bearer <token>` (compared in constant
 /// time): how the gateway's enrollment and a node's prefetch and unpin routes check the fleet
@@ -219,8 +302,8 @@ pub struct MembershipConfig {
     pub gateway_url: String,
     /// This node's identity.
     pub key: Keypair,
-    /// The fleet join token.
-    pub token: String,
+    /// The fleet join token (read again at every enrollment).
+    pub token: FleetToken,
     /// Where the certificate is kept.
     pub data_dir: PathBuf,
     /// Signs the node's HTTP requests to the gateway with the current certificate.
@@ -252,8 +335,8 @@ pub struct Enrollment {
     pub gateway: PeerId,
     /// This node's identity.
     pub key: Keypair,
-    /// The fleet join token.
-    pub token: String,
+    /// The fleet join token (read again at every enrollment).
+    pub token: FleetToken,
     /// Where the certificate is kept.
     pub data_dir: PathBuf,
     /// Signs the node's HTTP requests to the gateway with the current certificate.
@@ -279,7 +362,7 @@ impl Enrollment {
                     &self.gateway_url,
                     &self.gateway,
                     &self.key,
-                    &self.token,
+                    &self.token.current(),
                 )
                 .await;
                 let c = match (asked, stored) {

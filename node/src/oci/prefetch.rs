@@ -254,14 +254,14 @@ fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     if local {
         return Ok(());
     }
-    let Some(token) = st.prefetch_token.as_deref() else {
+    let Some(token) = st.prefetch_token.as_ref() else {
         return Err(OciError::new(
             StatusCode::FORBIDDEN,
             "DENIED",
             "this node takes prefetches from its own host only",
         ));
     };
-    if crate::identity::membership::bearer_matches(req.headers(), token) {
+    if crate::identity::membership::bearer_matches(req.headers(), &token.current()) {
         return Ok(());
     }
     Err(OciError::new(
