@@ -292,3 +292,52 @@ async fn a_rotated_token_file_reaches_the_next_renewal() {
     assert_eq!(h["ready"], true, "{h}");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_rejoins_a_gateway_restarted_on_other_ports() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut gw = FleetGateway::start();
+    let http = client();
+    let before = gw.info(&http).await;
+    let node = InNode::start(
+        &gw.url(),
+        &tmp.path().join("node"),
+        NodeOptions {
+            gateway_watch: Some(Duration::from_millis(500)),
+            ..NodeOptions::default()
+        },
+    )
+    .await;
+    // The gateway comes back with the same identity on other swarm ports (ephemeral here, as
+    // by default), and knows no node.
+    assert!(gw.gw.stop(), "the gateway did not stop cleanly");
+    gw.gw.restart();
+    let after = gw.info(&http).await;
+    assert_eq!(after["peer_id"], before["peer_id"]);
+    assert_ne!(
+        after["addrs"], before["addrs"],
+        "the swarm ports did not change"
+    );
+    let health = |url: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("{url}/flotilla/v1/health"))
+                .send()
+                .await
+                .ok()?
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+        }
+    };
+    wait_until(
+        "the node's connection to the restarted gateway",
+        Duration::from_secs(20),
+        || {
+            let h = health(node.url.clone());
+            async move { h.await.is_some_and(|h| h["gateway_connected"] == true) }
+        },
+    )
+    .await;
+    node.stop().await;
+}

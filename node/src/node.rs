@@ -84,7 +84,15 @@ pub struct NodeOptions {
     /// Wraps the source the transfer server reads pieces from (a test makes a lying peer with
     /// it). `None`: serve the store as it is.
     pub wrap_served: Option<WrapSource>,
+    /// How often a node not connected to its gateway's swarm re-reads the gateway's addresses.
+    /// `None`: [`GATEWAY_WATCH`].
+    pub gateway_watch: Option<Duration>,
 }
+
+/// How often a node that is not connected to its gateway's swarm asks the gateway's
+/// `/flotilla/v1/info` whether its swarm addresses changed (a restarted gateway listening on
+/// other ports): one small request per node and period, and only while disconnected.
+pub const GATEWAY_WATCH: Duration = Duration::from_secs(300);
 
 /// What a node reports about itself on `GET /flotilla/v1/stats` (JSON).
 #[derive(Debug, Clone, Copy, serde::Serialize, Deserialize)]
@@ -318,6 +326,13 @@ impl Node {
                 fleet,
             )));
         }
+        background.push(tokio::spawn(watch_gateway(
+            http.clone(),
+            gateway_url.clone(),
+            swarm.clone(),
+            gateway.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+            options.gateway_watch.unwrap_or(GATEWAY_WATCH),
+        )));
         let network: Arc<dyn Network> = Arc::new(swarm.clone());
         let fetcher = Fetcher::new(fetch_cfg, network, store.clone(), store.clone())?;
         // Every download and every reader holds a lease, so eviction never takes a blob in use.
@@ -781,6 +796,49 @@ async fn keep_joining_gateway(
         }
         tokio::time::sleep(wait).await;
         wait = (wait * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Every `every`, while the swarm has no connection to the gateway, re-reads the gateway's
+/// swarm addresses and, if they changed (a restart on other ports), rejoins through them: the
+/// gateway seeds its blobs into the swarm only if nodes can reach it there. An idle-closed
+/// connection to unchanged addresses costs one `GET` and nothing else.
+async fn watch_gateway(
+    http: reqwest::Client,
+    gateway_url: String,
+    swarm: SwarmHandle,
+    mut known: Vec<Multiaddr>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        // Until the gateway's identity is known, `keep_joining_gateway` does this job.
+        let Some(fleet) = swarm.fleet() else {
+            continue;
+        };
+        if swarm
+            .connected_peers()
+            .await
+            .is_ok_and(|c| c.contains(&fleet))
+        {
+            continue;
+        }
+        match gateway_info(&http, &gateway_url).await {
+            Ok((peer, addrs)) if peer == fleet => {
+                if addrs != known {
+                    tracing::info!(gateway = %peer, "the gateway's swarm addresses changed; rejoining");
+                    join_gateway(&swarm, peer, &addrs).await;
+                    known = addrs;
+                }
+            }
+            Ok((peer, _)) => tracing::error!(
+                %peer,
+                expected = %fleet,
+                url = %gateway_url,
+                "the gateway answers with another identity; not rejoining it"
+            ),
+            Err(e) => tracing::debug!(error = %e, "gateway not reachable"),
+        }
     }
 }
 

@@ -256,6 +256,7 @@ pub(super) async fn start_liar(
         dir,
         NodeOptions {
             wrap_served: Some(wrap),
+            ..NodeOptions::default()
         },
     )
     .await;
