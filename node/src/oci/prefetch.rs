@@ -244,7 +244,7 @@ pub(super) async fn admitted_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| malformed(format!("body is not the expected JSON: {e}")).into_response())
 }
 
-/// Whether `req` may prefetch (see the module docs). Without the server's `ConnectInfo` the
+/// Whether `req` may prefetch or unpin (see the module docs). Without the server's `ConnectInfo` the
 /// caller counts as another host's.
 fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     let local = req
@@ -258,7 +258,7 @@ fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
         return Err(OciError::new(
             StatusCode::FORBIDDEN,
             "DENIED",
-            "this node takes prefetches from its own host only",
+            "this node takes prefetches and unpins from its own host only",
         ));
     };
     if crate::identity::membership::bearer_matches(req.headers(), &token.current()) {
@@ -267,7 +267,7 @@ fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     Err(OciError::new(
         StatusCode::UNAUTHORIZED,
         "UNAUTHORIZED",
-        "a prefetch from another host needs the fleet token (Authorization: Bearer …)",
+        "a prefetch or unpin from another host needs the fleet token (Authorization: Bearer …)",
     )
     .header(
         header::WWW_AUTHENTICATE,
