@@ -244,8 +244,8 @@ pub(super) async fn admitted_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| malformed(format!("body is not the expected JSON: {e}")).into_response())
 }
 
-/// Whether `req` may prefetch or unpin (see the module docs). Without the server's `ConnectInfo` the
-/// caller counts as another host's.
+/// Whether `req` may prefetch or unpin (see the module docs). Without the server's
+/// `ConnectInfo` the caller counts as another host's.
 fn admit(st: &OciState, req: &Request) -> Result<(), OciError> {
     let local = req
         .extensions()
