@@ -436,6 +436,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.node_listen {
         node.listen = listen;
     }
+    let (gw_addr, node_addr) = (gw.listen, node.listen);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_rx2 = stop_rx.clone();
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -450,6 +451,19 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         flotilla_node::run(node, stopped(stop_rx2))
             .await
             .context("node")
+    });
+    // One line for a newcomer once both answer: where to push and where to pull.
+    tokio::spawn(async move {
+        for addr in [gw_addr, node_addr] {
+            while tokio::net::TcpStream::connect(addr).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+        tracing::info!(
+            "ready: docker push localhost:{}/team/app:v1, then docker pull localhost:{}/team/app:v1",
+            gw_addr.port(),
+            node_addr.port()
+        );
     });
     let stop_tx_again = stop_tx.clone();
     tokio::spawn(async move {

@@ -112,6 +112,17 @@ fn docker_pushes_to_flotilla_up_and_pulls_through_its_node() {
         "[{WHAT}] gateway and node answering after {:?}",
         t0.elapsed()
     );
+    // The newcomer is told where to push and where to pull.
+    let ready = format!(
+        "ready: docker push localhost:{}/team/app:v1, then docker pull localhost:{}/team/app:v1",
+        gw_addr.port(),
+        node_addr.port()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !up.log().contains(&ready) {
+        assert!(Instant::now() < deadline, "no ready line:\n{}", up.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let unique = unique_suffix(gw_addr.port());
     let mut cleanup = Cleanup {
