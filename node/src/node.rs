@@ -133,6 +133,15 @@ pub struct NodeStats {
     /// Bytes of blobs evicted to make room since the node started.
     #[serde(default)]
     pub evicted_bytes: u64,
+    /// Kademlia provider lookups this node started (one per blob and site key looked up).
+    #[serde(default)]
+    pub dht_provider_lookups: u64,
+    /// Kademlia announcements this node started.
+    #[serde(default)]
+    pub dht_announcements: u64,
+    /// Kademlia requests of other nodes this node answered.
+    #[serde(default)]
+    pub dht_answered: u64,
     /// Nodes in the DHT routing table.
     pub known_peers: usize,
 }
@@ -523,6 +532,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         peers_banned,
         ..
     } = fetcher.totals();
+    let dht = swarm.dht_counters().snapshot();
     NodeStats {
         peer_bytes,
         far_peer_bytes,
@@ -537,6 +547,9 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         stored_bytes: store.usage().0,
         pinned_bytes: store.pinned_usage().1,
         evicted_bytes: store.evicted_total().1,
+        dht_provider_lookups: dht.0,
+        dht_announcements: dht.1,
+        dht_answered: dht.3,
         known_peers: swarm.known_peers(),
     }
 }
@@ -663,6 +676,23 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Gauge,
         "Blob downloads under way (each shared by every client reading that blob).",
         s.fetcher.active_downloads() as f64,
+    );
+    let (lookups, announcements, bootstraps, answered) = s.swarm.dht_counters().snapshot();
+    e.family(
+        "flotilla_node_dht_queries_total",
+        Kind::Counter,
+        "Kademlia queries this node started, by kind.",
+        [
+            (&[("kind", "provider_lookup")][..], lookups as f64),
+            (&[("kind", "announcement")][..], announcements as f64),
+            (&[("kind", "bootstrap")][..], bootstraps as f64),
+        ],
+    )
+    .metric(
+        "flotilla_node_dht_requests_answered_total",
+        Kind::Counter,
+        "Kademlia requests of other nodes this node answered.",
+        answered as f64,
     );
     let h = health::check(&s).await;
     e.metric(

@@ -63,7 +63,7 @@ use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, StreamProtocol};
 
 pub use behaviour::{QUIC_CONNECTION_WINDOW, QUIC_STREAM_WINDOW};
-pub use handle::{Incoming, SwarmHandle};
+pub use handle::{DhtCounters, Incoming, SwarmHandle};
 pub use membership::MEMBER_PROTOCOL;
 pub(crate) use membership::unix_now;
 

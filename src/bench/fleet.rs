@@ -379,6 +379,9 @@ async fn pulls(
         fleet.duplicate_bytes += s.duplicate_bytes;
         fleet.cut_bytes += s.cut_bytes;
         fleet.served_bytes += s.served_bytes;
+        fleet.dht.0 += s.dht_provider_lookups;
+        fleet.dht.1 += s.dht_announcements;
+        fleet.dht.2 += s.dht_answered;
         fleet.node_peak_rss.push(n.peak_rss()?);
         let (count, first) = n.warnings();
         fleet.node_warnings += count;

@@ -6,7 +6,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -77,6 +77,33 @@ pub(super) enum Command {
 }
 
 /// The state shared by all clones of a handle.
+/// Kademlia work this node did: the queries it started, by kind, and the requests of other
+/// nodes it answered (each walks the routing table: the DHT's cost, SPEC §5.1). Not counted:
+/// the re-publication kad runs by itself.
+#[derive(Debug, Default)]
+pub struct DhtCounters {
+    /// Provider lookups (`get_providers`), one per blob and site key looked up.
+    pub provider_lookups: AtomicU64,
+    /// Announcements (`start_providing`: a walk to the closest nodes, then a record to each).
+    pub announcements: AtomicU64,
+    /// Bootstraps (a walk towards this node's own id).
+    pub bootstraps: AtomicU64,
+    /// Requests from other nodes answered (lookups, walks, records).
+    pub answered: AtomicU64,
+}
+
+impl DhtCounters {
+    /// `(provider lookups, announcements, bootstraps, answered)` now.
+    pub fn snapshot(&self) -> (u64, u64, u64, u64) {
+        (
+            self.provider_lookups.load(Ordering::Relaxed),
+            self.announcements.load(Ordering::Relaxed),
+            self.bootstraps.load(Ordering::Relaxed),
+            self.answered.load(Ordering::Relaxed),
+        )
+    }
+}
+
 struct Shared {
     commands: mpsc::Sender<Command>,
     local_peer_id: PeerId,
@@ -84,6 +111,7 @@ struct Shared {
     stream_protocol: StreamProtocol,
     listen_addrs: watch::Receiver<Vec<Multiaddr>>,
     known_peers: Arc<AtomicUsize>,
+    dht: Arc<DhtCounters>,
     members: Arc<Members>,
     /// This node's site label (`SwarmConfig::site`).
     site: Option<Arc<str>>,
@@ -133,10 +161,20 @@ impl SwarmHandle {
                 stream_protocol,
                 listen_addrs,
                 known_peers,
+                dht: Arc::default(),
                 members,
                 site: None,
             }),
         }
+    }
+
+    /// Shares `dht` with the swarm task, which counts into it; only while the handle is the
+    /// only one (right after `new`).
+    pub(super) fn with_dht(mut self, dht: Arc<DhtCounters>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.dht = dht;
+        }
+        self
     }
 
     /// Sets the site label; only while the handle is the only one (right after `new`).
@@ -261,6 +299,11 @@ impl SwarmHandle {
     /// Like [`SwarmHandle::is_member`], but waits up to `limit` for a handshake in flight.
     pub async fn wait_member(&self, peer: &PeerId, limit: Duration) -> bool {
         self.shared.members.wait_member(peer, limit).await
+    }
+
+    /// The Kademlia work this node did so far.
+    pub fn dht_counters(&self) -> &DhtCounters {
+        &self.shared.dht
     }
 
     /// Whether membership is checked at all (`false` for an open swarm).

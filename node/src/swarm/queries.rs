@@ -3,6 +3,7 @@
 //! addresses identify reports.
 
 use std::collections::HashSet;
+use std::sync::atomic::Ordering;
 
 use libp2p::core::Endpoint;
 use libp2p::kad::store::RecordStore as _;
@@ -57,6 +58,7 @@ impl Task {
         limit: usize,
         reply: oneshot::Sender<Result<Vec<PeerId>, NetworkError>>,
     ) {
+        self.dht.provider_lookups.fetch_add(1, Ordering::Relaxed);
         let id = self.swarm.behaviour_mut().kad.get_providers(key.clone());
         self.finds.insert(
             id,
@@ -225,12 +227,15 @@ impl Task {
                 }
                 _ => {}
             },
-            kad::Event::InboundRequest {
-                request:
-                    kad::InboundRequest::AddProvider {
-                        record: Some(record),
-                    },
-            } => self.store_provider(record),
+            kad::Event::InboundRequest { request } => {
+                self.dht.answered.fetch_add(1, Ordering::Relaxed);
+                if let kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                } = request
+                {
+                    self.store_provider(record);
+                }
+            }
             kad::Event::RoutingUpdated { .. } => {
                 self.refresh_known_peers();
             }

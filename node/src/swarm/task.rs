@@ -65,6 +65,7 @@ pub(super) struct Task {
     pub(super) local: PeerId,
     pub(super) kad_protocol: StreamProtocol,
     known_peers: Arc<AtomicUsize>,
+    pub(super) dht: Arc<super::handle::DhtCounters>,
     listen_tx: watch::Sender<Vec<Multiaddr>>,
     listeners: HashMap<ListenerId, Listener>,
     /// Whether the listen addresses are announced (no external address was configured).
@@ -135,12 +136,14 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
     let (command_tx, commands) = mpsc::channel(COMMAND_QUEUE);
     let (listen_tx, listen_rx) = watch::channel(Vec::new());
     let known_peers = Arc::new(AtomicUsize::new(0));
+    let dht = Arc::new(super::handle::DhtCounters::default());
     let mut task = Task {
         swarm,
         commands,
         local,
         kad_protocol: config.kad_protocol.clone(),
         known_peers: known_peers.clone(),
+        dht: dht.clone(),
         listen_tx,
         listeners,
         announce_listen: config.external_addrs.is_empty(),
@@ -174,6 +177,7 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
     }
     if !bootstrap_peers.is_empty() {
         // The result is not awaited: lookups work as soon as one bootstrap peer answers.
+        task.dht.bootstraps.fetch_add(1, Ordering::Relaxed);
         let _ = task.swarm.behaviour_mut().kad.bootstrap();
     }
 
@@ -199,6 +203,7 @@ pub(super) async fn spawn(config: SwarmConfig) -> Result<(SwarmHandle, Incoming)
         known_peers,
         members,
     )
+    .with_dht(dht)
     .with_site(config.site);
     tokio::spawn(task.run(stop_tx));
     Ok((
@@ -259,7 +264,15 @@ impl Task {
                 Some(peer) = self.gate.admitted.recv() => self.on_admitted(peer),
             }
         };
-        tracing::info!(peer = %self.local, "swarm stopping");
+        let (lookups, announcements, bootstraps, answered) = self.dht.snapshot();
+        tracing::info!(
+            peer = %self.local,
+            dht_provider_lookups = lookups,
+            dht_announcements = announcements,
+            dht_bootstraps = bootstraps,
+            dht_answered = answered,
+            "swarm stopping"
+        );
         drop(self);
         drop(stop);
         if let Some(reply) = confirm {
@@ -360,6 +373,7 @@ impl Task {
             Command::FindProviders { key, limit, reply } => self.start_find(key, limit, reply),
             Command::Connect { peer, reply } => self.connect(peer, reply),
             Command::Provide { key, reply } => {
+                self.dht.announcements.fetch_add(1, Ordering::Relaxed);
                 match self.swarm.behaviour_mut().kad.start_providing(key) {
                     Ok(id) => {
                         self.provides.insert(id, reply);
@@ -390,14 +404,17 @@ impl Task {
             Command::Connections { reply } => {
                 let _ = reply.send(self.connections.values().cloned().collect());
             }
-            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
-                Ok(id) => {
-                    self.bootstraps.insert(id, reply);
+            Command::Bootstrap { reply } => {
+                self.dht.bootstraps.fetch_add(1, Ordering::Relaxed);
+                match self.swarm.behaviour_mut().kad.bootstrap() {
+                    Ok(id) => {
+                        self.bootstraps.insert(id, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.send(Err(SwarmError::NoKnownPeers));
+                    }
                 }
-                Err(_) => {
-                    let _ = reply.send(Err(SwarmError::NoKnownPeers));
-                }
-            },
+            }
             Command::SetFleet { fleet, reply } => {
                 self.gate.members.set_fleet(fleet);
                 self.on_admitted(fleet);

@@ -206,6 +206,11 @@ async fn a_provider_known_only_from_a_lookup_is_dialable() {
 
     let found = find_until(&seeker, &digest, 1, provider.local_peer_id()).await;
     assert_eq!(found, vec![provider.local_peer_id()]);
+    // What each did of it is counted (`/metrics`).
+    let (_, announced, _, _) = provider.dht_counters().snapshot();
+    let (looked_up, _, bootstraps, _) = seeker.dht_counters().snapshot();
+    let (_, _, _, answered) = relay.dht_counters().snapshot();
+    assert!(announced >= 1 && looked_up >= 1 && bootstraps >= 1 && answered >= 2);
     // Under load the provider's own DHT traffic may have reached the seeker meanwhile: cut that
     // connection, so the exchange below must dial from the lookup's addresses.
     let connected = seeker.connected_peers().await.unwrap();

@@ -156,6 +156,8 @@ pub struct Fleet {
     pub cut_bytes: u64,
     /// … served to peers.
     pub served_bytes: u64,
+    /// Sum over nodes of Kademlia provider lookups, announcements and requests answered.
+    pub dht: (u64, u64, u64),
     /// WARN/ERROR lines in the nodes' logs.
     pub node_warnings: usize,
 }
@@ -469,6 +471,13 @@ impl Report {
             fl.node_warnings,
             self.push_mb_s
         ));
+        let n = fl.node_peak_rss.len().max(1) as f64;
+        out.push_str(&format!(
+            "DHT per node: {:.1} provider lookups, {:.1} announcements started, {:.1} requests of others answered.\n",
+            fl.dht.0 as f64 / n,
+            fl.dht.1 as f64 / n,
+            fl.dht.2 as f64 / n,
+        ));
 
         let mut rows = vec![vec![
             format!("two nodes, one {} blob", human_bytes(p.pair_size)),
@@ -711,6 +720,9 @@ impl Report {
                 "duplicate_bytes": f.duplicate_bytes,
                 "cut_bytes": f.cut_bytes,
                 "served_bytes": f.served_bytes,
+                "dht_provider_lookups": f.dht.0,
+                "dht_announcements": f.dht.1,
+                "dht_answered": f.dht.2,
                 "log_warnings": f.node_warnings,
             },
             "pair": pair,
