@@ -130,6 +130,10 @@ struct Task {
     lookups: u32,
     last_lookup: Option<Nanos>,
     lookup_running: bool,
+    /// Lookups in a row that found providers, all found before, and the providers found so
+    /// far, up to `SEEN_PROVIDERS` (the node's `Driver::short_of_sessions`).
+    fruitless_lookups: u8,
+    seen_providers: Vec<u32>,
     /// Which sessions the download keeps (the node's policy, from the protocol crate).
     rotation: Option<Box<Rotation<u32>>>,
     /// Whether the first lookup's sessions were checked for a cold start.
@@ -367,6 +371,8 @@ impl<'f> Swarm<'f> {
                 lookups: 0,
                 last_lookup: None,
                 lookup_running: false,
+                fruitless_lookups: 0,
+                seen_providers: Vec::new(),
                 rotation: None,
                 grace_checked: false,
                 arrivals: Vec::new(),

@@ -495,6 +495,27 @@ async fn a_download_that_found_nobody_looks_again_before_the_next_tick() {
 }
 
 #[tokio::test]
+async fn lookups_back_off_once_they_find_no_new_provider() {
+    // A swarm smaller than the session limit: one provider holding half the blob, the origin
+    // refusing the rest, so the download stays short of sessions and unfinished. Lookups that
+    // keep finding only that provider stop counting it short (`FRUITLESS_LOOKUPS`) and back
+    // off, instead of looking four times a second for as long as it runs.
+    // The node's 10-s refresh (the rig's is 0.1 s, which would hide the back-off).
+    let rig = Rig::with(|c| c.provider_refresh = Duration::from_secs(10)).await;
+    let blob = rig.blob(16 * 16384, 16384, 10);
+    rig.peer(&blob, 0..blob.pieces() / 2).await;
+    rig.gw.state.refuse_blobs.store(true, Ordering::Relaxed);
+    let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let lookups = rig.net.lookups.load(Ordering::Relaxed);
+    assert!(
+        (usize::from(flotilla_protocol::scheduler::FRUITLESS_LOOKUPS) + 1..=8).contains(&lookups),
+        "{lookups} lookups in 3 s (four a second without the back-off)"
+    );
+    assert!(!dl.is_complete());
+}
+
+#[tokio::test]
 async fn with_a_site_pieces_come_from_its_members_and_far_bytes_are_counted() {
     let rig = Rig::new().await;
     rig.net.site.set("a".to_owned()).unwrap();

@@ -42,6 +42,14 @@ use std::time::Duration;
 
 use super::peer::XorShift;
 
+/// Provider lookups in a row that find only providers found before, after which it no longer counts as short of sessions and its
+/// lookups back off to the regular refresh: the node's driver and the simulator's model alike.
+pub const FRUITLESS_LOOKUPS: u8 = 3;
+
+/// Providers a download remembers having found, to tell a lookup that found no new one; once
+/// it has found this many, the swarm is large enough never to count as exhausted.
+pub const SEEN_PROVIDERS: usize = 64;
+
 /// Tunables of [`Rotation`]; the defaults are the node's.
 #[derive(Debug, Clone)]
 pub struct RotationConfig {

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use flotilla_protocol::piece::Bitfield;
+use flotilla_protocol::scheduler::{FRUITLESS_LOOKUPS, SEEN_PROVIDERS};
 use flotilla_protocol::site::{SITE_LOOKUP_LIMIT, label_rtt};
 
 use super::{Ev, Nanos, State, Stream, Swarm, Tag};
@@ -77,10 +78,10 @@ impl Swarm<'_> {
             self.replace_session(t, peer);
         }
         self.fill(t);
-        let task = &mut self.tasks[t as usize];
         // Short of sessions, look again every 0.25 s; else back off (see `lookup_due` in the
         // node's driver).
-        let short = task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers;
+        let short = self.short_of_sessions(t);
+        let task = &mut self.tasks[t as usize];
         let due = if short {
             250_000_000u64.min(refresh)
         } else {
@@ -316,6 +317,27 @@ impl Swarm<'_> {
         }
         let task = &mut self.tasks[t as usize];
         task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
+        // As the node's driver: an answer with only providers found before counts towards no
+        // longer being short of sessions (an empty one says nothing).
+        if !found.is_empty() {
+            let full = task.seen_providers.len() >= SEEN_PROVIDERS;
+            let mut new = full;
+            if !full {
+                for &p in &found {
+                    if !task.seen_providers.contains(&p)
+                        && task.seen_providers.len() < SEEN_PROVIDERS
+                    {
+                        task.seen_providers.push(p);
+                        new = true;
+                    }
+                }
+            }
+            task.fruitless_lookups = if new {
+                0
+            } else {
+                task.fruitless_lookups.saturating_add(1)
+            };
+        }
         if let Some(r) = task.rotation.as_deref_mut() {
             r.offer(
                 found
@@ -335,10 +357,9 @@ impl Swarm<'_> {
         self.share_near_nodes(t);
         self.fill(t);
         // Short of sessions: look again soon (`Rotation::lookup_retry`, as the node's driver).
+        let short = self.short_of_sessions(t);
         let task = &self.tasks[t as usize];
-        if task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers
-            && let Some(r) = task.rotation.as_deref()
-        {
+        if short && let Some(r) = task.rotation.as_deref() {
             let retry = crate::net::nanos(r.lookup_retry(task.lookups).as_secs_f64())
                 .min(crate::net::nanos(self.fleet.params.refresh_s));
             self.push(self.now + retry, Ev::Relookup(t));
@@ -351,14 +372,19 @@ impl Swarm<'_> {
     /// already running (the tick started one) or sessions came meanwhile.
     pub(super) fn relookup(&mut self, t: u32) {
         let task = &self.tasks[t as usize];
-        if task.state != State::Running
-            || task.lookup_running
-            || task.sessions.len() + task.connecting.len() >= self.fleet.params.max_peers
-        {
+        if task.state != State::Running || task.lookup_running || !self.short_of_sessions(t) {
             return;
         }
         let (host, blob) = self.host_blob(t);
         self.start_lookup(t, host, blob, self.now);
+    }
+
+    /// Fewer sessions than `max_peers` while lookups still turn up providers to open (the
+    /// node's `Driver::short_of_sessions`, with its `FRUITLESS_LOOKUPS`).
+    fn short_of_sessions(&self, t: u32) -> bool {
+        let task = &self.tasks[t as usize];
+        task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers
+            && task.fruitless_lookups < FRUITLESS_LOOKUPS
     }
 
     /// A session to host `peer` is up, unless it left, is full or no longer has the layer.
