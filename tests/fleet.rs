@@ -201,6 +201,19 @@ pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
+/// `GET url` as text, asserting `200` (a `/metrics` page).
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    let r = http
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status();
+    let body = r.text().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(status, 200, "GET {url}: {body}");
+    body
+}
+
 /// A node's `GET /flotilla/v1/stats`.
 pub async fn node_stats(http: &reqwest::Client, base: &str) -> NodeStats {
     let v = get_json(http, &format!("{base}/flotilla/v1/stats")).await;

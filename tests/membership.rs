@@ -12,7 +12,9 @@ use flotilla_node::transfer::{self, TransferError};
 use flotilla_protocol::Digest;
 use flotilla_protocol::wire::ErrorCode;
 
-use crate::fleet::{FLEET_TOKEN, FleetGateway, Image, InNode, client, pull, settled_stats};
+use crate::fleet::{
+    FLEET_TOKEN, FleetGateway, Image, InNode, client, get_json, get_text, pull, settled_stats,
+};
 use crate::support::Gateway;
 
 const MIB: usize = 1 << 20;
@@ -119,14 +121,7 @@ async fn members_pull_and_a_stranger_gets_nothing() {
             .is_some_and(|r| r.contains("no membership certificate")),
         "{h}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", stranger.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&http, &format!("{}/metrics", stranger.url)).await;
     assert!(metrics.contains("\nflotilla_node_ready 0\n"), "{metrics}");
     assert_eq!(
         a.swarm.fleet().map(|p| p.to_string()),
@@ -281,14 +276,7 @@ async fn a_rotated_token_file_reaches_the_next_renewal() {
         },
     )
     .await;
-    let h: serde_json::Value = http
-        .get(format!("{}/flotilla/v1/health", node.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let h = get_json(&http, &format!("{}/flotilla/v1/health", node.url)).await;
     assert_eq!(h["ready"], true, "{h}");
     node.stop().await;
 }

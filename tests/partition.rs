@@ -69,14 +69,7 @@ async fn manifest_at(
 /// it verifies against the gateway's peer id.
 async fn tag_record(http: &reqwest::Client, gateway: &str, tag: &str) -> u64 {
     let member = Member::enroll(http, gateway, FLEET_TOKEN).await;
-    let info: serde_json::Value = http
-        .get(format!("{gateway}/flotilla/v1/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = crate::fleet::get_json(http, &format!("{gateway}/flotilla/v1/info")).await;
     let r = member
         .get(http, &format!("{gateway}/flotilla/v1/tags/edge/app/{tag}"))
         .send()

@@ -9,7 +9,7 @@ use std::process::{Command, Output};
 use std::time::Instant;
 
 use super::docker::{EngineRig, Pushed};
-use super::{digest_of, print_stats, settled_stats, warnings};
+use super::{digest_of, get_text, print_stats, settled_stats, warnings};
 use crate::support::require_tool;
 
 /// Where containerd listens: its own service, or the one the Docker engine starts.
@@ -98,14 +98,7 @@ impl Drop for Ctr {
 
 /// `flotilla_node_http_response_bytes_total{method="GET",code="200"}` on the node's `/metrics`.
 async fn node_get_bytes(http: &reqwest::Client, node: &str) -> u64 {
-    let text = http
-        .get(format!("{node}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_text(http, &format!("{node}/metrics")).await;
     text.lines()
         .find_map(|l| {
             l.strip_prefix("flotilla_node_http_response_bytes_total{method=\"GET\",code=\"200\"} ")

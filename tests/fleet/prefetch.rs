@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use super::{FleetGateway, Image, MIB, NodeProc, client, node_stats, pull, settled_stats};
+use super::{
+    FleetGateway, Image, MIB, NodeProc, client, get_json, node_stats, pull, settled_stats,
+};
 use crate::support::flotilla_bin;
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -121,14 +123,7 @@ async fn a_prefetched_image_pulls_from_the_node_with_the_gateway_stopped() {
         "{warmed:?}"
     );
     assert_eq!(warmed.pinned_bytes, amd.size(), "{warmed:?}");
-    let listed: Value = http
-        .get(format!("{base}/flotilla/v1/store"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json(&http, &format!("{base}/flotilla/v1/store")).await;
     assert_eq!(listed["pinned_bytes"], amd.size(), "{listed}");
     let mut held: Vec<&str> = listed["blobs"]
         .as_array()
