@@ -174,7 +174,7 @@ use crate::piece::Bitfield;
 pub use config::Config;
 use peer::{Latency, PeerBits, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
-pub use rotation::{FRUITLESS_LOOKUPS, Rotation, RotationConfig, SEEN_PROVIDERS};
+pub use rotation::{FRUITLESS_LOOKUPS, ProviderMemory, Rotation, RotationConfig, SEEN_PROVIDERS};
 use spread::PieceHolds;
 
 /// Where a piece comes from.

@@ -35,7 +35,9 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use flotilla_protocol::piece::{Bitfield, piece_size_for};
-use flotilla_protocol::scheduler::{Action, Config, Rotation, RotationConfig, Scheduler, Source};
+use flotilla_protocol::scheduler::{
+    Action, Config, ProviderMemory, Rotation, RotationConfig, Scheduler, Source,
+};
 use flotilla_protocol::send_limit::SendLimit;
 
 use crate::flow::{Check, Nanos};
@@ -130,10 +132,8 @@ struct Task {
     lookups: u32,
     last_lookup: Option<Nanos>,
     lookup_running: bool,
-    /// Lookups in a row that found providers, all found before, and the providers found so
-    /// far, up to `SEEN_PROVIDERS` (the node's `Driver::short_of_sessions`).
-    fruitless_lookups: u8,
-    seen_providers: Vec<u32>,
+    /// Whether lookups still find new providers (the node's `Driver::short_of_sessions`).
+    providers_seen: ProviderMemory<u32>,
     /// Which sessions the download keeps (the node's policy, from the protocol crate).
     rotation: Option<Box<Rotation<u32>>>,
     /// Whether the first lookup's sessions were checked for a cold start.
@@ -371,8 +371,7 @@ impl<'f> Swarm<'f> {
                 lookups: 0,
                 last_lookup: None,
                 lookup_running: false,
-                fruitless_lookups: 0,
-                seen_providers: Vec::new(),
+                providers_seen: ProviderMemory::default(),
                 rotation: None,
                 grace_checked: false,
                 arrivals: Vec::new(),

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use flotilla_protocol::Digest;
 use flotilla_protocol::piece::{Bitfield, SignedPieceTable};
-use flotilla_protocol::scheduler::{Action, Rotation, Scheduler, Source};
+use flotilla_protocol::scheduler::{Action, ProviderMemory, Rotation, Scheduler, Source};
 use flotilla_protocol::site::label_rtt;
 use libp2p::PeerId;
 use tokio::sync::{mpsc, watch};
@@ -135,8 +135,7 @@ async fn drive(
         gateway,
         swarm_hint: 1,
         lookups: 0,
-        fruitless_lookups: 0,
-        seen_providers: HashSet::new(),
+        providers_seen: ProviderMemory::default(),
         counted: have.clone(),
         digest,
         table,
@@ -255,12 +254,8 @@ struct Driver {
     swarm_hint: usize,
     /// Provider lookups started so far (the first ones come quickly, see `lookup_due`).
     lookups: u32,
-    /// Lookups in a row that found providers, all of them found before (see
-    /// `short_of_sessions`).
-    fruitless_lookups: u8,
-    /// Providers lookups found so far, up to `SEEN_PROVIDERS` (a larger swarm never counts as
-    /// exhausted).
-    seen_providers: HashSet<PeerId>,
+    /// Whether lookups still find new providers (see `short_of_sessions`).
+    providers_seen: ProviderMemory<PeerId>,
     /// Pieces counted in the stats (or held before the download started): each piece is
     /// counted once, by the first copy that landed, whichever path reported it.
     counted: Bitfield,
@@ -527,7 +522,7 @@ impl Driver {
     /// node in an 8-node fleet otherwise, four a second).
     fn short_of_sessions(&self) -> bool {
         self.sessions.len() + self.connecting.len() < self.inner.cfg.max_peers_per_blob
-            && self.fruitless_lookups < flotilla_protocol::scheduler::FRUITLESS_LOOKUPS
+            && !self.providers_seen.exhausted()
     }
 
     /// The swarm size the scheduler's origin rule uses: the largest count heard, at least the
@@ -675,21 +670,13 @@ impl Driver {
                             .filter(|p| Some(**p) != self.gateway && **p != self.local)
                             .count();
                         self.swarm_hint = self.swarm_hint.max(others + 1);
-                        // An empty answer says nothing (a cold start: nobody announced yet);
-                        // one with only providers found before says the swarm has no more.
-                        let full = self.seen_providers.len()
-                            >= flotilla_protocol::scheduler::SEEN_PROVIDERS;
-                        let mut new = full;
-                        for p in &peers {
-                            if Some(*p) != self.gateway && *p != self.local && !full {
-                                new |= self.seen_providers.insert(*p);
-                            }
-                        }
-                        self.fruitless_lookups = match (others, new) {
-                            (0, _) => self.fruitless_lookups,
-                            (_, true) => 0,
-                            (_, false) => self.fruitless_lookups.saturating_add(1),
-                        };
+                        let (gateway, local) = (self.gateway, self.local);
+                        self.providers_seen.answered(
+                            peers
+                                .iter()
+                                .copied()
+                                .filter(|p| Some(*p) != gateway && *p != local),
+                        );
                         self.connect_to(Some(peers), &near);
                     }
                     Err(e) => {

@@ -50,6 +50,54 @@ pub const FRUITLESS_LOOKUPS: u8 = 3;
 /// it has found this many, the swarm is large enough never to count as exhausted.
 pub const SEEN_PROVIDERS: usize = 64;
 
+/// Which providers a download's lookups have found, to tell when they stop finding new ones:
+/// after [`FRUITLESS_LOOKUPS`] answers in a row with providers, all found before, the swarm has
+/// no more to give and the download no longer counts as short of sessions (the node's driver
+/// and the simulator both keep one). Remembers at most [`SEEN_PROVIDERS`]; beyond that the
+/// swarm is large enough never to count as exhausted.
+#[derive(Debug, Clone)]
+pub struct ProviderMemory<P> {
+    seen: Vec<P>,
+    fruitless: u8,
+}
+
+impl<P> Default for ProviderMemory<P> {
+    fn default() -> Self {
+        ProviderMemory {
+            seen: Vec::new(),
+            fruitless: 0,
+        }
+    }
+}
+
+impl<P: Copy + Eq> ProviderMemory<P> {
+    /// A lookup answered with `found` (without ourselves and the gateway). An empty answer
+    /// says nothing: in a cold start nobody has announced yet.
+    pub fn answered(&mut self, found: impl IntoIterator<Item = P>) {
+        let mut any = false;
+        let mut new = self.seen.len() >= SEEN_PROVIDERS;
+        for p in found {
+            any = true;
+            if self.seen.len() < SEEN_PROVIDERS && !self.seen.contains(&p) {
+                self.seen.push(p);
+                new = true;
+            }
+        }
+        if any {
+            self.fruitless = if new {
+                0
+            } else {
+                self.fruitless.saturating_add(1)
+            };
+        }
+    }
+
+    /// Whether the last [`FRUITLESS_LOOKUPS`] answers found nothing new.
+    pub fn exhausted(&self) -> bool {
+        self.fruitless >= FRUITLESS_LOOKUPS
+    }
+}
+
 /// Tunables of [`Rotation`]; the defaults are the node's.
 #[derive(Debug, Clone)]
 pub struct RotationConfig {
@@ -496,6 +544,31 @@ impl<P: Copy + Eq + Ord> Rotation<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_memory_is_exhausted_after_answers_with_nothing_new() {
+        let mut m = ProviderMemory::default();
+        m.answered([]);
+        m.answered([]);
+        m.answered([]);
+        m.answered([]);
+        assert!(!m.exhausted(), "empty answers say nothing");
+        m.answered([1, 2]);
+        m.answered([2, 1]);
+        m.answered([1]);
+        assert!(!m.exhausted());
+        m.answered([2]);
+        assert!(m.exhausted());
+        m.answered([3, 1]);
+        assert!(!m.exhausted(), "a new provider starts over");
+        // A swarm past what it remembers never counts as exhausted.
+        let mut big = ProviderMemory::default();
+        big.answered(0..SEEN_PROVIDERS as u32);
+        for _ in 0..5 {
+            big.answered([0, 1]);
+        }
+        assert!(!big.exhausted());
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

@@ -12,7 +12,6 @@
 use std::time::Duration;
 
 use flotilla_protocol::piece::Bitfield;
-use flotilla_protocol::scheduler::{FRUITLESS_LOOKUPS, SEEN_PROVIDERS};
 use flotilla_protocol::site::{SITE_LOOKUP_LIMIT, label_rtt};
 
 use super::{Ev, Nanos, State, Stream, Swarm, Tag};
@@ -317,27 +316,7 @@ impl Swarm<'_> {
         }
         let task = &mut self.tasks[t as usize];
         task.swarm_hint = task.swarm_hint.max(found.len() as u64 + 1);
-        // As the node's driver: an answer with only providers found before counts towards no
-        // longer being short of sessions (an empty one says nothing).
-        if !found.is_empty() {
-            let full = task.seen_providers.len() >= SEEN_PROVIDERS;
-            let mut new = full;
-            if !full {
-                for &p in &found {
-                    if !task.seen_providers.contains(&p)
-                        && task.seen_providers.len() < SEEN_PROVIDERS
-                    {
-                        task.seen_providers.push(p);
-                        new = true;
-                    }
-                }
-            }
-            task.fruitless_lookups = if new {
-                0
-            } else {
-                task.fruitless_lookups.saturating_add(1)
-            };
-        }
+        task.providers_seen.answered(found.iter().copied());
         if let Some(r) = task.rotation.as_deref_mut() {
             r.offer(
                 found
@@ -379,12 +358,12 @@ impl Swarm<'_> {
         self.start_lookup(t, host, blob, self.now);
     }
 
-    /// Fewer sessions than `max_peers` while lookups still turn up providers to open (the
-    /// node's `Driver::short_of_sessions`, with its `FRUITLESS_LOOKUPS`).
+    /// Fewer sessions than `max_peers` while lookups still find new providers (the node's
+    /// `Driver::short_of_sessions`).
     fn short_of_sessions(&self, t: u32) -> bool {
         let task = &self.tasks[t as usize];
         task.sessions.len() + task.connecting.len() < self.fleet.params.max_peers
-            && task.fruitless_lookups < FRUITLESS_LOOKUPS
+            && !task.providers_seen.exhausted()
     }
 
     /// A session to host `peer` is up, unless it left, is full or no longer has the layer.
