@@ -190,15 +190,8 @@ impl FleetGateway {
 
 /// `GET url` as JSON; panics on anything but 200.
 pub async fn get_json(http: &reqwest::Client, url: &str) -> Value {
-    let r = http
-        .get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    let status = r.status();
-    let body = r.bytes().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    assert_eq!(status, 200, "GET {url}: {}", String::from_utf8_lossy(&body));
-    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
+    let body = get_text(http, url).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {url}: not JSON: {e}"))
 }
 
 /// `GET url` as text, asserting `200` (a `/metrics` page).
