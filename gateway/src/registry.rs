@@ -923,8 +923,10 @@ fn spawn_reaper(inner: Weak<Inner>, ttl: Duration) {
 
 mod error;
 mod gc;
+mod health;
 pub use error::RegistryError;
 pub use gc::{GcConfig, GcOptions, GcReport, GcTotals};
+pub use health::StorageHealth;
 
 #[cfg(test)]
 #[path = "registry/tests.rs"]

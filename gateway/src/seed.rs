@@ -271,6 +271,15 @@ impl Seed {
             .contains(peer)
     }
 
+    /// How many peers were connected to the gateway's swarm at the last refresh.
+    pub fn connected_count(&self) -> usize {
+        self.inner
+            .connected
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// The blob files as a [`PieceSource`] for the swarm's transfer server.
     pub fn source(&self) -> Arc<dyn PieceSource> {
         Arc::new(GatewaySource::new(self.core().clone()))

@@ -86,6 +86,8 @@
 //! then the state lock (never the reverse).
 
 mod disk;
+/// Disk-space checks the gateway's health probe shares.
+pub use disk::{available_bytes, is_disk_full};
 mod receiver;
 mod records;
 mod state;

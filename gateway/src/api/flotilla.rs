@@ -23,6 +23,10 @@
 //! - `POST /flotilla/v1/join`: a fleet membership certificate for the node that presents the
 //!   fleet token (`Authorization: Bearer`) and a proof of its key (`crate::fleet`); `401
 //!   UNAUTHORIZED` without the right token, `400 UNSUPPORTED` for a bad proof.
+//! - `GET /flotilla/v1/health`: whether the gateway can serve pulls (its index and blob files
+//!   answer real probes, `200`, else `503`), with `reasons`, `warnings` for what stops only
+//!   pushes (a failed probe write, a full disk), the swarm's listen addresses and connected
+//!   peers, and the storage probes' results (`crate::registry::StorageHealth`).
 //! - `POST /flotilla/v1/gc[?dry_run=true]`: a garbage collection now (see `collect.rs`).
 //! - `GET /flotilla/v1/stats`: the seed's counters (`http_blob_bytes`, `swarm_bytes`,
 //!   `tables_computed`) as JSON, with the audit log's (`audit`: `enabled`, `lines_written`,
@@ -33,7 +37,8 @@
 //! `tags` serve members only: the request must carry a valid `Flotilla-Member` header
 //! ([`crate::fleet::Fleet::member`]), else `401 UNAUTHORIZED` with
 //! `WWW-Authenticate: Flotilla-Member realm="flotilla-fleet"` (audited as `auth.failure`).
-//! `info`, `join` and `stats` stay open: they are how a node finds the fleet and joins it.
+//! `info`, `join`, `stats` and `health` stay open: the first two are how a node finds the fleet
+//! and joins it, the others how an operator or a probe watches the gateway.
 //!
 //! Errors use the OCI error bodies of the rest of the API: a malformed digest is
 //! `400 DIGEST_INVALID`, an unknown path `404 UNSUPPORTED`, another method
@@ -93,7 +98,10 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
     match rest.split_once('/') {
         None if rest == "info" && get => Ok(info(st)),
         None if rest == "stats" && get => Ok(json_response(StatusCode::OK, &stats(st))),
-        None if rest == "info" || rest == "stats" => Err(method_not_allowed("GET, HEAD")),
+        None if rest == "health" && get => Ok(health(st).await),
+        None if rest == "info" || rest == "stats" || rest == "health" => {
+            Err(method_not_allowed("GET, HEAD"))
+        }
         None if rest == "join" && m == Method::POST => join(st, req).await,
         None if rest == "join" => Err(method_not_allowed("POST")),
         None if rest == "gc" && m == Method::POST => super::collect::trigger(st, req).await,
@@ -411,6 +419,46 @@ fn info(st: &AppState) -> Response {
         &serde_json::json!({
             "peer_id": seed.peer_id().to_string(),
             "addrs": seed.swarm_addrs(),
+        }),
+    )
+}
+
+/// `GET /flotilla/v1/health`: `200` while pulls can be served (the index and the blob files
+/// answer), else `503`; problems that stop only pushes (a failed write, a full disk) are
+/// `warnings`.
+async fn health(st: &AppState) -> Response {
+    let storage = st.registry.storage_health().await;
+    let mut reasons = Vec::new();
+    let mut warnings = Vec::new();
+    if let Some(e) = &storage.index_error {
+        reasons.push(format!("the index does not answer: {e}"));
+    }
+    if let Some(e) = &storage.blobs_error {
+        reasons.push(format!("the blob files cannot be read: {e}"));
+    }
+    if let Some(e) = &storage.write_error {
+        warnings.push(if storage.disk_full {
+            format!("the disk is full: pushes fail ({e})")
+        } else {
+            format!("the data directory cannot be written: pushes fail ({e})")
+        });
+    }
+    let seed = st.registry.seed();
+    let ready = storage.serves_pulls();
+    json_response(
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        &serde_json::json!({
+            "ready": ready,
+            "reasons": reasons,
+            "warnings": warnings,
+            "peer_id": seed.peer_id().to_string(),
+            "swarm_addrs": seed.swarm_addrs().len(),
+            "connected_peers": seed.connected_count(),
+            "storage": storage,
         }),
     )
 }

@@ -95,6 +95,18 @@ fn render(st: &AppState) -> String {
             st.send_pool.waiting() as f64,
         ),
         (
+            "flotilla_gateway_connected_peers",
+            Kind::Gauge,
+            "Peers connected to the gateway's swarm (refreshed once a second).",
+            st.registry.seed().connected_count() as f64,
+        ),
+        (
+            "flotilla_gateway_available_bytes",
+            Kind::Gauge,
+            "Bytes the data directory's file system may still take (-1: unknown).",
+            st.registry.available_bytes().map_or(-1.0, |b| b as f64),
+        ),
+        (
             "flotilla_gateway_gc_runs_total",
             Kind::Counter,
             "Garbage collections run to the end.",

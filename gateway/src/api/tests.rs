@@ -45,7 +45,7 @@ impl Reply {
 
 pub(super) struct Api {
     app: Router,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Api {
@@ -60,8 +60,13 @@ impl Api {
         let registry = Registry::open(config.storage()).await.unwrap();
         Api {
             app: super::router(registry, &config, None),
-            _dir: dir,
+            dir,
         }
+    }
+
+    /// The gateway's data directory.
+    pub(super) fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
     }
 
     pub(super) async fn call(
@@ -327,6 +332,62 @@ fn sample(page: &str, line_start: &str) -> Option<f64> {
 }
 
 #[tokio::test]
+async fn health_probes_storage_for_real() {
+    let api = Api::new().await;
+    let r = api.get("/flotilla/v1/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let h = r.json();
+    assert_eq!(h["ready"], true, "{h}");
+    assert_eq!(h["reasons"], serde_json::json!([]));
+    assert_eq!(h["warnings"], serde_json::json!([]));
+    assert!(h["storage"]["write_error"].is_null(), "{h}");
+    assert!(h["storage"]["available_bytes"].as_u64().unwrap() > 0, "{h}");
+    assert_eq!(h["connected_peers"], 0);
+    let tmp = api.data_dir().join("tmp");
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "the probe file is removed"
+    );
+
+    // Writes fail (a file where the temp directory was; chmod would not stop root): pulls
+    // still work, so the gateway stays ready and warns.
+    std::fs::remove_dir(&tmp).unwrap();
+    std::fs::write(&tmp, b"in the way").unwrap();
+    let r = api.get("/flotilla/v1/health").await;
+    assert_eq!(r.status, StatusCode::OK);
+    let h = r.json();
+    assert_eq!(h["ready"], true);
+    let warning = h["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("pushes fail"), "{h}");
+    assert_eq!(h["storage"]["disk_full"], false);
+
+    // The blob files are gone: not ready, and why.
+    let blobs = api.data_dir().join("blobs");
+    std::fs::rename(&blobs, api.data_dir().join("blobs.moved")).unwrap();
+    let r = api.get("/flotilla/v1/health").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    let h = r.json();
+    assert_eq!(h["ready"], false);
+    assert!(
+        h["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("the blob files cannot be read"),
+        "{h}"
+    );
+    let r = api
+        .call(Method::HEAD, "/flotilla/v1/health", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.body.is_empty());
+    let r = api
+        .call(Method::POST, "/flotilla/v1/health", &[], Vec::new())
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
 async fn metrics_count_requests_bytes_and_collections() {
     let api = Api::new().await;
     let data = vec![5u8; 3000];
@@ -365,6 +426,8 @@ async fn metrics_count_requests_bytes_and_collections() {
     assert_eq!(get("blob_bytes_sent_total{via=\"http\"}"), Some(6000.0));
     assert_eq!(get("blob_bytes_sent_total{via=\"swarm\"}"), Some(0.0));
     assert_eq!(get("gc_runs_total"), Some(0.0));
+    assert_eq!(get("connected_peers"), Some(0.0));
+    assert!(get("available_bytes").unwrap() > 0.0, "{page}");
     assert!(page.contains("# TYPE flotilla_gateway_origin_sending gauge\n"));
     // Three GETs so far (the page's own is counted once it is sent), in cumulative buckets.
     let hist = "http_request_duration_seconds";

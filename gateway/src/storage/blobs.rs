@@ -86,6 +86,11 @@ impl BlobFiles {
         }
     }
 
+    /// `<data_dir>/blobs`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// A fresh temp path for a monolithic push.
     pub fn temp_path(&self) -> PathBuf {
         self.tmp.join(uuid::Uuid::new_v4().to_string())

@@ -35,13 +35,13 @@ pub(super) struct Record {
 }
 
 /// Bytes an unprivileged writer may still put on the file system holding `dir`.
-pub(super) fn available_bytes(dir: &Path) -> io::Result<u64> {
+pub fn available_bytes(dir: &Path) -> io::Result<u64> {
     let st = rustix::fs::statvfs(dir).map_err(io::Error::from)?;
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Whether `e` means the disk (or the user's quota) is full.
-pub(super) fn is_disk_full(e: &io::Error) -> bool {
+pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
         || e.kind() == io::ErrorKind::StorageFull
 }
