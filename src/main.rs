@@ -158,6 +158,10 @@ struct NodeArgs {
     /// Most bytes per second of pieces sent to peers, all of them together [default: no cap].
     #[arg(long, env = "FLOTILLA_NODE_UPLOAD_BYTES_PER_S")]
     upload_bytes_per_s: Option<u64>,
+    /// Most bytes per second of pieces received, from peers and the gateway together
+    /// [default: no cap].
+    #[arg(long, env = "FLOTILLA_NODE_DOWNLOAD_BYTES_PER_S")]
+    download_bytes_per_s: Option<u64>,
 }
 
 impl NodeArgs {
@@ -207,6 +211,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.upload_bytes_per_s {
             cfg.upload_bytes_per_s = Some(v);
+        }
+        if let Some(v) = self.download_bytes_per_s {
+            cfg.download_bytes_per_s = Some(v);
         }
         Ok(cfg)
     }

@@ -154,6 +154,30 @@ fn an_upload_cap_of_zero_is_a_clear_error() {
 }
 
 #[test]
+fn a_node_download_cap_of_zero_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(flotilla_bin())
+        .args([
+            "node",
+            "--download-bytes-per-s",
+            "0",
+            "--fleet-token",
+            "t",
+            "--data-dir",
+        ])
+        .arg(tmp.path())
+        .env("FLOTILLA_NODE_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("download_bytes_per_s is 0"),
+        "the error does not name the setting: {err}"
+    );
+}
+
+#[test]
 fn a_bad_site_label_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(flotilla_bin())

@@ -21,6 +21,8 @@ mod disk_full;
 mod docker;
 /// A second Docker engine with the node as its registry mirror pulls a Docker Hub name.
 mod docker_mirror;
+/// A node with a download cap pulls from a peer and the gateway and keeps to it.
+mod download_cap;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
 mod in_process;
 /// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.

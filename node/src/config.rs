@@ -79,9 +79,13 @@ pub struct NodeConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub site: Option<String>,
     /// Most bytes per second of pieces this node sends to peers, over all of them together
-    /// (the uplink a fleet host lends the swarm; downloads are not capped). Absent: no cap.
+    /// (the uplink a fleet host lends the swarm). Absent: no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upload_bytes_per_s: Option<u64>,
+    /// Most bytes per second of pieces this node receives, from peers and the gateway
+    /// together (the downlink a rollout may take from the host's own work). Absent: no cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_bytes_per_s: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -107,6 +111,7 @@ impl Default for NodeConfig {
             gateway_peer_id: None,
             site: None,
             upload_bytes_per_s: None,
+            download_bytes_per_s: None,
         }
     }
 }
@@ -150,6 +155,9 @@ mod tests {
         let cfg: NodeConfig = toml::from_str("upload_bytes_per_s = 125000000").unwrap();
         assert_eq!(cfg.upload_bytes_per_s, Some(125_000_000));
         assert_eq!(NodeConfig::default().upload_bytes_per_s, None);
+        let cfg: NodeConfig = toml::from_str("download_bytes_per_s = 50000000").unwrap();
+        assert_eq!(cfg.download_bytes_per_s, Some(50_000_000));
+        assert_eq!(NodeConfig::default().download_bytes_per_s, None);
     }
 
     #[test]

@@ -36,6 +36,8 @@
 
 mod driver;
 mod gateway;
+mod paced;
+pub use paced::PacedSink;
 mod table;
 
 #[cfg(test)]
@@ -93,6 +95,9 @@ pub struct FetchConfig {
     pub tls: crate::gateway_http::HttpTls,
     /// Signs origin requests as a fleet member (the gateway refuses unsigned ones).
     pub member: crate::gateway_http::MemberSigner,
+    /// Most piece bytes per second received, from peers and the origin together (the
+    /// downlink a rollout may take; see `paced.rs`). `None`: no cap.
+    pub download_bytes_per_s: Option<u64>,
 }
 
 impl FetchConfig {
@@ -112,6 +117,7 @@ impl FetchConfig {
             rotation: scheduler::RotationConfig::default(),
             tls: crate::gateway_http::HttpTls::default(),
             member: crate::gateway_http::MemberSigner::new(),
+            download_bytes_per_s: None,
         }
     }
 }
@@ -362,6 +368,8 @@ pub(crate) struct Inner {
     leases: std::sync::OnceLock<LeaseFn>,
     /// Peers that sent corrupted pieces, banned for every blob (the most recent 1024).
     banned: Mutex<std::collections::VecDeque<PeerId>>,
+    /// Nanoseconds receivers waited for the download cap (none without a cap).
+    cap_waited: Option<Arc<AtomicU64>>,
 }
 
 /// How many banned peers the fetcher remembers.
@@ -423,7 +431,8 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// A fetcher over `network`, storing into `sink` and reading what is held from `source`
-    /// (both usually the node's store).
+    /// (both usually the node's store); with `cfg.download_bytes_per_s`, through a
+    /// [`PacedSink`].
     ///
     /// # Errors
     /// [`FetchError::BadGatewayUrl`] if the gateway URL is not an `http(s)` URL.
@@ -440,6 +449,14 @@ impl Fetcher {
             cfg.connect_timeout,
             cfg.http_timeout,
         )?;
+        let (sink, cap_waited) = match cfg.download_bytes_per_s {
+            Some(rate) => {
+                let paced = PacedSink::new(sink, rate);
+                let waited = paced.waited_counter();
+                (Arc::new(paced) as Arc<dyn PieceSink>, Some(waited))
+            }
+            None => (sink, None),
+        };
         Ok(Fetcher {
             inner: Arc::new(Inner {
                 cfg,
@@ -452,7 +469,15 @@ impl Fetcher {
                 totals: Arc::new(Counters::default()),
                 leases: std::sync::OnceLock::new(),
                 banned: Mutex::new(std::collections::VecDeque::new()),
+                cap_waited,
             }),
+        })
+    }
+
+    /// How long downloads have waited for the download cap, in all (zero without a cap).
+    pub fn download_cap_waited(&self) -> Duration {
+        self.inner.cap_waited.as_ref().map_or(Duration::ZERO, |w| {
+            Duration::from_nanos(w.load(Ordering::Relaxed))
         })
     }
 

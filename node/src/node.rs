@@ -142,6 +142,10 @@ pub struct NodeStats {
     /// Kademlia requests of other nodes this node answered.
     #[serde(default)]
     pub dht_answered: u64,
+    /// Seconds downloads spent waiting for the download cap (`download_bytes_per_s`), summed
+    /// over them: a rollout slower than the swarm could go shows here. 0 without a cap.
+    #[serde(default)]
+    pub download_cap_wait_s: f64,
     /// Nodes in the DHT routing table.
     pub known_peers: usize,
 }
@@ -200,10 +204,15 @@ impl Node {
             flotilla_protocol::site::check_site(site)
                 .map_err(|e| NodeError::Config(format!("site {site:?}: {e}")))?;
         }
-        if config.upload_bytes_per_s == Some(0) {
-            return Err(NodeError::Config(
-                "upload_bytes_per_s is 0: leave it out for no cap".to_owned(),
-            ));
+        for (name, cap) in [
+            ("upload_bytes_per_s", config.upload_bytes_per_s),
+            ("download_bytes_per_s", config.download_bytes_per_s),
+        ] {
+            if cap == Some(0) {
+                return Err(NodeError::Config(format!(
+                    "{name} is 0: leave it out for no cap"
+                )));
+            }
         }
         let gateway_url = config.gateway.trim_end_matches('/').to_owned();
         if !(gateway_url.starts_with("http://") || gateway_url.starts_with("https://")) {
@@ -313,6 +322,7 @@ impl Node {
         fetch_cfg.tls = tls.clone();
         fetch_cfg.member = signer.clone();
         fetch_cfg.gateway_peer = fleet;
+        fetch_cfg.download_bytes_per_s = config.download_bytes_per_s;
         let membership = MembershipConfig {
             http: http.clone(),
             gateway_url: gateway_url.clone(),
@@ -550,6 +560,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         dht_provider_lookups: dht.0,
         dht_announcements: dht.1,
         dht_answered: dht.3,
+        download_cap_wait_s: fetcher.download_cap_waited().as_secs_f64(),
         known_peers: swarm.known_peers(),
     }
 }
@@ -664,6 +675,12 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Gauge,
         "The part of the stored bytes in pinned blobs, which eviction never takes.",
         n.pinned_bytes as f64,
+    )
+    .metric(
+        "flotilla_node_download_cap_wait_seconds_total",
+        Kind::Counter,
+        "Seconds downloads waited for the download cap, summed over them.",
+        n.download_cap_wait_s,
     )
     .metric(
         "flotilla_node_known_peers",
