@@ -32,6 +32,8 @@ mod origin_cap;
 mod prefetch;
 /// `flotilla node` processes: four at once, and a node killed mid-download that resumes.
 mod processes;
+/// A member the gateway revokes is cut off by its peers within a poll of the list.
+mod revoke;
 /// Nodes with site labels: each site takes the image from outside about once.
 mod sites;
 /// `flotilla up`, the README's first command: docker pushes to it and pulls through its node,

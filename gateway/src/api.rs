@@ -42,6 +42,7 @@ pub mod headers;
 mod listing;
 mod manifests;
 mod metrics;
+mod revoke;
 mod send_pool;
 mod uploads;
 

@@ -141,6 +141,10 @@ pub(crate) enum Action {
     ManifestPull,
     /// A request was refused by access control (401 for presented credentials, 403).
     AuthFailure,
+    /// A fleet member was revoked (`reason`: the peer id and the admin's reason).
+    MemberRevoke,
+    /// A revoked fleet member was restored (`reason`: the peer id).
+    MemberRestore,
 }
 
 impl Action {
@@ -155,6 +159,8 @@ impl Action {
             Action::BlobDelete => "blob.delete",
             Action::ManifestPull => "manifest.pull",
             Action::AuthFailure => "auth.failure",
+            Action::MemberRevoke => "member.revoke",
+            Action::MemberRestore => "member.restore",
         }
     }
 

@@ -99,21 +99,24 @@ fn load_or_create_file(dir: &Path) -> Result<String, FleetError> {
     let mut raw = [0u8; TOKEN_BYTES];
     aws_lc_rs::rand::fill(&mut raw).map_err(|e| FleetError::Random(e.to_string()))?;
     let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    write_private(dir, &path, format!("{token}\n").as_bytes()).map_err(|source| {
-        FleetError::Io {
-            path: path.clone(),
-            source,
-        }
+    write_private(&path, format!("{token}\n").as_bytes()).map_err(|source| FleetError::Io {
+        path: path.clone(),
+        source,
     })?;
     tracing::info!(path = %path.display(), "created a fleet join token; give it to every node (fleet_token)");
     Ok(token)
 }
 
-fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// Writes `bytes` to `path` (mode 0600) through a temporary file beside it, synced and renamed,
+/// so a crash leaves the old content or the new.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!("{TOKEN_FILE}.tmp"));
+    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
     {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -163,8 +166,8 @@ impl Fleet {
 
     /// Answers a join request: `401 UNAUTHORIZED` for a missing or wrong token,
     /// `400 UNSUPPORTED` for a body that is not a valid join proof (bad JSON, bad signature,
-    /// a timestamp more than 5 min off, a peer id that does not match the key), else a
-    /// certificate for the proven peer id signed by `fleet_key`.
+    /// a timestamp more than 5 min off, a peer id that does not match the key), `403 DENIED`
+    /// for a revoked peer, else a certificate for the proven peer id signed by `fleet_key`.
     ///
     /// # Errors
     /// The [`ApiError`] to answer.
@@ -173,6 +176,7 @@ impl Fleet {
         headers: &HeaderMap,
         body: &[u8],
         fleet_key: &Keypair,
+        revoked: &Revocations,
         now: u64,
     ) -> Result<JoinResponse, ApiError> {
         if !bearer_matches(headers, &self.token) {
@@ -198,6 +202,10 @@ impl Fleet {
             .map_err(|e| bad(e.to_string()))?;
         if named != member {
             return Err(bad(format!("peer_id {named} is not the key's ({member})")));
+        }
+        if revoked.contains(&member) {
+            tracing::warn!(%member, "a revoked member asked to join; refused");
+            return Err(member_revoked());
         }
         let cert = MemberCertificate::issue(fleet_key, member, now, self.lifetime_secs)
             .map_err(|e| ApiError::internal("issuing a membership certificate", &e))?;
@@ -234,6 +242,11 @@ impl Fleet {
     }
 }
 
+/// `403 DENIED` for a member the gateway revoked (joining, or signing a request).
+pub fn member_revoked() -> ApiError {
+    ApiError::new(ErrorCode::Denied).with_message("this fleet member was revoked")
+}
+
 /// `401 UNAUTHORIZED` for an origin endpoint asked without (valid) fleet membership.
 pub fn member_required() -> ApiError {
     ApiError::new(ErrorCode::Unauthorized)
@@ -243,6 +256,9 @@ pub fn member_required() -> ApiError {
             HeaderValue::from_static("Flotilla-Member realm=\"flotilla-fleet\""),
         )
 }
+
+mod revoked;
+pub use revoked::{MAX_REASON, Revocations, RevokeError, Revoked};
 
 #[cfg(test)]
 mod tests;

@@ -130,7 +130,7 @@ pub async fn serve(
         max_connections: config.max_connections,
         header_timeout: Duration::from_secs(config.header_timeout_secs),
     };
-    let p2p = p2p::P2p::start(registry.seed(), &config).await?;
+    let p2p = p2p::P2p::start(registry.seed(), registry.revocations().clone(), &config).await?;
     let app = router_with_events(registry, &config, auth, events.clone());
     let done = match tls {
         Some(tls) => {

@@ -369,14 +369,18 @@ impl Notifier {
     }
 
     /// The distribution event for `event`, if it has one (tag moves are told by the manifest
-    /// push that carries the tag; authentication failures are not told).
+    /// push that carries the tag; authentication failures and fleet revocations are not told:
+    /// distribution has no such events).
     fn convert(&self, event: &Event) -> Option<(NotifyAction, NotifyEvent)> {
         let action = match event.action {
             Action::BlobPush if event.via == Some("mount") => NotifyAction::Mount,
             Action::BlobPush | Action::ManifestPush => NotifyAction::Push,
             Action::TagDelete | Action::ManifestDelete | Action::BlobDelete => NotifyAction::Delete,
             Action::ManifestPull => NotifyAction::Pull,
-            Action::TagMove | Action::AuthFailure => return None,
+            Action::TagMove
+            | Action::AuthFailure
+            | Action::MemberRevoke
+            | Action::MemberRestore => return None,
         };
         let o = &event.origin;
         let repository = event.repository.clone()?;

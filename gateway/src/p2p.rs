@@ -10,6 +10,7 @@
 //! them.
 
 use std::str::FromStr as _;
+use std::sync::Arc;
 
 use flotilla_node::ports::Network as _;
 use flotilla_node::swarm::{self, FleetConfig, SwarmConfig, SwarmHandle};
@@ -20,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::error::GatewayError;
+use crate::fleet::Revocations;
 use crate::seed::Seed;
 
 /// The running swarm side of the gateway.
@@ -34,7 +36,11 @@ impl P2p {
     ///
     /// # Errors
     /// [`GatewayError::Swarm`] if an address is invalid or the swarm cannot start.
-    pub async fn start(seed: &Seed, config: &Config) -> Result<Option<P2p>, GatewayError> {
+    pub async fn start(
+        seed: &Seed,
+        revocations: Arc<Revocations>,
+        config: &Config,
+    ) -> Result<Option<P2p>, GatewayError> {
         if config.p2p_listen.is_empty() {
             return Ok(None);
         }
@@ -67,6 +73,7 @@ impl P2p {
         ))];
         tasks.push(tokio::spawn(announce(seed.clone(), swarm.clone())));
         tasks.push(tokio::spawn(track_connected(seed.clone(), swarm.clone())));
+        tasks.push(tokio::spawn(follow_revocations(revocations, swarm.clone())));
         Ok(Some(P2p { swarm, tasks }))
     }
 
@@ -76,6 +83,20 @@ impl P2p {
             t.abort();
         }
         let _ = self.swarm.shutdown().await;
+    }
+}
+
+/// Keeps the swarm's revoked peers those of the gateway's list, from start and at every
+/// change: a revoked member is disconnected within a second and refused from then on.
+async fn follow_revocations(revocations: Arc<Revocations>, swarm: SwarmHandle) {
+    let mut changes = revocations.subscribe();
+    loop {
+        for peer in swarm.set_revoked(&revocations.peers()) {
+            tracing::info!(%peer, "revoked member: the gateway's swarm refuses it");
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -120,6 +120,8 @@ struct Inner {
     uploads: UploadFiles,
     meta: Arc<dyn MetaStore>,
     seed: Seed,
+    /// Fleet members the gateway revoked (`crate::fleet::Revocations`).
+    revocations: Arc<crate::fleet::Revocations>,
     /// Held shared by whatever links a blob or makes a manifest reference one, exclusively by
     /// garbage collection's sweep (see `gc`).
     gc_lock: std::sync::RwLock<()>,
@@ -241,7 +243,7 @@ impl Registry {
     /// [`RegistryError::Identity`] if `identity.key` cannot be read, decoded or created.
     pub async fn open(cfg: StorageConfig) -> Result<Registry, RegistryError> {
         let dir = cfg.data_dir.clone();
-        let (blobs, uploads, meta, keypair) = blocking(move || {
+        let (blobs, uploads, meta, keypair, revocations) = blocking(move || {
             std::fs::create_dir_all(&dir)?;
             // The database first: its lock file makes a second gateway on the same directory fail
             // here, before it could empty `tmp/` under the first one's pushes.
@@ -249,7 +251,9 @@ impl Registry {
             let blobs = BlobFiles::open(&dir)?;
             let uploads = UploadFiles::open(&dir)?;
             let keypair = flotilla_node::identity::load_or_create(&dir)?;
-            Ok((blobs, uploads, meta, keypair))
+            let revocations = crate::fleet::Revocations::open(&dir)
+                .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
+            Ok((blobs, uploads, meta, keypair, revocations))
         })
         .await?;
         let meta: Arc<dyn MetaStore> = Arc::new(meta);
@@ -264,6 +268,7 @@ impl Registry {
                 uploads,
                 meta,
                 seed,
+                revocations: Arc::new(revocations),
                 gc_lock: std::sync::RwLock::new(()),
                 touched: gc::Touched::default(),
                 gc_totals: std::sync::Mutex::default(),
@@ -285,6 +290,11 @@ impl Registry {
     /// The gateway's seed service: identity, piece tables, and blob files for the swarm.
     pub fn seed(&self) -> &Seed {
         &self.inner.seed
+    }
+
+    /// The fleet members this gateway revoked.
+    pub fn revocations(&self) -> &Arc<crate::fleet::Revocations> {
+        &self.inner.revocations
     }
 
     // ---- blobs ----

@@ -15,6 +15,8 @@
 //! certificate its swarm presents to peers, before it joins the DHT through the gateway.
 
 mod health;
+mod revocations;
+pub use revocations::REVOCATION_POLL;
 
 use std::net::SocketAddr;
 use std::str::FromStr as _;
@@ -87,6 +89,8 @@ pub struct NodeOptions {
     /// How often a node not connected to its gateway's swarm re-reads the gateway's addresses.
     /// `None`: [`GATEWAY_WATCH`].
     pub gateway_watch: Option<Duration>,
+    /// How often the gateway's revocation list is polled. `None`: [`REVOCATION_POLL`].
+    pub revocation_poll: Option<Duration>,
 }
 
 /// How often a node that is not connected to its gateway's swarm asks the gateway's
@@ -351,6 +355,13 @@ impl Node {
             swarm.clone(),
             gateway.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
             options.gateway_watch.unwrap_or(GATEWAY_WATCH),
+        )));
+        background.push(tokio::spawn(revocations::follow(
+            http.clone(),
+            gateway_url.clone(),
+            swarm.clone(),
+            config.data_dir.clone(),
+            options.revocation_poll.unwrap_or(REVOCATION_POLL),
         )));
         let network: Arc<dyn Network> = Arc::new(swarm.clone());
         let fetcher = Fetcher::new(fetch_cfg, network, store.clone(), store.clone())?;

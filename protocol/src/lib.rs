@@ -37,6 +37,7 @@ pub mod membership;
 pub mod piece;
 pub mod range;
 pub mod reference;
+pub mod revocation;
 pub mod scheduler;
 pub mod send_limit;
 pub mod site;

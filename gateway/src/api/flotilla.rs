@@ -37,7 +37,8 @@
 //! `tags` serve members only: the request must carry a valid `Flotilla-Member` header
 //! ([`crate::fleet::Fleet::member`]), else `401 UNAUTHORIZED` with
 //! `WWW-Authenticate: Flotilla-Member realm="flotilla-fleet"` (audited as `auth.failure`).
-//! `info`, `join`, `stats` and `health` stay open: the first two are how a node finds the fleet
+//! `revoked`, `revoke` and `restore` are in `revoke.rs`.
+//! `info`, `join`, `stats`, `health` and `revoked` stay open: the first two are how a node finds the fleet
 //! and joins it, the others how an operator or a probe watches the gateway.
 //!
 //! Errors use the OCI error bodies of the rest of the API: a malformed digest is
@@ -104,6 +105,13 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
         }
         None if rest == "join" && m == Method::POST => join(st, req).await,
         None if rest == "join" => Err(method_not_allowed("POST")),
+        None if rest == "revoked" && get => super::revoke::list(st, &req, m == Method::GET),
+        None if rest == "revoked" => Err(method_not_allowed("GET, HEAD")),
+        None if rest == "revoke" && m == Method::POST => super::revoke::change(st, req, true).await,
+        None if rest == "restore" && m == Method::POST => {
+            super::revoke::change(st, req, false).await
+        }
+        None if rest == "revoke" || rest == "restore" => Err(method_not_allowed("POST")),
         None if rest == "gc" && m == Method::POST => super::collect::trigger(st, req).await,
         None if rest == "gc" => Err(method_not_allowed("POST")),
         Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?, m == Method::GET).await,
@@ -235,7 +243,13 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
                 .with_message("join request body unreadable or too large")
         })?;
     let now = crate::fleet::unix_now();
-    let answer = fleet.join(&parts.headers, &body, st.registry.seed().keypair(), now)?;
+    let answer = fleet.join(
+        &parts.headers,
+        &body,
+        st.registry.seed().keypair(),
+        st.registry.revocations(),
+        now,
+    )?;
     Ok(json_response(StatusCode::OK, &answer))
 }
 
@@ -311,18 +325,23 @@ fn require_member(
 }
 
 /// The member whose `Flotilla-Member` header signs `req` for this gateway; `Ok(None)` without
-/// one, `401` for one that does not verify (see [`crate::fleet::Fleet::member`]).
+/// one, `401` for one that does not verify (see [`crate::fleet::Fleet::member`]), `403
+/// DENIED` for a member the gateway revoked.
 pub(super) fn signed_by(
     st: &AppState,
     req: &Request,
 ) -> Result<Option<libp2p_identity::PeerId>, ApiError> {
-    crate::fleet::Fleet::member(
+    let member = crate::fleet::Fleet::member(
         req.headers(),
         req.method().as_str(),
         req.uri().path(),
         &st.registry.seed().peer_id(),
         crate::fleet::unix_now(),
-    )
+    )?;
+    match member {
+        Some(m) if st.registry.revocations().contains(&m) => Err(crate::fleet::member_revoked()),
+        m => Ok(m),
+    }
 }
 
 /// Audits a request (from `origin`) refused for want of fleet membership as `auth.failure`.

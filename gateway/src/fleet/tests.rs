@@ -196,3 +196,175 @@ fn the_token_file_is_created_once_private_and_reused() {
     };
     assert_eq!(load_token(&configured).unwrap(), "set");
 }
+
+impl Rig {
+    /// A request to the router, with optional headers; the status, the headers and the body.
+    async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let mut req = Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = self
+            .app
+            .clone()
+            .oneshot(req.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = res.into_parts();
+        let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        (parts.status, parts.headers, bytes.to_vec())
+    }
+
+    /// `POST /flotilla/v1/<what>` with `{"peer_id": peer}`: the status and the JSON answer.
+    async fn change(&self, what: &str, peer: &str) -> (StatusCode, serde_json::Value) {
+        let body = serde_json::json!({ "peer_id": peer, "reason": "key leaked" });
+        let (status, _, bytes) = self
+            .call(
+                Method::POST,
+                &format!("/flotilla/v1/{what}"),
+                &[("content-type", "application/json")],
+                serde_json::to_vec(&body).unwrap(),
+            )
+            .await;
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    /// A member-signed `GET /flotilla/v1/swarm/<digest>` (a member-only endpoint).
+    async fn member_get(&self, node: &Keypair, cert: &MemberCertificate) -> StatusCode {
+        let path = "/flotilla/v1/swarm/sha256:0000000000000000000000000000000000000000000000000000000000000000";
+        let h = flotilla_protocol::membership::http::MemberHeader::sign(
+            node,
+            cert,
+            &self.gateway,
+            "GET",
+            path,
+            unix_now(),
+        )
+        .unwrap()
+        .encode();
+        self.call(Method::GET, path, &[("flotilla-member", &h)], Vec::new())
+            .await
+            .0
+    }
+}
+
+#[tokio::test]
+async fn a_revoked_member_is_refused_until_restored_and_the_list_is_signed() {
+    use flotilla_protocol::revocation::SignedRevocationList;
+
+    let rig = rig().await;
+    let node = key();
+    let me = node.public().to_peer_id();
+    let (status, body) = rig
+        .join(Some(&bearer()), rig.request(&node, unix_now()))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let cert = decode_cert(
+        serde_json::from_value::<JoinResponse>(body)
+            .unwrap()
+            .certificate
+            .as_str(),
+    );
+    assert_eq!(rig.member_get(&node, &cert).await, StatusCode::OK);
+
+    // Nonsense and the gateway itself are refused; nothing changes.
+    assert_eq!(
+        rig.change("revoke", "not-a-peer").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let own = rig.gateway.to_string();
+    assert_eq!(rig.change("revoke", &own).await.0, StatusCode::BAD_REQUEST);
+
+    let (status, answer) = rig.change("revoke", &me.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["changed"], true);
+    assert_eq!(answer["seq"], 1);
+    assert_eq!(answer["peers"][me.to_string()]["reason"], "key leaked");
+    let (_, again) = rig.change("revoke", &me.to_string()).await;
+    assert_eq!(
+        (again["changed"].clone(), again["seq"].clone()),
+        (false.into(), 1.into())
+    );
+
+    // Refused: renewing its certificate, and its signed requests.
+    let (status, body) = rig
+        .join(Some(&bearer()), rig.request(&node, unix_now()))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["errors"][0]["code"], "DENIED");
+    assert_eq!(rig.member_get(&node, &cert).await, StatusCode::FORBIDDEN);
+
+    // The signed list names it, verifies against the gateway's key, and is cached by ETag.
+    let (status, headers, bytes) = rig
+        .call(Method::GET, "/flotilla/v1/revoked", &[], Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["etag"], "\"1\"");
+    let signed = SignedRevocationList::decode(&bytes).unwrap();
+    let list = signed.verify(&rig.gateway).unwrap();
+    assert_eq!((list.seq, list.peers()), (1, &[me][..]));
+    let (status, _, _) = rig
+        .call(
+            Method::GET,
+            "/flotilla/v1/revoked",
+            &[("if-none-match", "\"1\"")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    let (status, _, _) = rig
+        .call(Method::DELETE, "/flotilla/v1/revoked", &[], Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    let (status, _, _) = rig
+        .call(Method::GET, "/flotilla/v1/revoke", &[], Vec::new())
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // Restored: it may join and sign again; the list moves on (a node never takes an older one).
+    let (status, answer) = rig.change("restore", &me.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        (answer["changed"].clone(), answer["seq"].clone()),
+        (true.into(), 2.into())
+    );
+    assert_eq!(rig.member_get(&node, &cert).await, StatusCode::OK);
+    let (status, _) = rig
+        .join(Some(&bearer()), rig.request(&node, unix_now()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, headers, bytes) = rig
+        .call(Method::GET, "/flotilla/v1/revoked", &[], Vec::new())
+        .await;
+    assert_eq!(headers["etag"], "\"2\"");
+    let signed = SignedRevocationList::decode(&bytes).unwrap();
+    assert!(signed.verify(&rig.gateway).unwrap().peers().is_empty());
+}
+
+#[test]
+fn revocations_survive_a_restart_and_seq_never_goes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = key().public().to_peer_id();
+    let b = key().public().to_peer_id();
+    {
+        let r = super::Revocations::open(dir.path()).unwrap();
+        assert!(r.revoke(a, "lost laptop", 100).unwrap());
+        assert!(r.revoke(b, "", 101).unwrap());
+        assert!(r.restore(b).unwrap());
+    }
+    let r = super::Revocations::open(dir.path()).unwrap();
+    assert!(r.contains(&a));
+    assert!(!r.contains(&b));
+    let (seq, peers) = r.listing();
+    assert_eq!(seq, 3);
+    assert_eq!(peers[&a.to_string()].reason, "lost laptop");
+    assert_eq!(peers[&a.to_string()].revoked_unix_s, 100);
+    std::fs::write(dir.path().join("revoked.json"), b"{not json").unwrap();
+    assert!(super::Revocations::open(dir.path()).is_err());
+}

@@ -22,6 +22,8 @@ pub(super) struct Health {
     pub ready: bool,
     /// Why not ready (empty when ready).
     pub reasons: Vec<String>,
+    /// This node's peer id (what the gateway's revocation list would name).
+    pub peer_id: String,
     /// A valid membership certificate is held (always true on a swarm without membership).
     pub member: bool,
     /// When the certificate runs out (renewed half way through its life).
@@ -71,12 +73,21 @@ pub(super) async fn check(s: &StatsState) -> Health {
                 ));
                 false
             }
+            Some(_) if s.swarm.is_revoked(&s.swarm.local_peer_id()) => {
+                reasons.push(
+                    "the gateway revoked this node's fleet membership (its revocation list \
+                     names this peer id): members refuse it until an admin restores it"
+                        .to_owned(),
+                );
+                false
+            }
             Some(_) => true,
         }
     };
     Health {
         ready: member,
         reasons,
+        peer_id: s.swarm.local_peer_id().to_string(),
         member,
         certificate_not_after_unix_s: cert.map(|c| c.not_after),
         gateway_peer_id: fleet.map(|f| f.to_string()),

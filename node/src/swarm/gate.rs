@@ -191,7 +191,8 @@ impl Task {
                 continue;
             }
             let since = *self.gate.strangers.entry(peer).or_insert(now);
-            if now.duration_since(since) >= self.gate.grace {
+            // A revoked member gets no grace: its handshake cannot succeed here.
+            if now.duration_since(since) >= self.gate.grace || self.gate.members.is_revoked(&peer) {
                 expel.push(peer);
             }
         }

@@ -301,6 +301,18 @@ impl SwarmHandle {
         self.shared.members.wait_member(peer, limit).await
     }
 
+    /// Takes the gateway's latest revocation list (already verified by the caller): the peers
+    /// on it stop being members here at once and are disconnected within a second (SPEC
+    /// §5.3). Returns the newly revoked ones.
+    pub fn set_revoked(&self, peers: &[PeerId]) -> Vec<PeerId> {
+        self.shared.members.set_revoked(peers)
+    }
+
+    /// Whether the gateway's revocation list, as last set, names `peer`.
+    pub fn is_revoked(&self, peer: &PeerId) -> bool {
+        self.shared.members.is_revoked(peer)
+    }
+
     /// The Kademlia work this node did so far.
     pub fn dht_counters(&self) -> &DhtCounters {
         &self.shared.dht

@@ -12,7 +12,7 @@
 //! direction is independent: a peer is a member for *this* node once its own certificate
 //! verified here. A renewed certificate is sent again to every connected peer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +65,9 @@ struct State {
     verified: HashMap<PeerId, u64>,
     /// When connected peers that are not members yet first connected (their handshake runs).
     connected_at: HashMap<PeerId, Instant>,
+    /// Peers the gateway revoked (its signed revocation list, SPEC §5.3): strangers whatever
+    /// certificate they show.
+    revoked: HashSet<PeerId>,
 }
 
 impl Members {
@@ -83,6 +86,7 @@ impl Members {
                 certificate: None,
                 verified: HashMap::new(),
                 connected_at: HashMap::new(),
+                revoked: HashSet::new(),
             }),
             changed: watch::Sender::new(0),
         }
@@ -112,6 +116,9 @@ impl Members {
         let state = self.read();
         if state.fleet.as_ref() == Some(peer) {
             return true;
+        }
+        if state.revoked.contains(peer) {
+            return false;
         }
         state.verified.get(peer).is_some_and(|until| {
             unix_now() <= until.saturating_add(flotilla_protocol::membership::MAX_CLOCK_SKEW_SECS)
@@ -209,11 +216,37 @@ impl Members {
             .map_err(|e| e.to_string())?;
         {
             let mut state = self.write();
+            if state.revoked.contains(&peer) {
+                return Err("the gateway revoked this member".to_owned());
+            }
             state.verified.insert(peer, cert.not_after);
             state.connected_at.remove(&peer);
         }
         self.bump();
         Ok(())
+    }
+
+    /// Replaces the revoked peers (the gateway's latest list); returns those newly revoked.
+    /// Their memberships end at once: the stream gates refuse them and the stranger sweep
+    /// disconnects them without a grace period.
+    pub(crate) fn set_revoked(&self, peers: &[PeerId]) -> Vec<PeerId> {
+        let fresh: Vec<PeerId> = {
+            let mut state = self.write();
+            let next: HashSet<PeerId> = peers.iter().copied().collect();
+            let fresh = next.difference(&state.revoked).copied().collect();
+            for p in &next {
+                state.verified.remove(p);
+            }
+            state.revoked = next;
+            fresh
+        };
+        self.bump();
+        fresh
+    }
+
+    /// Whether the gateway revoked `peer`.
+    pub(crate) fn is_revoked(&self, peer: &PeerId) -> bool {
+        self.read().revoked.contains(peer)
     }
 
     /// Forgets a peer that disconnected (it presents its certificate again on reconnecting).

@@ -1,0 +1,144 @@
+//! Revoking a fleet member (SPEC §5.3): A and B hold an image; the gateway revokes A; within a
+//! poll of the list B and the gateway refuse and disconnect A, A's own health says why, and C
+//! pulls the image from B and the gateway without A sending it a byte. B keeps the list on
+//! disk and holds the revocation again after a restart.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use flotilla_node::NodeOptions;
+use libp2p_identity::PeerId;
+
+use super::{
+    FLEET_TOKEN, FleetGateway, Image, InNode, LogFile, MIB, PULL_LIMIT, client, log_runtime, pull,
+    settled_stats, warnings,
+};
+
+/// How often the nodes here poll the list (30 s in production).
+const POLL: Duration = Duration::from_millis(200);
+
+#[test]
+fn a_revoked_member_is_cut_off_by_its_peers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = LogFile::create(&tmp.path().join("revoke.log"));
+    let (rt, dispatch) = log_runtime(&log);
+    let _default = tracing::dispatcher::set_default(&dispatch);
+    rt.block_on(revoke(tmp.path(), &log));
+}
+
+async fn start(gw: &FleetGateway, dir: &Path) -> InNode {
+    let options = NodeOptions {
+        revocation_poll: Some(POLL),
+        ..NodeOptions::default()
+    };
+    InNode::start_tuned(&gw.url(), FLEET_TOKEN, dir, options, |_| {}).await
+}
+
+/// Waits up to 10 s for `cond`.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "[revoke] {what} within 10 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn revoke(dir: &Path, log: &LogFile) {
+    const WHAT: &str = "revoke";
+    let gw = FleetGateway::start();
+    let http = client();
+    let img = Image::push(&http, &gw.url(), "fleet/revoke", "v1", &[16 * MIB], 21).await;
+    let a = start(&gw, &dir.join("a")).await;
+    let b = start(&gw, &dir.join("b")).await;
+    pull(&http, &a.url, &img).await;
+    pull(&http, &b.url, &img).await;
+    let a_id: PeerId = a.peer_id.parse().unwrap();
+
+    let res = http
+        .post(format!("{}/flotilla/v1/revoke", gw.url()))
+        .json(&serde_json::json!({ "peer_id": a.peer_id, "reason": "decommissioned" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let t0 = Instant::now();
+    eventually("B takes the revocation", || b.swarm.is_revoked(&a_id)).await;
+    eventually("B no longer counts A as a member", || {
+        !b.swarm.is_member(&a_id)
+    })
+    .await;
+    println!(
+        "[{WHAT}] B dropped A {:?} after the revocation",
+        t0.elapsed()
+    );
+    // A reads the list too and knows why nobody serves it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = http
+            .get(format!("{}/flotilla/v1/health", a.url))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let body: serde_json::Value = r.json().await.unwrap();
+        if status == 503 {
+            let reasons = body["reasons"].to_string();
+            assert!(reasons.contains("revoked"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "A's health stayed {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // B disconnects A within a second of taking the list.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.swarm.connected_peers().await.unwrap().contains(&a_id) {
+        assert!(Instant::now() < deadline, "B is still connected to A");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // C pulls: from B and the gateway, not from A.
+    let served_before = settled_stats(&http, &a.url).await.served_bytes;
+    let c = start(&gw, &dir.join("c")).await;
+    eventually("C takes the list", || c.swarm.is_revoked(&a_id)).await;
+    if tokio::time::timeout(PULL_LIMIT, pull(&http, &c.url, &img))
+        .await
+        .is_err()
+    {
+        for l in warnings(&log.read()) {
+            println!("[{WHAT}] node log: {l}");
+        }
+        panic!("[{WHAT}] C did not pull the image within {PULL_LIMIT:?}");
+    }
+    let sa = settled_stats(&http, &a.url).await;
+    let sc = settled_stats(&http, &c.url).await;
+    println!(
+        "[{WHAT}] C: peer {} origin {}; A served {} B during C's pull",
+        sc.peer_bytes,
+        sc.origin_bytes,
+        sa.served_bytes - served_before
+    );
+    assert_eq!(
+        sa.served_bytes, served_before,
+        "the revoked member A served pieces after its revocation"
+    );
+    assert!(
+        !c.swarm.is_member(&a_id),
+        "C counts the revoked A as a member"
+    );
+
+    // B restarted: the revocation holds before the gateway is asked again.
+    let b_dir = dir.join("b");
+    b.stop().await;
+    let b = start(&gw, &b_dir).await;
+    eventually("a restarted B keeps the revocation", || {
+        b.swarm.is_revoked(&a_id)
+    })
+    .await;
+    assert!(b_dir.join("revoked.bin").exists());
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
