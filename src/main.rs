@@ -162,6 +162,10 @@ struct NodeArgs {
     /// [default: no cap].
     #[arg(long, env = "FLOTILLA_NODE_DOWNLOAD_BYTES_PER_S")]
     download_bytes_per_s: Option<u64>,
+    /// Evict blobs unused for this many seconds, pinned ones excepted [default: only when the
+    /// cache needs room].
+    #[arg(long, env = "FLOTILLA_NODE_EVICT_UNUSED_AFTER_SECS")]
+    evict_unused_after_secs: Option<u64>,
 }
 
 impl NodeArgs {
@@ -214,6 +218,9 @@ impl NodeArgs {
         }
         if let Some(v) = self.download_bytes_per_s {
             cfg.download_bytes_per_s = Some(v);
+        }
+        if let Some(v) = self.evict_unused_after_secs {
+            cfg.evict_unused_after_secs = Some(v);
         }
         Ok(cfg)
     }

@@ -23,6 +23,8 @@ mod docker;
 mod docker_mirror;
 /// A node with a download cap pulls from a peer and the gateway and keeps to it.
 mod download_cap;
+/// A node gives back the disk of blobs it has not used for a while.
+mod idle;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
 mod in_process;
 /// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.

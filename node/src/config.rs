@@ -86,6 +86,11 @@ pub struct NodeConfig {
     /// together (the downlink a rollout may take from the host's own work). Absent: no cap.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download_bytes_per_s: Option<u64>,
+    /// Evict blobs unused for this many seconds (not read, not served, not being fetched;
+    /// pinned ones stay), even with the cache below `cache_bytes`: the disk a rollout took
+    /// is given back. Absent: blobs stay until the cache needs room.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evict_unused_after_secs: Option<u64>,
 }
 
 impl Default for NodeConfig {
@@ -112,6 +117,7 @@ impl Default for NodeConfig {
             site: None,
             upload_bytes_per_s: None,
             download_bytes_per_s: None,
+            evict_unused_after_secs: None,
         }
     }
 }
@@ -158,6 +164,8 @@ mod tests {
         let cfg: NodeConfig = toml::from_str("download_bytes_per_s = 50000000").unwrap();
         assert_eq!(cfg.download_bytes_per_s, Some(50_000_000));
         assert_eq!(NodeConfig::default().download_bytes_per_s, None);
+        let cfg: NodeConfig = toml::from_str("evict_unused_after_secs = 86400").unwrap();
+        assert_eq!(cfg.evict_unused_after_secs, Some(86_400));
     }
 
     #[test]

@@ -211,10 +211,11 @@ impl Node {
         for (name, cap) in [
             ("upload_bytes_per_s", config.upload_bytes_per_s),
             ("download_bytes_per_s", config.download_bytes_per_s),
+            ("evict_unused_after_secs", config.evict_unused_after_secs),
         ] {
             if cap == Some(0) {
                 return Err(NodeError::Config(format!(
-                    "{name} is 0: leave it out for no cap"
+                    "{name} is 0: leave it out for none"
                 )));
             }
         }
@@ -373,6 +374,12 @@ impl Node {
 
         background.push(tokio::spawn(reprovide_held(swarm.clone(), store.clone())));
         background.push(tokio::spawn(withdraw_evicted(swarm.clone(), store.clone())));
+        if let Some(secs) = config.evict_unused_after_secs {
+            background.push(tokio::spawn(evict_idle(
+                store.clone(),
+                Duration::from_secs(secs),
+            )));
+        }
         for digest in pinned {
             background.push(tokio::spawn(fetch_and_pin(
                 fetcher.clone(),
@@ -905,6 +912,28 @@ async fn reprovide_held(swarm: SwarmHandle, store: Arc<Store>) {
     for digest in store.held_blobs() {
         if let Err(e) = swarm.provide(&digest).await {
             tracing::warn!(error = %e, %digest, "cannot announce a held blob");
+        }
+    }
+}
+
+/// Evicts blobs unused for `after` (`evict_unused_after_secs`), checking every tenth of it
+/// (between 1 s and 10 min); their announcements are withdrawn like any eviction's.
+async fn evict_idle(store: Arc<Store>, after: Duration) {
+    let every = (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        tokio::time::sleep(every).await;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let cutoff = now_ms.saturating_sub(after.as_millis() as u64);
+        let (n, bytes) = store.evict_unused(cutoff).await;
+        if n > 0 {
+            tracing::info!(
+                blobs = n,
+                bytes,
+                idle_secs = after.as_secs(),
+                "evicted idle blobs"
+            );
         }
     }
 }

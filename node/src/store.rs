@@ -648,8 +648,26 @@ impl Store {
         Ok(true)
     }
 
-    /// Blobs evicted since the store opened (to make room for others, or to meet a budget
-    /// lowered since the last run; not those removed on purpose), and their bytes.
+    /// Evicts every unpinned blob not in use whose last use (a read, a piece served or
+    /// received) was before `cutoff_ms` (ms since the Unix epoch), partial ones included: the
+    /// idle eviction of `evict_unused_after_secs`. Returns how many and their bytes.
+    pub async fn evict_unused(&self, cutoff_ms: u64) -> (usize, u64) {
+        let inner = &self.inner;
+        let _g = inner.db_lock.lock().await;
+        let victims = {
+            let mut st = inner.lock();
+            let old = st.unused_since(cutoff_ms);
+            st.take_victims(&old)
+        };
+        let n = victims.len();
+        let bytes = victims.iter().map(|(_, e)| e.table.table.size).sum();
+        inner.delete_victims(victims).await;
+        (n, bytes)
+    }
+
+    /// Blobs evicted since the store opened (to make room for others, to meet a budget
+    /// lowered since the last run, or idle too long; not those removed on purpose), and their
+    /// bytes.
     pub fn evicted_total(&self) -> (u64, u64) {
         (
             self.inner.evicted_blobs.load(Ordering::Relaxed),

@@ -228,6 +228,14 @@ impl State {
         v.into_iter().map(|(d, _)| d.clone()).collect()
     }
 
+    /// Evictable blobs last used before `cutoff_ms` (ms since the Unix epoch).
+    pub fn unused_since(&self, cutoff_ms: u64) -> Vec<Digest> {
+        self.evictable()
+            .into_iter()
+            .filter(|d| self.entries.get(d).is_some_and(|e| e.last_used < cutoff_ms))
+            .collect()
+    }
+
     /// The least recently used evictable blobs that free at least `needed` bytes, or `None` if
     /// all of them together do not.
     pub fn plan_eviction(&self, needed: u64) -> Option<Vec<Digest>> {

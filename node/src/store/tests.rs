@@ -920,3 +920,39 @@ async fn a_dropped_claim_leaves_its_piece_unoffered() {
     assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
     assert!(held.offer.borrow().get(1) && held.have.borrow().get(1));
 }
+
+/// The idle eviction: blobs last used before the cutoff go (partial ones too), pinned and
+/// leased ones stay, and each is announced and counted like any eviction.
+#[tokio::test]
+async fn idle_blobs_are_evicted_but_pins_and_leases_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 10_000).await;
+    let mut evicted = store.subscribe_evictions();
+    let old = register_sized(&store, 1000, 20).await;
+    let pinned = register_sized(&store, 1000, 21).await;
+    let leased = register_sized(&store, 1000, 22).await;
+    store.pin(&pinned).await.unwrap();
+    let lease = store.lease(&leased).unwrap();
+    let cutoff = store.entry(&leased).unwrap().last_used_ms + 1;
+    // Used after the cutoff: stays.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let fresh = register_sized(&store, 1000, 23).await;
+    store.touch(&fresh);
+    assert!(store.entry(&fresh).unwrap().last_used_ms >= cutoff);
+
+    let before = store.evicted_total();
+    assert_eq!(store.evict_unused(cutoff).await, (1, 1000));
+    assert_eq!(evicted.try_recv().unwrap(), old);
+    assert!(evicted.try_recv().is_err());
+    assert!(store.entry(&old).is_none());
+    assert!(!dir.path().join("blobs").join(old.hex()).exists());
+    assert_eq!(store.evicted_total(), (before.0 + 1, before.1 + 1000));
+    for d in [&pinned, &leased, &fresh] {
+        assert!(store.entry(d).is_some());
+    }
+    // The lease released, the leased blob is idle too.
+    drop(lease);
+    assert_eq!(store.evict_unused(cutoff).await, (1, 1000));
+    assert!(store.entry(&leased).is_none());
+    assert!(store.entry(&pinned).is_some() && store.entry(&fresh).is_some());
+}
