@@ -167,7 +167,8 @@ impl Fleet {
     /// Answers a join request: `401 UNAUTHORIZED` for a missing or wrong token,
     /// `400 UNSUPPORTED` for a body that is not a valid join proof (bad JSON, bad signature,
     /// a timestamp more than 5 min off, a peer id that does not match the key), `403 DENIED`
-    /// for a revoked peer, else a certificate for the proven peer id signed by `fleet_key`.
+    /// for a revoked peer, else the proven peer id and a certificate for it signed by
+    /// `fleet_key`.
     ///
     /// # Errors
     /// The [`ApiError`] to answer.
@@ -178,7 +179,7 @@ impl Fleet {
         fleet_key: &Keypair,
         revoked: &Revocations,
         now: u64,
-    ) -> Result<JoinResponse, ApiError> {
+    ) -> Result<(PeerId, JoinResponse), ApiError> {
         if !bearer_matches(headers, &self.token) {
             return Err(ApiError::new(ErrorCode::Unauthorized)
                 .with_message("a valid fleet join token is required")
@@ -210,7 +211,7 @@ impl Fleet {
         let cert = MemberCertificate::issue(fleet_key, member, now, self.lifetime_secs)
             .map_err(|e| ApiError::internal("issuing a membership certificate", &e))?;
         tracing::info!(%member, not_after = cert.not_after, "fleet member enrolled");
-        Ok(JoinResponse::new(&cert))
+        Ok((member, JoinResponse::new(&cert)))
     }
 
     /// The member that signed this request (`Flotilla-Member`) for the fleet `fleet` (the
@@ -257,7 +258,10 @@ pub fn member_required() -> ApiError {
         )
 }
 
+mod members;
 mod revoked;
+pub(crate) use members::flusher as members_flusher;
+pub use members::{Member, Members};
 pub use revoked::{MAX_REASON, Revocations, RevokeError, Revoked};
 
 #[cfg(test)]

@@ -131,6 +131,7 @@ pub async fn serve(
         header_timeout: Duration::from_secs(config.header_timeout_secs),
     };
     let p2p = p2p::P2p::start(registry.seed(), registry.revocations().clone(), &config).await?;
+    let members = registry.members().clone();
     let app = router_with_events(registry, &config, auth, events.clone());
     let done = match tls {
         Some(tls) => {
@@ -151,6 +152,11 @@ pub async fn serve(
         p2p.stop().await;
     }
     events.shutdown(EVENTS_GRACE).await;
+    match tokio::task::spawn_blocking(move || members.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the members file"),
+        Err(e) => tracing::warn!(error = %e, "the members flush failed"),
+    }
     done.map_err(GatewayError::Serve)?;
     tracing::info!("gateway stopped");
     Ok(())

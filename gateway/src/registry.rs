@@ -122,6 +122,8 @@ struct Inner {
     seed: Seed,
     /// Fleet members the gateway revoked (`crate::fleet::Revocations`).
     revocations: Arc<crate::fleet::Revocations>,
+    /// Who joined the fleet (`crate::fleet::Members`).
+    members: Arc<crate::fleet::Members>,
     /// Held shared by whatever links a blob or makes a manifest reference one, exclusively by
     /// garbage collection's sweep (see `gc`).
     gc_lock: std::sync::RwLock<()>,
@@ -243,7 +245,7 @@ impl Registry {
     /// [`RegistryError::Identity`] if `identity.key` cannot be read, decoded or created.
     pub async fn open(cfg: StorageConfig) -> Result<Registry, RegistryError> {
         let dir = cfg.data_dir.clone();
-        let (blobs, uploads, meta, keypair, revocations) = blocking(move || {
+        let (blobs, uploads, meta, keypair, revocations, members) = blocking(move || {
             std::fs::create_dir_all(&dir)?;
             // The database first: its lock file makes a second gateway on the same directory fail
             // here, before it could empty `tmp/` under the first one's pushes.
@@ -253,7 +255,8 @@ impl Registry {
             let keypair = flotilla_node::identity::load_or_create(&dir)?;
             let revocations = crate::fleet::Revocations::open(&dir)
                 .map_err(|e| RegistryError::Corrupt(e.to_string()))?;
-            Ok((blobs, uploads, meta, keypair, revocations))
+            let members = crate::fleet::Members::open(&dir);
+            Ok((blobs, uploads, meta, keypair, revocations, members))
         })
         .await?;
         let meta: Arc<dyn MetaStore> = Arc::new(meta);
@@ -269,6 +272,7 @@ impl Registry {
                 meta,
                 seed,
                 revocations: Arc::new(revocations),
+                members: Arc::new(members),
                 gc_lock: std::sync::RwLock::new(()),
                 touched: gc::Touched::default(),
                 gc_totals: std::sync::Mutex::default(),
@@ -281,6 +285,9 @@ impl Registry {
         })
         .await?;
         spawn_reaper(Arc::downgrade(&reg.inner), reg.inner.cfg.upload_ttl);
+        tokio::spawn(crate::fleet::members_flusher(Arc::downgrade(
+            &reg.inner.members,
+        )));
         if let Some(every) = reg.inner.cfg.gc.interval {
             gc::spawn_collector(Arc::downgrade(&reg.inner), every, reg.inner.cfg.gc.min_age);
         }
@@ -295,6 +302,11 @@ impl Registry {
     /// The fleet members this gateway revoked.
     pub fn revocations(&self) -> &Arc<crate::fleet::Revocations> {
         &self.inner.revocations
+    }
+
+    /// The fleet members that joined through this gateway.
+    pub fn members(&self) -> &Arc<crate::fleet::Members> {
+        &self.inner.members
     }
 
     // ---- blobs ----

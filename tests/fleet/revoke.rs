@@ -54,6 +54,28 @@ async fn revoke(dir: &Path, log: &LogFile) {
     pull(&http, &b.url, &img).await;
     let a_id: PeerId = a.peer_id.parse().unwrap();
 
+    // The gateway's member list is where an admin finds the peer id of the host to revoke.
+    let listed: serde_json::Value = http
+        .get(format!("{}/flotilla/v1/members", gw.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["peer_id"] == a.peer_id)
+        .unwrap_or_else(|| panic!("A is not in the member list: {listed}"))
+        .clone();
+    assert!(
+        entry["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{entry}"
+    );
+    assert_eq!(entry["revoked"], false);
+
     let res = http
         .post(format!("{}/flotilla/v1/revoke", gw.url()))
         .json(&serde_json::json!({ "peer_id": a.peer_id, "reason": "decommissioned" }))

@@ -105,6 +105,10 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
         }
         None if rest == "join" && m == Method::POST => join(st, req).await,
         None if rest == "join" => Err(method_not_allowed("POST")),
+        None if rest == "members" && get => {
+            super::revoke::members(st, req.headers(), req.uri()).await
+        }
+        None if rest == "members" => Err(method_not_allowed("GET, HEAD")),
         None if rest == "revoked" && get => super::revoke::list(st, &req, m == Method::GET),
         None if rest == "revoked" => Err(method_not_allowed("GET, HEAD")),
         None if rest == "revoke" && m == Method::POST => super::revoke::change(st, req, true).await,
@@ -234,6 +238,7 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
     let Some(fleet) = &st.fleet else {
         return Err(not_found());
     };
+    let from = st.events.origin(&req).remote.unwrap_or_default();
     let (parts, body) = req.into_parts();
     let body = axum::body::to_bytes(body, crate::fleet::MAX_JOIN_BODY)
         .await
@@ -243,13 +248,16 @@ async fn join(st: &AppState, req: Request) -> ApiResult {
                 .with_message("join request body unreadable or too large")
         })?;
     let now = crate::fleet::unix_now();
-    let answer = fleet.join(
+    let (member, answer) = fleet.join(
         &parts.headers,
         &body,
         st.registry.seed().keypair(),
         st.registry.revocations(),
         now,
     )?;
+    st.registry
+        .members()
+        .joined(member, &from, now, answer.not_after);
     Ok(json_response(StatusCode::OK, &answer))
 }
 

@@ -7,8 +7,11 @@
 //! - `POST /flotilla/v1/revoke` with `{"peer_id", "reason"?}`: revokes a member at once (its
 //!   certificate stops counting at the gateway, then at every node within one poll).
 //! - `POST /flotilla/v1/restore` with `{"peer_id"}`: undoes it.
+//! - `GET /flotilla/v1/members`: who joined (`crate::fleet::Members`), latest first, each with
+//!   whether it is connected to the gateway's swarm now and whether it is revoked: where an
+//!   admin finds the peer id of a host to revoke.
 //!
-//! Changes are for admins when `[auth]` is on (like garbage collection), open otherwise (like
+//! Changes and the member list are for admins when `[auth]` is on (like garbage collection), open otherwise (like
 //! every other write of an open gateway), audited as `member.revoke` / `member.restore`, and
 //! answered with the list as JSON plus `"changed"` (false when there was nothing to do).
 
@@ -92,17 +95,63 @@ fn listing(st: &AppState, changed: Option<bool>) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
+/// With `[auth]`, refuses anyone but an admin. (Headers and URI, not the request: its body
+/// is not `Sync`, so a borrow of it may not live across the check.)
+async fn admins_only(
+    st: &AppState,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+    what: &str,
+) -> Result<(), ApiError> {
+    if let Some(auth) = &st.auth {
+        auth.require(headers, uri, |p, who| p.is_admin(who), what)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `GET /flotilla/v1/members`.
+pub(super) async fn members(
+    st: &AppState,
+    headers: &axum::http::HeaderMap,
+    uri: &axum::http::Uri,
+) -> ApiResult {
+    admins_only(st, headers, uri, "the member list is for admins").await?;
+    let seed = st.registry.seed();
+    let revoked = st.registry.revocations();
+    let list: Vec<serde_json::Value> = st
+        .registry
+        .members()
+        .list()
+        .into_iter()
+        .map(|(peer, m)| {
+            serde_json::json!({
+                "peer_id": peer.to_string(),
+                "first_joined_unix_s": m.first_joined_unix_s,
+                "last_joined_unix_s": m.last_joined_unix_s,
+                "certificate_not_after_unix_s": m.certificate_not_after_unix_s,
+                "addr": m.addr,
+                "joins": m.joins,
+                "connected": seed.is_connected(&peer),
+                "revoked": revoked.contains(&peer),
+            })
+        })
+        .collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "count": list.len(), "members": list }),
+    ))
+}
+
 /// `POST /flotilla/v1/revoke` (`revoke` true) or `/restore`.
 pub(super) async fn change(st: &AppState, req: Request, revoke: bool) -> ApiResult {
-    if let Some(auth) = &st.auth {
-        auth.require(
-            req.headers(),
-            req.uri(),
-            |p, who| p.is_admin(who),
-            "revoking fleet members is for admins",
-        )
-        .await?;
-    }
+    admins_only(
+        st,
+        req.headers(),
+        req.uri(),
+        "revoking fleet members is for admins",
+    )
+    .await?;
     let origin = Arc::new(st.events.origin(&req));
     let bad = |why: String| {
         ApiError::new(ErrorCode::Unsupported)

@@ -235,6 +235,15 @@ impl Rig {
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
+    /// `GET /flotilla/v1/members`.
+    async fn members(&self) -> serde_json::Value {
+        let (status, _, bytes) = self
+            .call(Method::GET, "/flotilla/v1/members", &[], Vec::new())
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
     /// A member-signed `GET /flotilla/v1/swarm/<digest>` (a member-only endpoint).
     async fn member_get(&self, node: &Keypair, cert: &MemberCertificate) -> StatusCode {
         let path = "/flotilla/v1/swarm/sha256:0000000000000000000000000000000000000000000000000000000000000000";
@@ -272,6 +281,15 @@ async fn a_revoked_member_is_refused_until_restored_and_the_list_is_signed() {
             .as_str(),
     );
     assert_eq!(rig.member_get(&node, &cert).await, StatusCode::OK);
+    let listed = rig.members().await;
+    assert_eq!(listed["count"], 1, "{listed}");
+    assert_eq!(listed["members"][0]["peer_id"], me.to_string());
+    assert_eq!(listed["members"][0]["joins"], 1);
+    assert_eq!(listed["members"][0]["revoked"], false);
+    assert_eq!(
+        listed["members"][0]["certificate_not_after_unix_s"],
+        cert.not_after
+    );
 
     // Nonsense and the gateway itself are refused; nothing changes.
     assert_eq!(
@@ -299,6 +317,12 @@ async fn a_revoked_member_is_refused_until_restored_and_the_list_is_signed() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert_eq!(body["errors"][0]["code"], "DENIED");
     assert_eq!(rig.member_get(&node, &cert).await, StatusCode::FORBIDDEN);
+    let listed = rig.members().await;
+    assert_eq!(listed["members"][0]["revoked"], true, "{listed}");
+    assert_eq!(
+        listed["members"][0]["joins"], 1,
+        "a refused join is not counted"
+    );
 
     // The signed list names it, verifies against the gateway's key, and is cached by ETag.
     let (status, headers, bytes) = rig
