@@ -27,6 +27,8 @@ mod download_cap;
 mod idle;
 /// Nodes in the test process: eight at once, and a peer that serves corrupted pieces.
 mod in_process;
+/// A fleet whose network drops UDP pulls over TCP (in a network namespace of its own).
+mod no_udp;
 /// A gateway with an upload cap: a fleet pulls at once and its blob bytes keep to the cap.
 mod origin_cap;
 /// `flotilla prefetch`: one platform of an image fetched and pinned ahead of its pull, then
