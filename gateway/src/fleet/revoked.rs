@@ -3,8 +3,9 @@
 //! A revoked peer gets no certificate (`POST /flotilla/v1/join` answers `403 DENIED`), its
 //! signed requests are refused (`401`), the gateway's swarm treats it as a stranger, and
 //! the signed list (`GET /flotilla/v1/revoked`) tells every node to do the same. Restoring a
-//! peer undoes all of that. Every change bumps `seq`, which nodes use to never go back to an
-//! older list; `seq` also never goes back across restarts (it is in the file).
+//! peer undoes all of that. Every change raises `seq`, which nodes use to never go back to an
+//! older list: it becomes the time in ms, or one more than before if that is not higher, so
+//! it never goes back across restarts (it is in the file) nor after the file is lost.
 //!
 //! The file is small (at most [`MAX_REVOKED`] entries) and written whole through a temporary
 //! file and a rename at each change, so a crash leaves the old list or the new one.
@@ -177,7 +178,13 @@ impl Revocations {
         if !edit(&mut next)? {
             return Ok(false);
         }
-        next.seq += 1;
+        // Milliseconds since the epoch, or one more than before if the clock is behind: a
+        // gateway whose list was lost (a data directory rebuilt around a restored identity
+        // key) still numbers its next list above what nodes hold, and they take it.
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        next.seq = now_ms.max(next.seq.saturating_add(1));
         let bytes = serde_json::to_vec_pretty(&next)
             .map_err(|e| RevokeError::Corrupt(self.path.clone(), e.to_string()))?;
         super::write_private(&self.path, &bytes)?;
