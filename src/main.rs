@@ -5,6 +5,7 @@
 //! environment variable first, then the file, then the default.
 
 mod bench;
+mod fleet;
 mod prefetch;
 mod sim;
 
@@ -43,6 +44,9 @@ enum Command {
     /// Ask a node to unpin an image's blobs (or one blob) that a prefetch pinned: they become
     /// evictable again.
     Unpin(prefetch::UnpinArgs),
+    /// Administer the fleet at its gateway: list members, revoke or restore one.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
     /// Run a benchmark and print a table (and, with --json, one JSON object on the last line).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -532,6 +536,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Prefetch(args) => rt.block_on(prefetch::run(args)),
         Command::Unpin(args) => rt.block_on(prefetch::unpin(args)),
+        Command::Fleet(cmd) => rt.block_on(fleet::run(cmd)),
         Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),
     }

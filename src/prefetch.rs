@@ -144,19 +144,28 @@ async fn one(
         .await
         .with_context(|| format!("POST {url}: the answer ({status}) is not JSON"))?;
     if !status.is_success() {
-        let e = &answer["errors"][0];
-        let text = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
-        bail!(
-            "{url}: {status} {}: {}{}",
-            text("code"),
-            text("message"),
-            match text("detail") {
-                d if d.is_empty() => String::new(),
-                d => format!(" ({d})"),
-            }
-        );
+        return Err(oci_error(&url, status, &answer));
     }
     Ok(answer)
+}
+
+/// An OCI error answer (`{"errors": [{"code", "message", "detail"}]}`) as one line.
+pub fn oci_error(url: &str, status: reqwest::StatusCode, answer: &Value) -> anyhow::Error {
+    let e = &answer["errors"][0];
+    let text = |k: &str| match &e[k] {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    anyhow::anyhow!(
+        "{url}: {status} {}: {}{}",
+        text("code"),
+        text("message"),
+        match text("detail") {
+            d if d.is_empty() => String::new(),
+            d => format!(" ({d})"),
+        }
+    )
 }
 
 /// An unpin report: each blob, whether it is held and was pinned, and the count.

@@ -341,3 +341,49 @@ async fn metrics_are_open_unless_metrics_users_are_named() {
     // The stats stay open: nodes and the benchmarks read them.
     gw.get("/flotilla/v1/stats", None).await.expect(200);
 }
+
+/// The fleet's admin routes with `[auth]`, through `flotilla fleet`: the member list and a
+/// revocation are refused without credentials (401) and to a non-admin (403 DENIED), and
+/// work for root, whose password comes from a file.
+#[tokio::test]
+async fn only_admins_list_and_revoke_fleet_members() {
+    let gw = AuthGateway::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let password = |user: &str| {
+        let (_, p) = USERS.iter().find(|(u, _)| *u == user).unwrap();
+        let path = dir.path().join(user);
+        std::fs::write(&path, format!("{p}\n")).unwrap();
+        path
+    };
+    let fleet = |args: &[&str], user: Option<&str>| {
+        let mut cmd = std::process::Command::new(crate::support::flotilla_bin());
+        cmd.arg("fleet")
+            .args(args)
+            .args(["--gateway", &gw.url()])
+            .env_remove("FLOTILLA_PASSWORD");
+        if let Some(u) = user {
+            cmd.args(["--user", u, "--password-file"]).arg(password(u));
+        }
+        cmd.output().unwrap()
+    };
+    let peer = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    for (user, status) in [(None, "401"), (Some("alice"), "403")] {
+        for args in [&["members"][..], &["revoke", peer][..]] {
+            let out = fleet(args, user);
+            assert!(!out.status.success(), "{args:?} as {user:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains(status), "{args:?} as {user:?}: {err}");
+        }
+    }
+    let out = fleet(&["revoke", peer, "--reason", "test"], Some("root"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{peer} revoked")));
+    let out = fleet(&["members", "--json"], Some("root"));
+    assert!(out.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["count"], 0, "nobody joined: {listed}");
+}

@@ -4,6 +4,7 @@
 //! disk and holds the revocation again after a restart.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use flotilla_node::NodeOptions;
@@ -14,7 +15,23 @@ use super::{
     settled_stats, warnings,
 };
 
-/// How often the nodes here poll the list (30 s in production).
+/// Runs `flotilla fleet ARGS`, which must succeed; its output.
+fn fleet_cli(args: &[&str]) -> String {
+    let out = Command::new(crate::support::flotilla_bin())
+        .arg("fleet")
+        .args(args)
+        .env_remove("FLOTILLA_USER")
+        .output()
+        .expect("run flotilla fleet");
+    assert!(
+        out.status.success(),
+        "flotilla fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How often the nodes here poll the list (60 s in production).
 const POLL: Duration = Duration::from_millis(200);
 
 #[test]
@@ -54,35 +71,37 @@ async fn revoke(dir: &Path, log: &LogFile) {
     pull(&http, &b.url, &img).await;
     let a_id: PeerId = a.peer_id.parse().unwrap();
 
-    // The gateway's member list is where an admin finds the peer id of the host to revoke.
-    let listed: serde_json::Value = http
-        .get(format!("{}/flotilla/v1/members", gw.url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entry = listed["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["peer_id"] == a.peer_id)
-        .unwrap_or_else(|| panic!("A is not in the member list: {listed}"))
-        .clone();
+    // An admin finds the host's peer id in the gateway's member list and revokes it, with
+    // `flotilla fleet` (the HTTP endpoints under it: SPEC §5.3).
+    let table = fleet_cli(&["members", "--gateway", &gw.url()]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&a.peer_id))
+        .unwrap_or_else(|| panic!("A is not in the member list:\n{table}"));
+    assert!(row.contains("127.0.0.1:"), "{row}");
     assert!(
-        entry["addr"].as_str().unwrap().starts_with("127.0.0.1:"),
-        "{entry}"
+        row.trim_end().ends_with("no"),
+        "A is listed as revoked already: {row}"
     );
-    assert_eq!(entry["revoked"], false);
-
-    let res = http
-        .post(format!("{}/flotilla/v1/revoke", gw.url()))
-        .json(&serde_json::json!({ "peer_id": a.peer_id, "reason": "decommissioned" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
+    let listed: serde_json::Value =
+        serde_json::from_str(&fleet_cli(&["members", "--json", "--gateway", &gw.url()])).unwrap();
+    assert!(
+        listed["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["peer_id"] == a.peer_id && m["revoked"] == false),
+        "{listed}"
+    );
+    let said = fleet_cli(&[
+        "revoke",
+        &a.peer_id,
+        "--reason",
+        "decommissioned",
+        "--gateway",
+        &gw.url(),
+    ]);
+    assert!(said.contains(&format!("{} revoked", a.peer_id)), "{said}");
     let t0 = Instant::now();
     eventually("B takes the revocation", || b.swarm.is_revoked(&a_id)).await;
     eventually("B no longer counts A as a member", || {
@@ -160,6 +179,11 @@ async fn revoke(dir: &Path, log: &LogFile) {
     })
     .await;
     assert!(b_dir.join("revoked.bin").exists());
+
+    // Restored: B takes the newer list, and A counts as a member again once it reconnects.
+    let said = fleet_cli(&["restore", &a.peer_id, "--gateway", &gw.url()]);
+    assert!(said.contains(&format!("{} restored", a.peer_id)), "{said}");
+    eventually("B takes the restoration", || !b.swarm.is_revoked(&a_id)).await;
     for n in [a, b, c] {
         n.stop().await;
     }
