@@ -171,7 +171,7 @@ use std::hash::Hash;
 use std::time::Duration;
 
 use crate::piece::Bitfield;
-pub use config::Config;
+pub use config::{CAPPED_PIPELINE, Config};
 use peer::{Latency, PeerBits, PeerState, PeerTimes, SourceState, XorShift, stable_hash};
 use rarity::RarityIndex;
 pub use rotation::{FRUITLESS_LOOKUPS, ProviderMemory, Rotation, RotationConfig, SEEN_PROVIDERS};

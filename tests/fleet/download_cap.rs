@@ -144,3 +144,84 @@ async fn capped(dir: &Path, log: &LogFile) {
     assert!(failures.is_empty(), "[{WHAT}] {failures:#?}");
     drop(a);
 }
+
+/// A cap far below what peers send (512 KiB/s, a 4-MiB piece taking 8 s): every source looks
+/// equally slow, and requests must not time out while their bytes flow, or each cancel throws
+/// a partial piece away and the pull never ends (it did, before the scheduler sized its
+/// pipeline and timeouts to the cap).
+#[test]
+fn a_low_download_cap_completes_without_throwing_bytes_away() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = LogFile::create(&tmp.path().join("download_cap_low.log"));
+    let (rt, dispatch) = log_runtime(&log);
+    let _default = tracing::dispatcher::set_default(&dispatch);
+    rt.block_on(low_cap(tmp.path(), &log));
+}
+
+async fn low_cap(dir: &Path, log: &LogFile) {
+    const WHAT: &str = "download_cap_low";
+    const LOW: u64 = 512 << 10;
+    let gw = FleetGateway::start();
+    let http = client();
+    let img = Image::push(&http, &gw.url(), "fleet/slow", "v1", &[5 * MIB, MIB], 13).await;
+    let a = InNode::start_tuned(
+        &gw.url(),
+        FLEET_TOKEN,
+        &dir.join("a"),
+        NodeOptions::default(),
+        |_| {},
+    )
+    .await;
+    pull(&http, &a.url, &img).await;
+    let b = InNode::start_tuned(
+        &gw.url(),
+        FLEET_TOKEN,
+        &dir.join("b"),
+        NodeOptions::default(),
+        |c| c.download_bytes_per_s = Some(LOW),
+    )
+    .await;
+    let ideal = img.size() as f64 / LOW as f64;
+    let t0 = Instant::now();
+    let Ok(took) = tokio::time::timeout(PULL_LIMIT, pull(&http, &b.url, &img)).await else {
+        for l in warnings(&log.read()) {
+            println!("[{WHAT}] node log: {l}");
+        }
+        panic!("[{WHAT}] B did not pull the image within {PULL_LIMIT:?} (ideal {ideal:.1} s)");
+    };
+    let elapsed = t0.elapsed();
+    let sb = settled_stats(&http, &b.url).await;
+    print_stats(WHAT, "B", &sb);
+    println!(
+        "[{WHAT}] B pulled {} B in {took:?} at a cap of {} KiB/s (ideal {ideal:.1} s)",
+        img.size(),
+        LOW >> 10
+    );
+    let mut failures = Vec::new();
+    if took.as_secs_f64() > 1.5 * ideal + 3.0 {
+        failures.push(format!(
+            "B took {took:?}, far beyond the cap's {ideal:.1} s: requests thrashed"
+        ));
+    }
+    if sb.wasted_bytes > MIB as u64 {
+        failures.push(format!(
+            "B dropped {} B (duplicates {}, cut {}): requests were cancelled while their bytes flowed",
+            sb.wasted_bytes, sb.duplicate_bytes, sb.cut_bytes
+        ));
+    }
+    if sb.peers_banned != 0 {
+        failures.push(format!(
+            "B banned {} peers for its own cap",
+            sb.peers_banned
+        ));
+    }
+    let received = sb.peer_bytes + sb.origin_bytes + sb.wasted_bytes;
+    let allowed = LOW as f64 * elapsed.as_secs_f64() + SLACK as f64;
+    if received as f64 > allowed {
+        failures.push(format!(
+            "B received {received} B in {elapsed:?}, more than its cap allows ({allowed:.0} B)"
+        ));
+    }
+    assert!(failures.is_empty(), "[{WHAT}] {failures:#?}");
+    drop(a);
+}

@@ -44,6 +44,10 @@ use crate::transfer::{Opened, Session, SessionEvent, TransferError};
 mod origin;
 mod peers;
 
+/// How many downloads a download cap is assumed to be shared by when a capped download sizes
+/// its pipeline and timeouts (docker pulls 3 layers at a time by default): with fewer, the
+/// timeouts are merely generous.
+const CAPPED_DOWNLOADS: u32 = 3;
 const EVENT_QUEUE: usize = 256;
 /// Longest wait, after the last piece, for answers already arriving.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -121,6 +125,9 @@ async fn drive(
     let gateway = inner.gateway_peer().await.ok();
     let mut cfg = inner.cfg.scheduler.clone();
     cfg.seed = seed(&local, &digest);
+    if let Some(cap) = inner.cfg.download_bytes_per_s {
+        cfg.fit_download_cap(table.table.piece_size, cap, CAPPED_DOWNLOADS);
+    }
     let start = Instant::now();
     let have = held.have.borrow().clone();
     let rotation = Rotation::new(inner.cfg.rotation.clone(), cfg.seed, Duration::ZERO);

@@ -78,6 +78,39 @@ pub struct Config {
     pub far_window: u32,
 }
 
+impl Config {
+    /// Fits the request pipeline to a node whose downloads are capped at `bytes_per_s` in
+    /// all, shared by about `downloads` downloads at a time, for pieces of `piece_size` bytes.
+    ///
+    /// At a low cap the node's own downlink is the bottleneck, not its peers: every source
+    /// looks equally slow, a request takes as long as the cap needs for the pieces in flight
+    /// ahead of it, and the default timeouts (from 0.5 s, 3 s before the first sample) would
+    /// cancel requests whose bytes are still flowing — each cancel throwing a partial piece
+    /// away, the next request no faster. So: no more requests in flight than the download's
+    /// share of the cap moves in [`CAPPED_PIPELINE`] (at least 1: one piece at a time keeps a
+    /// capped downlink busy, since the cap is far below what any peer sends), a first latency
+    /// guess of the time those take, timeouts of at least twice that, and a ceiling 4 × the
+    /// floor. A cap the defaults already fit changes nothing.
+    pub fn fit_download_cap(&mut self, piece_size: u32, bytes_per_s: u64, downloads: u32) {
+        let share = bytes_per_s.max(1) as f64 / f64::from(downloads.max(1));
+        let piece_s = f64::from(piece_size.max(1)) / share;
+        let fits = (CAPPED_PIPELINE.as_secs_f64() / piece_s).floor() as u32;
+        let in_flight = fits.clamp(1, self.max_in_flight.max(1));
+        self.max_in_flight = in_flight;
+        self.min_in_flight = self.min_in_flight.min(in_flight);
+        self.initial_in_flight = self.initial_in_flight.min(in_flight);
+        self.origin_window = self.origin_window.min(in_flight);
+        let queue = Duration::from_secs_f64(piece_s * f64::from(in_flight + self.origin_window));
+        self.initial_latency = self.initial_latency.max(queue);
+        self.min_timeout = self.min_timeout.max(queue * 2);
+        self.max_timeout = self.max_timeout.max(self.min_timeout * 4);
+    }
+}
+
+/// How much work in flight a capped download keeps: enough to cover a round trip at its share
+/// of the cap, no more (see [`Config::fit_download_cap`]).
+pub const CAPPED_PIPELINE: Duration = Duration::from_secs(2);
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -112,5 +145,50 @@ impl Default for Config {
             max_near_nodes: 256,
             far_window: 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_low_download_cap_gets_a_short_pipeline_and_long_timeouts() {
+        // 1 MiB/s shared by 3 downloads, 4-MiB pieces: 12 s a piece at each share.
+        let mut c = Config::default();
+        c.fit_download_cap(4 << 20, 1 << 20, 3);
+        assert_eq!(
+            (c.max_in_flight, c.min_in_flight, c.initial_in_flight),
+            (1, 1, 1)
+        );
+        assert_eq!(c.origin_window, 1);
+        // Two pieces (a peer's and the origin's) at 12 s each.
+        assert_eq!(c.initial_latency, Duration::from_secs(24));
+        assert_eq!(c.min_timeout, Duration::from_secs(48));
+        assert_eq!(c.max_timeout, Duration::from_secs(192));
+    }
+
+    #[test]
+    fn a_cap_the_defaults_fit_changes_nothing() {
+        // 10 GB/s: a piece in under 2 ms.
+        let mut c = Config::default();
+        c.fit_download_cap(4 << 20, 10_000_000_000, 3);
+        let d = Config::default();
+        assert_eq!(
+            (
+                c.max_in_flight,
+                c.origin_window,
+                c.initial_latency,
+                c.min_timeout,
+                c.max_timeout
+            ),
+            (
+                d.max_in_flight,
+                d.origin_window,
+                d.initial_latency,
+                d.min_timeout,
+                d.max_timeout
+            )
+        );
     }
 }
