@@ -107,10 +107,7 @@ impl RevocationList {
     /// [`RevocationError::TooMany`].
     pub fn decode(input: &[u8]) -> Result<Self, RevocationError> {
         let mut r = Reader(input);
-        let version = r.take(1)?[0];
-        if version != FORMAT_VERSION {
-            return Err(RevocationError::UnsupportedVersion(version));
-        }
+        r.version()?;
         let seq = u64::from_be_bytes(r.array()?);
         let issued_ms = u64::from_be_bytes(r.array()?);
         let count = usize::from(u16::from_be_bytes(r.array()?));
@@ -208,10 +205,7 @@ impl SignedRevocationList {
     /// As [`RevocationList::decode`].
     pub fn decode(input: &[u8]) -> Result<Self, RevocationError> {
         let mut r = Reader(input);
-        let version = r.take(1)?[0];
-        if version != FORMAT_VERSION {
-            return Err(RevocationError::UnsupportedVersion(version));
-        }
+        r.version()?;
         let signer_len = usize::from(u16::from_be_bytes(r.array()?));
         let signer = r.take(signer_len)?.to_vec();
         let sig_len = usize::from(u16::from_be_bytes(r.array()?));
@@ -236,6 +230,14 @@ impl<'a> Reader<'a> {
         let (head, rest) = self.0.split_at(n);
         self.0 = rest;
         Ok(head)
+    }
+
+    /// The leading version byte, which must be [`FORMAT_VERSION`].
+    fn version(&mut self) -> Result<(), RevocationError> {
+        match self.take(1)?[0] {
+            FORMAT_VERSION => Ok(()),
+            v => Err(RevocationError::UnsupportedVersion(v)),
+        }
     }
 
     fn array<const N: usize>(&mut self) -> Result<[u8; N], RevocationError> {

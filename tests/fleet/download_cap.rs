@@ -20,6 +20,28 @@ const CAP: u64 = 8 << 20;
 /// per receiver read before it was booked (the sessions' 256 KiB, the origin's HTTP chunks).
 const SLACK: u64 = 4 << 20;
 
+/// Node A, which has pulled `img`, and node B, capped at `cap` and holding nothing yet.
+async fn holder_and_capped(
+    gw: &FleetGateway,
+    dir: &Path,
+    http: &reqwest::Client,
+    img: &Image,
+    cap: u64,
+) -> (InNode, InNode) {
+    let start = |name: &str, cap: Option<u64>| {
+        let (url, data) = (gw.url(), dir.join(name));
+        async move {
+            InNode::start_tuned(&url, FLEET_TOKEN, &data, NodeOptions::default(), move |c| {
+                c.download_bytes_per_s = cap
+            })
+            .await
+        }
+    };
+    let a = start("a", None).await;
+    pull(http, &a.url, img).await;
+    (a, start("b", Some(cap)).await)
+}
+
 #[test]
 fn a_node_keeps_its_downloads_to_the_cap() {
     let tmp = tempfile::tempdir().unwrap();
@@ -42,23 +64,7 @@ async fn capped(dir: &Path, log: &LogFile) {
         11,
     )
     .await;
-    let a = InNode::start_tuned(
-        &gw.url(),
-        FLEET_TOKEN,
-        &dir.join("a"),
-        NodeOptions::default(),
-        |_| {},
-    )
-    .await;
-    pull(&http, &a.url, &img).await;
-    let b = InNode::start_tuned(
-        &gw.url(),
-        FLEET_TOKEN,
-        &dir.join("b"),
-        NodeOptions::default(),
-        |c| c.download_bytes_per_s = Some(CAP),
-    )
-    .await;
+    let (a, b) = holder_and_capped(&gw, dir, &http, &img, CAP).await;
 
     let t0 = Instant::now();
     let Ok(took) = tokio::time::timeout(PULL_LIMIT, pull(&http, &b.url, &img)).await else {
@@ -164,23 +170,7 @@ async fn low_cap(dir: &Path, log: &LogFile) {
     let gw = FleetGateway::start();
     let http = client();
     let img = Image::push(&http, &gw.url(), "fleet/slow", "v1", &[5 * MIB, MIB], 13).await;
-    let a = InNode::start_tuned(
-        &gw.url(),
-        FLEET_TOKEN,
-        &dir.join("a"),
-        NodeOptions::default(),
-        |_| {},
-    )
-    .await;
-    pull(&http, &a.url, &img).await;
-    let b = InNode::start_tuned(
-        &gw.url(),
-        FLEET_TOKEN,
-        &dir.join("b"),
-        NodeOptions::default(),
-        |c| c.download_bytes_per_s = Some(LOW),
-    )
-    .await;
+    let (a, b) = holder_and_capped(&gw, dir, &http, &img, LOW).await;
     let ideal = img.size() as f64 / LOW as f64;
     let t0 = Instant::now();
     let Ok(took) = tokio::time::timeout(PULL_LIMIT, pull(&http, &b.url, &img)).await else {
