@@ -102,6 +102,17 @@ async fn revoke(dir: &Path, log: &LogFile) {
         &gw.url(),
     ]);
     assert!(said.contains(&format!("{} revoked", a.peer_id)), "{said}");
+    let audit = gw.gw.data_dir.join("audit.log");
+    eventually("the revocation is in the audit log", || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| {
+            t.lines().any(|l| {
+                l.contains("\"member.revoke\"")
+                    && l.contains(&a.peer_id)
+                    && l.contains("decommissioned")
+            })
+        })
+    })
+    .await;
     let t0 = Instant::now();
     eventually("B takes the revocation", || b.swarm.is_revoked(&a_id)).await;
     eventually("B no longer counts A as a member", || {
@@ -184,6 +195,10 @@ async fn revoke(dir: &Path, log: &LogFile) {
     let said = fleet_cli(&["restore", &a.peer_id, "--gateway", &gw.url()]);
     assert!(said.contains(&format!("{} restored", a.peer_id)), "{said}");
     eventually("B takes the restoration", || !b.swarm.is_revoked(&a_id)).await;
+    eventually("the restoration is in the audit log", || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| t.contains("\"member.restore\""))
+    })
+    .await;
     for n in [a, b, c] {
         n.stop().await;
     }
