@@ -206,13 +206,26 @@ fn sigterm_drains_and_exits_cleanly_and_requests_are_logged() {
     let mut g = Gateway::start();
     assert_eq!(http_status(g.addr, "GET", "/v2/"), Some(200));
     assert_eq!(http_status(g.addr, "GET", "/v2/no/such/thing"), Some(404));
+    // Probes and the nodes' revocation polls are routine: not in the info-level log.
+    assert_eq!(http_status(g.addr, "GET", "/flotilla/v1/health"), Some(200));
+    assert_eq!(
+        http_status(g.addr, "GET", "/flotilla/v1/revoked"),
+        Some(200)
+    );
     assert!(g.stop(), "gateway did not exit successfully on SIGTERM");
     let log = g.log();
+    for routine in ["/flotilla/v1/health", "/flotilla/v1/revoked"] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains(routine) && l.contains("INFO")),
+            "{routine} logged at info:\n{log}"
+        );
+    }
     let line = log
         .lines()
         .find(|l| l.contains("/v2/no/such/thing"))
         .unwrap_or_else(|| panic!("no request line in log:\n{log}"));
-    for want in ["GET", "404"] {
+    for want in ["GET", "404", "INFO"] {
         assert!(line.contains(want), "request log line lacks {want}: {line}");
     }
     assert!(
