@@ -376,6 +376,12 @@ pub(crate) struct Inner {
 const MAX_BANNED: usize = 1024;
 
 impl Inner {
+    /// Downloads with a live handle.
+    pub(crate) fn active_downloads(&self) -> usize {
+        let map = self.downloads.lock().unwrap_or_else(|e| e.into_inner());
+        map.values().filter(|w| w.strong_count() > 0).count()
+    }
+
     /// Bans `peer` from every download of this node.
     fn ban(&self, peer: PeerId) {
         let mut banned = self.banned.lock().unwrap_or_else(|p| p.into_inner());
@@ -503,8 +509,7 @@ impl Fetcher {
 
     /// Downloads with a live handle.
     pub fn active_downloads(&self) -> usize {
-        let map = self.lock_downloads();
-        map.values().filter(|w| w.strong_count() > 0).count()
+        self.inner.active_downloads()
     }
 
     fn lock_downloads(&self) -> std::sync::MutexGuard<'_, HashMap<Digest, Weak<Shared>>> {

@@ -44,9 +44,10 @@ use crate::transfer::{Opened, Session, SessionEvent, TransferError};
 mod origin;
 mod peers;
 
-/// How many downloads a download cap is assumed to be shared by when a capped download sizes
-/// its pipeline and timeouts (docker pulls 3 layers at a time by default): with fewer, the
-/// timeouts are merely generous.
+/// How many downloads a download cap is assumed to be shared by, at least, when a capped
+/// download sizes its pipeline and timeouts — more if more are running as it starts (docker and
+/// containerd pull 3 layers at a time by default, and start them together, so the first may
+/// not see the others yet): with fewer, the timeouts are merely generous.
 const CAPPED_DOWNLOADS: u32 = 3;
 const EVENT_QUEUE: usize = 256;
 /// Longest wait, after the last piece, for answers already arriving.
@@ -126,7 +127,8 @@ async fn drive(
     let mut cfg = inner.cfg.scheduler.clone();
     cfg.seed = seed(&local, &digest);
     if let Some(cap) = inner.cfg.download_bytes_per_s {
-        cfg.fit_download_cap(table.table.piece_size, cap, CAPPED_DOWNLOADS);
+        let sharing = CAPPED_DOWNLOADS.max(inner.active_downloads().try_into().unwrap_or(u32::MAX));
+        cfg.fit_download_cap(table.table.piece_size, cap, sharing);
     }
     let start = Instant::now();
     let have = held.have.borrow().clone();
