@@ -10,7 +10,7 @@
 //! transfer against plain QUIC. Results of both live in docs/benchmarks.md.
 
 mod client;
-mod data;
+pub(crate) mod data;
 mod fleet;
 mod limits;
 mod load;

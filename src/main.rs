@@ -55,6 +55,32 @@ enum Command {
     Sim(sim::SimArgs),
 }
 
+/// A byte count flag: `20GiB`, `512MiB`, `1500MB` or plain bytes (see
+/// [`bench::data::parse_size`]).
+fn bytes_arg(s: &str) -> Result<u64, String> {
+    bench::data::parse_size(s)
+}
+
+/// A rate flag, in bytes per second: a byte count (`100MB`, `12MiB`, plain bytes) or a link
+/// speed in bits, `kbit`, `Mbit` or `Gbit` (powers of 1000: `100Mbit` is 12,500,000 B/s), as
+/// operators usually know a host's uplink.
+fn rate_arg(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let lower = t.to_ascii_lowercase();
+    for (suffix, bits) in [("kbit", 1e3), ("mbit", 1e6), ("gbit", 1e9)] {
+        if let Some(n) = lower.strip_suffix(suffix) {
+            let n: f64 = n
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+                .ok_or_else(|| format!("{s:?} is not a rate (examples: 100Mbit, 1Gbit, 50MB)"))?;
+            return Ok((n * bits / 8.0).round() as u64);
+        }
+    }
+    bench::data::parse_size(t)
+}
+
 #[derive(Debug, Args)]
 struct GatewayArgs {
     /// TOML config file (fields as in `flotilla_gateway::Config`); flags and env override it.
@@ -74,7 +100,7 @@ struct GatewayArgs {
     upload_ttl_secs: Option<u64>,
     /// Blob bytes per second the gateway may send, HTTP bodies and swarm pieces together
     /// [default: no cap].
-    #[arg(long, env = "FLOTILLA_UPLOAD_BYTES_PER_S")]
+    #[arg(long, env = "FLOTILLA_UPLOAD_BYTES_PER_S", value_parser = rate_arg)]
     upload_bytes_per_s: Option<u64>,
     /// Seconds between two garbage collections; 0: never on its own [default: 86400].
     #[arg(long, env = "FLOTILLA_GC_INTERVAL_SECS")]
@@ -86,7 +112,7 @@ struct GatewayArgs {
     #[arg(long, env = "FLOTILLA_MAX_LIST_ENTRIES")]
     max_list_entries: Option<usize>,
     /// Largest blob accepted, in bytes [default: 1 TiB].
-    #[arg(long, env = "FLOTILLA_MAX_BLOB_BYTES")]
+    #[arg(long, env = "FLOTILLA_MAX_BLOB_BYTES", value_parser = bytes_arg)]
     max_blob_bytes: Option<u64>,
     /// Most upload sessions open at once [default: 1024].
     #[arg(long, env = "FLOTILLA_MAX_UPLOADS")]
@@ -131,7 +157,7 @@ struct NodeArgs {
     #[arg(long, env = "FLOTILLA_NODE_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
     /// Most bytes of blobs kept on disk [default: 21474836480].
-    #[arg(long, env = "FLOTILLA_NODE_CACHE_BYTES")]
+    #[arg(long, env = "FLOTILLA_NODE_CACHE_BYTES", value_parser = bytes_arg)]
     cache_bytes: Option<u64>,
     /// Blob digest never evicted (repeatable).
     #[arg(long = "pin", env = "FLOTILLA_NODE_PIN", value_delimiter = ',')]
@@ -160,11 +186,11 @@ struct NodeArgs {
     #[arg(long, env = "FLOTILLA_NODE_SITE")]
     site: Option<String>,
     /// Most bytes per second of pieces sent to peers, all of them together [default: no cap].
-    #[arg(long, env = "FLOTILLA_NODE_UPLOAD_BYTES_PER_S")]
+    #[arg(long, env = "FLOTILLA_NODE_UPLOAD_BYTES_PER_S", value_parser = rate_arg)]
     upload_bytes_per_s: Option<u64>,
     /// Most bytes per second of pieces received, from peers and the gateway together
     /// [default: no cap].
-    #[arg(long, env = "FLOTILLA_NODE_DOWNLOAD_BYTES_PER_S")]
+    #[arg(long, env = "FLOTILLA_NODE_DOWNLOAD_BYTES_PER_S", value_parser = rate_arg)]
     download_bytes_per_s: Option<u64>,
     /// Evict blobs unused for this many seconds, pinned ones excepted [default: only when the
     /// cache needs room].
@@ -565,5 +591,32 @@ mod tests {
         let path = file.to_str().expect("a UTF-8 path");
         assert!(!node_config(&["flotilla", "node", "--config", path]).direct_io);
         assert!(Cli::try_parse_from(["flotilla", "node", "--direct-io", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn sizes_and_rates_take_units_and_link_speeds() {
+        let c = node_config(&[
+            "flotilla",
+            "node",
+            "--cache-bytes",
+            "20GiB",
+            "--upload-bytes-per-s",
+            "100Mbit",
+            "--download-bytes-per-s",
+            "12MiB",
+        ]);
+        assert_eq!(c.cache_bytes, 20 << 30);
+        assert_eq!(c.upload_bytes_per_s, Some(12_500_000));
+        assert_eq!(c.download_bytes_per_s, Some(12 << 20));
+        assert_eq!(rate_arg("1Gbit"), Ok(125_000_000));
+        assert_eq!(rate_arg("1.5 Gbit"), Ok(187_500_000));
+        assert_eq!(rate_arg("4096"), Ok(4096));
+        assert!(rate_arg("fastMbit").is_err());
+        assert!(rate_arg("-1Mbit").is_err());
+        assert!(bytes_arg("lots").is_err());
+        assert!(
+            Cli::try_parse_from(["flotilla", "node", "--cache-bytes", "1.5GiB"]).is_err(),
+            "fractions of sizes are refused"
+        );
     }
 }
