@@ -99,7 +99,7 @@ struct GatewayArgs {
     #[arg(long, env = "FLOTILLA_UPLOAD_TTL_SECS")]
     upload_ttl_secs: Option<u64>,
     /// Blob bytes per second the gateway may send, HTTP bodies and swarm pieces together
-    /// [default: no cap].
+    /// (`125MB`, `1Gbit`, plain bytes) [default: no cap].
     #[arg(long, env = "FLOTILLA_UPLOAD_BYTES_PER_S", value_parser = rate_arg)]
     upload_bytes_per_s: Option<u64>,
     /// Seconds between two garbage collections; 0: never on its own [default: 86400].
@@ -111,7 +111,7 @@ struct GatewayArgs {
     /// Most entries in one page of tags or catalog when the client sends no `n` [default: 10000].
     #[arg(long, env = "FLOTILLA_MAX_LIST_ENTRIES")]
     max_list_entries: Option<usize>,
-    /// Largest blob accepted, in bytes [default: 1 TiB].
+    /// Largest blob accepted (`64GiB`, plain bytes) [default: 1 TiB].
     #[arg(long, env = "FLOTILLA_MAX_BLOB_BYTES", value_parser = bytes_arg)]
     max_blob_bytes: Option<u64>,
     /// Most upload sessions open at once [default: 1024].
@@ -156,7 +156,7 @@ struct NodeArgs {
     /// Extra bootstrap peer, a multiaddr ending in /p2p/<peer id> (repeatable).
     #[arg(long, env = "FLOTILLA_NODE_BOOTSTRAP", value_delimiter = ',')]
     bootstrap: Vec<String>,
-    /// Most bytes of blobs kept on disk [default: 21474836480].
+    /// Most bytes of blobs kept on disk (`20GiB`, plain bytes) [default: 20 GiB].
     #[arg(long, env = "FLOTILLA_NODE_CACHE_BYTES", value_parser = bytes_arg)]
     cache_bytes: Option<u64>,
     /// Blob digest never evicted (repeatable).
@@ -185,11 +185,12 @@ struct NodeArgs {
     /// and take each piece from outside the site about once [default: none].
     #[arg(long, env = "FLOTILLA_NODE_SITE")]
     site: Option<String>,
-    /// Most bytes per second of pieces sent to peers, all of them together [default: no cap].
+    /// Most bytes per second of pieces sent to peers, all of them together (`50MB`,
+    /// `500Mbit`, plain bytes) [default: no cap].
     #[arg(long, env = "FLOTILLA_NODE_UPLOAD_BYTES_PER_S", value_parser = rate_arg)]
     upload_bytes_per_s: Option<u64>,
-    /// Most bytes per second of pieces received, from peers and the gateway together
-    /// [default: no cap].
+    /// Most bytes per second of pieces received, from peers and the gateway together (`50MB`,
+    /// `500Mbit`, plain bytes) [default: no cap].
     #[arg(long, env = "FLOTILLA_NODE_DOWNLOAD_BYTES_PER_S", value_parser = rate_arg)]
     download_bytes_per_s: Option<u64>,
     /// Evict blobs unused for this many seconds, pinned ones excepted [default: only when the
