@@ -153,24 +153,25 @@ fn an_upload_cap_of_zero_is_a_clear_error() {
     );
 }
 
-#[test]
-fn a_node_download_cap_of_zero_is_a_clear_error() {
+/// Starts `flotilla node` with `args` (and a token and data directory), which must refuse to
+/// start; its error output.
+fn node_refuses(args: &[&str]) -> String {
     let tmp = tempfile::tempdir().unwrap();
     let out = Command::new(flotilla_bin())
-        .args([
-            "node",
-            "--download-bytes-per-s",
-            "0",
-            "--fleet-token",
-            "t",
-            "--data-dir",
-        ])
+        .arg("node")
+        .args(args)
+        .args(["--fleet-token", "t", "--data-dir"])
         .arg(tmp.path())
         .env("FLOTILLA_NODE_LISTEN", "127.0.0.1:0")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the node started with {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_node_download_cap_of_zero_is_a_clear_error() {
+    let err = node_refuses(&["--download-bytes-per-s", "0"]);
     assert!(
         err.contains("download_bytes_per_s is 0"),
         "the error does not name the setting: {err}"
@@ -179,22 +180,7 @@ fn a_node_download_cap_of_zero_is_a_clear_error() {
 
 #[test]
 fn a_bad_site_label_is_a_clear_error() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(flotilla_bin())
-        .args([
-            "node",
-            "--site",
-            "rack 7",
-            "--fleet-token",
-            "t",
-            "--data-dir",
-        ])
-        .arg(tmp.path())
-        .env("FLOTILLA_NODE_LISTEN", "127.0.0.1:0")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = node_refuses(&["--site", "rack 7"]);
     assert!(
         err.contains("site \"rack 7\"") && err.contains("not ' '"),
         "the error does not say what is wrong with the label: {err}"

@@ -43,23 +43,13 @@ fn key() -> Keypair {
 
 impl Rig {
     async fn join(&self, auth: Option<&str>, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri("/flotilla/v1/join")
-            .header("content-type", "application/json");
+        let mut headers = vec![("content-type", "application/json")];
         if let Some(a) = auth {
-            req = req.header("authorization", a);
+            headers.push(("authorization", a));
         }
-        let res = self
-            .app
-            .clone()
-            .oneshot(req.body(Body::from(body)).unwrap())
-            .await
-            .unwrap();
-        let status = res.status();
-        let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let (status, _, bytes) = self
+            .call(Method::POST, "/flotilla/v1/join", &headers, body)
+            .await;
         (status, serde_json::from_slice(&bytes).unwrap_or_default())
     }
 
