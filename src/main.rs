@@ -197,6 +197,9 @@ struct NodeArgs {
     /// cache needs room].
     #[arg(long, env = "FLOTILLA_NODE_EVICT_UNUSED_AFTER_SECS")]
     evict_unused_after_secs: Option<u64>,
+    /// Threads for the node's network, transfer and HTTP work [default: half the CPUs, 1 to 4].
+    #[arg(long, env = "FLOTILLA_NODE_WORKER_THREADS")]
+    worker_threads: Option<usize>,
 }
 
 impl NodeArgs {
@@ -252,6 +255,12 @@ impl NodeArgs {
         }
         if let Some(v) = self.evict_unused_after_secs {
             cfg.evict_unused_after_secs = Some(v);
+        }
+        if let Some(v) = self.worker_threads {
+            cfg.worker_threads = Some(v);
+        }
+        if cfg.worker_threads == Some(0) {
+            anyhow::bail!("worker_threads is 0: leave it out for the default");
         }
         Ok(cfg)
     }
@@ -537,34 +546,44 @@ fn main() -> anyhow::Result<()> {
     // One TLS provider for the whole process (aws-lc-rs, as libp2p's QUIC uses), so nothing
     // that asks rustls for the default can find none.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // The node sizes its own pool: on a host it shares, threads beyond the work it has only
+    // hand tasks to each other (docs/benchmarks.md). Everything else takes tokio's default.
+    let runtime = |workers: Option<usize>| {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if let Some(n) = workers {
+            b.worker_threads(n);
+        }
+        b.enable_all().build()
+    };
     match cli.command {
         Command::Gateway(args) => {
             init_tracing()?;
             let cfg = args.resolve()?;
-            rt.block_on(flotilla_gateway::run(cfg, shutdown_signal()))?;
+            runtime(None)?.block_on(flotilla_gateway::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Command::Node(args) => {
             init_tracing()?;
             let cfg = args.resolve()?;
-            rt.block_on(flotilla_node::run(cfg, shutdown_signal()))?;
+            let workers = cfg
+                .worker_threads
+                .unwrap_or_else(flotilla_node::config::default_worker_threads);
+            tracing::info!(worker_threads = workers, "node runtime");
+            runtime(Some(workers))?.block_on(flotilla_node::run(cfg, shutdown_signal()))?;
             Ok(())
         }
         Command::Up(args) => {
             init_tracing()?;
-            rt.block_on(up(args))
+            runtime(None)?.block_on(up(args))
         }
         Command::Gc(args) => {
             init_tracing()?;
-            rt.block_on(gc(args))
+            runtime(None)?.block_on(gc(args))
         }
-        Command::Prefetch(args) => rt.block_on(prefetch::run(args)),
-        Command::Unpin(args) => rt.block_on(prefetch::unpin(args)),
-        Command::Fleet(cmd) => rt.block_on(fleet::run(cmd)),
-        Command::Bench(cmd) => rt.block_on(bench::run(cmd)),
+        Command::Prefetch(args) => runtime(None)?.block_on(prefetch::run(args)),
+        Command::Unpin(args) => runtime(None)?.block_on(prefetch::unpin(args)),
+        Command::Fleet(cmd) => runtime(None)?.block_on(fleet::run(cmd)),
+        Command::Bench(cmd) => runtime(None)?.block_on(bench::run(cmd)),
         Command::Sim(args) => sim::run(args),
     }
 }
@@ -592,6 +611,20 @@ mod tests {
         let path = file.to_str().expect("a UTF-8 path");
         assert!(!node_config(&["flotilla", "node", "--config", path]).direct_io);
         assert!(Cli::try_parse_from(["flotilla", "node", "--direct-io", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn worker_threads_come_from_the_flag_and_zero_is_refused() {
+        assert_eq!(node_config(&["flotilla", "node"]).worker_threads, None);
+        let c = node_config(&["flotilla", "node", "--worker-threads", "3"]);
+        assert_eq!(c.worker_threads, Some(3));
+        let cli = Cli::try_parse_from(["flotilla", "node", "--worker-threads", "0"])
+            .expect("the arguments parse");
+        let Command::Node(node) = cli.command else {
+            panic!("not the node command");
+        };
+        let err = node.resolve().expect_err("0 workers are refused");
+        assert!(err.to_string().contains("worker_threads"), "{err}");
     }
 
     #[test]

@@ -91,6 +91,19 @@ pub struct NodeConfig {
     /// is given back. Absent: blobs stay until the cache needs room.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub evict_unused_after_secs: Option<u64>,
+    /// Threads that run the node's network, transfer and HTTP work (disk I/O runs on a separate
+    /// pool). Absent: [`default_worker_threads`], half the CPUs the process may use, 1 to 4.
+    /// Each thread carries ~0.6 GB/s of verified pieces here, and every thread beyond what the
+    /// node needs costs CPU per byte in hand-offs between threads (docs/benchmarks.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+}
+
+/// The node's worker threads when [`NodeConfig::worker_threads`] is absent: half the CPUs this
+/// process may use (its cgroup's quota included), at least 1 and at most 4 — a fleet host's
+/// node is a guest beside the host's own work, and 4 threads carry more than a 10-Gbit/s link.
+pub fn default_worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).clamp(1, 4))
 }
 
 impl Default for NodeConfig {
@@ -118,6 +131,7 @@ impl Default for NodeConfig {
             upload_bytes_per_s: None,
             download_bytes_per_s: None,
             evict_unused_after_secs: None,
+            worker_threads: None,
         }
     }
 }
@@ -166,6 +180,9 @@ mod tests {
         assert_eq!(NodeConfig::default().download_bytes_per_s, None);
         let cfg: NodeConfig = toml::from_str("evict_unused_after_secs = 86400").unwrap();
         assert_eq!(cfg.evict_unused_after_secs, Some(86_400));
+        let cfg: NodeConfig = toml::from_str("worker_threads = 2").unwrap();
+        assert_eq!(cfg.worker_threads, Some(2));
+        assert!((1..=4).contains(&default_worker_threads()));
     }
 
     #[test]
