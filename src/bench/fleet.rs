@@ -188,6 +188,11 @@ async fn run_to_end(args: FleetArgs) -> anyhow::Result<()> {
         parallel: args.parallel,
         verify: args.verify,
         pair_size,
+        // What the nodes started below will pick: they inherit this environment.
+        node_workers: std::env::var("FLOTILLA_NODE_WORKER_THREADS")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(flotilla_node::config::default_worker_threads),
     };
 
     let mut failures = Vec::new();

@@ -39,6 +39,8 @@ pub struct Params {
     pub verify: Verify,
     /// Blob size of the two-node run and the plain QUIC probe.
     pub pair_size: u64,
+    /// Worker threads each node runs (its default, or `FLOTILLA_NODE_WORKER_THREADS`).
+    pub node_workers: usize,
 }
 
 /// One fleet-wide pull (through the nodes, or straight from the gateway).
@@ -588,10 +590,11 @@ impl Report {
         out.push_str(&markdown(&rows));
         let i = &self.interference;
         out.push_str(&format!(
-            "\nduring the run, other programs used {:.1} % and other VMs (steal) {:.1} % of the {} cores\n",
+            "\nduring the run, other programs used {:.1} % and other VMs (steal) {:.1} % of the {} cores; each node ran {} worker thread(s)\n",
             i.other_share * 100.0,
             i.steal_share * 100.0,
-            i.cores
+            i.cores,
+            self.params.node_workers
         ));
         if i.other_share + i.steal_share > INTERFERENCE_WARN {
             out.push_str(
@@ -692,6 +695,7 @@ impl Report {
                 "parallel": p.parallel,
                 "verify": match p.verify { Verify::Sha256 => "sha256", Verify::Sample => "sample" },
                 "pair_size_bytes": p.pair_size,
+                "node_worker_threads": p.node_workers,
             },
             "gateway_egress_ratio": f.pull.egress_ratio(p),
             "first_completion_s": f.pull.first_s(),
@@ -756,6 +760,7 @@ mod tests {
             parallel: 3,
             verify: Verify::Sample,
             pair_size: 512 << 20,
+            node_workers: 1,
         };
         Report {
             push_mb_s: 900.0,
