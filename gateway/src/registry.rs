@@ -340,7 +340,11 @@ impl Registry {
             inner.blobs.open_file(&d2)
         });
         match opened.await? {
-            Some(f) => Ok(f),
+            Some(f) => {
+                // Whoever opens a blob here is about to be sent it.
+                self.inner.seed.note_sent(d);
+                Ok(f)
+            }
             None => {
                 tracing::error!(digest = %d, "blob linked but its file is missing");
                 Err(RegistryError::BlobUnknown)
@@ -435,16 +439,17 @@ impl Registry {
         }
         let (inner, repo, d2) = (self.inner.clone(), repo.clone(), d.clone());
         let file = done.file;
-        let size = blocking(move || {
+        let (size, new) = blocking(move || {
             file.sync_all()?;
             let _linking = inner.gc_shared();
             inner.touched.touch(&d2);
+            let new = inner.blobs.size(&d2)?.is_none();
             let size = inner.blobs.install(&tmp, &d2)?;
             inner.meta.link_blob(&repo, &d2, size)?;
-            Ok(size)
+            Ok((size, new))
         })
         .await?;
-        self.inner.seed.blob_landed(d);
+        self.inner.seed.blob_landed(d, new);
         Ok(size)
     }
 

@@ -154,7 +154,14 @@ pub(crate) struct Core {
     removed_blobs: broadcast::Sender<Digest>,
     /// The gateway's upload cap, shared by HTTP blob bodies and swarm pieces.
     egress: Option<Arc<Pace>>,
+    /// Blobs this process stored anew of which no byte has left it since (at most
+    /// [`MAX_UNSENT`]): no node can hold a piece of them (SPEC §3.7, `unsent`).
+    unsent: Mutex<std::collections::HashSet<Digest>>,
 }
+
+/// Most blobs remembered as unsent; beyond it new ones are not (they answer `false`, the
+/// answer that costs nothing but a node's wait for its first lookup).
+const MAX_UNSENT: usize = 65_536;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
 /// here is a single map operation).
@@ -224,6 +231,7 @@ impl Seed {
             new_blobs,
             removed_blobs,
             egress,
+            unsent: Mutex::new(std::collections::HashSet::new()),
         });
         let (queue, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(table_worker(Arc::downgrade(&core), rx));
@@ -294,6 +302,18 @@ impl Seed {
     /// How many nodes started to download `digest` in the last 30–60 s.
     pub fn swarm_size(&self, digest: &Digest) -> u32 {
         self.inner.demand.get(digest)
+    }
+
+    /// Whether this process stored `digest` anew and no byte of it has left since, over HTTP
+    /// or the swarm: then no node holds a piece of it, since every piece starts here. False
+    /// after a restart (nodes may hold pieces from before) and whenever in doubt.
+    pub fn unsent(&self, digest: &Digest) -> bool {
+        lock(&self.core().unsent).contains(digest)
+    }
+
+    /// Bytes of `digest` are about to leave the gateway (a blob or range GET).
+    pub(crate) fn note_sent(&self, digest: &Digest) {
+        self.core().note_sent(digest);
     }
 
     /// Sets the swarm addresses `GET /flotilla/v1/info` shows (multiaddrs as text). An address
@@ -400,7 +420,13 @@ impl Seed {
 
     /// Called by the registry when blob `d` became durable and linked: queues its table (skipped
     /// when the queue is full; on-demand computation covers it) and announces it.
-    pub(crate) fn blob_landed(&self, d: &Digest) {
+    pub(crate) fn blob_landed(&self, d: &Digest, new: bool) {
+        if new {
+            let mut unsent = lock(&self.core().unsent);
+            if unsent.len() < MAX_UNSENT {
+                unsent.insert(d.clone());
+            }
+        }
         match self.inner.queue.try_send(d.clone()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -420,6 +446,7 @@ impl Seed {
         let core = self.core();
         lock(&core.tables).remove(d);
         lock(&core.files).remove(d);
+        lock(&core.unsent).remove(d);
         let _ = core.removed_blobs.send(d.clone());
     }
 
@@ -540,6 +567,14 @@ impl Core {
         let file = Arc::new(file);
         lock(&self.files).insert(d.clone(), file.clone(), 1);
         Ok(Some(file))
+    }
+
+    /// Bytes of `d` are about to leave the gateway: it is no longer unsent.
+    pub(crate) fn note_sent(&self, d: &Digest) {
+        let mut unsent = lock(&self.unsent);
+        if !unsent.is_empty() {
+            unsent.remove(d);
+        }
     }
 
     /// Accounting for the transfer server.

@@ -62,6 +62,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let mut forward_arriving = true;
     let mut cancel_cuts = true;
     let mut graceful_retire = true;
+    let mut unsent_hint = true;
     let mut out_dir = PathBuf::from("sim-out");
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,6 +93,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             "--no-forward-arriving" => forward_arriving = false,
             "--no-cancel-cuts" => cancel_cuts = false,
             "--no-graceful-retire" => graceful_retire = false,
+            "--no-unsent-hint" => unsent_hint = false,
             "--no-baselines" => opts.baselines = false,
             "--json" => json = true,
             name if !name.starts_with('-') && scenario.is_none() => scenario = Some(name.parse()?),
@@ -110,6 +112,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     fleet.params.forward_arriving = forward_arriving;
     fleet.params.cancel_cuts_short = cancel_cuts;
     fleet.params.retire_gracefully = graceful_retire;
+    fleet.params.unsent_hint = unsent_hint;
     if let Some(m) = max_sessions_per_blob {
         fleet.params.max_sessions_per_blob = m;
     }

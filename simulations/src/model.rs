@@ -136,6 +136,10 @@ pub struct Params {
     /// closes, as the node's driver does (`Scheduler::peer_retiring`); `false`: it closes at
     /// once and the piece is cut off (the node before).
     pub retire_gracefully: bool,
+    /// The gateway's swarm answer says whether it has sent any byte of the layer yet, and a
+    /// node that hears "none" ends its origin grace at once (SPEC §6.2), as the node does;
+    /// `false`: it waits for its first lookup (the node before).
+    pub unsent_hint: bool,
     /// The run stops at this simulated time, finished or not.
     pub max_time_s: f64,
 }
@@ -168,6 +172,7 @@ impl Default for Params {
             forward_arriving: true,
             cancel_cuts_short: true,
             retire_gracefully: true,
+            unsent_hint: true,
             max_time_s: 3600.0,
         }
     }

@@ -215,6 +215,8 @@ struct Origin {
     gone_at: Option<Nanos>,
     /// Per layer and piece: requests for it are refused until then.
     refuse_until: Vec<Vec<Nanos>>,
+    /// Per layer: whether a piece transfer of it ever started (the gateway's `unsent` answer).
+    sent_any: Vec<bool>,
     active: BTreeMap<(u32, u32), u32>,
     /// Requests in a server's accept queue.
     queued: std::collections::BTreeSet<(u32, u32)>,
@@ -382,6 +384,7 @@ impl<'f> Swarm<'f> {
             alive: true,
             gone_at: None,
             refuse_until: blobs.iter().map(|b| vec![0; b.pieces as usize]).collect(),
+            sent_any: vec![false; blobs.len()],
             active: BTreeMap::new(),
             queued: Default::default(),
             next_free: vec![0; fleet.origins.len()],
@@ -519,7 +522,11 @@ impl<'f> Swarm<'f> {
             Ev::Join(h) => self.join(h),
             Ev::Leave(h) => self.leave(h),
             Ev::Tick(t) => self.tick(t),
-            Ev::SwarmCount { task, nodes } => self.swarm_count(task, nodes),
+            Ev::SwarmCount {
+                task,
+                nodes,
+                unsent,
+            } => self.swarm_count(task, nodes, unsent),
             Ev::LookupDone(t) => self.lookup_done(t),
             Ev::Relookup(t) => self.relookup(t),
             Ev::Open { task, peer } => self.open(task, peer),

@@ -121,10 +121,11 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
         Some(("pieces", d)) if get => pieces(st, &parse_digest(d)?, m == Method::GET).await,
         Some(("pieces", _)) => Err(method_not_allowed("GET, HEAD")),
         Some(("swarm", d)) if get => {
-            let n = st.registry.seed().swarm_size(&parse_digest(d)?);
+            let d = parse_digest(d)?;
+            let seed = st.registry.seed();
             Ok(json_response(
                 StatusCode::OK,
-                &serde_json::json!({ "fetchers": n }),
+                &serde_json::json!({ "fetchers": seed.swarm_size(&d), "unsent": seed.unsent(&d) }),
             ))
         }
         Some(("swarm", _)) => Err(method_not_allowed("GET, HEAD")),
@@ -139,6 +140,7 @@ pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult
             Method::GET => {
                 let d = parse_digest(d)?;
                 let (file, size) = st.registry.seed().blob_open(&d).await?;
+                st.registry.seed().note_sent(&d);
                 let alternatives = alternatives(req.headers(), size)?;
                 let distrusted = banned_by_asker(req.headers())?;
                 let mut substituted = None;

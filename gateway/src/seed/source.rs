@@ -82,6 +82,8 @@ impl PieceSource for GatewaySource {
             // A piece is at most the table's piece size, a u32.
             let len = u32::try_from(range.end - range.start)
                 .map_err(|_| SourceError::Other(format!("piece {index} of {d} is too long")))?;
+            // A peer is about to be sent it.
+            core.note_sent(&d);
             Ok(PieceFile {
                 file,
                 offset: range.start,

@@ -257,7 +257,7 @@ async fn a_full_queue_skips_without_blocking_and_on_demand_covers_it() {
         .collect();
     // The worker cannot run in between (one thread, no await): all but the first are dropped.
     for d in &digests {
-        seed.blob_landed(d);
+        seed.blob_landed(d, true);
     }
     wait_computed(&seed, 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -266,6 +266,37 @@ async fn a_full_queue_skips_without_blocking_and_on_demand_covers_it() {
         assert!(seed.piece_table(d).await.unwrap().is_some());
     }
     assert_eq!(seed.stats().tables_computed, 5);
+}
+
+#[tokio::test]
+async fn a_blob_is_unsent_from_its_push_until_any_of_it_leaves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::open(cfg(tmp.path())).await.unwrap();
+    let seed = reg.seed().clone();
+    let r = repo("a/b");
+    let (one, two, three) = (data(9000, 1), data(5000 << 10, 2), data(7000, 3));
+    let (d1, d2, d3) = (
+        Digest::sha256_of(&one),
+        Digest::sha256_of(&two),
+        Digest::sha256_of(&three),
+    );
+    for (bytes, d) in [(&one, &d1), (&two, &d2), (&three, &d3)] {
+        reg.blob_put(&r, d, body(bytes, 4096)).await.unwrap();
+        assert!(seed.unsent(d), "a blob pushed anew has not been sent");
+    }
+    // A client's GET, a peer's piece: either may give a node bytes of it.
+    reg.blob_open(&r, &d1).await.unwrap();
+    assert!(!seed.unsent(&d1));
+    seed.source().piece_file(&d2, 1).await.unwrap();
+    assert!(!seed.unsent(&d2));
+    assert!(seed.unsent(&d3), "the others are unaffected");
+    // Pushed again after being sent: still sent (nodes may hold it).
+    reg.blob_put(&r, &d1, body(&one, 4096)).await.unwrap();
+    assert!(!seed.unsent(&d1));
+    // A restarted gateway cannot know what left before: nothing is unsent.
+    drop((seed, reg));
+    let reg = Registry::open(cfg(tmp.path())).await.unwrap();
+    assert!(!reg.seed().unsent(&d3));
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ use tokio::task::{AbortHandle, JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use super::gateway::OriginOutcome;
+use super::gateway::{OriginOutcome, SwarmAnswer};
 use super::table;
 use super::{Counters, FetchError, Inner, Outcome, Ready, State, Waste};
 use crate::ports::{NetworkError, PieceRank, SourceError};
@@ -201,8 +201,9 @@ enum Internal {
         found: Result<Vec<PeerId>, NetworkError>,
         near: Result<Vec<PeerId>, NetworkError>,
     },
-    /// Nodes the gateway saw start this download recently.
-    SwarmSize(u32),
+    /// The gateway's answer about this blob's swarm: nodes it saw start this download
+    /// recently, and whether no byte of it has left the gateway yet.
+    Swarm(SwarmAnswer),
     Connected {
         peer: PeerId,
         result: Result<(Session, Opened), String>,
@@ -703,10 +704,19 @@ impl Driver {
                 }
                 self.check_cold_start();
             }
-            Internal::SwarmSize(n) => {
-                self.swarm_hint = self.swarm_hint.max(n as usize);
+            Internal::Swarm(answer) => {
+                self.swarm_hint = self.swarm_hint.max(answer.fetchers as usize);
                 // At once: the origin rule needs it before a cold start ends the grace.
                 self.set_swarm_size();
+                // A node with a site waits for its lookup all the same: it needs its site's
+                // members to know which of them fetches a piece from outside (SPEC §6.2).
+                if answer.unsent && self.site.is_none() && !self.grace_checked {
+                    // Every piece starts at the gateway, and it has sent none: nobody holds one,
+                    // and the first lookup (log2 N round trips) has nothing to find.
+                    self.grace_checked = true;
+                    let now = self.now();
+                    self.sched.end_origin_grace(now);
+                }
             }
             Internal::Connected { peer, result } => self.on_connected(peer, result),
             Internal::Origin {

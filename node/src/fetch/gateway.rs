@@ -26,6 +26,17 @@ const BANNED: &str = "flotilla-banned";
 const MAX_BANNED: usize = 32;
 use crate::ports::{PieceSink, Verdict};
 
+/// The gateway's answer about a blob's swarm (SPEC §3.7, `GET /flotilla/v1/swarm/<digest>`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+pub(crate) struct SwarmAnswer {
+    /// Nodes that started downloading it in the last 30–60 s.
+    #[serde(default)]
+    pub(crate) fetchers: u32,
+    /// No byte of it has left the gateway since it was pushed: no node holds a piece.
+    #[serde(default)]
+    pub(crate) unsent: bool,
+}
+
 /// Largest signed piece table accepted (a 128 GiB blob at 64 MiB pieces needs 64 KiB of hashes;
 /// the limit leaves room for far larger blobs while bounding what a bad answer costs).
 const MAX_TABLE_BYTES: usize = 8 << 20;
@@ -157,13 +168,10 @@ impl GatewayClient {
         }
     }
 
-    /// How many nodes the gateway saw start downloading `digest` in the last 30–60 s (its
-    /// `GET /flotilla/v1/swarm/<digest>`); 0 from a gateway that does not count.
-    pub(crate) async fn swarm_size(&self, digest: &Digest) -> Result<u32, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct Swarm {
-            fetchers: u32,
-        }
+    /// What the gateway knows of the swarm for `digest` (its `GET /flotilla/v1/swarm/<digest>`):
+    /// how many nodes it saw start downloading it in the last 30–60 s, and whether no byte of it
+    /// has left the gateway yet. Nothing known (0, not unsent) from a gateway that does not say.
+    pub(crate) async fn swarm(&self, digest: &Digest) -> Result<SwarmAnswer, GatewayError> {
         let res = self
             .get(&format!("/flotilla/v1/swarm/{digest}"))
             .timeout(self.timeout)
@@ -172,9 +180,9 @@ impl GatewayClient {
         match res.status() {
             StatusCode::OK => {
                 let body = read_limited(res, 4 << 10).await?;
-                Ok(serde_json::from_slice::<Swarm>(&body).map_or(0, |s| s.fetchers))
+                Ok(serde_json::from_slice(&body).unwrap_or_default())
             }
-            StatusCode::NOT_FOUND => Ok(0),
+            StatusCode::NOT_FOUND => Ok(SwarmAnswer::default()),
             s => Err(GatewayError::Status(s)),
         }
     }
@@ -337,4 +345,23 @@ async fn read_limited(mut res: reqwest::Response, limit: usize) -> Result<Vec<u8
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SwarmAnswer;
+
+    #[test]
+    fn the_swarm_answer_reads_old_and_new_gateways() {
+        let old: SwarmAnswer = serde_json::from_str(r#"{"fetchers": 3}"#).unwrap();
+        assert_eq!(
+            old,
+            SwarmAnswer {
+                fetchers: 3,
+                unsent: false
+            }
+        );
+        let new: SwarmAnswer = serde_json::from_str(r#"{"fetchers": 1, "unsent": true}"#).unwrap();
+        assert!(new.unsent);
+    }
 }

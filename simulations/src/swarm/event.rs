@@ -17,6 +17,8 @@ pub(super) enum Ev {
     SwarmCount {
         task: u32,
         nodes: u32,
+        /// No transfer of the layer had started at the origin (the gateway's `unsent`).
+        unsent: bool,
     },
     /// A session from `task` to host `peer` is established (or fails).
     Open {

@@ -117,6 +117,7 @@ impl Swarm<'_> {
             *until = u64::MAX;
         }
         let len = self.blobs[usize::from(blob)].piece_len(piece);
+        self.origin.sent_any[usize::from(blob)] = true;
         let flow =
             self.net
                 .start_origin(server, host, len, Tag::Origin { task: t, piece }, self.now);

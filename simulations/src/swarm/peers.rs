@@ -160,9 +160,18 @@ impl Swarm<'_> {
         self.push(now + self.lookup_time[usize::from(site)], Ev::LookupDone(t));
         if ask_gateway && self.origin.alive {
             // One HTTP round trip to the gateway (its first server answers).
+            // Both figures as of the request, like the count (half a round trip early).
             let nodes = self.origin.demand[usize::from(blob)].total(now);
+            let unsent = self.fleet.params.unsent_hint && !self.origin.sent_any[usize::from(blob)];
             let rtt = 2 * self.net.owd_origin(0, host);
-            self.push(now + rtt, Ev::SwarmCount { task: t, nodes });
+            self.push(
+                now + rtt,
+                Ev::SwarmCount {
+                    task: t,
+                    nodes,
+                    unsent,
+                },
+            );
         }
     }
 
@@ -261,13 +270,25 @@ impl Swarm<'_> {
         }
     }
 
-    /// The gateway's count of nodes pulling the layer arrived.
-    pub(super) fn swarm_count(&mut self, t: u32, nodes: u32) {
+    /// The gateway's count of nodes pulling the layer arrived, and whether it had sent any of
+    /// it yet.
+    pub(super) fn swarm_count(&mut self, t: u32, nodes: u32, unsent: bool) {
         let task = &mut self.tasks[t as usize];
         if task.state == State::Running {
             task.swarm_hint = task.swarm_hint.max(u64::from(nodes));
             // The node hands it on at once: the origin rule needs it before the grace ends.
             self.set_swarm_size(t);
+            let task = &mut self.tasks[t as usize];
+            // A labelled host waits for its lookup all the same: it needs its site's members to
+            // know which of them fetches a piece across the WAN.
+            if unsent && !self.labels && !task.grace_checked {
+                // Nobody holds a piece yet: the first lookup has nothing to find.
+                task.grace_checked = true;
+                let now = Duration::from_nanos(self.now);
+                if let Some(s) = self.scheds[t as usize].as_deref_mut() {
+                    s.end_origin_grace(now);
+                }
+            }
             self.drain(t);
         }
     }

@@ -99,7 +99,7 @@ impl Driver {
             let inner = self.inner.clone();
             let digest = self.digest.clone();
             self.tasks.spawn(async move {
-                Internal::SwarmSize(inner.gateway.swarm_size(&digest).await.unwrap_or(0))
+                Internal::Swarm(inner.gateway.swarm(&digest).await.unwrap_or_default())
             });
         }
         let limit = self.inner.cfg.max_peers_per_blob.saturating_mul(2).max(8);
