@@ -294,6 +294,47 @@ async fn piece_tables_are_signed_by_the_gateway_and_describe_the_blob() {
 }
 
 #[tokio::test]
+async fn the_swarm_answer_says_unsent_until_a_byte_of_the_blob_leaves() {
+    let mut api = Api::start().joined().await;
+    let (a, b) = (blob(7, 50_000), blob(8, 60_000));
+    let (da, db) = (api.push("x/y", &a).await, api.push("x/y", &b).await);
+    let swarm = |d: &str| format!("/flotilla/v1/swarm/{d}");
+    for d in [&da, &db] {
+        let r = api.get(&swarm(d)).await;
+        r.expect(200);
+        assert_eq!(
+            r.json()["unsent"],
+            true,
+            "{d} was just pushed: {}",
+            r.json()
+        );
+    }
+    // A node's piece table fetch sends nothing of the blob; a client's GET does.
+    api.get(&format!("/flotilla/v1/pieces/{da}"))
+        .await
+        .expect(200);
+    assert_eq!(api.get(&swarm(&da)).await.json()["unsent"], true);
+    api.get(&format!("/v2/x/y/blobs/{da}")).await.expect(200);
+    assert_eq!(api.get(&swarm(&da)).await.json()["unsent"], false);
+    // So does a node's range request to the origin.
+    api.send(
+        api.req(Method::GET, &format!("/flotilla/v1/blobs/{db}"))
+            .header("Range", "bytes=0-99"),
+    )
+    .await
+    .expect(206);
+    let r = api.get(&swarm(&db)).await;
+    assert_eq!(r.json()["unsent"], false, "{}", r.json());
+    assert_eq!(r.json()["fetchers"], 0);
+    // A restarted gateway cannot know what left before it: nothing is unsent.
+    let c = blob(9, 70_000);
+    let dc = api.push("x/y", &c).await;
+    api.restart();
+    let api = api.joined().await;
+    assert_eq!(api.get(&swarm(&dc)).await.json()["unsent"], false);
+}
+
+#[tokio::test]
 async fn blobs_are_served_without_a_repository() {
     let api = Api::start().joined().await;
     let data = blob(2, 100_000);

@@ -224,6 +224,9 @@ pub struct TransferStats {
     /// Verified pieces that sessions being replaced finished before they closed (SPEC §6.2;
     /// counted in `peer_pieces` too).
     pub retired_pieces: u64,
+    /// Downloads that asked the gateway without waiting for their first lookup, because it had
+    /// sent no byte of the blob yet (its `unsent` answer, SPEC §6.2).
+    pub unsent_starts: u64,
 }
 
 /// Lock-free counters behind [`TransferStats`].
@@ -239,6 +242,7 @@ pub(crate) struct Counters {
     origin_pieces: AtomicU64,
     peers_banned: AtomicU64,
     retired_pieces: AtomicU64,
+    unsent_starts: AtomicU64,
 }
 
 impl Counters {
@@ -258,6 +262,7 @@ impl Counters {
             origin_pieces: self.origin_pieces.load(Ordering::Relaxed),
             peers_banned: self.peers_banned.load(Ordering::Relaxed),
             retired_pieces: self.retired_pieces.load(Ordering::Relaxed),
+            unsent_starts: self.unsent_starts.load(Ordering::Relaxed),
         }
     }
 
@@ -283,6 +288,11 @@ impl Counters {
 
     fn banned(&self) {
         self.peers_banned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A download ended its origin grace at the gateway's `unsent` answer.
+    fn unsent_start(&self) {
+        self.unsent_starts.fetch_add(1, Ordering::Relaxed);
     }
 
     fn wasted(&self, bytes: u64, why: Waste) {

@@ -152,6 +152,10 @@ pub struct NodeStats {
     /// over them: a rollout slower than the swarm could go shows here. 0 without a cap.
     #[serde(default)]
     pub download_cap_wait_s: f64,
+    /// Downloads that asked the gateway without waiting for their first DHT lookup, because it
+    /// had sent no byte of the blob yet (SPEC §6.2): a fleet's first pull of a fresh push.
+    #[serde(default)]
+    pub unsent_starts: u64,
     /// Nodes in the DHT routing table.
     pub known_peers: usize,
 }
@@ -560,6 +564,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         cut_bytes,
         invalid_bytes,
         peers_banned,
+        unsent_starts,
         ..
     } = fetcher.totals();
     let dht = swarm.dht_counters().snapshot();
@@ -581,6 +586,7 @@ fn node_stats(fetcher: &Fetcher, store: &Store, swarm: &SwarmHandle) -> NodeStat
         dht_announcements: dht.1,
         dht_answered: dht.3,
         download_cap_wait_s: fetcher.download_cap_waited().as_secs_f64(),
+        unsent_starts,
         known_peers: swarm.known_peers(),
     }
 }
@@ -701,6 +707,12 @@ async fn metrics(State(s): State<StatsState>) -> impl axum::response::IntoRespon
         Kind::Counter,
         "Seconds downloads waited for the download cap, summed over them.",
         n.download_cap_wait_s,
+    )
+    .metric(
+        "flotilla_node_unsent_starts_total",
+        Kind::Counter,
+        "Downloads that asked the gateway at once, as it had sent no byte of the blob yet.",
+        n.unsent_starts as f64,
     )
     .metric(
         "flotilla_node_known_peers",

@@ -716,6 +716,8 @@ impl Driver {
                     self.grace_checked = true;
                     let now = self.now();
                     self.sched.end_origin_grace(now);
+                    self.stats.unsent_start();
+                    self.inner.totals.unsent_start();
                 }
             }
             Internal::Connected { peer, result } => self.on_connected(peer, result),

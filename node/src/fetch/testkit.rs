@@ -253,6 +253,8 @@ pub(crate) struct FakeNetwork {
     pub provided: Mutex<Vec<Digest>>,
     /// Opening a stream to these peers takes this long.
     pub delays: Mutex<HashMap<PeerId, std::time::Duration>>,
+    /// A provider lookup takes this long (a large fleet's lookup is many round trips).
+    pub lookup_delay: Mutex<std::time::Duration>,
     servers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// This node's site label, if set (before the fetcher starts a download).
     pub site: std::sync::OnceLock<String>,
@@ -271,6 +273,7 @@ impl FakeNetwork {
             lookups: AtomicUsize::new(0),
             provided: Mutex::new(Vec::new()),
             delays: Mutex::new(HashMap::new()),
+            lookup_delay: Mutex::new(std::time::Duration::ZERO),
             servers: Mutex::new(Vec::new()),
             site: std::sync::OnceLock::new(),
             site_providers: Mutex::new(Vec::new()),
@@ -334,7 +337,12 @@ impl Network for FakeNetwork {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let mut p = self.providers.lock().unwrap().clone();
         p.truncate(limit);
-        futures::future::ready(Ok(p)).boxed()
+        let delay = *self.lookup_delay.lock().unwrap();
+        async move {
+            tokio::time::sleep(delay).await;
+            Ok(p)
+        }
+        .boxed()
     }
 
     fn open_stream(&self, peer: PeerId) -> BoxFuture<'static, Result<PeerStream, NetworkError>> {
@@ -413,6 +421,8 @@ pub(crate) struct GatewayState {
     pub refuse_blobs: std::sync::atomic::AtomicBool,
     /// More manifests to answer: path → (Content-Type, body).
     pub manifests: Mutex<HashMap<String, (&'static str, String)>>,
+    /// What `GET /flotilla/v1/swarm/<digest>` says of `unsent` (none sent yet).
+    pub unsent: std::sync::atomic::AtomicBool,
 }
 
 /// A fake gateway listening on loopback.
@@ -438,9 +448,11 @@ impl FakeGateway {
             v2: Mutex::new(Vec::new()),
             refuse_blobs: std::sync::atomic::AtomicBool::new(false),
             manifests: Mutex::new(HashMap::new()),
+            unsent: std::sync::atomic::AtomicBool::new(false),
         });
         let app = Router::new()
             .route("/flotilla/v1/info", get(info))
+            .route("/flotilla/v1/swarm/{digest}", get(swarm))
             .route("/flotilla/v1/pieces/{digest}", get(pieces))
             .route("/flotilla/v1/blobs/{digest}", get(blob))
             .fallback(v2)
@@ -503,6 +515,11 @@ async fn info(State(st): State<Arc<GatewayState>>) -> Response {
 fn lookup(st: &GatewayState, digest: &str) -> Option<TestBlob> {
     let d: Digest = digest.parse().ok()?;
     st.blobs.lock().unwrap().get(&d).cloned()
+}
+
+async fn swarm(State(st): State<Arc<GatewayState>>) -> Response {
+    let unsent = st.unsent.load(Ordering::Relaxed);
+    axum::Json(serde_json::json!({ "fetchers": 1, "unsent": unsent })).into_response()
 }
 
 async fn pieces(State(st): State<Arc<GatewayState>>, Path(digest): Path<String>) -> Response {

@@ -232,6 +232,34 @@ async fn with_no_peer_everything_comes_from_the_origin() {
     ));
 }
 
+/// A blob the gateway has sent nothing of yet: nobody can hold a piece, and the download asks
+/// the origin as soon as the gateway says so, not after its first lookup (SPEC §6.2).
+#[tokio::test]
+async fn an_unsent_blob_is_asked_of_the_origin_before_the_first_lookup_ends() {
+    for unsent in [true, false] {
+        // With `unsent`, a lookup and a grace longer than the test's patience: only the
+        // gateway's answer can let the download reach the origin in time.
+        let wait = if unsent {
+            Duration::from_secs(60)
+        } else {
+            Duration::ZERO
+        };
+        let rig = Rig::with(|c| c.scheduler.origin_grace = wait).await;
+        *rig.net.lookup_delay.lock().unwrap() = wait;
+        rig.gw
+            .state
+            .unsent
+            .store(unsent, std::sync::atomic::Ordering::Relaxed);
+        let blob = rig.blob(4 * 8192, 8192, 6);
+        let dl = within(20, rig.fetcher.open(&blob.digest)).await.unwrap();
+        within(20, dl.wait_complete()).await.unwrap();
+        let stats = dl.stats();
+        assert_eq!(stats.origin_bytes, blob.data.len() as u64);
+        assert_eq!(stats.unsent_starts, u64::from(unsent), "{stats:?}");
+        assert_eq!(rig.fetcher.totals().unsent_starts, u64::from(unsent));
+    }
+}
+
 #[tokio::test]
 async fn concurrent_openers_share_one_download() {
     let rig = Rig::new().await;
