@@ -439,17 +439,19 @@ impl Registry {
         }
         let (inner, repo, d2) = (self.inner.clone(), repo.clone(), d.clone());
         let file = done.file;
-        let (size, new) = blocking(move || {
+        let size = blocking(move || {
             file.sync_all()?;
             let _linking = inner.gc_shared();
             inner.touched.touch(&d2);
-            let new = inner.blobs.size(&d2)?.is_none();
+            if inner.blobs.size(&d2)?.is_none() {
+                inner.seed.mark_unsent(&d2);
+            }
             let size = inner.blobs.install(&tmp, &d2)?;
             inner.meta.link_blob(&repo, &d2, size)?;
-            Ok((size, new))
+            Ok(size)
         })
         .await?;
-        self.inner.seed.blob_landed(d, new);
+        self.inner.seed.blob_landed(d);
         Ok(size)
     }
 

@@ -41,6 +41,7 @@ mod cache;
 mod demand;
 mod source;
 mod table;
+mod unsent;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -154,14 +155,9 @@ pub(crate) struct Core {
     removed_blobs: broadcast::Sender<Digest>,
     /// The gateway's upload cap, shared by HTTP blob bodies and swarm pieces.
     egress: Option<Arc<Pace>>,
-    /// Blobs this process stored anew of which no byte has left it since (at most
-    /// [`MAX_UNSENT`]): no node can hold a piece of them (SPEC §3.7, `unsent`).
-    unsent: Mutex<std::collections::HashSet<Digest>>,
+    /// Blobs this process stored anew of which no byte has left it since.
+    unsent: unsent::Unsent,
 }
-
-/// Most blobs remembered as unsent; beyond it new ones are not (they answer `false`, the
-/// answer that costs nothing but a node's wait for its first lookup).
-const MAX_UNSENT: usize = 65_536;
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical section
 /// here is a single map operation).
@@ -231,7 +227,7 @@ impl Seed {
             new_blobs,
             removed_blobs,
             egress,
-            unsent: Mutex::new(std::collections::HashSet::new()),
+            unsent: unsent::Unsent::default(),
         });
         let (queue, rx) = mpsc::channel(depth.max(1));
         tokio::spawn(table_worker(Arc::downgrade(&core), rx));
@@ -308,12 +304,17 @@ impl Seed {
     /// or the swarm: then no node holds a piece of it, since every piece starts here. False
     /// after a restart (nodes may hold pieces from before) and whenever in doubt.
     pub fn unsent(&self, digest: &Digest) -> bool {
-        lock(&self.core().unsent).contains(digest)
+        self.core().unsent.contains(digest)
+    }
+
+    /// `digest`, not held before, is about to be installed (blocking callers may call it).
+    pub(crate) fn mark_unsent(&self, digest: &Digest) {
+        self.core().unsent.mark(digest);
     }
 
     /// Bytes of `digest` are about to leave the gateway (a blob or range GET).
     pub(crate) fn note_sent(&self, digest: &Digest) {
-        self.core().note_sent(digest);
+        self.core().unsent.clear(digest);
     }
 
     /// Sets the swarm addresses `GET /flotilla/v1/info` shows (multiaddrs as text). An address
@@ -420,13 +421,7 @@ impl Seed {
 
     /// Called by the registry when blob `d` became durable and linked: queues its table (skipped
     /// when the queue is full; on-demand computation covers it) and announces it.
-    pub(crate) fn blob_landed(&self, d: &Digest, new: bool) {
-        if new {
-            let mut unsent = lock(&self.core().unsent);
-            if unsent.len() < MAX_UNSENT {
-                unsent.insert(d.clone());
-            }
-        }
+    pub(crate) fn blob_landed(&self, d: &Digest) {
         match self.inner.queue.try_send(d.clone()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -446,7 +441,7 @@ impl Seed {
         let core = self.core();
         lock(&core.tables).remove(d);
         lock(&core.files).remove(d);
-        lock(&core.unsent).remove(d);
+        core.unsent.clear(d);
         let _ = core.removed_blobs.send(d.clone());
     }
 
@@ -571,10 +566,7 @@ impl Core {
 
     /// Bytes of `d` are about to leave the gateway: it is no longer unsent.
     pub(crate) fn note_sent(&self, d: &Digest) {
-        let mut unsent = lock(&self.unsent);
-        if !unsent.is_empty() {
-            unsent.remove(d);
-        }
+        self.unsent.clear(d);
     }
 
     /// Accounting for the transfer server.

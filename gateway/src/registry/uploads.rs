@@ -191,20 +191,22 @@ impl Registry {
                 });
             }
             let (inner, d2) = (this.inner.clone(), d.clone());
-            let (size, new) = blocking(move || {
+            let size = blocking(move || {
                 let path = inner.uploads.path(&id);
                 std::fs::File::open(&path)?.sync_all()?;
                 let _linking = inner.gc_shared();
                 inner.touched.touch(&d2);
-                let new = inner.blobs.size(&d2)?.is_none();
+                if inner.blobs.size(&d2)?.is_none() {
+                    inner.seed.mark_unsent(&d2);
+                }
                 let size = inner.blobs.install(&path, &d2)?;
                 // A crash right here leaves a session without data: dropped at the next start.
                 inner.meta.finish_upload(&id, &repo, &d2, size)?;
                 inner.uploads.forget(&id);
-                Ok((size, new))
+                Ok(size)
             })
             .await?;
-            this.inner.seed.blob_landed(&d, new);
+            this.inner.seed.blob_landed(&d);
             Ok(size)
         })
         .await

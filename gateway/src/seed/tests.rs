@@ -257,7 +257,7 @@ async fn a_full_queue_skips_without_blocking_and_on_demand_covers_it() {
         .collect();
     // The worker cannot run in between (one thread, no await): all but the first are dropped.
     for d in &digests {
-        seed.blob_landed(d, true);
+        seed.blob_landed(d);
     }
     wait_computed(&seed, 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
