@@ -84,6 +84,10 @@ pub struct FleetArgs {
     /// Runs of the plain QUIC probe per cipher order (the median is reported).
     #[arg(long, default_value_t = 3)]
     quinn_runs: usize,
+    /// Fetches in the two-node run, each by a fresh node B between two plain QUIC probes; the
+    /// one with the median ratio to plain quinn is reported, all are listed.
+    #[arg(long, default_value_t = 3)]
+    pair_runs: usize,
     /// A client that receives nothing for this many seconds fails.
     #[arg(long, default_value_t = 120)]
     stall_secs: u64,
@@ -97,7 +101,7 @@ pub struct FleetArgs {
     #[arg(long)]
     flotilla_bin: Option<PathBuf>,
     /// Where the temporary data directories go [default: the system temp dir]. Needs about
-    /// (nodes + 1) × size free, plus 3 × the pair size.
+    /// (nodes + 1) × size free, plus (pair runs + 3) × the pair size.
     #[arg(long)]
     work_dir: Option<PathBuf>,
     /// Keep the work directory (data and logs) instead of removing it.
@@ -147,8 +151,8 @@ async fn run_to_end(args: FleetArgs) -> anyhow::Result<()> {
         bail!("--nodes, --size, --layers and --parallel must be positive");
     }
     let pair_size = args.pair_size.unwrap_or(args.size.min(PAIR_SIZE));
-    if pair_size == 0 || args.quinn_runs == 0 {
-        bail!("--pair-size and --quinn-runs must be positive");
+    if pair_size == 0 || args.quinn_runs == 0 || args.pair_runs == 0 {
+        bail!("--pair-size, --quinn-runs and --pair-runs must be positive");
     }
     let cpu_start = CpuSnapshot::take()?;
     let bin = match &args.flotilla_bin {
@@ -188,6 +192,7 @@ async fn run_to_end(args: FleetArgs) -> anyhow::Result<()> {
         parallel: args.parallel,
         verify: args.verify,
         pair_size,
+        pair_runs: args.pair_runs,
         // What the nodes started below will pick: they inherit this environment.
         node_workers: std::env::var("FLOTILLA_NODE_WORKER_THREADS")
             .ok()
@@ -236,6 +241,7 @@ async fn run_to_end(args: FleetArgs) -> anyhow::Result<()> {
             &blob,
             opts,
             &args.log,
+            args.pair_runs,
             probe,
         )
         .await

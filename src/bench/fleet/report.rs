@@ -39,6 +39,8 @@ pub struct Params {
     pub verify: Verify,
     /// Blob size of the two-node run and the plain QUIC probe.
     pub pair_size: u64,
+    /// Fetches by a fresh node B in the two-node run.
+    pub pair_runs: usize,
     /// Worker threads each node runs (its default, or `FLOTILLA_NODE_WORKER_THREADS`).
     pub node_workers: usize,
 }
@@ -177,8 +179,30 @@ impl Fleet {
     }
 }
 
-/// The two-node run: node B fetches one blob that node A holds into its store, then a client
-/// pulls it through node C from A.
+/// One of the two-node run's fetches by a fresh node B, as listed beside the reported one.
+#[derive(Debug, Clone, Default)]
+pub struct PairFetch {
+    /// B's fetch, request to answer.
+    pub time: Duration,
+    /// CPU of A and B during it.
+    pub cpu: Duration,
+    /// Plain quinn right before and right after it, MB/s.
+    pub quinn_around: (f64, f64),
+}
+
+impl PairFetch {
+    /// Against the plain quinn runs around it.
+    pub fn vs_quinn(&self, size: u64) -> Option<f64> {
+        let q = (self.quinn_around.0 + self.quinn_around.1) / 2.0;
+        (q > 0.0).then(|| mb_s(size, self.time) / q)
+    }
+}
+
+/// The two-node run: fresh nodes B, one after the other, each fetch one blob that node A holds
+/// into their store, then a client pulls it through node C from A. The figures of B's fetch
+/// are those of the fetch with the median ratio to plain quinn around it: the machine's speed
+/// drifts by tens of percent between one fetch and the next (other VMs on the host), so one
+/// fetch alone says little.
 #[derive(Debug, Clone, Default)]
 pub struct Pair {
     /// A's pull of the blob from the gateway (no swarm there: HTTP origin only).
@@ -206,6 +230,8 @@ pub struct Pair {
     pub quinn_around: (f64, f64),
     /// The client's pull through node C, unless it failed.
     pub client: Option<ClientPull>,
+    /// Every fetch by a node B, in order (the reported one among them).
+    pub fetches: Vec<PairFetch>,
 }
 
 /// A client pulls the blob through node C, whose only peer is A: the piece transfer with the
@@ -518,6 +544,20 @@ impl Report {
                 "plain quinn right before / after B's fetch (MB/s)".into(),
                 format!("{:.0} / {:.0}", pair.quinn_around.0, pair.quinn_around.1),
             ]);
+            if pair.fetches.len() > 1 {
+                let each: Vec<String> = pair
+                    .fetches
+                    .iter()
+                    .map(|f| fmt(f.vs_quinn(p.pair_size), 2))
+                    .collect();
+                rows.push(vec![
+                    format!(
+                        "each of {} fetches by a fresh B / plain quinn (the median above)",
+                        pair.fetches.len()
+                    ),
+                    each.join(", "),
+                ]);
+            }
             if let Some(c) = &pair.client {
                 rows.push(vec![
                     "a client pulls it through node C from node A (MB/s)".into(),
@@ -683,6 +723,12 @@ impl Report {
                 "cpu_s_per_gib": pair.cpu.as_secs_f64() / (p.pair_size as f64 / f64::from(1u32 << 30)),
                 "peak_rss_mib": [mib(pair.peak_rss.0), mib(pair.peak_rss.1)],
                 "quinn_around_mb_s": [pair.quinn_around.0, pair.quinn_around.1],
+                "fetches": pair.fetches.iter().map(|f| json!({
+                    "mb_s": mb_s(p.pair_size, f.time),
+                    "cpu_s_per_gib": f.cpu.as_secs_f64() / (p.pair_size as f64 / f64::from(1u32 << 30)),
+                    "quinn_around_mb_s": [f.quinn_around.0, f.quinn_around.1],
+                    "vs_quinn": f.vs_quinn(p.pair_size),
+                })).collect::<Vec<_>>(),
             })
         });
         json!({
@@ -695,6 +741,7 @@ impl Report {
                 "parallel": p.parallel,
                 "verify": match p.verify { Verify::Sha256 => "sha256", Verify::Sample => "sample" },
                 "pair_size_bytes": p.pair_size,
+                "pair_runs": p.pair_runs,
                 "node_worker_threads": p.node_workers,
             },
             "gateway_egress_ratio": f.pull.egress_ratio(p),
@@ -711,6 +758,7 @@ impl Report {
             "quinn_median_mb_s": self.quinn.as_ref().map(|q| q.mb_s),
             "quinn_aes_mb_s": self.quinn.as_ref().map(|q| q.aes_mb_s),
             "piece_vs_quinn": self.piece_vs_quinn(),
+            "piece_vs_quinn_runs": self.pair.as_ref().map(|x| x.fetches.iter().map(|f| f.vs_quinn(p.pair_size)).collect::<Vec<_>>()),
             "client_pull_vs_quinn": self.pair.as_ref().and_then(|x| x.client.as_ref()?.vs_quinn(p.pair_size)),
             "push_mb_s": self.push_mb_s,
             "fleet": self.pull_json(&f.pull),
@@ -760,6 +808,7 @@ mod tests {
             parallel: 3,
             verify: Verify::Sample,
             pair_size: 512 << 20,
+            pair_runs: 3,
             node_workers: 1,
         };
         Report {
@@ -793,6 +842,18 @@ mod tests {
             pair: Some(Pair {
                 time: Duration::from_secs(1),
                 quinn_around: (900.0, 1100.0),
+                fetches: vec![
+                    PairFetch {
+                        time: Duration::from_secs(1),
+                        cpu: Duration::from_secs(2),
+                        quinn_around: (900.0, 1100.0),
+                    },
+                    PairFetch {
+                        time: Duration::from_secs(2),
+                        cpu: Duration::from_secs(2),
+                        quinn_around: (1100.0, 900.0),
+                    },
+                ],
                 ..Pair::default()
             }),
             quinn: Some(Quinn {
@@ -828,6 +889,11 @@ mod tests {
         assert!((pvq - 0.536_870_912).abs() < 1e-6, "{pvq}");
         assert_eq!(j["quinn_mb_s"], 1000.0);
         assert_eq!(j["targets"]["piece_vs_quinn"]["pass"], false);
+        let runs = j["piece_vs_quinn_runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2);
+        assert!((runs[1].as_f64().unwrap() - 0.268_435_456).abs() < 1e-6);
+        assert_eq!(j["pair"]["fetches"][1]["cpu_s_per_gib"], 4.0);
+        assert!(r.table().contains("each of 2 fetches by a fresh B"));
         assert_eq!(j["all_targets_pass"], false);
         assert!(r.table().contains("FAILED: node 2"));
     }
