@@ -1,6 +1,6 @@
 //! Receiving one piece: check it block by block as it streams, write into the blob file (the claimant) or buffer it
 //! (a concurrent duplicate), and set the bit only for the one copy that verified and owns the
-//! bytes on disk. Bytes are staged in aligned batches (512 KiB), hashed and written (direct where the
+//! bytes on disk. Bytes are staged in aligned batches (a first of 512 KiB, then 1 MiB), hashed and written (direct where the
 //! file allows: [`crate::direct_io`]) on the blocking pool, one batch in flight while the next
 //! fills. The rules are in "Concurrent receivers of one piece" in [`super`]'s docs.
 
@@ -329,14 +329,13 @@ impl Receiver {
             buf.extend_from_slice(chunk);
             return Ok(());
         }
-        let batch = self.inner.tuning.write_batch;
         let mut rest = chunk;
         while !rest.is_empty() {
             self.ensure_stage();
             // Never more than a batch staged: two per receiver is all it holds.
             let k = rest
                 .len()
-                .min(batch.saturating_sub(self.stage.len()).max(1));
+                .min(self.batch().saturating_sub(self.stage.len()).max(1));
             self.stage.extend_from_slice(&rest[..k]);
             rest = &rest[k..];
             self.flush_full_stage().await?;
@@ -355,10 +354,22 @@ impl Receiver {
         }
     }
 
+    /// Bytes the next batch gathers: the piece's first batch is smaller, so the piece is
+    /// offered to peers (and readable by clients) early; later ones are bigger, for fewer
+    /// hand-offs to the blocking pool.
+    fn batch(&self) -> usize {
+        let t = &self.inner.tuning;
+        if self.flushed == 0 {
+            t.first_batch.min(t.write_batch)
+        } else {
+            t.write_batch
+        }
+    }
+
     /// Sends a full batch on its way: whole blocks only, so it can go direct; the rest waits
     /// for more bytes.
     async fn flush_full_stage(&mut self) -> Result<(), StoreError> {
-        if self.stage.len() >= self.inner.tuning.write_batch {
+        if self.stage.len() >= self.batch() {
             let n = self.stage.len() - self.stage.len() % ALIGN;
             self.flush_stage(if n > 0 { n } else { self.stage.len() })
                 .await?;
@@ -377,9 +388,9 @@ impl Receiver {
         if !healthy || n == 0 || left == 0 {
             return None;
         }
-        let batch = self.inner.tuning.write_batch;
         self.ensure_stage();
-        let room = batch
+        let room = self
+            .batch()
             .saturating_sub(self.stage.len())
             .min(self.stage.capacity() - self.stage.len())
             .min(n)

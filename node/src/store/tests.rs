@@ -33,6 +33,7 @@ fn tuning() -> Tuning {
     Tuning {
         flush_interval: None,
         write_batch: 64,
+        first_batch: 64,
         max_buffered: 4 * u64::from(PIECE),
     }
 }
@@ -165,6 +166,8 @@ async fn aligned_batches_land_at_their_offsets_whatever_the_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let piece_size = 4 * crate::direct_io::ALIGN as u32;
     let mut t = tuning();
+    // A first batch of one block, then two: batches of both sizes land where they belong.
+    t.first_batch = crate::direct_io::ALIGN;
     t.write_batch = 2 * crate::direct_io::ALIGN;
     let store = open_with(dir.path(), 1 << 24, t).await;
     // Three whole pieces and a short last one.
@@ -207,6 +210,8 @@ async fn bytes_read_into_the_receiver_s_room_land_as_written_ones() {
     let dir = tempfile::tempdir().unwrap();
     let piece_size = 4 * crate::direct_io::ALIGN as u32;
     let mut t = tuning();
+    // A first batch of one block, then two: batches of both sizes land where they belong.
+    t.first_batch = crate::direct_io::ALIGN;
     t.write_batch = 2 * crate::direct_io::ALIGN;
     t.max_buffered = u64::from(piece_size);
     let store = open_with(dir.path(), 1 << 24, t).await;
@@ -894,6 +899,7 @@ async fn a_dropped_claim_leaves_its_piece_unoffered() {
     let tuning = Tuning {
         flush_interval: None,
         write_batch: 8 << 10,
+        first_batch: 8 << 10,
         max_buffered: 1 << 20,
     };
     let store = open_with(dir.path(), 1 << 30, tuning).await;
@@ -919,6 +925,54 @@ async fn a_dropped_claim_leaves_its_piece_unoffered() {
     r.write(&d[65536..]).await.unwrap();
     assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
     assert!(held.offer.borrow().get(1) && held.have.borrow().get(1));
+}
+
+/// A claim's first batch is the small one: the piece is offered, and its verified prefix
+/// readable, once that much is written; later batches are the bigger size.
+#[tokio::test]
+async fn the_first_batch_is_small_and_the_rest_are_big() {
+    // 64-KiB pieces of 4-KiB blocks: a first batch of 8 KiB, then 32 KiB.
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        flush_interval: None,
+        write_batch: 32 << 10,
+        first_batch: 8 << 10,
+        max_buffered: 1 << 20,
+    };
+    let store = open_with(dir.path(), 1 << 30, tuning).await;
+    let d = data(2 * 65536, 12);
+    let t = table(&d, 65536);
+    let digest = t.table.digest.clone();
+    let held = store.register(t).await.unwrap();
+    let piece = &d[65536..];
+    let mut r = store.receive(&digest, 1).unwrap();
+    let progress = |store: &Arc<Store>| {
+        PieceSource::arriving(&**store, &digest, 1).map(|a| *a.progress.borrow())
+    };
+    async fn until(mut f: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if f() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    r.write(&piece[..8 << 10]).await.unwrap();
+    until(|| held.offer.borrow().get(1)).await;
+    assert!(held.offer.borrow().get(1), "offered after the first 8 KiB");
+    assert_eq!(progress(&store), Some(8 << 10));
+    // 24 KiB more fill most of a big batch: nothing new is written yet.
+    r.write(&piece[8 << 10..32 << 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(progress(&store), Some(8 << 10));
+    // The 32nd KiB of the second batch sends it: 40 KiB verified and written.
+    r.write(&piece[32 << 10..40 << 10]).await.unwrap();
+    until(|| progress(&store) == Some(40 << 10)).await;
+    assert_eq!(progress(&store), Some(40 << 10));
+    r.write(&piece[40 << 10..]).await.unwrap();
+    assert_eq!(r.finish().await.unwrap(), Verdict::Verified);
+    assert!(held.have.borrow().get(1));
+    assert_eq!(&on_disk(dir.path(), &digest)[65536..], piece);
 }
 
 /// The idle eviction: blobs last used before the cutoff go (partial ones too), pinned and

@@ -16,9 +16,22 @@ use crate::flow::Nanos;
 use crate::net::nanos;
 use flotilla_protocol::piece::Bitfield;
 
-/// The node's store publishes a claim's progress per written batch of 512 KiB: a piece is
-/// offered once that much is in, and the last part leaves one batch after the copy lands.
+/// The node's store publishes a claim's progress per written batch, a first of 512 KiB and
+/// then 1 MiB (its store's `Tuning`): a piece is offered once the first is in, and the last
+/// part leaves one (last) batch after the copy lands.
 pub(super) const BATCH: f64 = (512 << 10) as f64;
+/// The batches after the first.
+const LATER_BATCH: f64 = (1 << 20) as f64;
+
+/// The last batch of a piece of `len` bytes: what is left after the first batch and the whole
+/// later ones (512 KiB of a 4-MiB piece).
+fn last_batch(len: f64) -> f64 {
+    if len <= BATCH {
+        return len;
+    }
+    let rest = (len - BATCH) % LATER_BATCH;
+    if rest == 0.0 { LATER_BATCH } else { rest }
+}
 
 /// A piece arriving at a task's host through its claiming copy.
 #[derive(Debug)]
@@ -258,7 +271,7 @@ impl Swarm<'_> {
         self.free_send(up, piece);
         if deliver {
             let len = self.blobs[usize::from(self.host_blob(down).1)].piece_len(piece);
-            let tail = BATCH.min(len) / self.fleet.hosts[down_host as usize].effective_down();
+            let tail = last_batch(len) / self.fleet.hosts[down_host as usize].effective_down();
             let owd = self.net.owd_hosts(up_host, down_host);
             self.push(
                 self.now + owd + nanos(tail),
@@ -304,5 +317,20 @@ impl Swarm<'_> {
             .iter()
             .find(|f| f.0 == stream)
             .map(|f| f.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_batch;
+
+    #[test]
+    fn the_last_batch_is_what_the_first_and_the_whole_later_ones_leave() {
+        const KIB: f64 = 1024.0;
+        assert_eq!(last_batch(4096.0 * KIB), 512.0 * KIB);
+        assert_eq!(last_batch(1536.0 * KIB), 1024.0 * KIB);
+        assert_eq!(last_batch(1000.0 * KIB), 488.0 * KIB);
+        assert_eq!(last_batch(300.0 * KIB), 300.0 * KIB);
+        assert_eq!(last_batch(512.0 * KIB), 512.0 * KIB);
     }
 }

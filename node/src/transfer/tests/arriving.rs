@@ -19,6 +19,7 @@ async fn store(dir: &std::path::Path) -> Arc<Store> {
         Tuning {
             flush_interval: None,
             write_batch: BATCH,
+            first_batch: BATCH,
             max_buffered: 1 << 20,
         },
     )
