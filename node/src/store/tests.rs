@@ -892,21 +892,33 @@ async fn the_flusher_persists_bits_on_its_own() {
     assert_eq!(held_bits(&store, &d), vec![0]);
 }
 
+/// A store whose claims write a first batch of `first` bytes, then `batch`, holding the table
+/// of a blob of two 64-KiB pieces (4-KiB blocks) and nothing of it yet.
+async fn two_64k_pieces(
+    dir: &Path,
+    first: usize,
+    batch: usize,
+    seed: u8,
+) -> (Arc<Store>, Vec<u8>, Digest, Held) {
+    let tuning = Tuning {
+        flush_interval: None,
+        write_batch: batch,
+        first_batch: first,
+        max_buffered: 1 << 20,
+    };
+    let store = open_with(dir, 1 << 30, tuning).await;
+    let d = data(2 * 65536, seed);
+    let t = table(&d, 65536);
+    let digest = t.table.digest.clone();
+    let held = store.register(t).await.unwrap();
+    (store, d, digest, held)
+}
+
 #[tokio::test]
 async fn a_dropped_claim_leaves_its_piece_unoffered() {
     // 64-KiB pieces of 4-KiB blocks, written 8 KiB at a time.
     let dir = tempfile::tempdir().unwrap();
-    let tuning = Tuning {
-        flush_interval: None,
-        write_batch: 8 << 10,
-        first_batch: 8 << 10,
-        max_buffered: 1 << 20,
-    };
-    let store = open_with(dir.path(), 1 << 30, tuning).await;
-    let d = data(2 * 65536, 9);
-    let t = table(&d, 65536);
-    let digest = t.table.digest.clone();
-    let held = store.register(t).await.unwrap();
+    let (store, d, digest, held) = two_64k_pieces(dir.path(), 8 << 10, 8 << 10, 9).await;
     for _ in 0..20 {
         let mut r = store.receive(&digest, 1).unwrap();
         // A batch goes to the blocking pool; the receiver is dropped before it settles: the
@@ -933,17 +945,7 @@ async fn a_dropped_claim_leaves_its_piece_unoffered() {
 async fn the_first_batch_is_small_and_the_rest_are_big() {
     // 64-KiB pieces of 4-KiB blocks: a first batch of 8 KiB, then 32 KiB.
     let dir = tempfile::tempdir().unwrap();
-    let tuning = Tuning {
-        flush_interval: None,
-        write_batch: 32 << 10,
-        first_batch: 8 << 10,
-        max_buffered: 1 << 20,
-    };
-    let store = open_with(dir.path(), 1 << 30, tuning).await;
-    let d = data(2 * 65536, 12);
-    let t = table(&d, 65536);
-    let digest = t.table.digest.clone();
-    let held = store.register(t).await.unwrap();
+    let (store, d, digest, held) = two_64k_pieces(dir.path(), 8 << 10, 32 << 10, 12).await;
     let piece = &d[65536..];
     let mut r = store.receive(&digest, 1).unwrap();
     let progress = |store: &Arc<Store>| {
