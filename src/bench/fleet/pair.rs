@@ -109,15 +109,14 @@ async fn run_with(
     };
     // Each fetch by a fresh node B (A and the blob stay): the median of their ratios to plain
     // quinn is what the run reports, since one fetch alone meets whatever the machine was doing.
-    let mut fetches: Vec<(Pair, PairFetch)> = Vec::with_capacity(runs);
+    let mut fetches: Vec<Pair> = Vec::with_capacity(runs);
     for run in 0..runs {
         let b = behind_a(&format!("b{run}"), 1 + run).await?;
         procs.push(b);
         // After B's start: B connects to A during the probe, as C does before its pull.
         let quinn_before = probe().await?;
-        if let Some((pair, fetch)) = fetches.last_mut() {
-            pair.quinn_around.1 = quinn_before;
-            fetch.quinn_around.1 = quinn_before;
+        if let Some(last) = fetches.last_mut() {
+            last.quinn_around.1 = quinn_before;
         }
         let (gateway, a, b) = (&procs[0], &procs[1], &procs[2]);
         let g0: GatewayStats = gateway.stats(http).await?;
@@ -155,12 +154,7 @@ async fn run_with(
             pair.b_peer_bytes as f64 / f64::from(1u32 << 20),
             pair.egress.http_blob_bytes as f64 / f64::from(1u32 << 20),
         ));
-        let fetch = PairFetch {
-            time,
-            cpu,
-            quinn_around: (quinn_before, 0.0),
-        };
-        fetches.push((pair, fetch));
+        fetches.push(pair);
         for p in procs.iter_mut() {
             p.check_alive()?;
         }
@@ -175,9 +169,8 @@ async fn run_with(
     // After C's start, as each B's fetch came after that B's: all had the probe's time to
     // connect to A.
     let quinn_between = probe().await?;
-    if let Some((pair, fetch)) = fetches.last_mut() {
-        pair.quinn_around.1 = quinn_between;
-        fetch.quinn_around.1 = quinn_between;
+    if let Some(last) = fetches.last_mut() {
+        last.quinn_around.1 = quinn_between;
     }
     let mut pair = median_fetch(fetches, blob.size)?;
     let (gateway, a, c) = (&procs[0], &procs[1], &procs[2]);
@@ -209,15 +202,23 @@ async fn run_with(
 
 /// The fetch with the median ratio to plain quinn (the lower of the middle two for an even
 /// count), with every fetch listed and the highest peak RSS of any B.
-fn median_fetch(fetches: Vec<(Pair, PairFetch)>, size: u64) -> anyhow::Result<Pair> {
-    let all: Vec<PairFetch> = fetches.iter().map(|(_, f)| f.clone()).collect();
-    let b_rss = fetches.iter().map(|(p, _)| p.peak_rss.1).max().unwrap_or(0);
-    let mut ranked: Vec<(f64, Pair)> = fetches
-        .into_iter()
-        .map(|(p, f)| (f.vs_quinn(size).unwrap_or(0.0), p))
+fn median_fetch(fetches: Vec<Pair>, size: u64) -> anyhow::Result<Pair> {
+    let all: Vec<PairFetch> = fetches
+        .iter()
+        .map(|p| PairFetch {
+            time: p.time,
+            cpu: p.cpu,
+            quinn_around: p.quinn_around,
+        })
+        .collect();
+    let b_rss = fetches.iter().map(|p| p.peak_rss.1).max().unwrap_or(0);
+    let mut ranked: Vec<(f64, Pair)> = all
+        .iter()
+        .map(|f| f.vs_quinn(size).unwrap_or(0.0))
+        .zip(fetches)
         .collect();
     ranked.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let at = (ranked.len().saturating_sub(1)) / 2;
+    let at = ranked.len().saturating_sub(1) / 2;
     let (_, mut pair) = ranked
         .into_iter()
         .nth(at)
@@ -253,20 +254,14 @@ mod tests {
 
     use super::*;
 
-    fn fetch(secs: f64, quinn: (f64, f64), b_rss: u64) -> (Pair, PairFetch) {
-        let time = Duration::from_secs_f64(secs);
-        let pair = Pair {
-            time,
+    fn fetch(secs: f64, quinn: (f64, f64), b_rss: u64) -> Pair {
+        Pair {
+            time: Duration::from_secs_f64(secs),
+            cpu: Duration::from_secs(1),
             quinn_around: quinn,
             peak_rss: (10, b_rss),
             ..Pair::default()
-        };
-        let f = PairFetch {
-            time,
-            cpu: Duration::from_secs(1),
-            quinn_around: quinn,
-        };
-        (pair, f)
+        }
     }
 
     #[test]
