@@ -443,9 +443,7 @@ impl Registry {
             file.sync_all()?;
             let _linking = inner.gc_shared();
             inner.touched.touch(&d2);
-            if inner.blobs.size(&d2)?.is_none() {
-                inner.seed.mark_unsent(&d2);
-            }
+            inner.note_unsent(&d2)?;
             let size = inner.blobs.install(&tmp, &d2)?;
             inner.meta.link_blob(&repo, &d2, size)?;
             Ok(size)
@@ -654,6 +652,16 @@ impl Registry {
 }
 
 impl Inner {
+    /// Before blob `d` is installed: marks it unsent if no node can hold a piece of it — it
+    /// is not held here, and garbage collection never removed it (nodes keep what they
+    /// fetched of a collected blob, so a push of it again starts nowhere near empty).
+    fn note_unsent(&self, d: &Digest) -> Result<(), RegistryError> {
+        if self.blobs.size(d)?.is_none() && !self.meta.was_collected(d)? {
+            self.seed.mark_unsent(d);
+        }
+        Ok(())
+    }
+
     /// The GC lock, shared (see the field).
     fn gc_shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.gc_lock

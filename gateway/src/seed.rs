@@ -302,12 +302,14 @@ impl Seed {
 
     /// Whether this process stored `digest` anew and no byte of it has left since, over HTTP
     /// or the swarm: then no node holds a piece of it, since every piece starts here. False
-    /// after a restart (nodes may hold pieces from before) and whenever in doubt.
+    /// after a restart (nodes may hold pieces from before), for a blob garbage collection
+    /// removed before (nodes may still hold it), and whenever in doubt.
     pub fn unsent(&self, digest: &Digest) -> bool {
         self.core().unsent.contains(digest)
     }
 
-    /// `digest`, not held before, is about to be installed (blocking callers may call it).
+    /// `digest`, neither held nor ever collected here, is about to be installed (blocking
+    /// callers may call it).
     pub(crate) fn mark_unsent(&self, digest: &Digest) {
         self.core().unsent.mark(digest);
     }

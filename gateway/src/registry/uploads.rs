@@ -196,9 +196,7 @@ impl Registry {
                 std::fs::File::open(&path)?.sync_all()?;
                 let _linking = inner.gc_shared();
                 inner.touched.touch(&d2);
-                if inner.blobs.size(&d2)?.is_none() {
-                    inner.seed.mark_unsent(&d2);
-                }
+                inner.note_unsent(&d2)?;
                 let size = inner.blobs.install(&path, &d2)?;
                 // A crash right here leaves a session without data: dropped at the next start.
                 inner.meta.finish_upload(&id, &repo, &d2, size)?;

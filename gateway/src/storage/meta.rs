@@ -226,11 +226,15 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug + 'static {
     fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError>;
     /// What garbage collection marks from: held manifests, stored manifest records, blob links.
     fn gc_snapshot(&self) -> Result<GcSnapshot, RegistryError>;
-    /// Removes each blob's links from the repositories given and its piece table, flushed
-    /// before it returns (the caller deletes the files after). The number of links removed.
+    /// Removes each blob's links from the repositories given and its piece table, and records
+    /// it as collected ([`MetaStore::was_collected`]), flushed before it returns (the caller
+    /// deletes the files after). The number of links removed.
     fn gc_unlink_blobs(&self, blobs: &[(Digest, Vec<String>)]) -> Result<usize, RegistryError>;
     /// Removes stored manifest records (which no repository holds), flushed; how many there were.
     fn gc_remove_manifests(&self, ds: &[Digest]) -> Result<usize, RegistryError>;
+    /// Whether garbage collection ever removed blob `d` here: nodes may still hold pieces of
+    /// it, so a push of it again is not a blob nobody holds (SPEC §3.7, `unsent`).
+    fn was_collected(&self, d: &Digest) -> Result<bool, RegistryError>;
 }
 
 /// [`MetaStore`] on an embedded sled database.
@@ -247,6 +251,7 @@ pub struct SledMeta {
     piece_tables: sled::Tree,
     tag_records: sled::Tree,
     counters: sled::Tree,
+    collected: sled::Tree,
 }
 
 fn key2(a: &str, b: &str) -> Vec<u8> {
@@ -319,6 +324,7 @@ impl SledMeta {
             piece_tables: db.open_tree("piece_tables")?,
             tag_records: db.open_tree("tag_records")?,
             counters: db.open_tree("counters")?,
+            collected: db.open_tree("collected")?,
             db,
         })
     }
@@ -743,6 +749,10 @@ impl MetaStore for SledMeta {
 
     fn gc_remove_manifests(&self, ds: &[Digest]) -> Result<usize, RegistryError> {
         self.remove_manifest_records(ds)
+    }
+
+    fn was_collected(&self, d: &Digest) -> Result<bool, RegistryError> {
+        Ok(self.collected.contains_key(d.as_str().as_bytes())?)
     }
 
     fn tag_state(&self, repo: &RepoName, tag: &Tag) -> Result<Option<TagState>, RegistryError> {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 use flotilla_protocol::Reference;
 use serde_json::json;
 
-use super::super::tests::{blob_files, cfg, data, image_manifest, push, read_blob, repo};
+use super::super::tests::{blob_files, body, cfg, data, image_manifest, push, read_blob, repo};
 use super::*;
 
 /// A collection that spares nothing for its age.
@@ -131,6 +131,46 @@ async fn only_what_no_held_manifest_references_goes() {
     );
     assert_eq!(push(&reg, &app, &data(7000, 2)).await, own);
     assert_eq!(read_blob(&reg, &app, &own).await, data(7000, 2));
+}
+
+#[tokio::test]
+async fn a_collected_blob_pushed_again_is_not_unsent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let reg = Registry::open(cfg(tmp.path())).await.unwrap();
+    let app = repo("team/app");
+    let (sent, quiet) = (data(5000, 1), data(6000, 2));
+    let (ds, dq) = (
+        push(&reg, &app, &sent).await,
+        push(&reg, &app, &quiet).await,
+    );
+    assert!(reg.seed().unsent(&ds) && reg.seed().unsent(&dq));
+    // A node fetches a piece of one; then both go, since nothing references them.
+    reg.seed().source().piece_file(&ds, 0).await.unwrap();
+    assert_eq!(reg.collect_garbage(now()).await.unwrap().blobs_removed, 2);
+
+    // Nodes keep what they fetched of a collected blob: pushed again, it is not unsent.
+    assert_eq!(push(&reg, &app, &sent).await, ds);
+    assert!(!reg.seed().unsent(&ds));
+    // The record survives a restart, and holds for a chunked upload too (and for a collected
+    // blob nobody fetched: the gateway cannot tell that apart from one fetched before a restart).
+    drop(reg);
+    // The piece-table worker of the last push may hold the database for a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reg = loop {
+        match Registry::open(cfg(tmp.path())).await {
+            Ok(reg) => break reg,
+            Err(e) if Instant::now() > deadline => panic!("cannot reopen: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let up = reg.upload_start(&app).await.unwrap();
+    reg.upload_finish(&app, &up.id, &dq, Some(0), Some(body(&quiet, 1000)))
+        .await
+        .unwrap();
+    assert!(!reg.seed().unsent(&dq));
+    // A blob never held here is unsent, after a restart as before it.
+    let fresh = push(&reg, &app, &data(7000, 3)).await;
+    assert!(reg.seed().unsent(&fresh));
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use flotilla_protocol::Digest;
 use sled::Transactional;
 use sled::transaction::ConflictableTransactionError;
 
-use super::{SledMeta, digest, key2, text, tx_err};
+use super::{SledMeta, digest, key2, now_ms, text, tx_err};
 use crate::registry::RegistryError;
 
 /// What garbage collection marks from, read in one pass over three trees.
@@ -54,9 +54,10 @@ impl SledMeta {
         blobs: &[(Digest, Vec<String>)],
     ) -> Result<usize, RegistryError> {
         let mut removed = 0;
+        let at = now_ms().to_be_bytes();
         for (d, repos) in blobs {
-            removed += (&self.blob_links, &self.piece_tables)
-                .transaction(|(links, tables)| {
+            removed += (&self.blob_links, &self.piece_tables, &self.collected)
+                .transaction(|(links, tables, collected)| {
                     let mut n = 0;
                     for repo in repos {
                         if links.remove(key2(repo, d.as_str()))?.is_some() {
@@ -64,6 +65,7 @@ impl SledMeta {
                         }
                     }
                     tables.remove(d.as_str().as_bytes())?;
+                    collected.insert(d.as_str().as_bytes(), &at)?;
                     Ok::<_, ConflictableTransactionError<RegistryError>>(n)
                 })
                 .map_err(tx_err)?;
