@@ -95,6 +95,8 @@ pub struct FetchConfig {
     pub tls: crate::gateway_http::HttpTls,
     /// Signs origin requests as a fleet member (the gateway refuses unsigned ones).
     pub member: crate::gateway_http::MemberSigner,
+    /// Hears the revocation list's `seq` on the gateway's answers (SPEC §5.3).
+    pub revocations_heard: crate::gateway_http::RevocationsHeard,
     /// Most piece bytes per second received, from peers and the origin together (the
     /// downlink a rollout may take; see `paced.rs`). `None`: no cap.
     pub download_bytes_per_s: Option<u64>,
@@ -117,6 +119,7 @@ impl FetchConfig {
             rotation: scheduler::RotationConfig::default(),
             tls: crate::gateway_http::HttpTls::default(),
             member: crate::gateway_http::MemberSigner::new(),
+            revocations_heard: crate::gateway_http::RevocationsHeard::new(),
             download_bytes_per_s: None,
         }
     }
@@ -462,6 +465,7 @@ impl Fetcher {
             &cfg.gateway_url,
             &cfg.tls,
             cfg.member.clone(),
+            cfg.revocations_heard.clone(),
             cfg.connect_timeout,
             cfg.http_timeout,
         )?;

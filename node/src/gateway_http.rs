@@ -1,7 +1,8 @@
 //! How the node talks HTTP to its gateway: clients that speak HTTPS with the system's CAs plus
 //! the gateway's own CA from the config, and [`MemberSigner`], which signs each request to the
 //! gateway's member-only endpoints (`/flotilla/v1/blobs`, `pieces`, `swarm`, `tags`, and reads
-//! under `/v2/`) with this node's key and membership certificate (SPEC §5.3).
+//! under `/v2/`) with this node's key and membership certificate (SPEC §5.3), and
+//! [`RevocationsHeard`], the revocation-list version the gateway's answers name.
 //!
 //! The TLS provider is chosen explicitly (aws-lc-rs, as everywhere in the tree): reqwest is
 //! built without one, so two crates enabling different providers can never leave rustls
@@ -109,6 +110,51 @@ pub fn client_builder() -> reqwest::ClientBuilder {
         .builder()
         // Without a CA file nothing can fail but rustls refusing its own safe defaults.
         .unwrap_or_else(|_| reqwest::Client::builder())
+}
+
+/// The header on the gateway's `/flotilla/v1/` answers that names its revocation list's `seq`.
+pub const REVOCATIONS_HEADER: &str = "flotilla-revocations";
+
+/// The highest revocation-list `seq` the gateway's answers named (`Flotilla-Revocations`, SPEC
+/// §5.3): the node's revocation follower fetches the list as soon as this is above the list it
+/// holds, instead of at its next poll. Only a hint — the list fetched is verified like any
+/// other, so a forged header costs one request. Cheap to clone (clones share the value).
+#[derive(Clone, Debug)]
+pub struct RevocationsHeard(Arc<tokio::sync::watch::Sender<u64>>);
+
+impl Default for RevocationsHeard {
+    fn default() -> Self {
+        RevocationsHeard(Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl RevocationsHeard {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Notes the `seq` an answer of the gateway names, if it is higher than any before.
+    pub fn note(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(seq) = headers
+            .get(REVOCATIONS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        else {
+            return;
+        };
+        self.0.send_if_modified(|held| {
+            let higher = seq > *held;
+            if higher {
+                *held = seq;
+            }
+            higher
+        });
+    }
+
+    /// The highest `seq` heard, woken whenever it rises.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// Signs requests to the gateway as a fleet member, once the node holds a certificate; cheap to
@@ -220,6 +266,27 @@ mod tests {
                 .is_err()
         );
         assert_eq!(signer.header("GET", "not a url"), None);
+    }
+
+    #[test]
+    fn only_a_higher_revocation_seq_is_heard() {
+        let heard = RevocationsHeard::new();
+        let mut rx = heard.subscribe();
+        let with = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert(REVOCATIONS_HEADER, v.parse().unwrap());
+            h
+        };
+        heard.note(&with("17"));
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow_and_update(), 17);
+        for stale in ["17", "3", "not a number", ""] {
+            heard.note(&with(stale));
+        }
+        heard.note(&reqwest::header::HeaderMap::new());
+        assert!(!rx.has_changed().unwrap(), "nothing higher was heard");
+        heard.clone().note(&with(" 18 "));
+        assert_eq!(*rx.borrow_and_update(), 18, "clones share the value");
     }
 
     #[test]

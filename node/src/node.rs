@@ -369,6 +369,7 @@ impl Node {
             swarm.clone(),
             config.data_dir.clone(),
             options.revocation_poll.unwrap_or(REVOCATION_POLL),
+            fetch_cfg.revocations_heard.subscribe(),
         )));
         let network: Arc<dyn Network> = Arc::new(swarm.clone());
         let fetcher = Fetcher::new(fetch_cfg, network, store.clone(), store.clone())?;

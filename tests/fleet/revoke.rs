@@ -1,7 +1,8 @@
 //! Revoking a fleet member (SPEC §5.3): A and B hold an image; the gateway revokes A; within a
 //! poll of the list B and the gateway refuse and disconnect A, A's own health says why, and C
 //! pulls the image from B and the gateway without A sending it a byte. B keeps the list on
-//! disk and holds the revocation again after a restart.
+//! disk and holds the revocation again after a restart. And a node polling as in production
+//! (every minute) hears of a revocation from the gateway's answers while it pulls.
 
 use std::path::Path;
 use std::process::Command;
@@ -200,6 +201,54 @@ async fn revoke(dir: &Path, log: &LogFile) {
     })
     .await;
     for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[test]
+fn a_pulling_member_hears_of_a_revocation_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let log = LogFile::create(&tmp.path().join("heard.log"));
+    let (rt, dispatch) = log_runtime(&log);
+    let _default = tracing::dispatcher::set_default(&dispatch);
+    rt.block_on(heard(tmp.path()));
+}
+
+async fn heard(dir: &Path) {
+    let gw = FleetGateway::start();
+    let http = client();
+    let first = Image::push(&http, &gw.url(), "fleet/heard", "v1", &[4 * MIB], 22).await;
+    // Both poll the list as in production: at start, then once a minute.
+    let mut nodes = Vec::new();
+    for name in ["a", "b"] {
+        let options = NodeOptions::default();
+        nodes.push(
+            InNode::start_tuned(&gw.url(), FLEET_TOKEN, &dir.join(name), options, |_| {}).await,
+        );
+    }
+    let (b, a) = (nodes.pop().unwrap(), nodes.pop().unwrap());
+    pull(&http, &b.url, &first).await;
+    let a_id: PeerId = a.peer_id.parse().unwrap();
+    fleet_cli(&["revoke", &a.peer_id, "--gateway", &gw.url()]);
+
+    // B pulls something new: the gateway's answers to its table and swarm requests name the
+    // newer list, and B takes it long before its next poll.
+    let second = Image::push(&http, &gw.url(), "fleet/heard", "v2", &[4 * MIB], 23).await;
+    let t0 = Instant::now();
+    pull(&http, &b.url, &second).await;
+    eventually("B takes the revocation it heard of", || {
+        b.swarm.is_revoked(&a_id)
+    })
+    .await;
+    println!(
+        "[heard] B took the revocation {:?} after its pull began",
+        t0.elapsed()
+    );
+    eventually("B no longer counts A as a member", || {
+        !b.swarm.is_member(&a_id)
+    })
+    .await;
+    for n in [a, b] {
         n.stop().await;
     }
 }

@@ -33,6 +33,9 @@
 //!   `lines_dropped`, `write_errors`) and one entry per notification endpoint
 //!   (`notifications`: `name`, `delivered`, `failed`, `dropped`, `expired`, `pending`).
 //!
+//! Every answer carries `Flotilla-Revocations: <seq>`, the revocation list's (SPEC §5.3): nodes
+//! that see it above the list they hold fetch the list at once.
+//!
 //! With a fleet (a join token configured, which is the default), `pieces`, `blobs`, `swarm` and
 //! `tags` serve members only: the request must carry a valid `Flotilla-Member` header
 //! ([`crate::fleet::Fleet::member`]), else `401 UNAUTHORIZED` with
@@ -78,8 +81,22 @@ pub(super) fn owns(path: &str) -> bool {
     path == "/flotilla" || path.starts_with("/flotilla/")
 }
 
+/// Header on every answer here: the revocation list's `seq`, so that a node that asks for
+/// anything learns of a revocation at once instead of at its next poll (SPEC §5.3).
+const REVOCATIONS: axum::http::HeaderName =
+    axum::http::HeaderName::from_static("flotilla-revocations");
+
 /// Routes one request under `/flotilla/` by path and method.
 pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult {
+    let mut res = route(st, path, req).await?;
+    res.headers_mut().insert(
+        REVOCATIONS,
+        HeaderValue::from(st.registry.revocations().seq()),
+    );
+    Ok(res)
+}
+
+async fn route(st: &AppState, path: &str, req: Request) -> ApiResult {
     let rest = path.strip_prefix(PREFIX).ok_or_else(not_found)?;
     let m = req.method().clone();
     let get = m == Method::GET || m == Method::HEAD;

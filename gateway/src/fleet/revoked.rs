@@ -122,6 +122,11 @@ impl Revocations {
             .collect()
     }
 
+    /// The list's current `seq` (what `Flotilla-Revocations` tells nodes, SPEC §5.3).
+    pub fn seq(&self) -> u64 {
+        *self.changed.borrow()
+    }
+
     /// Wakes on every change (the value is the new `seq`).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

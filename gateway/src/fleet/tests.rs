@@ -288,6 +288,13 @@ async fn a_revoked_member_is_refused_until_restored_and_the_list_is_signed() {
     );
     let own = rig.gateway.to_string();
     assert_eq!(rig.change("revoke", &own).await.0, StatusCode::BAD_REQUEST);
+    // Every answer under /flotilla/v1/ names the list's seq, so nodes hear of a change at once.
+    let seq_said =
+        |h: &axum::http::HeaderMap| h["flotilla-revocations"].to_str().unwrap().to_owned();
+    let (_, headers, _) = rig
+        .call(Method::GET, "/flotilla/v1/info", &[], Vec::new())
+        .await;
+    assert_eq!(seq_said(&headers), "0");
 
     let (status, answer) = rig.change("revoke", &me.to_string()).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -301,6 +308,10 @@ async fn a_revoked_member_is_refused_until_restored_and_the_list_is_signed() {
     let (_, again) = rig.change("revoke", &me.to_string()).await;
     assert_eq!(again["changed"], false);
     assert_eq!(again["seq"], seq1);
+    let (_, headers, _) = rig
+        .call(Method::GET, "/flotilla/v1/info", &[], Vec::new())
+        .await;
+    assert_eq!(seq_said(&headers), seq1.to_string());
 
     // Refused: renewing its certificate, and its signed requests.
     let (status, body) = rig

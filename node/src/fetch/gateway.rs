@@ -14,7 +14,7 @@ use reqwest::{StatusCode, header};
 use serde::Deserialize;
 
 use super::FetchError;
-use crate::gateway_http::{HttpTls, MemberSigner};
+use crate::gateway_http::{HttpTls, MemberSigner, RevocationsHeard};
 
 /// The header naming the member an origin refusal's piece went to.
 const HOLDER: &str = "flotilla-holder";
@@ -88,6 +88,7 @@ pub(crate) struct GatewayClient {
     base: String,
     http: reqwest::Client,
     member: MemberSigner,
+    revocations: RevocationsHeard,
     timeout: Duration,
 }
 
@@ -97,6 +98,7 @@ impl GatewayClient {
         url: &str,
         tls: &HttpTls,
         member: MemberSigner,
+        revocations: RevocationsHeard,
         connect: Duration,
         timeout: Duration,
     ) -> Result<Self, FetchError> {
@@ -113,12 +115,20 @@ impl GatewayClient {
             base: url.trim_end_matches('/').to_owned(),
             http,
             member,
+            revocations,
             timeout,
         })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// Sends a member-signed request and notes the revocation `seq` its answer names.
+    async fn send(&self, req: reqwest::RequestBuilder) -> reqwest::Result<reqwest::Response> {
+        let res = req.send().await?;
+        self.revocations.note(res.headers());
+        Ok(res)
     }
 
     /// A member-signed `GET` of `path`.
@@ -157,9 +167,10 @@ impl GatewayClient {
     /// The signed piece table bytes of `digest`, or `None` if the gateway does not know it.
     pub(crate) async fn table(&self, digest: &Digest) -> Result<Option<Vec<u8>>, GatewayError> {
         let res = self
-            .get(&format!("/flotilla/v1/pieces/{digest}"))
-            .timeout(self.timeout)
-            .send()
+            .send(
+                self.get(&format!("/flotilla/v1/pieces/{digest}"))
+                    .timeout(self.timeout),
+            )
             .await?;
         match res.status() {
             StatusCode::OK => Ok(Some(read_limited(res, MAX_TABLE_BYTES).await?)),
@@ -173,9 +184,10 @@ impl GatewayClient {
     /// has left the gateway yet. Nothing known (0, not unsent) from a gateway that does not say.
     pub(crate) async fn swarm(&self, digest: &Digest) -> Result<SwarmAnswer, GatewayError> {
         let res = self
-            .get(&format!("/flotilla/v1/swarm/{digest}"))
-            .timeout(self.timeout)
-            .send()
+            .send(
+                self.get(&format!("/flotilla/v1/swarm/{digest}"))
+                    .timeout(self.timeout),
+            )
             .await?;
         match res.status() {
             StatusCode::OK => {
@@ -225,7 +237,7 @@ impl GatewayClient {
                 .collect();
             req = req.header(BANNED, ids.join(","));
         }
-        let res = match req.send().await {
+        let res = match self.send(req).await {
             Ok(res) => res,
             Err(e) => return (index, failed(e.to_string())),
         };

@@ -4,12 +4,18 @@
 //!
 //! The node polls `GET /flotilla/v1/revoked` (a conditional request: an unchanged list costs a
 //! `304`), verifies the list against the fleet key, and takes it only if it is newer than the
-//! one it holds (`seq`), so a replayed old list cannot restore a revoked peer. The last list
+//! one it holds (`seq`), so a replayed old list cannot restore a revoked peer. It also fetches
+//! the list at once when an answer of the gateway names a newer `seq` (`Flotilla-Revocations`,
+//! heard by [`RevocationsHeard`](crate::gateway_http::RevocationsHeard)): a node that is pulling
+//! asks the gateway for tables and swarm counts, so it learns of a revocation within moments. The last list
 //! taken is kept in `<data_dir>/revoked.bin` and applied at start, before the gateway answers:
 //! a restart does not forget a revocation.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use flotilla_protocol::revocation::{RevocationList, SignedRevocationList};
 use libp2p::PeerId;
@@ -25,6 +31,8 @@ pub const REVOCATION_POLL: Duration = Duration::from_secs(60);
 const MAX_LIST_BYTES: usize = 256 << 10;
 /// The file the last list taken is kept in.
 const FILE: &str = "revoked.bin";
+/// Least time between two fetches a heard `seq` prompts.
+const HINT_GAP: Duration = Duration::from_secs(1);
 
 /// Polls and applies the gateway's revocation list for as long as the node runs.
 pub(super) async fn follow(
@@ -33,12 +41,18 @@ pub(super) async fn follow(
     swarm: SwarmHandle,
     data_dir: PathBuf,
     every: Duration,
+    mut heard: watch::Receiver<u64>,
 ) {
     let path = data_dir.join(FILE);
     let mut held: Option<RevocationList> = None;
     let mut saved = tokio::fs::read(&path).await.ok();
     let mut etag: Option<String> = None;
+    // The highest heard `seq` a fetch was made for: one the gateway's list does not reach (a
+    // failed fetch, a forged answer) prompts no second fetch, only a higher one does.
+    let mut acted_on = 0;
     loop {
+        acted_on = acted_on.max(*heard.borrow_and_update());
+        let fetched = Instant::now();
         // Until the gateway's identity is known no list can be verified.
         if let Some(fleet) = swarm.fleet() {
             if let Some(bytes) = saved.take() {
@@ -71,7 +85,22 @@ pub(super) async fn follow(
         }
         // The thread-local generator must not live across the sleep (it is not `Send`).
         let jitter: f64 = rand::Rng::gen_range(&mut rand::thread_rng(), 0.9..1.1);
-        tokio::time::sleep(every.mul_f64(jitter)).await;
+        let beyond = acted_on.max(held.as_ref().map_or(0, |h| h.seq));
+        tokio::select! {
+            () = tokio::time::sleep(every.mul_f64(jitter)) => {}
+            () = newer(&mut heard, beyond) => {
+                tokio::time::sleep_until(fetched + HINT_GAP).await;
+            }
+        }
+    }
+}
+
+/// Returns once `heard` holds a `seq` above `beyond` (never, once nothing can be heard).
+async fn newer(heard: &mut watch::Receiver<u64>, beyond: u64) {
+    while *heard.borrow_and_update() <= beyond {
+        if heard.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
