@@ -88,7 +88,7 @@ pub fn run(fleet: &Fleet, which: Baseline) -> BaselineOutcome {
     let n_layers = fleet.layers.len();
     let mut hosts: Vec<Host> = (0..fleet.hosts.len()).map(|_| Host::default()).collect();
     let mut holders: Vec<Vec<u32>> = vec![Vec::new(); n_layers];
-    let hops = (fleet.hosts.len() as f64 + 1.0).log2().ceil().max(1.0);
+    let hops = crate::net::lookup_hops(fleet.hosts.len());
     let lookup: Vec<Nanos> = (0..fleet.sites.len())
         .map(|a| {
             let mean = fleet

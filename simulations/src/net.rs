@@ -15,6 +15,12 @@ pub fn secs(t: Nanos) -> f64 {
     t as f64 / 1e9
 }
 
+/// Round trips a DHT lookup takes among `n` nodes: ⌈log2(n + 1)⌉, at least 1. Counted in
+/// integers (the bits of `n`), so no libm's `log2` can tip a power of two over the ceiling.
+pub fn lookup_hops(n: usize) -> f64 {
+    f64::from((usize::BITS - n.leading_zeros()).max(1))
+}
+
 /// Resources and delays of a fleet.
 #[derive(Debug, Clone)]
 pub struct Net<T> {

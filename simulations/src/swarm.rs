@@ -308,7 +308,7 @@ impl<'f> Swarm<'f> {
         let n_hosts = fleet.hosts.len();
         let n_sites = fleet.sites.len();
         // A lookup takes ~log2(N) hops, each a round trip to a random node.
-        let hops = (n_hosts as f64 + 1.0).log2().ceil().max(1.0);
+        let hops = crate::net::lookup_hops(n_hosts);
         let mut per_site = vec![0usize; n_sites];
         for h in &fleet.hosts {
             per_site[usize::from(h.site)] += 1;

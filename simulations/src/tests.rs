@@ -513,3 +513,24 @@ fn a_replaced_session_finishes_the_piece_it_is_sending() {
     assert!(graceful.stats.abandoned < cut.stats.abandoned);
     assert!(graceful.completion.iter().all(Option::is_some));
 }
+
+#[test]
+fn lookup_hops_are_the_ceiling_of_log2() {
+    use crate::net::lookup_hops;
+    for (n, hops) in [
+        (0, 1.0),
+        (1, 1.0),
+        (2, 2.0),
+        (3, 2.0),
+        (4, 3.0),
+        (1023, 10.0),
+        (1024, 11.0),
+    ] {
+        assert_eq!(lookup_hops(n), hops, "{n} nodes");
+    }
+    // 10,000 hosts: 14 hops, as the model says (simulations/README.md, *DHT*).
+    assert_eq!(lookup_hops(10_000), 14.0);
+    for n in 1..70_000usize {
+        assert_eq!(lookup_hops(n), ((n + 1) as f64).log2().ceil(), "{n} nodes");
+    }
+}
