@@ -248,7 +248,20 @@ async fn heard(dir: &Path) {
         !b.swarm.is_member(&a_id)
     })
     .await;
-    for n in [a, b] {
+    // A node started after the revocation holds it from its first poll, pulling nothing.
+    let d = InNode::start_tuned(
+        &gw.url(),
+        FLEET_TOKEN,
+        &dir.join("d"),
+        NodeOptions::default(),
+        |_| {},
+    )
+    .await;
+    eventually("a node started since takes the list", || {
+        d.swarm.is_revoked(&a_id)
+    })
+    .await;
+    for n in [a, b, d] {
         n.stop().await;
     }
 }
