@@ -129,6 +129,7 @@ impl Default for RevocationsHeard {
 }
 
 impl RevocationsHeard {
+    /// Nothing heard yet (0, the `seq` of a gateway that never revoked anyone).
     pub fn new() -> Self {
         Self::default()
     }

@@ -84,7 +84,7 @@ pub(super) fn owns(path: &str) -> bool {
 /// Header on every answer here: the revocation list's `seq`, so that a node that asks for
 /// anything learns of a revocation at once instead of at its next poll (SPEC §5.3).
 const REVOCATIONS: axum::http::HeaderName =
-    axum::http::HeaderName::from_static("flotilla-revocations");
+    axum::http::HeaderName::from_static(flotilla_node::gateway_http::REVOCATIONS_HEADER);
 
 /// Routes one request under `/flotilla/` by path and method.
 pub(super) async fn handle(st: &AppState, path: &str, req: Request) -> ApiResult {
