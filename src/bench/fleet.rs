@@ -101,10 +101,11 @@ pub struct FleetArgs {
     #[arg(long)]
     flotilla_bin: Option<PathBuf>,
     /// Where the temporary data directories go [default: the system temp dir]. Needs about
-    /// (nodes + 1) × size free, plus (pair runs + 3) × the pair size.
+    /// (nodes + 1) × size free, plus 4 × the pair size.
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Keep the work directory (data and logs) instead of removing it.
+    /// Keep the work directory (data and logs; the pair run's fresh nodes B keep only their
+    /// logs) instead of removing it.
     #[arg(long)]
     keep_work_dir: bool,
     /// `FLOTILLA_LOG` of the gateway and nodes (their logs are in the work directory). Above

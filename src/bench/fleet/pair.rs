@@ -158,9 +158,13 @@ async fn run_with(
         for p in procs.iter_mut() {
             p.check_alive()?;
         }
-        // B goes, so that the next B's (and C's) only source is A, as this one's was.
+        // B goes, so that the next B's (and C's) only source is A, as this one's was; its copy
+        // of the blob goes too (its log stays), so the work dir holds one B's data at a time.
         if let Some(b) = procs.pop() {
             b.stop().await.context("stopping node B")?;
+            let data = dir.join(format!("b{run}")).join("data");
+            std::fs::remove_dir_all(&data)
+                .with_context(|| format!("removing node B's data {}", data.display()))?;
         }
     }
 
